@@ -1,0 +1,380 @@
+"""
+The hub: rooms, peers and routing, shared by every dialect.
+
+The hub knows nothing of sockets, frames or JSON. A connected peer is reached
+only through L{IPeerConnection}, so a WebSocket, a Socket.IO session or a peer
+on another node (reached over a bus) all look the same to it. Time comes from
+an injected L{IReactorTime} and ids from an injected L{IdSource}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from .logs import Logger
+from zope.interface import Interface
+
+from .errors import (
+    AlreadyInRoom,
+    DeliveryRefused,
+    InvalidRoomName,
+    NotInRoom,
+    PeerNotFound,
+    RoomFull,
+    TooManyRooms,
+)
+from .ids import IdShape, IdSource
+
+#: Room names are at most this many characters long, in every dialect.
+MAX_ROOM_NAME_LENGTH = 256
+
+
+class IPeerConnection(Interface):
+    """
+    What the hub may do to a connected peer.
+    """
+
+    def deliver(event: Any) -> None:
+        """
+        Hand a hub event (L{PeerJoined}, L{PeerLeft}, L{Signal}) to the peer.
+
+        :raises DeliveryRefused: The peer cannot take it now (closing, buffer
+            full, too large). Nothing else may be raised.
+        """
+
+    def close(reason: str) -> None:
+        """
+        End the peer's connection because the hub removed it (stale, kicked).
+        """
+
+
+@attrs.frozen
+class Member:
+    """
+    A peer as the other members of one room see it.
+
+    :ivar metadata: What the peer said about itself when it joined
+        (a display name, a user id, an endpoint); dialects render it.
+    :ivar joined_at: Seconds since the epoch.
+    """
+
+    peer_id: str
+    dialect: str
+    metadata: Mapping[str, Any]
+    joined_at: float
+
+
+@attrs.frozen
+class PeerJoined:
+    room: str
+    member: Member
+
+
+@attrs.frozen
+class PeerLeft:
+    room: str
+    member: Member
+
+
+@attrs.frozen
+class Signal:
+    """
+    A message relayed from one peer to another.
+
+    :ivar kind: C{"offer"}, C{"answer"}, C{"candidate"} or C{"message"}.
+    :ivar sender: The sender's peer id, always set by the hub.
+    :ivar room: The room it was sent in, or L{None} for a direct message.
+    :ivar payload: The SDP, the candidate or the application data, passed on
+        unchanged.
+    :ivar extra: Dialect fields that other dialects may carry along
+        (C{msgId}, C{sdpMid}, ...), or L{None}.
+    """
+
+    kind: str
+    sender: str
+    room: str | None
+    payload: Any
+    extra: Mapping[str, Any] | None = None
+
+
+@attrs.define(eq=False)
+class Room:
+    """
+    A named set of peers that may signal each other.
+
+    :ivar metadata: Set by the peer that created the room.
+    :ivar emptied_at: When the last member left, for rooms kept while empty.
+    """
+
+    name: str
+    created_at: float
+    max_peers: int
+    metadata: Mapping[str, Any] = attrs.Factory(dict)
+    members: dict[str, Member] = attrs.Factory(dict)
+    emptied_at: float | None = None
+
+
+@attrs.define(eq=False)
+class Peer:
+    """
+    One connected peer.
+
+    :ivar rooms: The rooms it is in, by name.
+    :ivar last_seen: When it last did anything, for the stale-peer sweep.
+    """
+
+    id: str
+    connection: IPeerConnection
+    dialect: str
+    connected_at: float
+    last_seen: float
+    rooms: dict[str, Room] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class HubLimits:
+    """
+    :ivar max_peers_per_room: 0 for unlimited.
+    :ivar max_rooms_per_peer: 0 for unlimited.
+    :ivar empty_room_ttl: Seconds an empty room is kept; 0 deletes it at once.
+    :ivar stale_timeout: Seconds without activity after which a peer is
+        removed by L{Hub.sweep}; 0 never.
+    """
+
+    max_peers_per_room: int = 100
+    max_rooms_per_peer: int = 16
+    empty_room_ttl: float = 0
+    stale_timeout: float = 0
+
+
+@attrs.frozen
+class HubStats:
+    peers_total: int
+    peers_without_room: int
+    rooms_total: int
+    peers_in_rooms: int
+
+
+@attrs.define(eq=False)
+class Hub:
+    """
+    Every room and peer of this process.
+    """
+
+    clock: IReactorTime
+    ids: IdSource = attrs.Factory(IdSource)
+    limits: HubLimits = attrs.Factory(HubLimits)
+    _peers: dict[str, Peer] = attrs.Factory(dict)
+    _rooms: dict[str, Room] = attrs.Factory(dict)
+    _log = Logger()
+
+    # peers
+
+    def connect(
+        self,
+        connection: IPeerConnection,
+        dialect: str = "native",
+        shape: IdShape = IdShape.TOKEN,
+    ) -> Peer:
+        """
+        Register a newly connected peer under a fresh id of C{shape}.
+        """
+        now = self.clock.seconds()
+        peer_id = self.ids.new_id(shape, now)
+        while peer_id in self._peers:
+            peer_id = self.ids.new_id(shape, now)
+        peer = Peer(
+            id=peer_id,
+            connection=connection,
+            dialect=dialect,
+            connected_at=now,
+            last_seen=now,
+        )
+        self._peers[peer_id] = peer
+        return peer
+
+    def disconnect(self, peer: Peer) -> None:
+        """
+        Remove C{peer} from every room it is in, telling the rooms, and
+        forget it. Calling it twice is harmless.
+        """
+        if self._peers.get(peer.id) is not peer:
+            return
+        for room_name in list(peer.rooms):
+            self.leave(peer, room_name)
+        del self._peers[peer.id]
+
+    def find(self, peer_id: str) -> Peer | None:
+        return self._peers.get(peer_id)
+
+    def touch(self, peer: Peer) -> None:
+        """
+        Note that C{peer} is alive, for the stale-peer sweep.
+        """
+        peer.last_seen = self.clock.seconds()
+
+    # rooms
+
+    def validate_room_name(self, room_name: object) -> str:
+        """
+        :raises InvalidRoomName: Unless C{room_name} is a non-empty string of
+            at most L{MAX_ROOM_NAME_LENGTH} characters.
+        """
+        if not isinstance(room_name, str) or not room_name:
+            raise InvalidRoomName("room must be a non-empty string")
+        if len(room_name) > MAX_ROOM_NAME_LENGTH:
+            raise InvalidRoomName(
+                f"room names are at most {MAX_ROOM_NAME_LENGTH} characters"
+            )
+        return room_name
+
+    def join(
+        self,
+        peer: Peer,
+        room_name: str,
+        metadata: Mapping[str, Any] | None = None,
+        room_metadata: Mapping[str, Any] | None = None,
+    ) -> Room:
+        """
+        Put C{peer} into C{room_name}, creating the room if needed, and tell
+        the others.
+
+        :param metadata: What the others are told about C{peer}.
+        :param room_metadata: The room's metadata, if this join creates it.
+        :return: The room; its C{members} include C{peer}.
+        """
+        self.validate_room_name(room_name)
+        if room_name in peer.rooms:
+            raise AlreadyInRoom(f"already in room {room_name!r}")
+        limits = self.limits
+        if 0 < limits.max_rooms_per_peer <= len(peer.rooms):
+            raise TooManyRooms(
+                f"a peer may be in at most {limits.max_rooms_per_peer} rooms"
+            )
+        now = self.clock.seconds()
+        room = self._rooms.get(room_name)
+        if room is None:
+            room = Room(
+                name=room_name,
+                created_at=now,
+                max_peers=limits.max_peers_per_room,
+                metadata=dict(room_metadata or {}),
+            )
+            self._rooms[room_name] = room
+        elif 0 < room.max_peers <= len(room.members):
+            raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
+        member = Member(
+            peer_id=peer.id,
+            dialect=peer.dialect,
+            metadata=dict(metadata or {}),
+            joined_at=now,
+        )
+        event = PeerJoined(room=room_name, member=member)
+        self._tell_room(room, event)
+        room.members[peer.id] = member
+        room.emptied_at = None
+        peer.rooms[room_name] = room
+        peer.last_seen = now
+        self._log.debug("{peer} joined {room}", peer=peer.id, room=room_name)
+        return room
+
+    def leave(self, peer: Peer, room_name: str) -> None:
+        """
+        Take C{peer} out of C{room_name} and tell the others.
+        """
+        room = peer.rooms.pop(room_name, None)
+        if room is None:
+            raise NotInRoom(f"not in room {room_name!r}")
+        member = room.members.pop(peer.id)
+        self._tell_room(room, PeerLeft(room=room_name, member=member))
+        if not room.members:
+            if self.limits.empty_room_ttl > 0:
+                room.emptied_at = self.clock.seconds()
+            else:
+                del self._rooms[room_name]
+        self._log.debug("{peer} left {room}", peer=peer.id, room=room_name)
+
+    def room(self, room_name: str) -> Room | None:
+        return self._rooms.get(room_name)
+
+    def rooms(self) -> Iterator[Room]:
+        return iter(list(self._rooms.values()))
+
+    # relaying
+
+    def relay(
+        self, sender: Peer, room_name: str | None, target_id: str, signal: Signal
+    ) -> None:
+        """
+        Deliver C{signal} to one peer that shares C{room_name} with C{sender}.
+
+        :raises NotInRoom: C{sender} is not in C{room_name}.
+        :raises PeerNotFound: The target is not in that room.
+        :raises DeliveryRefused: The target cannot take it.
+        """
+        room = sender.rooms.get(room_name) if room_name is not None else None
+        if room is None:
+            raise NotInRoom(f"not in room {room_name!r}")
+        if target_id not in room.members:
+            raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
+        self._peers[target_id].connection.deliver(signal)
+
+    def broadcast(self, sender: Peer, room_name: str, signal: Signal) -> int:
+        """
+        Deliver C{signal} to every other member of C{room_name}.
+
+        :return: How many took it.
+        :raises NotInRoom: C{sender} is not in C{room_name}.
+        """
+        room = sender.rooms.get(room_name)
+        if room is None:
+            raise NotInRoom(f"not in room {room_name!r}")
+        return self._tell_room(room, signal, exclude=sender.id)
+
+    def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:
+        delivered = 0
+        peers = self._peers
+        for peer_id in list(room.members):
+            if peer_id == exclude:
+                continue
+            peer = peers.get(peer_id)
+            if peer is None:
+                continue
+            try:
+                peer.connection.deliver(event)
+            except DeliveryRefused:
+                continue
+            delivered += 1
+        return delivered
+
+    # housekeeping
+
+    def sweep(self) -> None:
+        """
+        Remove peers idle for longer than the stale timeout and empty rooms
+        kept for longer than the empty-room TTL.
+        """
+        now = self.clock.seconds()
+        stale_timeout = self.limits.stale_timeout
+        if stale_timeout > 0:
+            for peer in list(self._peers.values()):
+                if now - peer.last_seen >= stale_timeout:
+                    self._log.info("removing stale peer {peer}", peer=peer.id)
+                    self.disconnect(peer)
+                    peer.connection.close("stale")
+        ttl = self.limits.empty_room_ttl
+        for room in list(self._rooms.values()):
+            if room.emptied_at is not None and now - room.emptied_at >= ttl:
+                del self._rooms[room.name]
+
+    def stats(self) -> HubStats:
+        peers = self._peers.values()
+        in_rooms = sum(1 for peer in peers if peer.rooms)
+        return HubStats(
+            peers_total=len(self._peers),
+            peers_without_room=len(self._peers) - in_rooms,
+            rooms_total=len(self._rooms),
+            peers_in_rooms=in_rooms,
+        )

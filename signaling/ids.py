@@ -1,0 +1,70 @@
+"""
+Peer identifiers.
+
+Every dialect's original server had its own shape of peer id: an opaque token,
+a ULID, eight hex characters. The hub asks an L{IdSource} for the shape the
+dialect wants and checks uniqueness itself, so the shapes stay in one place and
+tests can inject a deterministic source of randomness and time.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import os
+from typing import Callable
+
+import attrs
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class IdShape(enum.Enum):
+    """
+    The shapes of peer id a dialect may ask for.
+    """
+
+    #: 120 random bits in lower-case base32 (24 characters); the default.
+    TOKEN = "token"
+    #: A ULID: 48-bit millisecond timestamp and 80 random bits, Crockford base32.
+    ULID = "ulid"
+    #: 8 lower-case hex characters (32 random bits; the hub enforces uniqueness).
+    HEX8 = "hex8"
+
+
+def encode_ulid(milliseconds: int, randomness: bytes) -> str:
+    """
+    Encode a ULID.
+
+    :param milliseconds: Unix time in milliseconds (48 bits).
+    :param randomness: 10 random bytes.
+    """
+    value = ((milliseconds & 0xFFFFFFFFFFFF) << 80) | int.from_bytes(randomness, "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 0x1F])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@attrs.define
+class IdSource:
+    """
+    Makes peer ids of every shape from an injected source of random bytes.
+
+    :ivar random_bytes: Returns that many unpredictable bytes.
+    """
+
+    random_bytes: Callable[[int], bytes] = os.urandom
+
+    def new_id(self, shape: IdShape, now: float) -> str:
+        """
+        Make one id of C{shape}.
+
+        :param now: The current time in seconds since the epoch (ULIDs carry it).
+        """
+        if shape is IdShape.TOKEN:
+            return base64.b32encode(self.random_bytes(15)).decode("ascii").lower()
+        if shape is IdShape.ULID:
+            return encode_ulid(int(now * 1000), self.random_bytes(10))
+        return self.random_bytes(4).hex()

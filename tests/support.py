@@ -1,0 +1,175 @@
+"""
+Test doubles and an in-memory WebSocket harness.
+
+L{Harness} wires real Autobahn client protocols to the real Klein site over
+L{twisted.test.iosim}, with a L{MemoryReactorClock} as both the hub's clock
+and txaio's loop, so whole protocol exchanges run synchronously.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import txaio
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test.iosim import FakeTransport, IOPump
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from signaling.errors import DeliveryRefused
+from signaling.hub import Hub, HubLimits, IPeerConnection
+from signaling.ids import IdSource
+from signaling.web import SignalingSite
+from signaling.websocket import WebSocketSettings
+
+txaio.use_twisted()
+
+
+def counting_random_bytes():
+    """
+    A deterministic stand-in for C{os.urandom}: every call returns the next
+    counter value, so ids are distinct and predictable.
+    """
+    counter = itertools.count(1)
+
+    def random_bytes(count: int) -> bytes:
+        return next(counter).to_bytes(count, "big")
+
+    return random_bytes
+
+
+@implementer(IPeerConnection)
+class RecordingConnection:
+    """
+    An L{IPeerConnection} that records what the hub does to it.
+
+    :ivar refuse: When set, L{deliver} raises L{DeliveryRefused} with it.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.closed: list[str] = []
+        self.refuse: str | None = None
+
+    def deliver(self, event: Any) -> None:
+        if self.refuse:
+            raise DeliveryRefused(self.refuse)
+        self.events.append(event)
+
+    def close(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+class Client(WebSocketClientProtocol):
+    """
+    A WebSocket client that records decoded frames and how it closed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[Any] = []
+        self.raw: list[bytes] = []
+        self.opened = False
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.answer_pings = True
+
+    def onOpen(self) -> None:
+        self.opened = True
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.raw.append(payload)
+        self.received.append(orjson.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_code = code
+        self.close_reason = reason
+
+    def onPing(self, payload: bytes) -> None:
+        if self.answer_pings:
+            super().onPing(payload)
+
+    def send_json(self, message: Any) -> None:
+        self.sendMessage(orjson.dumps(message))
+
+    def take(self) -> list[Any]:
+        """
+        Return and forget what arrived since the last call.
+        """
+        received, self.received = self.received, []
+        return received
+
+
+class Harness:
+    """
+    One hub and site, and any number of in-memory clients connected to it.
+    """
+
+    def __init__(
+        self,
+        limits: HubLimits = HubLimits(),
+        settings: WebSocketSettings = WebSocketSettings(),
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.clock.advance(1_700_000_000)
+        self._previous_loop = txaio.config.loop
+        txaio.config.loop = self.clock
+        self.hub = Hub(
+            clock=self.clock, ids=IdSource(counting_random_bytes()), limits=limits
+        )
+        self.site = SignalingSite(self.hub, settings)
+        self.web = Site(self.site.resource())
+        self.pumps: list[IOPump] = []
+        self._ports = itertools.count(40000)
+
+    def restore(self) -> None:
+        txaio.config.loop = self._previous_loop
+
+    def connect(
+        self, path: str = "/signal", origin: str | None = None, client_class=Client
+    ) -> Client:
+        """
+        Open a WebSocket to C{path} and flush until the handshake is done.
+        """
+        headers = {"Origin": origin} if origin else None
+        client_factory = WebSocketClientFactory(f"ws://localhost:8080{path}", headers=headers)
+        client_factory.protocol = client_class
+        client_factory.setProtocolOptions(autoPingInterval=0, failByDrop=False)
+        server = self.web.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+        client = client_factory.buildProtocol(None)
+        client_address = IPv4Address("TCP", "127.0.0.1", next(self._ports))
+        server_transport = FakeTransport(server, isServer=True, peerAddress=client_address)
+        client_transport = FakeTransport(client, isServer=False)
+        server.makeConnection(server_transport)
+        client.makeConnection(client_transport)
+        pump = IOPump(client, server, client_transport, server_transport, debug=False)
+        self.pumps.append(pump)
+        self.flush()
+        return client
+
+    def flush(self) -> None:
+        """
+        Move bytes in every direction until nothing is left to move.
+        """
+        for _ in range(1000):
+            if not any([pump.pump() for pump in self.pumps]):
+                return
+        raise AssertionError("the connections never went quiet")
+
+    def advance(self, seconds: float, step: float = 0.1) -> None:
+        """
+        Let C{seconds} pass in small steps, flushing after each.
+        """
+        elapsed = 0.0
+        while elapsed < seconds:
+            self.clock.advance(step)
+            self.flush()
+            elapsed += step
+
+
+def message_types(messages: list[dict]) -> list[str]:
+    return [message["type"] for message in messages]

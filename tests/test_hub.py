@@ -1,0 +1,209 @@
+"""
+Tests for L{signaling.hub}.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from signaling.errors import (
+    AlreadyInRoom,
+    InvalidRoomName,
+    NotInRoom,
+    PeerNotFound,
+    RoomFull,
+    TooManyRooms,
+)
+from signaling.hub import MAX_ROOM_NAME_LENGTH, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
+from signaling.ids import IdShape, IdSource, encode_ulid
+
+from .support import RecordingConnection, counting_random_bytes
+
+
+class IdSourceTests(SynchronousTestCase):
+    def test_token_has_120_random_bits(self):
+        """
+        A token id is 24 base32 characters made from 15 random bytes.
+        """
+        ids = IdSource(lambda count: b"\xff" * count)
+        token = ids.new_id(IdShape.TOKEN, 0)
+        self.assertEqual(token, "7" * 24)
+
+    def test_ulid(self):
+        """
+        A ULID is 26 Crockford characters, the time first, so it sorts by time.
+        """
+        ids = IdSource(lambda count: b"\x00" * count)
+        early = ids.new_id(IdShape.ULID, 1.0)
+        late = ids.new_id(IdShape.ULID, 2.0)
+        self.assertEqual(len(early), 26)
+        self.assertLess(early, late)
+        self.assertEqual(encode_ulid(0, b"\x00" * 10), "0" * 26)
+        self.assertEqual(encode_ulid(2**48 - 1, b"\xff" * 10), "7" + "Z" * 25)
+
+    def test_hex8(self):
+        ids = IdSource(lambda count: b"\xab" * count)
+        self.assertEqual(ids.new_id(IdShape.HEX8, 0), "abababab")
+
+
+class HubTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()))
+
+    def peer(self, hub=None, **kwargs):
+        connection = RecordingConnection()
+        return (hub or self.hub).connect(connection, **kwargs), connection
+
+    def test_recording_connection_provides_interface(self):
+        verifyObject(IPeerConnection, RecordingConnection())
+
+    def test_ids_are_unique_even_when_the_source_repeats(self):
+        """
+        When the id source gives an id that is taken, the hub asks again.
+        """
+        values = iter([b"\x01" * 4, b"\x01" * 4, b"\x02" * 4])
+        hub = Hub(clock=self.clock, ids=IdSource(lambda count: next(values)))
+        first, _ = self.peer(hub, shape=IdShape.HEX8)
+        second, _ = self.peer(hub, shape=IdShape.HEX8)
+        self.assertEqual((first.id, second.id), ("01010101", "02020202"))
+
+    def test_join_announces_to_others_only(self):
+        alice, alice_conn = self.peer()
+        bob, bob_conn = self.peer()
+        self.hub.join(alice, "lobby", {"name": "alice"})
+        room = self.hub.join(bob, "lobby", {"name": "bob"})
+        self.assertEqual(list(room.members), [alice.id, bob.id])
+        self.assertEqual(len(alice_conn.events), 1)
+        event = alice_conn.events[0]
+        self.assertIsInstance(event, PeerJoined)
+        self.assertEqual((event.room, event.member.peer_id), ("lobby", bob.id))
+        self.assertEqual(event.member.metadata, {"name": "bob"})
+        self.assertEqual(bob_conn.events, [])
+
+    def test_room_created_on_first_join_and_deleted_when_empty(self):
+        alice, _ = self.peer()
+        room = self.hub.join(alice, "lobby", room_metadata={"callType": "video"})
+        self.assertEqual(room.created_at, 1000)
+        self.assertEqual(room.metadata, {"callType": "video"})
+        self.hub.leave(alice, "lobby")
+        self.assertIsNone(self.hub.room("lobby"))
+
+    def test_empty_room_ttl(self):
+        """
+        With an empty-room TTL, an empty room is kept until a sweep after
+        the TTL.
+        """
+        hub = Hub(clock=self.clock, limits=HubLimits(empty_room_ttl=60))
+        alice, _ = self.peer(hub)
+        hub.join(alice, "lobby")
+        hub.leave(alice, "lobby")
+        self.clock.advance(59)
+        hub.sweep()
+        self.assertIsNotNone(hub.room("lobby"))
+        self.clock.advance(1)
+        hub.sweep()
+        self.assertIsNone(hub.room("lobby"))
+
+    def test_stale_peers_are_removed_by_sweep(self):
+        hub = Hub(clock=self.clock, limits=HubLimits(stale_timeout=30))
+        alice, alice_conn = self.peer(hub)
+        bob, bob_conn = self.peer(hub)
+        hub.join(alice, "lobby")
+        hub.join(bob, "lobby")
+        self.clock.advance(20)
+        hub.touch(bob)
+        self.clock.advance(10)
+        hub.sweep()
+        self.assertEqual(alice_conn.closed, ["stale"])
+        self.assertEqual(bob_conn.closed, [])
+        self.assertIsNone(hub.find(alice.id))
+        self.assertIsInstance(bob_conn.events[-1], PeerLeft)
+
+    def test_leave_announces_and_leave_twice_fails(self):
+        alice, alice_conn = self.peer()
+        bob, _ = self.peer()
+        self.hub.join(alice, "lobby")
+        self.hub.join(bob, "lobby")
+        self.hub.leave(bob, "lobby")
+        self.assertIsInstance(alice_conn.events[-1], PeerLeft)
+        self.assertRaises(NotInRoom, self.hub.leave, bob, "lobby")
+
+    def test_disconnect_leaves_every_room(self):
+        alice, alice_conn = self.peer()
+        bob, _ = self.peer()
+        for room in ("a", "b"):
+            self.hub.join(alice, room)
+            self.hub.join(bob, room)
+        self.hub.disconnect(bob)
+        self.hub.disconnect(bob)
+        self.assertEqual(
+            [(type(e).__name__, e.room) for e in alice_conn.events],
+            [("PeerJoined", "a"), ("PeerJoined", "b"), ("PeerLeft", "a"), ("PeerLeft", "b")],
+        )
+        self.assertIsNone(self.hub.find(bob.id))
+
+    def test_relay_sets_sender_and_needs_a_shared_room(self):
+        alice, _ = self.peer()
+        bob, bob_conn = self.peer()
+        carol, _ = self.peer()
+        self.hub.join(alice, "lobby")
+        self.hub.join(bob, "lobby")
+        self.hub.join(carol, "other")
+        signal = Signal("offer", alice.id, "lobby", {"sdp": "x"})
+        self.hub.relay(alice, "lobby", bob.id, signal)
+        self.assertEqual(bob_conn.events[-1], signal)
+        self.assertRaises(PeerNotFound, self.hub.relay, alice, "lobby", carol.id, signal)
+        self.assertRaises(NotInRoom, self.hub.relay, alice, "other", carol.id, signal)
+        self.assertRaises(NotInRoom, self.hub.relay, alice, None, carol.id, signal)
+
+    def test_broadcast_skips_sender_and_refusing_peers(self):
+        alice, alice_conn = self.peer()
+        bob, bob_conn = self.peer()
+        carol, carol_conn = self.peer()
+        for peer in (alice, bob, carol):
+            self.hub.join(peer, "lobby")
+        bob_conn.refuse = "buffer-full"
+        signal = Signal("candidate", alice.id, "lobby", {"candidate": "c"})
+        self.assertEqual(self.hub.broadcast(alice, "lobby", signal), 1)
+        self.assertEqual(carol_conn.events[-1], signal)
+        self.assertNotIn(signal, alice_conn.events)
+
+    def test_limits(self):
+        hub = Hub(clock=self.clock, limits=HubLimits(max_peers_per_room=2, max_rooms_per_peer=2))
+        peers = [self.peer(hub)[0] for _ in range(3)]
+        hub.join(peers[0], "a")
+        hub.join(peers[1], "a")
+        self.assertRaises(RoomFull, hub.join, peers[2], "a")
+        hub.join(peers[0], "b")
+        self.assertRaises(TooManyRooms, hub.join, peers[0], "c")
+        self.assertRaises(AlreadyInRoom, hub.join, peers[0], "a")
+
+    def test_unlimited(self):
+        hub = Hub(clock=self.clock, limits=HubLimits(max_peers_per_room=0, max_rooms_per_peer=0))
+        peers = [self.peer(hub)[0] for _ in range(150)]
+        for peer in peers:
+            hub.join(peer, "big")
+        for index in range(20):
+            hub.join(peers[0], f"room-{index}")
+        self.assertEqual(len(hub.room("big").members), 150)
+
+    def test_room_names(self):
+        alice, _ = self.peer()
+        for bad in ("", None, 5, "x" * (MAX_ROOM_NAME_LENGTH + 1)):
+            self.assertRaises(InvalidRoomName, self.hub.join, alice, bad)
+        self.hub.join(alice, "x" * MAX_ROOM_NAME_LENGTH)
+
+    def test_stats(self):
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        self.peer()
+        self.hub.join(alice, "a")
+        self.hub.join(alice, "b")
+        self.hub.join(bob, "a")
+        stats = self.hub.stats()
+        self.assertEqual(
+            (stats.peers_total, stats.peers_without_room, stats.rooms_total, stats.peers_in_rooms),
+            (3, 1, 2, 2),
+        )
