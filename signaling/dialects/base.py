@@ -1,0 +1,110 @@
+"""
+What every dialect shares: the session interface the WebSocket layer drives,
+and the error a client's bad input raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+from zope.interface import Interface
+
+from ..hub import Hub
+
+#: WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+#: Our own: the hub removed the peer (stale, replaced by a newer connection).
+CLOSE_REMOVED = 4000
+
+
+class ProtocolError(Exception):
+    """
+    The client sent something the dialect cannot accept; it is answered in
+    the dialect's error format and the connection stays open.
+
+    :ivar code: The dialect's own error code.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@attrs.frozen
+class HandshakeInfo:
+    """
+    What a session may know about the WebSocket opening handshake.
+
+    :ivar path: The request path, percent-decoded.
+    :ivar params: The query parameters, first value of each.
+    """
+
+    path: str
+    params: Mapping[str, str] = attrs.Factory(dict)
+    origin: str | None = None
+
+
+class IFrameSink(Interface):
+    """
+    The WebSocket connection as a session sees it.
+    """
+
+    def send(frame: bytes) -> None:
+        """
+        Send one text frame.
+
+        :raises DeliveryRefused: The connection cannot take it.
+        """
+
+    def fail(code: int, reason: str) -> None:
+        """
+        Close the connection with a WebSocket close code, including the
+        protocol-level ones (1003, 1007, 1009, 1011).
+        """
+
+
+class Session:
+    """
+    One client's conversation in one dialect: turns its frames into hub
+    calls and hub events into its frames.
+
+    The WebSocket layer calls L{opened}, L{text_received},
+    L{binary_received}, L{too_large} and L{closed}; it asks L{render} for the
+    frame of each hub event delivered to the peer.
+    """
+
+    def __init__(self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo) -> None:
+        self.hub = hub
+        self.sink = sink
+        self.handshake = handshake
+
+    def opened(self) -> None:
+        raise NotImplementedError()
+
+    def text_received(self, data: bytes) -> None:
+        raise NotImplementedError()
+
+    def binary_received(self) -> None:
+        """
+        A binary frame arrived; no dialect of ours carries binary data.
+        """
+        self.sink.fail(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+
+    def too_large(self) -> None:
+        """
+        A frame over the size limit is arriving; the connection closes with
+        1009 right after this, so a dialect may send its error first.
+        """
+
+    def render(self, event: Any) -> bytes | None:
+        raise NotImplementedError()
+
+    def closed(self) -> None:
+        raise NotImplementedError()

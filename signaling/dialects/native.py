@@ -1,0 +1,175 @@
+"""
+The native protocol at C{/signal}: JSON text frames, specified in
+docs/protocol.rst.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import orjson
+from ..logs import Logger
+
+from ..errors import DeliveryRefused, HubError
+from ..hub import Member, Peer, PeerJoined, PeerLeft, Signal
+from .base import ProtocolError, Session
+
+NAME = "native"
+
+#: Incoming relay types and the hub's signal kind for each.
+_RELAY_KINDS = {
+    "offer": "offer",
+    "answer": "answer",
+    "candidate": "candidate",
+    "ice-candidate": "candidate",
+    "message": "message",
+}
+#: Kinds that go to every other peer in the room when there is no C{to}.
+_BROADCASTABLE = frozenset({"candidate", "message"})
+
+_DELIVERY_ERRORS = {
+    "too-large": ("message-too-large", "the message is too large for its recipient"),
+    "buffer-full": ("dropped", "the recipient is not reading; message dropped"),
+    "closed": ("peer-not-found", "the recipient has gone"),
+}
+
+
+def _member(member: Member) -> dict[str, Any]:
+    return {"id": member.peer_id, "metadata": member.metadata}
+
+
+def _string(message: dict, field: str) -> str:
+    value = message.get(field)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("invalid-field", f"{field!r} must be a non-empty string")
+    return value
+
+
+class NativeSession(Session):
+    """
+    A client of the native protocol.
+    """
+
+    _log = Logger()
+    peer: Peer | None = None
+
+    def opened(self) -> None:
+        self.peer = self.hub.connect(self.sink, dialect=NAME)
+        self._send({"type": "welcome", "peerId": self.peer.id})
+
+    def closed(self) -> None:
+        if self.peer is not None:
+            self.hub.disconnect(self.peer)
+
+    def too_large(self) -> None:
+        self._error("message-too-large", "the message exceeds the size limit")
+
+    def text_received(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._error("invalid-json", "the frame is not valid JSON")
+            return
+        if not isinstance(message, dict):
+            self._error("invalid-json", "a message must be a JSON object")
+            return
+        request_id = message.get("id")
+        if request_id is not None and not isinstance(request_id, (str, int)):
+            self._error("invalid-field", "'id' must be a string or a number")
+            return
+        message_type = message.get("type")
+        handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
+        if handler is None:
+            self._error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            return
+        self.hub.touch(self.peer)
+        try:
+            handler(self, message, request_id)
+        except (ProtocolError, HubError) as error:
+            self._error(error.code, error.message, request_id)
+
+    # requests
+
+    def _join(self, message: dict, request_id: Any) -> None:
+        room_name = self.hub.validate_room_name(message.get("room"))
+        metadata = message.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ProtocolError("invalid-field", "'metadata' must be an object")
+        room = self.hub.join(self.peer, room_name, metadata)
+        peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
+        self._send(self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id))
+
+    def _leave(self, message: dict, request_id: Any) -> None:
+        room_name = _string(message, "room")
+        self.hub.leave(self.peer, room_name)
+        self._send(self._reply({"type": "left", "room": room_name}, request_id))
+
+    def _relay(self, message: dict, request_id: Any) -> None:
+        kind = _RELAY_KINDS[message["type"]]
+        room_name = _string(message, "room")
+        if "payload" not in message:
+            raise ProtocolError("invalid-field", "'payload' is required")
+        signal = Signal(kind=kind, sender=self.peer.id, room=room_name, payload=message["payload"])
+        target = message.get("to")
+        if target is None:
+            if kind not in _BROADCASTABLE:
+                raise ProtocolError("invalid-field", f"'to' is required for {kind}")
+            self.hub.broadcast(self.peer, room_name, signal)
+            return
+        if not isinstance(target, str):
+            raise ProtocolError("invalid-field", "'to' must be a string")
+        try:
+            self.hub.relay(self.peer, room_name, target, signal)
+        except DeliveryRefused as refused:
+            code, text = _DELIVERY_ERRORS[refused.reason]
+            raise ProtocolError(code, text)
+
+    def _ping(self, message: dict, request_id: Any) -> None:
+        self._send(self._reply({"type": "pong"}, request_id))
+
+    _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
+        "join": _join,
+        "leave": _leave,
+        "ping": _ping,
+        **dict.fromkeys(_RELAY_KINDS, _relay),
+    }
+
+    # events
+
+    def render(self, event: Any) -> bytes | None:
+        if type(event) is Signal:
+            return orjson.dumps(
+                {
+                    "type": event.kind,
+                    "room": event.room,
+                    "from": event.sender,
+                    "payload": event.payload,
+                }
+            )
+        if type(event) is PeerJoined:
+            return orjson.dumps(
+                {"type": "peer-joined", "room": event.room, "peer": _member(event.member)}
+            )
+        if type(event) is PeerLeft:
+            return orjson.dumps(
+                {"type": "peer-left", "room": event.room, "peer": _member(event.member)}
+            )
+        return None
+
+    # output
+
+    @staticmethod
+    def _reply(body: dict, request_id: Any) -> dict:
+        if request_id is not None:
+            body["id"] = request_id
+        return body
+
+    def _send(self, body: dict) -> None:
+        try:
+            self.sink.send(orjson.dumps(body))
+        except DeliveryRefused:
+            # Our own client is going away or not reading; nothing to tell it.
+            pass
+
+    def _error(self, code: str, text: str, request_id: Any = None) -> None:
+        self._send(self._reply({"type": "error", "code": code, "message": text}, request_id))

@@ -1,0 +1,163 @@
+"""
+The HTTP side: health, stats and rooms, and the WebSocket routes of every
+dialect, in one Klein app.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import orjson
+from autobahn.twisted.resource import WebSocketResource
+from klein import Klein
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from .dialects.native import NativeSession
+from .hub import Hub, Room
+from .websocket import SignalingFactory, WebSocketSettings
+
+
+def _milliseconds(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _iso(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _room_summary(room: Room) -> dict[str, Any]:
+    return {
+        "id": room.name,
+        "peer_count": len(room.members),
+        "max_peers": room.max_peers,
+        "created_at": _iso(room.created_at),
+    }
+
+
+def _room_detail(room: Room) -> dict[str, Any]:
+    peers = []
+    for member in room.members.values():
+        peer: dict[str, Any] = {"peer_id": member.peer_id}
+        for field in ("display_name", "endpoint"):
+            if member.metadata.get(field) is not None:
+                peer[field] = member.metadata[field]
+        peer["joined_at"] = _milliseconds(member.joined_at)
+        peer["dialect"] = member.dialect
+        peers.append(peer)
+    return {
+        "id": room.name,
+        "peers": peers,
+        "peer_count": len(room.members),
+        "max_peers": room.max_peers,
+        "created_at": _milliseconds(room.created_at),
+        "metadata": room.metadata,
+    }
+
+
+class SignalingSite:
+    """
+    The Klein app serving every route of one hub.
+    """
+
+    app = Klein()
+
+    def __init__(self, hub: Hub, settings: WebSocketSettings = WebSocketSettings()) -> None:
+        self.hub = hub
+        self.settings = settings
+        self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+
+    def resource(self):
+        return self.app.resource()
+
+    # helpers
+
+    def _cors(self, request: IRequest) -> None:
+        origin = request.getHeader("origin")
+        if origin is None or not self.settings.allows_origin(origin):
+            return
+        request.setHeader("Access-Control-Allow-Origin", origin)
+        request.setHeader("Access-Control-Allow-Credentials", "true")
+        request.setHeader("Vary", "Origin")
+
+    def _json(self, request: IRequest, body: Any, code: int = 200) -> bytes:
+        self._cors(request)
+        request.setResponseCode(code)
+        request.setHeader("Content-Type", "application/json")
+        return orjson.dumps(body)
+
+    def _now_ms(self) -> int:
+        return _milliseconds(self.hub.clock.seconds())
+
+    # HTTP API
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        return self._json(request, {"status": "ok", "timestamp": self._now_ms()})
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        request.setHeader("Content-Type", "text/plain; charset=utf-8")
+        return b"ok"
+
+    @app.route("/api/stats", methods=["GET"])
+    def stats(self, request: IRequest) -> bytes:
+        stats = self.hub.stats()
+        return self._json(
+            request,
+            {
+                "peers": {
+                    "total": stats.peers_total,
+                    "without_room": stats.peers_without_room,
+                },
+                "rooms": {
+                    "total": stats.rooms_total,
+                    "total_peers": stats.peers_in_rooms,
+                },
+                "timestamp": self._now_ms(),
+            },
+        )
+
+    @app.route("/api/rooms", methods=["GET"])
+    def rooms(self, request: IRequest) -> bytes:
+        return self._json(request, {"rooms": [_room_summary(r) for r in self.hub.rooms()]})
+
+    @app.route("/api/rooms/<string:room_id>", methods=["GET"])
+    def room(self, request: IRequest, room_id: str) -> bytes:
+        room = self.hub.room(room_id)
+        if room is None:
+            return self._json(request, {"error": "room not found", "id": room_id}, 404)
+        return self._json(request, _room_detail(room))
+
+    @app.route("/api/<path:anything>", methods=["OPTIONS"])
+    def preflight(self, request: IRequest, anything: str) -> bytes:
+        self._cors(request)
+        request.setResponseCode(204)
+        request.setHeader("Access-Control-Allow-Methods", "GET, OPTIONS")
+        request.setHeader("Access-Control-Allow-Headers", "Content-Type, Authorization")
+        return b""
+
+    # WebSocket routes
+
+    def _websocket(self, request: IRequest, resource: WebSocketResource):
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if upgrade != "websocket":
+            request.setHeader("Upgrade", "websocket")
+            return self._json(request, {"error": "this URL takes WebSocket connections"}, 426)
+        return resource
+
+    @app.route("/signal", methods=["GET"])
+    def native(self, request: IRequest):
+        return self._websocket(request, self._native)
+
+    # errors
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure) -> bytes:
+        return self._json(request, {"error": "not found", "path": request.path.decode("utf-8", "replace")}, 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: IRequest, failure) -> bytes:
+        return self._json(request, {"error": "method not allowed"}, 405)

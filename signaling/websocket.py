@@ -1,0 +1,169 @@
+"""
+The Autobahn protocol and factory that bind a dialect's sessions to the hub.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+from urllib.parse import unquote
+
+import attrs
+from autobahn.exception import PayloadExceededError
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from .logs import Logger
+from zope.interface import implementer
+
+from .dialects.base import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_REMOVED,
+    HandshakeInfo,
+    IFrameSink,
+    Session,
+)
+from .errors import DeliveryRefused
+from .hub import Hub, IPeerConnection
+
+SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
+
+
+@attrs.frozen
+class WebSocketSettings:
+    """
+    :ivar max_message_size: Largest frame or message in bytes; larger closes
+        the connection with 1009.
+    :ivar ping_interval: Seconds between server pings; 0 turns them off.
+    :ivar ping_timeout: Seconds to wait for the pong before the peer is gone.
+    :ivar allowed_origins: Browser origins allowed to connect; empty allows any.
+    """
+
+    max_message_size: int = 64 * 1024
+    ping_interval: float = 30
+    ping_timeout: float = 10
+    allowed_origins: tuple[str, ...] = ()
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """
+        Whether a browser from C{origin} may connect; clients that send no
+        Origin (anything but a browser) may.
+        """
+        if origin is None or not self.allowed_origins:
+            return True
+        return origin.rstrip("/").lower() in self._allowed_lowercase
+
+    @property
+    def _allowed_lowercase(self) -> frozenset[str]:
+        return frozenset(o.rstrip("/").lower() for o in self.allowed_origins)
+
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+@implementer(IPeerConnection, IFrameSink)
+class SignalingProtocol(WebSocketServerProtocol):
+    """
+    One WebSocket connection, speaking one dialect through its session.
+    """
+
+    _log = Logger()
+    session: Session | None = None
+
+    def onConnect(self, request):
+        origin = request.headers.get("origin")
+        if not self.factory.settings.allows_origin(origin):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        path = unquote(request.path)
+        params = {name: values[0] for name, values in request.params.items() if values}
+        handshake = HandshakeInfo(
+            path=path, params=params, origin=origin
+        )
+        self.session = self.factory.session_factory(self.factory.hub, self, handshake)
+        return None
+
+    def onOpen(self) -> None:
+        self._guarded(self.session.opened)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._guarded(self.session.binary_received)
+        else:
+            self._guarded(self.session.text_received, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            try:
+                session.closed()
+            except Exception:
+                self._log.failure("closing a session failed")
+
+    def _guarded(self, handler, *args) -> None:
+        # A bug in a dialect ends only this connection, with 1011, and
+        # never reaches the client as a traceback.
+        try:
+            handler(*args)
+        except Exception:
+            self._log.failure("a session handler failed")
+            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason) -> None:
+        if self.session is not None:
+            self._guarded(self.session.too_large)
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+    # IFrameSink
+
+    def send(self, frame: bytes) -> None:
+        if self.state != _OPEN:
+            raise DeliveryRefused("closed", "the connection is closing")
+        try:
+            self.sendMessage(frame)
+        except PayloadExceededError:
+            raise DeliveryRefused("too-large", "the message exceeds the size limit")
+
+    def fail(self, code: int, reason: str) -> None:
+        self._fail_connection(code, reason)
+
+    # IPeerConnection
+
+    def deliver(self, event) -> None:
+        session = self.session
+        if session is None:
+            raise DeliveryRefused("closed", "the connection is closed")
+        frame = session.render(event)
+        if frame is not None:
+            self.send(frame)
+
+    def close(self, reason: str) -> None:
+        if self.state == _OPEN:
+            self.sendClose(CLOSE_REMOVED, reason)
+
+
+class SignalingFactory(WebSocketServerFactory):
+    """
+    Makes L{SignalingProtocol}s whose sessions come from C{session_factory}.
+    """
+
+    protocol = SignalingProtocol
+
+    def __init__(
+        self,
+        hub: Hub,
+        session_factory: SessionFactory,
+        settings: WebSocketSettings = WebSocketSettings(),
+    ) -> None:
+        super().__init__()
+        self.hub = hub
+        self.session_factory = session_factory
+        self.settings = settings
+        self.setProtocolOptions(
+            # A protocol error must end with a close frame, not a TCP drop.
+            failByDrop=False,
+            maxFramePayloadSize=settings.max_message_size,
+            maxMessagePayloadSize=settings.max_message_size,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout if settings.ping_interval else 0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )

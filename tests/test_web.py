@@ -1,0 +1,123 @@
+"""
+The HTTP API, through treq's in-memory client.
+"""
+
+import orjson
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from signaling.hub import Hub, HubLimits
+from signaling.ids import IdShape, IdSource
+from signaling.web import SignalingSite
+from signaling.websocket import WebSocketSettings
+
+from .support import RecordingConnection, counting_random_bytes
+
+
+class WebTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1703894400)
+        self.hub = Hub(
+            clock=self.clock,
+            ids=IdSource(counting_random_bytes()),
+            limits=HubLimits(max_peers_per_room=5),
+        )
+        settings = WebSocketSettings(allowed_origins=("http://localhost:3000",))
+        self.treq = StubTreq(SignalingSite(self.hub, settings).resource())
+
+    def get(self, path, **kwargs):
+        response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))
+        body = self.successResultOf(response.content())
+        return response, body
+
+    def get_json(self, path, code=200, **kwargs):
+        response, body = self.get(path, **kwargs)
+        self.assertEqual(response.code, code, body)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
+        return orjson.loads(body)
+
+    def test_health(self):
+        self.assertEqual(self.get_json("/health"), {"status": "ok", "timestamp": 1703894400000})
+
+    def test_healthz(self):
+        response, body = self.get("/healthz")
+        self.assertEqual((response.code, body), (200, b"ok"))
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/plain; charset=utf-8"])
+
+    def populate(self):
+        alice = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
+        bob = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
+        self.hub.connect(RecordingConnection())
+        self.hub.join(alice, "room-1", {"display_name": "Alice", "endpoint": {"ip": "203.0.113.1", "port": 12345}})
+        self.clock.advance(1)
+        self.hub.join(bob, "room-1")
+        return alice, bob
+
+    def test_stats(self):
+        self.populate()
+        self.assertEqual(
+            self.get_json("/api/stats"),
+            {
+                "peers": {"total": 3, "without_room": 1},
+                "rooms": {"total": 1, "total_peers": 2},
+                "timestamp": 1703894401000,
+            },
+        )
+
+    def test_rooms(self):
+        self.populate()
+        self.assertEqual(
+            self.get_json("/api/rooms"),
+            {"rooms": [{"id": "room-1", "peer_count": 2, "max_peers": 5, "created_at": "2023-12-30T00:00:00.000Z"}]},
+        )
+
+    def test_room_detail(self):
+        alice, bob = self.populate()
+        self.assertEqual(
+            self.get_json("/api/rooms/room-1"),
+            {
+                "id": "room-1",
+                "peers": [
+                    {
+                        "peer_id": alice.id,
+                        "display_name": "Alice",
+                        "endpoint": {"ip": "203.0.113.1", "port": 12345},
+                        "joined_at": 1703894400000,
+                        "dialect": "native",
+                    },
+                    {"peer_id": bob.id, "joined_at": 1703894401000, "dialect": "native"},
+                ],
+                "peer_count": 2,
+                "max_peers": 5,
+                "created_at": 1703894400000,
+                "metadata": {},
+            },
+        )
+
+    def test_missing_room_and_unknown_path_are_json_404(self):
+        self.assertEqual(self.get_json("/api/rooms/nope", 404), {"error": "room not found", "id": "nope"})
+        self.assertEqual(self.get_json("/no/such/thing", 404), {"error": "not found", "path": "/no/such/thing"})
+
+    def test_cors_for_allowed_origin_only(self):
+        response, _ = self.get("/api/rooms", headers={"Origin": "http://localhost:3000"})
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://localhost:3000"])
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-credentials"), ["true"])
+        response, _ = self.get("/api/rooms", headers={"Origin": "http://evil.example"})
+        self.assertIsNone(response.headers.getRawHeaders("access-control-allow-origin"))
+
+    def test_preflight(self):
+        response = self.successResultOf(
+            self.treq.request("OPTIONS", "http://localhost/api/rooms", headers={"Origin": "http://localhost:3000"})
+        )
+        self.assertEqual(response.code, 204)
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://localhost:3000"])
+
+    def test_signal_without_upgrade(self):
+        """
+        A plain GET of a WebSocket URL is answered, not crashed on.
+        """
+        self.assertEqual(
+            self.get_json("/signal", 426), {"error": "this URL takes WebSocket connections"}
+        )
