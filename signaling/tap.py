@@ -1,0 +1,262 @@
+"""
+The twistd plugin's options and service: the only place that picks the
+reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import attrs
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.python import usage
+from twisted.web.server import Site
+
+from . import logs
+from .hub import Hub, HubLimits
+from .logs import Logger
+from .web import SignalingSite
+from .websocket import WebSocketSettings
+
+DEFAULT_PORT = 8080
+#: Twisted's default of 50 stalls WebSocket handshakes under a burst.
+LISTEN_BACKLOG = 1024
+
+_TLS_SHORTHAND = re.compile(r"^tls:(\d+)((?::[a-z]+=[^:]*)*)$")
+_BACKLOG_PREFIXES = ("tcp:", "tcp6:", "ssl:", "tls:")
+
+
+def _number(option: str, kind: type, description: str):
+    """
+    A coercer for C{--option} that names the option when the value is bad.
+    """
+
+    def coerce(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            raise ValueError(f"--{option} takes {description}, not {value!r}")
+        return number
+
+    coerce.coerceDoc = description[0].upper() + description[1:] + "."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _whole(option: str):
+    return _number(option, int, "a whole number, 0 or more")
+
+
+def _seconds(option: str):
+    return _number(option, float, "seconds, 0 or more")
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd signaling}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A WebRTC signaling server speaking several dialects over one hub of "
+        "rooms. --port takes Twisted endpoint strings and may be repeated; "
+        "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key. "
+        "Environment: PORT (default port), CLIENT_URL (allowed origins, "
+        "comma-separated), LOG_LEVEL."
+    )
+
+    optParameters = [
+        ["tls-cert", None, None, "PEM certificate (chain) for 'tls:PORT' ports."],
+        ["tls-key", None, None, "PEM private key for 'tls:PORT'; default: --tls-cert's file."],
+        ["max-message-size", None, 64 * 1024, "Largest WebSocket message in bytes; larger closes with 1009.", _whole("max-message-size")],
+        ["ping-interval", None, 30.0, "Seconds between WebSocket pings; 0 disables them.", _seconds("ping-interval")],
+        ["ping-timeout", None, 10.0, "Seconds to wait for a pong before the peer is removed.", _seconds("ping-timeout")],
+        ["max-peers-per-room", None, 100, "Peers a room may hold; 0 for unlimited.", _whole("max-peers-per-room")],
+        ["max-rooms-per-peer", None, 16, "Rooms one connection may be in; 0 for unlimited.", _whole("max-rooms-per-peer")],
+        ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self["ports"] = []
+        self["allowed-origins"] = []
+
+    def opt_port(self, description: str) -> None:
+        """Listen on this Twisted endpoint (repeatable; default tcp:8080:interface=127.0.0.1, or env PORT's port)."""
+        self["ports"].append(description)
+
+    opt_p = opt_port
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Allow browsers from this origin, e.g. https://app.example (repeatable; env CLIENT_URL; default: any)."""
+        self["allowed-origins"].append(origin.rstrip("/"))
+
+    def postOptions(self) -> None:
+        if not self["ports"]:
+            port = self.environ.get("PORT", str(DEFAULT_PORT))
+            if not port.isdigit():
+                raise usage.UsageError(f"PORT must be a port number, not {port!r}")
+            self["ports"] = [f"tcp:{port}:interface=127.0.0.1"]
+        if not self["allowed-origins"] and self.environ.get("CLIENT_URL"):
+            self["allowed-origins"] = [
+                origin.strip().rstrip("/")
+                for origin in self.environ["CLIENT_URL"].split(",")
+                if origin.strip()
+            ]
+        level = self["log-level"] or self.environ.get("LOG_LEVEL", "info")
+        if level.lower() not in logs.LEVEL_NAMES:
+            raise usage.UsageError(
+                f"log level must be one of {', '.join(logs.LEVEL_NAMES)}, not {level!r}"
+            )
+        self["log-level"] = level.lower()
+        if self["ping-interval"] and not self["ping-timeout"]:
+            raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        for description in self["ports"]:
+            if _TLS_SHORTHAND.match(description) and not self["tls-cert"]:
+                raise usage.UsageError(f"--port {description} needs --tls-cert")
+
+    def parseOptions(self, options=None) -> None:
+        # twistd prints its whole usage text above an option error; one line
+        # saying what is wrong is easier to read in a journal.
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"twistd signaling: {error} (see twistd signaling --help)")
+
+
+def _tls_context(cert_path: str, key_path: str | None):
+    from twisted.internet.ssl import PrivateCertificate
+
+    try:
+        with open(cert_path, "rb") as cert_file:
+            cert_pem = cert_file.read()
+        key_pem = cert_pem
+        if key_path:
+            with open(key_path, "rb") as key_file:
+                key_pem = key_file.read()
+        return PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
+    except Exception as error:
+        raise SystemExit(f"twistd signaling: cannot load the TLS certificate: {error}")
+
+
+def endpoint_for(reactor: Any, description: str, options: Mapping[str, Any]) -> IStreamServerEndpoint:
+    """
+    Parse one C{--port}: the C{tls:PORT} shorthand, or any Twisted server
+    endpoint string (given a backlog of L{LISTEN_BACKLOG} unless it says one).
+    """
+    shorthand = _TLS_SHORTHAND.match(description)
+    if shorthand:
+        arguments = dict(
+            part.split("=", 1) for part in shorthand.group(2).split(":") if part
+        )
+        return SSL4ServerEndpoint(
+            reactor,
+            int(shorthand.group(1)),
+            _tls_context(options["tls-cert"], options["tls-key"]),
+            backlog=int(arguments.get("backlog", LISTEN_BACKLOG)),
+            interface=arguments.get("interface", ""),
+        )
+    if description.startswith(_BACKLOG_PREFIXES) and "backlog=" not in description:
+        description += f":backlog={LISTEN_BACKLOG}"
+    try:
+        return serverFromString(reactor, description)
+    except Exception as error:
+        raise SystemExit(f"twistd signaling: bad --port {description!r}: {error}")
+
+
+def url_for(port: IListeningPort, secure: bool) -> str:
+    address = port.getHost()
+    host = getattr(address, "host", "localhost")
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "wss" if secure else "ws"
+    return f"{scheme}://{host}:{address.port}/signal"
+
+
+@attrs.define(eq=False)
+class ListeningService(Service):
+    """
+    Listens on one endpoint; a failure to listen ends startup with a
+    one-line message instead of a traceback and an idle process.
+    """
+
+    endpoint: IStreamServerEndpoint
+    factory: Any
+    description: str
+    port: IListeningPort | None = None
+    _log = Logger()
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        outcome: list = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            # Endpoints that listen asynchronously report later.
+            return
+        if not IListeningPort.providedBy(outcome[0]):
+            raise SystemExit(
+                f"twistd signaling: cannot listen on {self.description}: "
+                f"{outcome[0].getErrorMessage()}"
+            )
+        self.port = outcome[0]
+        secure = self.description.startswith(("tls:", "ssl:"))
+        try:
+            url = url_for(self.port, secure)
+        except AttributeError:
+            url = self.description
+        self._log.info("signaling listening on {url}", url=url)
+
+    def stopService(self) -> Deferred | None:
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def make_service(options: Options, reactor: Any) -> MultiService:
+    """
+    Build the service tree for C{options} on C{reactor}.
+    """
+    logs.set_level(options["log-level"])
+    hub = Hub(
+        clock=reactor,
+        limits=HubLimits(
+            max_peers_per_room=options["max-peers-per-room"],
+            max_rooms_per_peer=options["max-rooms-per-peer"],
+        ),
+    )
+    settings = WebSocketSettings(
+        max_message_size=options["max-message-size"],
+        ping_interval=options["ping-interval"],
+        ping_timeout=options["ping-timeout"],
+        allowed_origins=tuple(options["allowed-origins"]),
+    )
+    site = SignalingSite(hub, settings)
+    web = Site(site.resource())
+    web.displayTracebacks = False
+    top = MultiService()
+    top.hub = hub  # type: ignore[attr-defined]
+    for description in options["ports"]:
+        listener = ListeningService(
+            endpoint_for(reactor, description, options), web, description
+        )
+        listener.setServiceParent(top)
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return make_service(options, reactor)

@@ -1,0 +1,146 @@
+"""
+The twistd plugin's options and service wiring, on a memory reactor.
+"""
+
+import trustme
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.application.service import IServiceMaker
+
+from signaling import tap
+
+
+def parse(*argv, environ=None):
+    options = tap.Options(environ=environ or {})
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(options["ports"], ["tcp:8080:interface=127.0.0.1"])
+        self.assertEqual(options["max-message-size"], 65536)
+        self.assertEqual(options["ping-interval"], 30.0)
+        self.assertEqual(options["ping-timeout"], 10.0)
+        self.assertEqual(options["max-peers-per-room"], 100)
+        self.assertEqual(options["max-rooms-per-peer"], 16)
+        self.assertEqual(options["allowed-origins"], [])
+        self.assertEqual(options["log-level"], "info")
+
+    def test_environment(self):
+        options = parse(environ={"PORT": "9000", "CLIENT_URL": "http://a.example/, https://b.example", "LOG_LEVEL": "DEBUG"})
+        self.assertEqual(options["ports"], ["tcp:9000:interface=127.0.0.1"])
+        self.assertEqual(options["allowed-origins"], ["http://a.example", "https://b.example"])
+        self.assertEqual(options["log-level"], "debug")
+
+    def test_options_override_environment(self):
+        options = parse("--port", "tcp:1", "--port", "unix:/tmp/x", "--allowed-origin", "https://c.example", "--log-level", "warn",
+                        environ={"PORT": "9000", "CLIENT_URL": "http://a.example", "LOG_LEVEL": "debug"})
+        self.assertEqual(options["ports"], ["tcp:1", "unix:/tmp/x"])
+        self.assertEqual(options["allowed-origins"], ["https://c.example"])
+        self.assertEqual(options["log-level"], "warn")
+
+    def test_bad_options_exit_with_one_line(self):
+        for argv, words in [
+            (["--max-message-size", "big"], "max-message-size"),
+            (["--ping-interval", "-1"], "--ping-interval takes seconds"),
+            (["--log-level", "loud"], "log level"),
+            (["--port", "tls:8443"], "--tls-cert"),
+            (["--tls-key", "k.pem"], "--tls-cert"),
+            (["--bogus"], "bogus"),
+        ]:
+            error = self.assertRaises(SystemExit, parse, *argv)
+            message = str(error.code)
+            self.assertNotIn("\n", message)
+            self.assertIn(words, message)
+            self.assertTrue(message.startswith("twistd signaling: "), message)
+        error = self.assertRaises(SystemExit, parse, environ={"PORT": "http"})
+        self.assertIn("PORT", str(error.code))
+
+    def test_plugin_is_found(self):
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertEqual(makers["signaling"].options, tap.Options)
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self):
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost")
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        self.cert_path = directory.child("cert.pem")
+        self.key_path = directory.child("key.pem")
+        self.cert_path.setContent(cert.cert_chain_pems[0].bytes())
+        self.key_path.setContent(cert.private_key_pem.bytes())
+        self.combined_path = directory.child("combined.pem")
+        self.combined_path.setContent(cert.private_key_and_cert_chain_pem.bytes())
+        self.reactor = MemoryReactor()
+
+    def start(self, *argv):
+        service = tap.make_service(parse(*argv), self.reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def test_default_listens_on_localhost_8080_with_a_big_backlog(self):
+        self.start()
+        [(port, factory, backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
+
+    def test_repeated_ports(self):
+        self.start("--port", "tcp:9001", "--port", "tcp:9002:backlog=10")
+        self.assertEqual([(p[0], p[2]) for p in self.reactor.tcpServers], [(9001, 1024), (9002, 10)])
+
+    def test_tls_shorthand(self):
+        self.start("--port", "tls:8443", "--tls-cert", self.cert_path.path, "--tls-key", self.key_path.path)
+        [(port, factory, context, backlog, interface)] = self.reactor.sslServers
+        self.assertEqual((port, backlog, interface), (8443, 1024, ""))
+
+    def test_tls_shorthand_with_combined_pem_and_interface(self):
+        self.start("--port", "tls:8443:interface=127.0.0.1", "--tls-cert", self.combined_path.path)
+        [(port, factory, context, backlog, interface)] = self.reactor.sslServers
+        self.assertEqual((port, interface), (8443, "127.0.0.1"))
+
+    def test_twisted_tls_directory_string_still_works(self):
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        directory.child("localhost.pem").setContent(self.combined_path.getContent())
+        self.start("--port", f"tls:{directory.path}:port=8443")
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.assertEqual(self.reactor.tcpServers[0][0], 8443)
+
+    def test_unreadable_certificate_exits(self):
+        error = self.assertRaises(
+            SystemExit, tap.make_service,
+            parse("--port", "tls:8443", "--tls-cert", "/nonexistent/cert.pem"), self.reactor,
+        )
+        self.assertIn("cannot load the TLS certificate", str(error.code))
+        self.assertNotIn("\n", str(error.code))
+
+    def test_busy_port_exits(self):
+        """
+        A port that cannot be listened on ends startup with a one-line
+        message.
+        """
+        from twisted.internet.error import CannotListenError
+
+        class BusyReactor(MemoryReactor):
+            def listenTCP(self, port, factory, backlog=50, interface=""):
+                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        service = tap.make_service(parse("--port", "tcp:8080"), BusyReactor())
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("cannot listen on tcp:8080", str(error.code))
+        self.assertIn("Address already in use", str(error.code))
+
+    def test_bad_endpoint_exits(self):
+        error = self.assertRaises(SystemExit, tap.make_service, parse("--port", "carrier-pigeon:1"), self.reactor)
+        self.assertIn("bad --port", str(error.code))
+
+    def test_settings_reach_the_hub(self):
+        service = self.start("--max-peers-per-room", "3", "--max-rooms-per-peer", "4")
+        self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
