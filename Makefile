@@ -1,0 +1,25 @@
+# One virtualenv, built on first use; every target installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-trial bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,speedups]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/twistd -n --pidfile= signaling $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-trial: $(STAMP)
+	$(BIN)/python -m twisted.trial tests
+
+clean:
+	rm -rf $(VENV) _trial_temp .pytest_cache *.egg-info twisted/plugins/dropin.cache
