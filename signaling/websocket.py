@@ -85,10 +85,19 @@ class SignalingProtocol(WebSocketServerProtocol):
         self._guarded(self.session.opened)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._mark_active()
         if isBinary:
             self._guarded(self.session.binary_received)
         else:
             self._guarded(self.session.text_received, payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._mark_active()
+
+    def _mark_active(self) -> None:
+        session = self.session
+        if session is not None and session.peer is not None:
+            self.factory.hub.touch(session.peer)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:

@@ -370,3 +370,29 @@ class OriginTests(NativeTestCase):
         Non-browser clients send no Origin and are let in.
         """
         self.assertTrue(self.connect().opened)
+
+
+class StaleTests(NativeTestCase):
+    limits = HubLimits(stale_timeout=20)
+    settings = WebSocketSettings(ping_interval=5, ping_timeout=30)
+
+    def test_pongs_count_as_activity(self):
+        """
+        A peer that sends nothing but answers pings is never stale; one that
+        answers nothing is swept after the stale timeout, closed with 4000,
+        and its room is told.
+        """
+        alice = self.joined()
+        bob = self.joined()
+        alice.take()
+        bob.answer_pings = False
+        self.harness.advance(21)
+        self.harness.hub.sweep()
+        self.harness.flush()
+        self.assertEqual(message_types(alice.take()), ["peer-left"])
+        self.assertEqual(bob.close_code, 4000)
+        self.assertIsNone(alice.close_code)
+        self.harness.advance(60)
+        self.harness.hub.sweep()
+        self.harness.flush()
+        self.assertIsNone(alice.close_code)

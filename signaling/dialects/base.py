@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import attrs
 from zope.interface import Interface
 
-from ..hub import Hub
+from ..hub import Hub, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -79,6 +79,10 @@ class Session:
     L{binary_received}, L{too_large} and L{closed}; it asks L{render} for the
     frame of each hub event delivered to the peer.
     """
+
+    #: The hub peer, once the dialect has connected one; the WebSocket layer
+    #: marks it active on every frame and pong, for the stale-peer sweep.
+    peer: Peer | None = None
 
     def __init__(self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo) -> None:
         self.hub = hub

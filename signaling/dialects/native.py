@@ -11,7 +11,7 @@ import orjson
 from ..logs import Logger
 
 from ..errors import DeliveryRefused, HubError
-from ..hub import Member, Peer, PeerJoined, PeerLeft, Signal
+from ..hub import Member, PeerJoined, PeerLeft, Signal
 from .base import ProtocolError, Session
 
 NAME = "native"
@@ -51,7 +51,6 @@ class NativeSession(Session):
     """
 
     _log = Logger()
-    peer: Peer | None = None
 
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME)
@@ -82,7 +81,6 @@ class NativeSession(Session):
         if handler is None:
             self._error("unknown-type", f"unknown message type {message_type!r}", request_id)
             return
-        self.hub.touch(self.peer)
         try:
             handler(self, message, request_id)
         except (ProtocolError, HubError) as error:
