@@ -13,6 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from .logs import Logger
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from .dialects.base import (
@@ -36,12 +37,15 @@ class WebSocketSettings:
     :ivar ping_interval: Seconds between server pings; 0 turns them off.
     :ivar ping_timeout: Seconds to wait for the pong before the peer is gone.
     :ivar allowed_origins: Browser origins allowed to connect; empty allows any.
+    :ivar max_send_buffer: Bytes a peer's connection may queue beyond the
+        transport's own buffer before messages to it are refused.
     """
 
     max_message_size: int = 64 * 1024
     ping_interval: float = 30
     ping_timeout: float = 10
     allowed_origins: tuple[str, ...] = ()
+    max_send_buffer: int = 256 * 1024
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -60,6 +64,41 @@ class WebSocketSettings:
 _OPEN = WebSocketProtocol.STATE_OPEN
 
 
+@implementer(IPushProducer)
+class SendBuffer:
+    """
+    Bounds what one connection queues for a reader that is not reading.
+
+    The transport tells its producer to pause when its own buffer is full
+    and to resume when it has drained; while paused, frames are admitted
+    only up to C{limit} more bytes, so a stalled reader cannot grow the
+    server's memory without bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused = False
+        self.pending = 0
+
+    def admit(self, size: int) -> bool:
+        if not self.paused:
+            return True
+        if self.pending + size > self.limit:
+            return False
+        self.pending += size
+        return True
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.pending = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(IPeerConnection, IFrameSink)
 class SignalingProtocol(WebSocketServerProtocol):
     """
@@ -68,6 +107,17 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     _log = Logger()
     session: Session | None = None
+    send_buffer: SendBuffer | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.send_buffer = SendBuffer(self.factory.settings.max_send_buffer)
+        # Under a WebSocketResource the HTTP channel that parsed the upgrade
+        # is still registered as the transport's producer; the transport's
+        # pause and resume now concern us.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.registerProducer(self.send_buffer, True)
 
     def onConnect(self, request):
         origin = request.headers.get("origin")
@@ -126,6 +176,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     def send(self, frame: bytes) -> None:
         if self.state != _OPEN:
             raise DeliveryRefused("closed", "the connection is closing")
+        if not self.send_buffer.admit(len(frame)):
+            raise DeliveryRefused("buffer-full", "the peer is not reading")
         try:
             self.sendMessage(frame)
         except PayloadExceededError:

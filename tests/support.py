@@ -148,8 +148,17 @@ class Harness:
         client.makeConnection(client_transport)
         pump = IOPump(client, server, client_transport, server_transport, debug=False)
         self.pumps.append(pump)
+        client.server_transport = server_transport
         self.flush()
         return client
+
+    @staticmethod
+    def server_side(client: Client):
+        """
+        The server's protocol for C{client}'s connection (after the upgrade,
+        the WebSocket protocol that took the transport over).
+        """
+        return client.server_transport.protocol
 
     def flush(self) -> None:
         """

@@ -288,6 +288,37 @@ class ErrorTests(NativeTestCase):
         self.assertEqual(client.close_code, 1007)
 
 
+class SendBufferTests(NativeTestCase):
+    settings = WebSocketSettings(ping_interval=0, max_send_buffer=1000)
+
+    def test_stalled_reader_gets_dropped_not_buffered(self):
+        """
+        While a recipient's transport says its buffer is full, messages to it
+        are queued only up to --max-send-buffer bytes; beyond that the sender
+        gets dropped. When the buffer drains, delivery resumes.
+        """
+        alice = self.joined()
+        bob = self.joined()
+        alice.take()
+        self.harness.server_side(alice).send_buffer.pauseProducing()
+        already = len(alice.raw)
+        outcomes = []
+        for index in range(10):
+            self.send(bob, {"type": "message", "room": "lobby", "to": alice.peer_id, "payload": "x" * 200, "id": index})
+            outcomes.append(bob.take())
+        delivered = [o for o in outcomes if o == []]
+        dropped = [o[0] for o in outcomes if o and o[0].get("code") == "dropped"]
+        self.assertEqual(len(delivered) + len(dropped), 10)
+        self.assertGreater(len(delivered), 0)
+        self.assertGreater(len(dropped), 0)
+        self.assertLessEqual(sum(len(frame) for frame in alice.raw[already:]), 1000)
+        self.assertEqual(len(alice.take()), len(delivered))
+        self.harness.server_side(alice).send_buffer.resumeProducing()
+        self.send(bob, {"type": "message", "room": "lobby", "to": alice.peer_id, "payload": 1})
+        self.assertEqual(bob.take(), [])
+        self.assertEqual(message_types(alice.take()), ["message"])
+
+
 class NestedPayloadTests(NativeTestCase):
     def test_ten_thousand_deep_payload_is_invalid_json(self):
         """
