@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .dialects.native import NativeSession
+from .dialects.topic import TopicSession
 from .hub import Hub, Room
 from .websocket import SignalingFactory, WebSocketSettings
 
@@ -68,6 +69,7 @@ class SignalingSite:
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
 
     def resource(self):
         return self.app.resource()
@@ -151,6 +153,10 @@ class SignalingSite:
     @app.route("/signal", methods=["GET"])
     def native(self, request: IRequest):
         return self._websocket(request, self._native)
+
+    @app.route("/ws/<string:topic>", methods=["GET"])
+    def topic(self, request: IRequest, topic: str):
+        return self._websocket(request, self._topic)
 
     # errors
 

@@ -166,6 +166,11 @@ class Harness:
         """
         for _ in range(1000):
             if not any([pump.pump() for pump in self.pumps]):
+                self.pumps = [
+                    pump
+                    for pump in self.pumps
+                    if not (pump.clientIO.disconnected and pump.serverIO.disconnected)
+                ]
                 return
         raise AssertionError("the connections never went quiet")
 

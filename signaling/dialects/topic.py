@@ -1,0 +1,135 @@
+"""
+The topic dialect at C{/ws/{topic}} (seed 001): the topic in the URL is a hub
+room, joined on connect and left on close; peers have ULIDs; offers, answers
+and ICE candidates go to one peer named by C{to}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import DeliveryRefused, HubError, PeerNotFound
+from ..hub import Member, PeerJoined, PeerLeft, Signal
+from ..ids import IdShape
+from .base import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY_VIOLATION, Session
+
+NAME = "topic"
+PREFIX = "/ws/"
+
+#: Wire type → hub signal kind, and back.
+_KINDS = {"offer": "offer", "answer": "answer", "ice-candidate": "candidate"}
+_WIRE_TYPES = {kind: wire for wire, kind in _KINDS.items()}
+
+
+def _peer(member: Member) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": member.peer_id}
+    if member.metadata:
+        entry["metadata"] = member.metadata
+    return entry
+
+
+class TopicSession(Session):
+    """
+    A client of the topic dialect.
+    """
+
+    topic: str = ""
+
+    def opened(self) -> None:
+        try:
+            self.topic = self.hub.validate_room_name(self.handshake.path[len(PREFIX):])
+        except HubError as error:
+            self._refuse("invalid_topic", error.message)
+            return
+        self.peer = self.hub.connect(self.sink, dialect=NAME, shape=IdShape.ULID)
+        try:
+            room = self.hub.join(self.peer, self.topic)
+        except HubError as error:
+            self.hub.disconnect(self.peer)
+            self.peer = None
+            self._refuse(error.code.replace("-", "_"), error.message)
+            return
+        self._send({"type": "welcome", "selfId": self.peer.id})
+        others = [_peer(m) for m in room.members.values() if m.peer_id != self.peer.id]
+        self._send({"type": "peer-list", "peers": others})
+
+    def closed(self) -> None:
+        if self.peer is not None:
+            self.hub.disconnect(self.peer)
+
+    def text_received(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # As the original server: a frame that is not JSON ends the
+            # connection with 1007.
+            self.sink.fail(CLOSE_INVALID_PAYLOAD, "invalid JSON")
+            return
+        if not isinstance(message, dict):
+            self._error("invalid_type", "a message must be a JSON object")
+            return
+        msg_id = message.get("msgId")
+        wire_type = message.get("type")
+        kind = _KINDS.get(wire_type) if isinstance(wire_type, str) else None
+        if kind is None:
+            self._error("invalid_type", "type must be offer, answer or ice-candidate", msg_id)
+            return
+        target = message.get("to")
+        if not isinstance(target, str) or not target:
+            self._error("missing_target", "'to' must name a peer of the topic", msg_id)
+            return
+        signal = Signal(
+            kind=kind,
+            sender=self.peer.id,
+            room=self.topic,
+            payload=message.get("payload"),
+            extra=None if msg_id is None else {"msgId": msg_id},
+        )
+        try:
+            self.hub.relay(self.peer, self.topic, target, signal)
+        except PeerNotFound:
+            self._error("target_not_found", "peer not found", msg_id)
+        except DeliveryRefused as refused:
+            self._error("dropped", f"message not delivered ({refused.reason})", msg_id)
+
+    def render(self, event: Any) -> bytes | None:
+        if type(event) is Signal:
+            wire_type = _WIRE_TYPES.get(event.kind)
+            if wire_type is None:
+                # The topic protocol relays WebRTC signaling only.
+                return None
+            frame: dict[str, Any] = {
+                "type": wire_type,
+                "from": event.sender,
+                "to": self.peer.id,
+                "payload": event.payload,
+            }
+            if event.extra and "msgId" in event.extra:
+                frame["msgId"] = event.extra["msgId"]
+            return orjson.dumps(frame)
+        if type(event) is PeerJoined:
+            frame = {"type": "peer-joined", "peerId": event.member.peer_id}
+            if event.member.metadata:
+                frame["metadata"] = event.member.metadata
+            return orjson.dumps(frame)
+        if type(event) is PeerLeft:
+            return orjson.dumps({"type": "peer-left", "peerId": event.member.peer_id})
+        return None
+
+    def _send(self, body: dict) -> None:
+        try:
+            self.sink.send(orjson.dumps(body))
+        except DeliveryRefused:
+            pass
+
+    def _error(self, code: str, text: str, msg_id: Any = None) -> None:
+        body = {"type": "error", "code": code, "message": text}
+        if msg_id is not None:
+            body["msgId"] = msg_id
+        self._send(body)
+
+    def _refuse(self, code: str, text: str) -> None:
+        self._error(code, text)
+        self.sink.fail(CLOSE_POLICY_VIOLATION, text)
