@@ -82,7 +82,8 @@ async def test_service_over_tls_in_process(certificate):
     service.privilegedStartService()
     service.startService()
     try:
-        port = service.services[0].port.getHost().port
+        [listener] = [child for child in service if isinstance(child, tap.ListeningService)]
+        port = listener.port.getHost().port
         context = ssl.optionsForClientTLS("localhost", trustRoot=trust_root)
         url = f"wss://localhost:{port}/signal"
         alice = await join(url, "secure", context)
