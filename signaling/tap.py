@@ -77,6 +77,7 @@ class Options(usage.Options):
         ["max-message-size", None, 64 * 1024, "Largest WebSocket message in bytes; larger closes with 1009.", _whole("max-message-size")],
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings; 0 disables them.", _seconds("ping-interval")],
         ["ping-timeout", None, 10.0, "Seconds to wait for a pong before the peer is removed.", _seconds("ping-timeout")],
+        ["max-message-rate", None, 100.0, "Messages per second one connection may send (bursts of twice that); 0 for unlimited.", _number("max-message-rate", float, "messages per second, 0 or more")],
         ["max-send-buffer", None, 256 * 1024, "Bytes queued for a peer that is not reading before messages to it are dropped.", _whole("max-send-buffer")],
         ["max-peers-per-room", None, 100, "Peers a room may hold; 0 for unlimited.", _whole("max-peers-per-room")],
         ["max-rooms-per-peer", None, 16, "Rooms one connection may be in; 0 for unlimited.", _whole("max-rooms-per-peer")],
@@ -244,6 +245,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         ping_timeout=options["ping-timeout"],
         allowed_origins=tuple(options["allowed-origins"]),
         max_send_buffer=options["max-send-buffer"],
+        max_message_rate=options["max-message-rate"],
     )
     site = SignalingSite(hub, settings)
     web = Site(site.resource())

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from .dialects.base import (
     CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
     CLOSE_REMOVED,
     HandshakeInfo,
     IFrameSink,
@@ -39,6 +40,8 @@ class WebSocketSettings:
     :ivar allowed_origins: Browser origins allowed to connect; empty allows any.
     :ivar max_send_buffer: Bytes a peer's connection may queue beyond the
         transport's own buffer before messages to it are refused.
+    :ivar max_message_rate: Messages per second one connection may send,
+        with bursts of twice that; 0 for unlimited.
     """
 
     max_message_size: int = 64 * 1024
@@ -46,6 +49,7 @@ class WebSocketSettings:
     ping_timeout: float = 10
     allowed_origins: tuple[str, ...] = ()
     max_send_buffer: int = 256 * 1024
+    max_message_rate: float = 0
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -62,6 +66,31 @@ class WebSocketSettings:
 
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+
+
+class RateLimit:
+    """
+    A token bucket: C{rate} messages a second, bursts of C{2 * rate}.
+
+    :ivar refused: Messages refused since the last one admitted.
+    """
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, 2 * rate)
+        self.tokens = self.burst
+        self.updated = now
+        self.refused = 0
+
+    def admit(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
 
 
 @implementer(IPushProducer)
@@ -108,10 +137,16 @@ class SignalingProtocol(WebSocketServerProtocol):
     _log = Logger()
     session: Session | None = None
     send_buffer: SendBuffer | None = None
+    rate_limit: RateLimit | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.send_buffer = SendBuffer(self.factory.settings.max_send_buffer)
+        settings = self.factory.settings
+        self.send_buffer = SendBuffer(settings.max_send_buffer)
+        if settings.max_message_rate:
+            self.rate_limit = RateLimit(
+                settings.max_message_rate, self.factory.hub.clock.seconds()
+            )
         # Under a WebSocketResource the HTTP channel that parsed the upgrade
         # is still registered as the transport's producer; the transport's
         # pause and resume now concern us.
@@ -136,6 +171,13 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._mark_active()
+        rate_limit = self.rate_limit
+        if rate_limit is not None and not rate_limit.admit(self.factory.hub.clock.seconds()):
+            if rate_limit.refused > rate_limit.burst:
+                self.fail(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+            else:
+                self._guarded(self.session.rate_limited)
+            return
         if isBinary:
             self._guarded(self.session.binary_received)
         else:

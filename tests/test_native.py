@@ -319,6 +319,43 @@ class SendBufferTests(NativeTestCase):
         self.assertEqual(message_types(alice.take()), ["message"])
 
 
+class RateLimitTests(NativeTestCase):
+    settings = WebSocketSettings(ping_interval=0, max_message_rate=10)
+
+    def test_over_the_rate_is_refused_then_refilled(self):
+        """
+        At 10 messages a second a client may burst 20; the rest are refused
+        with rate-limited, and a second later 10 more are accepted.
+        """
+        client = self.connect()
+        for index in range(25):
+            client.send_json({"type": "ping", "id": index})
+        self.harness.flush()
+        replies = client.take()
+        self.assertEqual([r["type"] for r in replies], ["pong"] * 20 + ["error"] * 5)
+        self.assertEqual({r.get("code") for r in replies[20:]}, {"rate-limited"})
+        self.harness.clock.advance(1)
+        for index in range(11):
+            client.send_json({"type": "ping", "id": index})
+        self.harness.flush()
+        self.assertEqual(message_types(client.take()), ["pong"] * 10 + ["error"])
+        self.assertIsNone(client.close_code)
+
+    def test_persistent_excess_closes_1008(self):
+        """
+        A client that keeps sending after twice its burst has been refused is
+        closed with 1008; its room is told.
+        """
+        alice = self.joined()
+        bob = self.joined()
+        alice.take()
+        for index in range(70):
+            bob.send_json({"type": "ping", "id": index})
+        self.harness.flush()
+        self.assertEqual(bob.close_code, 1008)
+        self.assertEqual(message_types(alice.take()), ["peer-left"])
+
+
 class NestedPayloadTests(NativeTestCase):
     def test_ten_thousand_deep_payload_is_invalid_json(self):
         """
@@ -339,8 +376,9 @@ class NestedPayloadTests(NativeTestCase):
 class InternalErrorTests(NativeTestCase):
     def test_a_bug_closes_1011_and_others_carry_on(self):
         """
-        A bug in a handler is logged and closes only that connection, with
-        1011; nothing of the traceback reaches the client.
+        A bug in a handler is reported as internal-error, logged, and closes
+        only that connection, with 1011; nothing of the traceback reaches the
+        client.
         """
         alice = self.joined("a")
         bob = self.joined("a")
@@ -353,7 +391,10 @@ class InternalErrorTests(NativeTestCase):
         bob.sendMessage(b'{"type":"ping"}')
         self.harness.flush()
         self.assertEqual(bob.close_code, 1011)
-        self.assertEqual(bob.take(), [])
+        self.assertEqual(
+            bob.take(),
+            [{"type": "error", "code": "internal-error", "message": "internal server error"}],
+        )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(message_types(alice.take()), ["peer-left"])
 

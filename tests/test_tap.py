@@ -3,7 +3,7 @@ The twistd plugin's options and service wiring, on a memory reactor.
 """
 
 import trustme
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +27,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["ping-timeout"], 10.0)
         self.assertEqual(options["max-peers-per-room"], 100)
         self.assertEqual(options["max-rooms-per-peer"], 16)
+        self.assertEqual(options["max-message-rate"], 100.0)
+        self.assertEqual(options["max-send-buffer"], 262144)
         self.assertEqual(options["allowed-origins"], [])
         self.assertEqual(options["log-level"], "info")
 
@@ -77,7 +79,7 @@ class ServiceTests(SynchronousTestCase):
         self.key_path.setContent(cert.private_key_pem.bytes())
         self.combined_path = directory.child("combined.pem")
         self.combined_path.setContent(cert.private_key_and_cert_chain_pem.bytes())
-        self.reactor = MemoryReactor()
+        self.reactor = MemoryReactorClock()
 
     def start(self, *argv):
         service = tap.make_service(parse(*argv), self.reactor)
@@ -128,7 +130,7 @@ class ServiceTests(SynchronousTestCase):
         """
         from twisted.internet.error import CannotListenError
 
-        class BusyReactor(MemoryReactor):
+        class BusyReactor(MemoryReactorClock):
             def listenTCP(self, port, factory, backlog=50, interface=""):
                 raise CannotListenError(interface, port, OSError(98, "Address already in use"))
 

@@ -207,6 +207,19 @@ class ErrorTests(TopicTestCase):
         self.assertIsNone(alice.close_code)
         self.assertEqual(message_types(alice.take()), ["peer-joined", "peer-left"] * 3)
 
+    def test_rate_limited(self):
+        harness = Harness(settings=WebSocketSettings(ping_interval=0, max_message_rate=1))
+        self.addCleanup(harness.restore)
+        client = harness.connect("/ws/x")
+        client.take()
+        for index in range(3):
+            client.send_json({"type": "offer", "to": "nobody", "msgId": index})
+        harness.flush()
+        self.assertEqual(
+            [(r["code"], r.get("msgId")) for r in client.take()],
+            [("target_not_found", 0), ("target_not_found", 1), ("rate_limited", None)],
+        )
+
     def test_ten_thousand_character_topic(self):
         """
         A topic name over 256 characters is refused with invalid_topic and a

@@ -12,7 +12,7 @@ from .realsockets import TwistdServer, open_websocket
 @pytest.fixture
 def server(tmp_path):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--max-send-buffer", "65536"
+        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--max-send-buffer", "65536", "--max-message-rate", "0"
     )
     server.start(tmp_path / "twistd.log")
     yield server

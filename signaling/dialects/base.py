@@ -107,6 +107,12 @@ class Session:
         1009 right after this, so a dialect may send its error first.
         """
 
+    def rate_limited(self) -> None:
+        """
+        A frame arrived over the message rate limit and was discarded; a
+        dialect may tell its client. Persistent excess closes with 1008.
+        """
+
     def render(self, event: Any) -> bytes | None:
         raise NotImplementedError()
 

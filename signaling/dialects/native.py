@@ -63,6 +63,9 @@ class NativeSession(Session):
     def too_large(self) -> None:
         self._error("message-too-large", "the message exceeds the size limit")
 
+    def rate_limited(self) -> None:
+        self._error("rate-limited", "too many messages; this one was discarded")
+
     def text_received(self, data: bytes) -> None:
         try:
             message = orjson.loads(data)
@@ -85,6 +88,11 @@ class NativeSession(Session):
             handler(self, message, request_id)
         except (ProtocolError, HubError) as error:
             self._error(error.code, error.message, request_id)
+        except Exception:
+            # A bug: say so in-band, then let the WebSocket layer log it
+            # and close with 1011.
+            self._error("internal-error", "internal server error", request_id)
+            raise
 
     # requests
 

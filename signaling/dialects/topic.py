@@ -94,6 +94,9 @@ class TopicSession(Session):
         except DeliveryRefused as refused:
             self._error("dropped", f"message not delivered ({refused.reason})", msg_id)
 
+    def rate_limited(self) -> None:
+        self._error("rate_limited", "too many messages; this one was discarded")
+
     def render(self, event: Any) -> bytes | None:
         if type(event) is Signal:
             wire_type = _WIRE_TYPES.get(event.kind)
