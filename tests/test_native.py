@@ -150,6 +150,21 @@ class RelayTests(NativeTestCase):
             ],
         )
 
+    def test_relay_to_a_closing_peer(self):
+        """
+        A message to a peer whose closing handshake has begun is answered
+        with peer-not-found; nothing raises into the sender's handler.
+        """
+        alice = self.joined()
+        bob = self.joined()
+        alice.take()
+        self.harness.server_side(alice).sendClose(1000)
+        self.send(bob, {"type": "offer", "room": "lobby", "to": alice.peer_id, "payload": {}, "id": 4})
+        error, left = bob.take()
+        self.assertEqual((error["code"], error["id"]), ("peer-not-found", 4))
+        self.assertEqual(left["type"], "peer-left")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_sender_cannot_spoof_from(self):
         alice = self.joined()
         bob = self.joined()
