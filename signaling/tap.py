@@ -10,6 +10,7 @@ import re
 from typing import Any, Mapping
 
 import attrs
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
@@ -26,6 +27,8 @@ from .websocket import WebSocketSettings
 DEFAULT_PORT = 8080
 #: Twisted's default of 50 stalls WebSocket handshakes under a burst.
 LISTEN_BACKLOG = 1024
+
+_log = Logger()
 
 _TLS_SHORTHAND = re.compile(r"^tls:(\d+)((?::[a-z]+=[^:]*)*)$")
 _BACKLOG_PREFIXES = ("tcp:", "tcp6:", "ssl:", "tls:")
@@ -81,6 +84,9 @@ class Options(usage.Options):
         ["max-send-buffer", None, 256 * 1024, "Bytes queued for a peer that is not reading before messages to it are dropped.", _whole("max-send-buffer")],
         ["max-peers-per-room", None, 100, "Peers a room may hold; 0 for unlimited.", _whole("max-peers-per-room")],
         ["max-rooms-per-peer", None, 16, "Rooms one connection may be in; 0 for unlimited.", _whole("max-rooms-per-peer")],
+        ["stale-timeout", None, 120.0, "Seconds without activity after which a peer is removed; 0 never.", _seconds("stale-timeout")],
+        ["empty-room-ttl", None, 0.0, "Seconds an empty room is kept; 0 deletes it at once.", _seconds("empty-room-ttl")],
+        ["cleanup-interval", None, 30.0, "Seconds between sweeps for stale peers and expired empty rooms.", _seconds("cleanup-interval")],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
     ]
 
@@ -120,6 +126,15 @@ class Options(usage.Options):
         self["log-level"] = level.lower()
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
+        if not self["cleanup-interval"]:
+            raise usage.UsageError("--cleanup-interval must be above 0")
+        if 0 < self["stale-timeout"] <= self["ping-interval"]:
+            # Pongs are the only activity of a quiet peer: it would be
+            # swept between two pings.
+            raise usage.UsageError(
+                f"--stale-timeout ({self['stale-timeout']:g}) must be above "
+                f"--ping-interval ({self['ping-interval']:g}), or 0"
+            )
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
@@ -227,6 +242,21 @@ class ListeningService(Service):
         return None
 
 
+def _sweeper(hub: Hub):
+    """
+    The cleanup timer's call: a failing sweep is logged, and the timer keeps
+    running (a L{TimerService} stops at the first exception it sees).
+    """
+
+    def sweep() -> None:
+        try:
+            hub.sweep()
+        except Exception:
+            _log.failure("the cleanup sweep failed")
+
+    return sweep
+
+
 def make_service(options: Options, reactor: Any) -> MultiService:
     """
     Build the service tree for C{options} on C{reactor}.
@@ -237,6 +267,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=HubLimits(
             max_peers_per_room=options["max-peers-per-room"],
             max_rooms_per_peer=options["max-rooms-per-peer"],
+            stale_timeout=options["stale-timeout"],
+            empty_room_ttl=options["empty-room-ttl"],
         ),
     )
     settings = WebSocketSettings(
@@ -252,6 +284,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     web.displayTracebacks = False
     top = MultiService()
     top.hub = hub  # type: ignore[attr-defined]
+    cleanup = TimerService(options["cleanup-interval"], _sweeper(hub))
+    cleanup.clock = reactor
+    cleanup.setName("cleanup")
+    cleanup.setServiceParent(top)
     for description in options["ports"]:
         listener = ListeningService(
             endpoint_for(reactor, description, options), web, description

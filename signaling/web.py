@@ -14,6 +14,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
 from .dialects.topic import TopicSession
 from .hub import Hub, Room
@@ -69,6 +70,7 @@ class SignalingSite:
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings))
         self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
 
     def resource(self):
@@ -153,6 +155,10 @@ class SignalingSite:
     @app.route("/signal", methods=["GET"])
     def native(self, request: IRequest):
         return self._websocket(request, self._native)
+
+    @app.route("/ws", methods=["GET"])
+    def envelope(self, request: IRequest):
+        return self._websocket(request, self._envelope)
 
     @app.route("/ws/<string:topic>", methods=["GET"])
     def topic(self, request: IRequest, topic: str):
