@@ -745,3 +745,22 @@ class StaleTests(EnvelopeTestCase):
         self.assertIsNone(alice.close_code)
         self.assertIsNone(self.harness.hub.find(bob.peer_id))
         self.assertEqual([m.peer_id for m in self.harness.hub.room("room-1").members.values()], [alice.peer_id])
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_over_the_rate_gets_rate_limited(self):
+        """
+        Messages over --max-message-rate are discarded with RATE_LIMITED,
+        echoing nothing (the frame was not read).
+        """
+        harness = Harness(settings=WebSocketSettings(ping_interval=0, max_message_rate=1))
+        self.addCleanup(harness.restore)
+        client = harness.connect("/ws")
+        client.take()
+        for index in range(3):
+            client.send_json({"type": "KEEP_ALIVE", "request_id": index})
+        harness.flush()
+        replies = client.take()
+        self.assertEqual([r["type"] for r in replies], ["ACK", "ACK", "ERROR"])
+        self.assertEqual(replies[2]["payload"]["code"], "RATE_LIMITED")
+        self.assertNotIn("request_id", replies[2])

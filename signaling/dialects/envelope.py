@@ -26,6 +26,7 @@ NOT_IN_ROOM = "NOT_IN_ROOM"
 ALREADY_IN_ROOM = "ALREADY_IN_ROOM"
 ROOM_FULL = "ROOM_FULL"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+RATE_LIMITED = "RATE_LIMITED"
 
 #: The hub's error codes as envelope error codes.
 _HUB_CODES = {
@@ -130,6 +131,10 @@ class EnvelopeSession(Session):
 
     def too_large(self) -> None:
         self._error(INVALID_MESSAGE, "the message exceeds the size limit")
+
+    def rate_limited(self) -> None:
+        # The document has no code for this; ours, in its style.
+        self._error(RATE_LIMITED, "too many messages; this one was discarded")
 
     def text_received(self, data: bytes) -> None:
         try:
