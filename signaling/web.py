@@ -6,6 +6,7 @@ dialect, in one Klein app.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 import orjson
@@ -14,9 +15,11 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
 from .dialects.topic import TopicSession
+from .directory import Directory
 from .hub import Hub, Room
 from .websocket import SignalingFactory, WebSocketSettings
 
@@ -70,6 +73,11 @@ class SignalingSite:
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        #: The userIds of the directory dialect, one directory per hub.
+        self.directory = Directory(hub)
+        self._directory = WebSocketResource(
+            SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
+        )
         self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings))
         self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
 
@@ -155,6 +163,10 @@ class SignalingSite:
     @app.route("/signal", methods=["GET"])
     def native(self, request: IRequest):
         return self._websocket(request, self._native)
+
+    @app.route("/directory", methods=["GET"])
+    def directory_users(self, request: IRequest):
+        return self._websocket(request, self._directory)
 
     @app.route("/ws", methods=["GET"])
     def envelope(self, request: IRequest):

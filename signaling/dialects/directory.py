@@ -1,0 +1,279 @@
+"""
+The directory dialect at C{/directory}: users register a userId with a public
+key, discover each other's presence and relay offers, answers and ICE
+candidates by userId. Specified in docs/dialects.rst.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable
+
+import orjson
+
+from ..directory import (
+    Directory,
+    InvalidField,
+    Presence,
+    Replaced,
+    validate_public_key,
+    validate_user_id,
+)
+from ..errors import DeliveryRefused, HubError
+from ..hub import Hub, Member, PeerJoined, PeerLeft, Signal
+from ..keyproof import UnsupportedKey, challenge_text, load_public_key, verify
+from ..logs import Logger
+from .base import HandshakeInfo, IFrameSink, ProtocolError, Session
+
+NAME = "directory"
+
+#: Incoming relay types: the hub's signal kind and the field carrying it.
+_RELAY = {
+    "offer": ("offer", "offer"),
+    "answer": ("answer", "answer"),
+    "ice-candidate": ("candidate", "candidate"),
+}
+#: The hub's signal kinds this dialect can express: its type and field.
+_RENDERED = {
+    "offer": ("offer", "offer"),
+    "answer": ("answer", "answer"),
+    "candidate": ("ice-candidate", "candidate"),
+}
+
+_DELIVERY_ERRORS = {
+    "too-large": ("message-too-large", "the message is too large for its recipient"),
+    "buffer-full": ("dropped", "the recipient is not reading; message dropped"),
+    "closed": ("user-not-online", "the recipient has gone"),
+}
+
+#: Random bytes in a proof-of-key nonce.
+NONCE_BYTES = 32
+
+
+def _member(member: Member) -> dict[str, Any]:
+    entry: dict[str, Any] = {"peerId": member.peer_id}
+    user_id = member.metadata.get("userId")
+    if isinstance(user_id, str):
+        entry["userId"] = user_id
+    return entry
+
+
+def _required(message: dict, *fields: str) -> None:
+    missing = [field for field in fields if message.get(field) is None]
+    if missing:
+        raise ProtocolError("invalid-field", "Missing required fields: " + ", ".join(missing))
+
+
+class DirectorySession(Session):
+    """
+    A client of the directory dialect.
+
+    :ivar _challenge: The userId, key and nonce of a registration waiting
+        for its proof, or L{None}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo, directory: Directory
+    ) -> None:
+        super().__init__(hub, sink, handshake)
+        self.directory = directory
+        self._challenge: tuple[str, str, str] | None = None
+
+    def opened(self) -> None:
+        self.peer = self.hub.connect(self.sink, dialect=NAME)
+
+    def closed(self) -> None:
+        if self.peer is not None:
+            self.directory.disconnected(self.peer)
+            self.hub.disconnect(self.peer)
+
+    def too_large(self) -> None:
+        self._error("message-too-large", "the message exceeds the size limit")
+
+    def rate_limited(self) -> None:
+        self._error("rate-limited", "too many messages; this one was discarded")
+
+    def text_received(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._error("invalid-json", "Invalid message format: not JSON")
+            return
+        if not isinstance(message, dict):
+            self._error("invalid-json", "Invalid message format: not a JSON object")
+            return
+        message_type = message.get("type")
+        handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
+        if handler is None:
+            shown = message_type if isinstance(message_type, str) else repr(message_type)
+            self._error("unknown-type", f"Unknown message type: {shown[:64]}")
+            return
+        try:
+            handler(self, message)
+        except (ProtocolError, HubError) as error:
+            self._error(error.code, error.message)
+        except Exception:
+            # A bug: say so in-band, then let the WebSocket layer log it
+            # and close with 1011.
+            self._error("internal-error", "internal server error")
+            raise
+
+    # requests
+
+    def _register(self, message: dict) -> None:
+        _required(message, "userId", "publicKey")
+        user_id = validate_user_id(message["userId"])
+        public_key = validate_public_key(message["publicKey"])
+        proof = message.get("proof", False)
+        if not isinstance(proof, bool):
+            raise InvalidField("'proof' must be a boolean")
+        if not proof:
+            self._challenge = None
+            self.directory.register(self.peer, user_id, public_key)
+            self._send({"type": "registered", "success": True, "userId": user_id})
+            return
+        try:
+            load_public_key(public_key)
+        except UnsupportedKey as error:
+            raise ProtocolError("unsupported-key", f"cannot check proofs for this key: {error}")
+        self.directory.check(self.peer, user_id, public_key, verified=True)
+        nonce = base64.urlsafe_b64encode(self.hub.ids.random_bytes(NONCE_BYTES)).decode("ascii")
+        self._challenge = (user_id, public_key, nonce)
+        self._send({"type": "challenge", "userId": user_id, "nonce": nonce})
+
+    def _register_proof(self, message: dict) -> None:
+        _required(message, "userId", "signature")
+        user_id = validate_user_id(message["userId"])
+        signature = message["signature"]
+        if not isinstance(signature, str) or len(signature) > 1024:
+            raise InvalidField("'signature' must be a base64 string")
+        challenge, self._challenge = self._challenge, None
+        if challenge is None or challenge[0] != user_id:
+            raise ProtocolError("no-challenge", f"no registration of {user_id} is waiting for proof")
+        _, public_key, nonce = challenge
+        if not verify(load_public_key(public_key), signature, challenge_text(user_id, nonce)):
+            raise ProtocolError("proof-failed", "the signature does not match the public key")
+        self.directory.register(self.peer, user_id, public_key, verified=True)
+        self._send({"type": "registered", "success": True, "userId": user_id, "verified": True})
+
+    def _unregister(self, message: dict) -> None:
+        user_id = self.directory.unregister(self.peer)
+        if user_id is None:
+            raise ProtocolError("not-registered", "not registered")
+        self._send({"type": "unregistered", "userId": user_id})
+
+    def _discover(self, message: dict) -> None:
+        _required(message, "userId")
+        user_id = validate_user_id(message["userId"])
+        registration = self.directory.lookup(user_id)
+        online = registration is not None and registration.online
+        reply: dict[str, Any] = {"type": "discover-response", "userId": user_id, "online": online}
+        if registration is not None:
+            reply["publicKey"] = registration.public_key
+            if registration.verified:
+                reply["verified"] = True
+        self.directory.watch(self.peer, user_id)
+        self._send(reply)
+
+    def _relay(self, message: dict) -> None:
+        kind, field = _RELAY[message["type"]]
+        _required(message, "to", field)
+        target = validate_user_id(message["to"], "to")
+        payload = message[field]
+        if not isinstance(payload, (dict, str)):
+            raise InvalidField(f"'{field}' must be an object or a string")
+        room_name = message.get("room")
+        try:
+            if room_name is None:
+                self.directory.relay(self.peer, target, kind, payload)
+                return
+            if not isinstance(room_name, str):
+                raise InvalidField("'room' must be a string")
+            # In a room, peers are addressed by hub peer id, as in every
+            # other dialect.
+            user_id = self.directory.user_of(self.peer)
+            signal = Signal(
+                kind=kind,
+                sender=self.peer.id,
+                room=room_name,
+                payload=payload,
+                extra={"fromUserId": user_id} if user_id is not None else None,
+            )
+            self.hub.relay(self.peer, room_name, target, signal)
+        except DeliveryRefused as refused:
+            code, text = _DELIVERY_ERRORS[refused.reason]
+            raise ProtocolError(code, text)
+
+    def _join(self, message: dict) -> None:
+        _required(message, "room")
+        room_name = self.hub.validate_room_name(message["room"])
+        user_id = self.directory.user_of(self.peer)
+        metadata = {"userId": user_id} if user_id is not None else {}
+        room = self.hub.join(self.peer, room_name, metadata)
+        peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
+        self._send({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers})
+
+    def _leave(self, message: dict) -> None:
+        _required(message, "room")
+        room_name = self.hub.validate_room_name(message["room"])
+        self.hub.leave(self.peer, room_name)
+        self._send({"type": "left", "room": room_name})
+
+    _handlers: dict[str, Callable[["DirectorySession", dict], None]] = {
+        "register": _register,
+        "register-proof": _register_proof,
+        "unregister": _unregister,
+        "discover": _discover,
+        "join": _join,
+        "leave": _leave,
+        **dict.fromkeys(_RELAY, _relay),
+    }
+
+    # events
+
+    def render(self, event: Any) -> bytes | None:
+        if type(event) is Signal:
+            rendered = _RENDERED.get(event.kind)
+            if rendered is None:
+                return None
+            message_type, field = rendered
+            if event.room is not None:
+                body: dict[str, Any] = {"type": message_type, "room": event.room, "from": event.sender}
+                from_user = (event.extra or {}).get("fromUserId")
+                if isinstance(from_user, str):
+                    body["fromUserId"] = from_user
+                body["to"] = self.peer.id
+                body[field] = event.payload
+                return orjson.dumps(body)
+            sender = (event.extra or {}).get("fromUserId", event.sender)
+            to = self.directory.user_of(self.peer)
+            return orjson.dumps({"type": message_type, "from": sender, "to": to, field: event.payload})
+        if type(event) is PeerJoined:
+            return orjson.dumps({"type": "peer-joined", "room": event.room, **_member(event.member)})
+        if type(event) is PeerLeft:
+            return orjson.dumps({"type": "peer-left", "room": event.room, **_member(event.member)})
+        if type(event) is Presence:
+            return orjson.dumps({"type": "presence", "userId": event.user_id, "online": event.online})
+        if type(event) is Replaced:
+            return orjson.dumps(
+                {
+                    "type": "error",
+                    "code": "replaced",
+                    "message": f"userId {event.user_id} was registered by another connection",
+                }
+            )
+        return None
+
+    # output
+
+    def _send(self, body: dict) -> None:
+        try:
+            self.sink.send(orjson.dumps(body))
+        except DeliveryRefused:
+            # Our own client is going away or not reading; nothing to tell it.
+            pass
+
+    def _error(self, code: str, text: str) -> None:
+        self._send({"type": "error", "message": text, "code": code})
