@@ -371,6 +371,41 @@ class RateLimitTests(NativeTestCase):
         self.assertEqual(message_types(alice.take()), ["peer-left"])
 
 
+class ChurnAndLongNameTests(NativeTestCase):
+    def test_ten_thousand_character_room_name(self):
+        client = self.connect()
+        self.send(client, {"type": "join", "room": "r" * 10000, "id": 1})
+        error = self.assertError(client, "invalid-field", 1)
+        self.assertIn("256", error["message"])
+        self.assertEqual(self.harness.hub.stats().rooms_total, 0)
+
+    def test_hundreds_of_rapid_joins_and_leaves(self):
+        """
+        300 join/leave pairs from one client and 100 connections that join
+        and close leave the hub clean; the bystander sees each come and go
+        and can still be reached.
+        """
+        bystander = self.joined("busy")
+        churner = self.connect()
+        for index in range(300):
+            churner.send_json({"type": "join", "room": "busy", "id": index})
+            churner.send_json({"type": "leave", "room": "busy"})
+        self.harness.flush()
+        self.assertEqual(message_types(churner.take()), ["joined", "left"] * 300)
+        for _ in range(100):
+            client = self.connect()
+            client.send_json({"type": "join", "room": "busy"})
+            client.sendClose()
+            self.harness.flush()
+        self.assertEqual(message_types(bystander.take()), ["peer-joined", "peer-left"] * 400)
+        self.send(churner, {"type": "join", "room": "busy"})
+        churner.take()
+        self.send(churner, {"type": "offer", "room": "busy", "to": bystander.peer_id, "payload": 1})
+        self.assertEqual(message_types(bystander.take()), ["peer-joined", "offer"])
+        stats = self.harness.hub.stats()
+        self.assertEqual((stats.peers_total, stats.rooms_total, stats.peers_in_rooms), (2, 1, 2))
+
+
 class NestedPayloadTests(NativeTestCase):
     def test_ten_thousand_deep_payload_is_invalid_json(self):
         """
