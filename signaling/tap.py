@@ -19,6 +19,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from . import logs
+from .auth import TokenVerifier, UnusableKey
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .web import SignalingSite
@@ -87,6 +88,8 @@ class Options(usage.Options):
         ["stale-timeout", None, 120.0, "Seconds without activity after which a peer is removed; 0 never.", _seconds("stale-timeout")],
         ["empty-room-ttl", None, 0.0, "Seconds an empty room is kept; 0 deletes it at once.", _seconds("empty-room-ttl")],
         ["cleanup-interval", None, 30.0, "Seconds between sweeps for stale peers and expired empty rooms.", _seconds("cleanup-interval")],
+        ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
+        ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
     ]
 
@@ -135,11 +138,31 @@ class Options(usage.Options):
                 f"--stale-timeout ({self['stale-timeout']:g}) must be above "
                 f"--ping-interval ({self['ping-interval']:g}), or 0"
             )
+        self["token-verifier"] = self._token_verifier()
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
             if _TLS_SHORTHAND.match(description) and not self["tls-cert"]:
                 raise usage.UsageError(f"--port {description} needs --tls-cert")
+
+    def _token_verifier(self) -> TokenVerifier | None:
+        secret = self["jwt-secret"] or self.environ.get("JWT_SECRET") or None
+        key_path = self["jwt-public-key"]
+        if secret and key_path:
+            raise usage.UsageError("give --jwt-secret or --jwt-public-key, not both")
+        try:
+            if key_path:
+                try:
+                    with open(key_path, "rb") as key_file:
+                        pem = key_file.read()
+                except OSError as error:
+                    raise usage.UsageError(f"cannot read --jwt-public-key: {error.strerror}: {key_path}")
+                return TokenVerifier.from_public_key(pem)
+            if secret:
+                return TokenVerifier.from_secret(secret)
+        except UnusableKey as error:
+            raise usage.UsageError(f"unusable JWT key: {error}")
+        return None
 
     def parseOptions(self, options=None) -> None:
         # twistd prints its whole usage text above an option error; one line
@@ -279,7 +302,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
     )
-    site = SignalingSite(hub, settings)
+    site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
     web = Site(site.resource())
     web.displayTracebacks = False
     top = MultiService()

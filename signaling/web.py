@@ -15,9 +15,11 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .auth import TokenVerifier
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
+from .dialects.socketio import SocketIOResource
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
@@ -69,10 +71,17 @@ class SignalingSite:
 
     app = Klein()
 
-    def __init__(self, hub: Hub, settings: WebSocketSettings = WebSocketSettings()) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        settings: WebSocketSettings = WebSocketSettings(),
+        verifier: TokenVerifier | None = None,
+    ) -> None:
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        #: Engine.IO and Socket.IO, for the rooms and calls dialects.
+        self._socketio = SocketIOResource(hub, settings, verifier)
         #: The userIds of the directory dialect, one directory per hub.
         self.directory = Directory(hub)
         self._directory = WebSocketResource(
@@ -163,6 +172,10 @@ class SignalingSite:
     @app.route("/signal", methods=["GET"])
     def native(self, request: IRequest):
         return self._websocket(request, self._native)
+
+    @app.route("/socket.io/", methods=["GET", "POST", "OPTIONS"])
+    def socketio(self, request: IRequest):
+        return self._socketio
 
     @app.route("/directory", methods=["GET"])
     def directory_users(self, request: IRequest):

@@ -1,0 +1,220 @@
+"""
+The C{calls} event set (seed 002): the C{webrtc:*} events of call rooms, with
+room metadata, relays naming their sender and room isolation. Payload shapes
+are in docs/dialects.rst.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Mapping
+
+from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
+from ..base import ProtocolError
+from .rooms import member_user_id
+
+NAME = "calls"
+
+#: Signal kinds, the event that carries each, and its payload field.
+_EVENTS = {
+    "offer": ("webrtc:offer", "offer"),
+    "answer": ("webrtc:answer", "answer"),
+    "candidate": ("webrtc:ice-candidate", "candidate"),
+}
+#: Fields passed along with a relay when the sender gave them.
+_EXTRA_FIELDS = ("sdpMid", "sdpMLineIndex")
+
+JOIN_ERROR = "webrtc:join-room-error"
+SIGNALING_ERROR = "webrtc:signaling-error"
+
+
+def iso(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _object(payload: Any) -> dict:
+    if not isinstance(payload, dict):
+        raise ProtocolError("invalid-payload", "Invalid message: the event data must be an object")
+    return payload
+
+
+def _string(data: Mapping[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("invalid-field", f"Invalid message: {field} is required")
+    return value
+
+
+def _authenticated(connection: Any) -> None:
+    if connection.requires_token and not connection.authenticated:
+        raise ProtocolError(
+            "unauthenticated",
+            "Authentication required: connect with auth.token to use webrtc events",
+        )
+
+
+def participant(member: Member) -> dict[str, Any]:
+    """
+    A member as calls clients see it, whatever dialect it joined with.
+    """
+    metadata = member.metadata
+    if member.dialect == NAME:
+        own = metadata.get("metadata")
+        details = own if isinstance(own, dict) else {}
+        call_type = metadata.get("callType")
+    else:
+        details = dict(metadata)
+        call_type = None
+    return {
+        "socketId": member.peer_id,
+        "userId": member_user_id(member),
+        "callType": call_type,
+        "metadata": details,
+        "joinedAt": iso(member.joined_at),
+    }
+
+
+def _room_metadata(room: Room, call_type: str) -> dict[str, Any]:
+    # A room another dialect created has no call metadata of its own.
+    metadata = dict(room.metadata)
+    metadata.setdefault("callType", call_type)
+    metadata.setdefault("createdAt", iso(room.created_at))
+    metadata.setdefault("createdBy", None)
+    return metadata
+
+
+def join_room(connection: Any, payload: Any) -> dict:
+    _authenticated(connection)
+    data = _object(payload)
+    if data.get("callRoomId") in (None, ""):
+        raise ProtocolError("invalid-field", "callRoomId is required")
+    room_name = connection.hub.validate_room_name(data["callRoomId"])
+    call_type = data.get("callType", "audio")
+    if not isinstance(call_type, str) or len(call_type) > 64:
+        raise ProtocolError("invalid-field", "callType must be a short string")
+    metadata = data.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise ProtocolError("invalid-field", "metadata must be an object")
+    now = connection.now()
+    room_metadata = {
+        **metadata,
+        "callType": call_type,
+        "createdAt": iso(now),
+        "createdBy": connection.user_id,
+    }
+    room = connection.join(
+        NAME,
+        room_name,
+        {"userId": connection.user_id, "callType": call_type, "metadata": metadata},
+        room_metadata,
+    )
+    me = connection.peer.id
+    reply = {
+        "callRoomId": room_name,
+        "participantCount": len(room.members),
+        "existingParticipants": [participant(m) for m in room.members.values() if m.peer_id != me],
+        "metadata": _room_metadata(room, call_type),
+        "timestamp": iso(now),
+    }
+    connection.emit("webrtc:room-joined", reply)
+    return reply
+
+
+def leave_room(connection: Any, payload: Any) -> dict:
+    _authenticated(connection)
+    data = _object(payload)
+    room_name = _string(data, "callRoomId")
+    if room_name not in connection.peer.rooms:
+        raise ProtocolError("not-in-room", "You are not in this call room")
+    connection.leave(room_name)
+    reply = {"callRoomId": room_name, "timestamp": iso(connection.now())}
+    connection.emit("webrtc:room-left", reply)
+    return reply
+
+
+def _relay(kind: str):
+    field = _EVENTS[kind][1]
+
+    def relay(connection: Any, payload: Any) -> None:
+        _authenticated(connection)
+        data = _object(payload)
+        room_name = _string(data, "callRoomId")
+        if field not in data:
+            raise ProtocolError("invalid-field", f"Invalid message: {field} is required")
+        peer = connection.peer
+        if room_name not in peer.rooms:
+            raise ProtocolError("not-in-room", "You are not in this call room")
+        extra = {name: data[name] for name in _EXTRA_FIELDS if data.get(name) is not None}
+        signal = Signal(kind=kind, sender=peer.id, room=room_name, payload=data[field], extra=extra or None)
+        target = data.get("targetSocketId")
+        if kind == "candidate" and target is None:
+            connection.hub.broadcast(peer, room_name, signal)
+            return
+        target = _string(data, "targetSocketId")
+        if target not in peer.rooms[room_name].members:
+            raise ProtocolError("peer-not-found", "Target participant is not in this call room")
+        connection.hub.relay(peer, room_name, target, signal)
+
+    return relay
+
+
+HANDLERS = {
+    "webrtc:join-room": join_room,
+    "webrtc:leave-room": leave_room,
+    "webrtc:offer": _relay("offer"),
+    "webrtc:answer": _relay("answer"),
+    "webrtc:ice-candidate": _relay("candidate"),
+}
+
+
+def render(connection: Any, event: Any) -> tuple[str, dict] | None:
+    now = iso(connection.now())
+    if type(event) is Signal:
+        if event.kind not in _EVENTS:
+            return None
+        name, field = _EVENTS[event.kind]
+        room = connection.hub.room(event.room)
+        sender = room.members.get(event.sender) if room is not None else None
+        body: dict[str, Any] = {
+            "callRoomId": event.room,
+            "fromSocketId": event.sender,
+            "fromUserId": member_user_id(sender),
+            field: event.payload,
+        }
+        for extra in _EXTRA_FIELDS:
+            if event.extra and event.extra.get(extra) is not None:
+                body[extra] = event.extra[extra]
+        body["timestamp"] = now
+        return name, body
+    if type(event) is PeerJoined:
+        return "webrtc:participant-joined", {
+            "callRoomId": event.room,
+            "participant": participant(event.member),
+            "timestamp": now,
+        }
+    if type(event) is PeerLeft:
+        return "webrtc:participant-left", {
+            "callRoomId": event.room,
+            "participant": participant(event.member),
+            "timestamp": now,
+        }
+    return None
+
+
+def error(connection: Any, event: str, payload: Any, code: str, message: str) -> dict:
+    """
+    Tell the client an event failed: C{webrtc:join-room-error} for a join,
+    C{webrtc:signaling-error} otherwise, and the answer for its
+    acknowledgement if it asked for one.
+    """
+    body: dict[str, Any] = {"error": message, "code": code, "event": event[:64]}
+    if isinstance(payload, dict):
+        for field in ("callRoomId", "targetSocketId"):
+            if isinstance(payload.get(field), str):
+                body[field] = payload[field][:256]
+    body["timestamp"] = iso(connection.now())
+    connection.emit(JOIN_ERROR if event == "webrtc:join-room" else SIGNALING_ERROR, body)
+    return {"ok": False, "code": code, "error": message}

@@ -1,0 +1,301 @@
+"""
+The C{/socket.io/} endpoint: Engine.IO's HTTP long-polling (GET, POST,
+CORS preflight) and its WebSocket transport, both feeding the sessions of
+one L{EngineIOServer}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import CancelledError
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from ...auth import TokenVerifier
+from ...errors import DeliveryRefused
+from ...hub import Hub
+from ...ids import IdShape
+from ...logs import Logger
+from ...websocket import WebSocketSettings
+from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, HandshakeInfo
+from .engineio import (
+    BAD_HANDSHAKE_METHOD,
+    BAD_REQUEST,
+    FORBIDDEN,
+    UNKNOWN_TRANSPORT,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    EngineIOError,
+    EngineIOServer,
+    EngineIOSettings,
+    EngineIOSocket,
+    IPacketTransport,
+)
+from .socketio import SocketIOConnection, SocketIOContext
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_TEXT = "text/plain; charset=UTF-8"
+
+
+def _params(query: bytes | str) -> dict[str, str]:
+    if isinstance(query, bytes):
+        query = query.decode("utf-8", "replace")
+    return {name: values[0] for name, values in parse_qs(query).items() if values}
+
+
+@implementer(IPacketTransport)
+class EngineIOWebSocketProtocol(WebSocketServerProtocol):
+    """
+    A WebSocket carrying one Engine.IO session: a new one, or an existing
+    polling session it probes and then takes over.
+    """
+
+    _log = Logger()
+    socket: EngineIOSocket | None = None
+    probing = False
+    _handshake: HandshakeInfo | None = None
+
+    def onConnect(self, request):
+        server = self.factory.server
+        params = {name: values[0] for name, values in request.params.items() if values}
+        sid = params.get("sid")
+        if sid is not None:
+            socket = server.sessions.get(sid)
+            if socket is None or not socket.is_open or socket.transport != "polling":
+                raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Session ID unknown")
+            self.socket = socket
+        self._handshake = HandshakeInfo(
+            path=unquote(request.path), params=params, origin=request.headers.get("origin")
+        )
+        return None
+
+    def onOpen(self) -> None:
+        try:
+            if self.socket is None:
+                self.socket = self.factory.server.open(self._handshake, websocket=self)
+            else:
+                self.probing = True
+        except Exception:
+            self._bug("opening an Engine.IO session failed")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        socket = self.socket
+        if socket is None:
+            return
+        packet: str | bytes = payload if isBinary else payload.decode("utf-8")
+        try:
+            if self.probing:
+                self._probe_message(socket, packet)
+            else:
+                socket.packet_received(packet)
+        except Exception:
+            self._bug("an Engine.IO packet handler failed")
+
+    def _probe_message(self, socket: EngineIOSocket, packet: str | bytes) -> None:
+        if packet == "2probe":
+            if not socket.probe(self):
+                self.close_transport()
+        elif packet == "5":
+            self.probing = False
+            socket.upgrade(self)
+        else:
+            # Nothing else is allowed before the upgrade completes.
+            self.close_transport()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        socket, self.socket = self.socket, None
+        if socket is not None:
+            try:
+                socket.transport_closed(self)
+            except Exception:
+                self._log.failure("closing an Engine.IO session failed")
+
+    def _bug(self, message: str) -> None:
+        # A bug ends only this connection, with 1011, never with a traceback.
+        self._log.failure(message)
+        self._fail_connection(CLOSE_INTERNAL_ERROR, "internal error")
+
+    # IPacketTransport
+
+    def send_packet(self, packet: str | bytes) -> None:
+        if self.state != _OPEN:
+            raise DeliveryRefused("closed", "the connection is closing")
+        if isinstance(packet, bytes):
+            self.sendMessage(packet, isBinary=True)
+        else:
+            self.sendMessage(packet.encode("utf-8"))
+
+    def close_transport(self) -> None:
+        if self.state == _OPEN:
+            self.sendClose(CLOSE_NORMAL)
+
+
+class EngineIOWebSocketFactory(WebSocketServerFactory):
+    protocol = EngineIOWebSocketProtocol
+
+    def __init__(self, server: EngineIOServer, settings: EngineIOSettings) -> None:
+        super().__init__()
+        self.server = server
+        self.setProtocolOptions(
+            failByDrop=False,
+            maxFramePayloadSize=settings.max_payload,
+            maxMessagePayloadSize=settings.max_payload,
+            # Engine.IO has its own heartbeat.
+            autoPingInterval=0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )
+
+
+class SocketIOResource(Resource):
+    """
+    Engine.IO v4 and Socket.IO v5 at C{/socket.io/}, in front of C{hub}.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: Hub,
+        settings: WebSocketSettings = WebSocketSettings(),
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        super().__init__()
+        self.hub = hub
+        self.settings = settings
+        self.engine_settings = EngineIOSettings.from_websocket(settings)
+        context = SocketIOContext(hub=hub, verifier=verifier)
+        self.server = EngineIOServer(
+            hub.clock,
+            lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
+            self.engine_settings,
+            lambda socket: SocketIOConnection(socket, context),
+        )
+        self._websocket = WebSocketResource(
+            EngineIOWebSocketFactory(self.server, self.engine_settings)
+        )
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            return self._render(request)
+        except EngineIOError as error:
+            return self._error(request, error)
+
+    def _render(self, request: IRequest) -> Any:
+        origin = request.getHeader("origin")
+        if not self.settings.allows_origin(origin):
+            raise EngineIOError(FORBIDDEN)
+        if request.method == b"OPTIONS":
+            return self._preflight(request)
+        params = _params(request.uri.partition(b"?")[2])
+        if params.get("EIO") != "4":
+            raise EngineIOError(UNSUPPORTED_PROTOCOL_VERSION)
+        transport = params.get("transport")
+        if transport == "websocket":
+            return self._upgrade(request, params)
+        if transport != "polling":
+            raise EngineIOError(UNKNOWN_TRANSPORT)
+        sid = params.get("sid")
+        if sid is None:
+            if request.method != b"GET":
+                raise EngineIOError(BAD_HANDSHAKE_METHOD)
+            handshake = HandshakeInfo(
+                path=request.path.decode("utf-8", "replace"), params=params, origin=origin
+            )
+            socket = self.server.open(handshake)
+            return self._poll(request, socket)
+        socket = self.server.find(sid)
+        if request.method == b"GET":
+            return self._poll(request, socket)
+        if request.method == b"POST":
+            return self._post(request, socket)
+        raise EngineIOError(BAD_REQUEST, "polling takes GET and POST")
+
+    def _upgrade(self, request: IRequest, params: dict[str, str]) -> Any:
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if request.method != b"GET" or upgrade != "websocket":
+            raise EngineIOError(BAD_REQUEST, "transport=websocket needs a WebSocket upgrade")
+        if "sid" in params:
+            socket = self.server.find(params["sid"])
+            if socket.transport != "polling":
+                raise EngineIOError(BAD_REQUEST, "the session is already on a WebSocket")
+        return self._websocket.render(request)
+
+    def _poll(self, request: IRequest, socket: EngineIOSocket) -> Any:
+        poll = socket.poll()
+        self._headers(request)
+        if poll.called:
+            return self._take(poll)
+
+        def answer(payload: bytes) -> None:
+            # This runs inside whatever sent the packet (a hub delivery), so
+            # a request that has just gone must not raise into it.
+            try:
+                request.write(payload)
+                request.finish()
+            except Exception:
+                self._log.debug("a poll ended before its answer")
+
+        def gone(failure) -> None:
+            failure.trap(CancelledError)
+
+        poll.addCallbacks(answer, gone)
+        request.notifyFinish().addErrback(lambda _: poll.cancel())
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _take(poll) -> bytes:
+        result: list[bytes] = []
+        poll.addCallback(result.append)
+        return result[0]
+
+    def _post(self, request: IRequest, socket: EngineIOSocket) -> bytes:
+        body = request.content.read(self.engine_settings.max_payload + 1)
+        try:
+            socket.post(body)
+        except EngineIOError:
+            raise
+        except Exception:
+            self._log.failure("an Engine.IO packet handler failed")
+            socket.close("internal error")
+            request.setResponseCode(500)
+            self._headers(request)
+            return b"internal error"
+        self._headers(request)
+        return b"ok"
+
+    def _preflight(self, request: IRequest) -> bytes:
+        self._cors(request)
+        request.setResponseCode(204)
+        request.setHeader("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        requested = request.getHeader("access-control-request-headers")
+        request.setHeader("Access-Control-Allow-Headers", requested or "Content-Type")
+        return b""
+
+    def _headers(self, request: IRequest) -> None:
+        self._cors(request)
+        request.setHeader("Content-Type", _TEXT)
+        request.setHeader("Cache-Control", "no-store")
+
+    def _cors(self, request: IRequest) -> None:
+        origin = request.getHeader("origin")
+        if origin is None or not self.settings.allows_origin(origin):
+            return
+        request.setHeader("Access-Control-Allow-Origin", origin)
+        request.setHeader("Access-Control-Allow-Credentials", "true")
+        request.setHeader("Vary", "Origin")
+
+    def _error(self, request: IRequest, error: EngineIOError) -> bytes:
+        if error.code != FORBIDDEN:
+            self._cors(request)
+        request.setResponseCode(error.status)
+        request.setHeader("Content-Type", "application/json")
+        return error.body()

@@ -1,0 +1,125 @@
+"""
+The C{rooms} event set (seed 000): C{join-room}, C{leave-room}, C{offer},
+C{answer} and C{ice-candidate}; C{user-joined}, C{user-left} and
+C{room-users}. Payload shapes are in docs/dialects.rst.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ...hub import Member, PeerJoined, PeerLeft, Signal
+from ..base import ProtocolError
+
+NAME = "rooms"
+
+#: Signal kinds, the event that carries each, and its payload field.
+_EVENTS = {"offer": ("offer", "offer"), "answer": ("answer", "answer"), "candidate": ("ice-candidate", "candidate")}
+
+MAX_USER_ID_LENGTH = 256
+
+
+def _object(payload: Any) -> dict:
+    if not isinstance(payload, dict):
+        raise ProtocolError("invalid-payload", "the event data must be an object")
+    return payload
+
+
+def _string(data: Mapping[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("invalid-field", f"{field!r} must be a non-empty string")
+    return value
+
+
+def member_user_id(member: Member | None) -> str | None:
+    """
+    The user id a member joined with, in any dialect that records one.
+    """
+    if member is None:
+        return None
+    value = member.metadata.get("userId")
+    return value if isinstance(value, str) else None
+
+
+def _user(member: Member) -> dict[str, Any]:
+    return {"socketId": member.peer_id, "userId": member_user_id(member)}
+
+
+def join_room(connection: Any, payload: Any) -> dict:
+    data = _object(payload)
+    room_name = connection.hub.validate_room_name(data.get("roomId"))
+    user_id = connection.user_id
+    if not connection.authenticated and data.get("userId") is not None:
+        user_id = data["userId"]
+        if not isinstance(user_id, str) or len(user_id) > MAX_USER_ID_LENGTH:
+            raise ProtocolError("invalid-field", "'userId' must be a string of at most 256 characters")
+    room = connection.join(NAME, room_name, {"userId": user_id})
+    users = [_user(m) for m in room.members.values() if m.peer_id != connection.peer.id]
+    reply = {"roomId": room_name, "users": users}
+    connection.emit("room-users", reply)
+    return reply
+
+
+def leave_room(connection: Any, payload: Any) -> dict:
+    data = _object(payload)
+    room_name = _string(data, "roomId")
+    connection.leave(room_name)
+    return {"roomId": room_name}
+
+
+def _relay(kind: str):
+    field = _EVENTS[kind][1]
+
+    def relay(connection: Any, payload: Any) -> None:
+        data = _object(payload)
+        room_name = _string(data, "roomId")
+        if field not in data:
+            raise ProtocolError("invalid-field", f"{field!r} is required")
+        signal = Signal(kind=kind, sender=connection.peer.id, room=room_name, payload=data[field])
+        if kind == "candidate" and data.get("targetId") is None:
+            connection.hub.broadcast(connection.peer, room_name, signal)
+            return
+        connection.hub.relay(connection.peer, room_name, _string(data, "targetId"), signal)
+
+    return relay
+
+
+HANDLERS = {
+    "join-room": join_room,
+    "leave-room": leave_room,
+    "offer": _relay("offer"),
+    "answer": _relay("answer"),
+    "ice-candidate": _relay("candidate"),
+}
+
+
+def render(connection: Any, event: Any) -> tuple[str, dict] | None:
+    if type(event) is Signal:
+        if event.kind not in _EVENTS:
+            return None
+        name, field = _EVENTS[event.kind]
+        room = connection.hub.room(event.room)
+        sender = room.members.get(event.sender) if room is not None else None
+        return name, {
+            "roomId": event.room,
+            "senderId": event.sender,
+            "userId": member_user_id(sender),
+            field: event.payload,
+        }
+    if type(event) is PeerJoined:
+        return "user-joined", {"roomId": event.room, **_user(event.member)}
+    if type(event) is PeerLeft:
+        return "user-left", {"roomId": event.room, **_user(event.member)}
+    return None
+
+
+def error(connection: Any, event: str, payload: Any, code: str, message: str) -> dict:
+    """
+    Tell the client an event failed: an C{error} event, and the answer for
+    its acknowledgement if it asked for one.
+    """
+    body = {"event": event[:64], "code": code, "message": message}
+    connection.emit("error", body)
+    return {"ok": False, "code": code, "error": message}
+

@@ -1,0 +1,364 @@
+"""
+Socket.IO v5 over an Engine.IO session: the packet codec, the default
+namespace's CONNECT (with its C{auth} payload), events, acknowledgements and
+DISCONNECT, and the hub peer behind each connection.
+
+The events themselves belong to two event sets, L{rooms} (000) and L{calls}
+(002), which share this one namespace.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+import orjson
+from twisted.internet.interfaces import IDelayedCall
+from zope.interface import implementer
+
+from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
+from ...errors import DeliveryRefused, HubError
+from ...hub import Hub, IPeerConnection, Peer, Room
+from ...logs import Logger
+from ..base import ProtocolError
+from .engineio import EngineIOSocket, IEngineIOHandler
+from . import calls, rooms
+
+CONNECT = 0
+DISCONNECT = 1
+EVENT = 2
+ACK = 3
+CONNECT_ERROR = 4
+BINARY_EVENT = 5
+BINARY_ACK = 6
+
+#: The hub dialect of a connection that has joined no room yet.
+NAME = "socketio"
+
+#: Event sets, in the order their events are looked up.
+EVENT_SETS = (rooms, calls)
+_SETS_BY_NAME = {event_set.NAME: event_set for event_set in EVENT_SETS}
+_HANDLERS = {
+    event: (event_set, handler)
+    for event_set in EVENT_SETS
+    for event, handler in event_set.HANDLERS.items()
+}
+
+
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+class PacketError(Exception):
+    """
+    A Socket.IO packet cannot be decoded.
+    """
+
+
+@attrs.frozen
+class Packet:
+    type: int
+    namespace: str = "/"
+    data: Any = None
+    id: int | None = None
+    attachments: int = 0
+
+
+def decode(text: str) -> Packet:
+    """
+    Parse one Socket.IO packet.
+
+    :raises PacketError: It is not a well-formed packet.
+    """
+    if not text or not "0" <= text[0] <= "6":
+        raise PacketError("unknown packet type")
+    kind = int(text[0])
+    position = 1
+    attachments = 0
+    if kind in (BINARY_EVENT, BINARY_ACK):
+        dash = text.find("-", position)
+        count = text[position:dash] if dash > 0 else ""
+        if not _ASCII_DIGITS.issuperset(count) or not count or len(count) > 6:
+            raise PacketError("bad attachment count")
+        attachments = int(count)
+        position = dash + 1
+    namespace = "/"
+    if text.startswith("/", position):
+        comma = text.find(",", position)
+        end = comma if comma >= 0 else len(text)
+        namespace = text[position:end]
+        position = end + 1 if comma >= 0 else end
+    digits_end = position
+    while digits_end < len(text) and text[digits_end] in _ASCII_DIGITS:
+        digits_end += 1
+    packet_id = None
+    if digits_end > position:
+        if digits_end - position > 15:
+            raise PacketError("bad ack id")
+        packet_id = int(text[position:digits_end])
+    rest = text[digits_end:]
+    data = None
+    if rest:
+        try:
+            data = orjson.loads(rest)
+        except orjson.JSONDecodeError:
+            raise PacketError("bad JSON")
+    if kind in (EVENT, BINARY_EVENT):
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            raise PacketError("an event must be a list starting with its name")
+    elif kind in (ACK, BINARY_ACK):
+        if packet_id is None or not isinstance(data, list):
+            raise PacketError("an ack must have an id and a list")
+    elif kind == CONNECT:
+        if data is not None and not isinstance(data, dict):
+            raise PacketError("the CONNECT payload must be an object")
+    return Packet(kind, namespace, data, packet_id, attachments)
+
+
+def encode(packet: Packet) -> str:
+    head = str(packet.type)
+    if packet.namespace != "/":
+        head += packet.namespace + ","
+    if packet.id is not None:
+        head += str(packet.id)
+    if packet.data is None:
+        return head
+    return head + orjson.dumps(packet.data).decode("utf-8")
+
+
+@attrs.frozen
+class SocketIOContext:
+    """
+    What every connection of one site shares.
+
+    :ivar verifier: Checks tokens; L{None} when no key is configured.
+    """
+
+    hub: Hub
+    verifier: TokenVerifier | None = None
+
+
+@implementer(IEngineIOHandler, IPeerConnection)
+class SocketIOConnection:
+    """
+    One Socket.IO client on the default namespace; the hub sees it as one
+    peer whatever transport carries it.
+
+    :ivar peer: The hub peer, from CONNECT until DISCONNECT; its id is the
+        client's C{socket.id}.
+    :ivar user_id: Who the client is, from its token or C{auth.userId}.
+    :ivar authenticated: Whether a token was verified with the configured key.
+    """
+
+    _log = Logger()
+
+    def __init__(self, engine: EngineIOSocket, context: SocketIOContext) -> None:
+        self.engine = engine
+        self.context = context
+        self.hub = context.hub
+        self.peer: Peer | None = None
+        self.user_id: str | None = None
+        self.authenticated = False
+        self._room_sets: dict[str, Any] = {}
+        self._skip_attachments = 0
+        self._connect_call: IDelayedCall | None = engine.clock.callLater(
+            engine.settings.connect_timeout, self._connect_missing
+        )
+
+    @property
+    def requires_token(self) -> bool:
+        """
+        Whether a key is configured, so that calls events need a verified
+        token.
+        """
+        return self.context.verifier is not None
+
+    def now(self) -> float:
+        return self.hub.clock.seconds()
+
+    # IEngineIOHandler
+
+    def activity(self) -> None:
+        if self.peer is not None:
+            self.hub.touch(self.peer)
+
+    def message_received(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            # Attachments of a refused binary event; anything else binary is
+            # not ours to read either.
+            if self._skip_attachments:
+                self._skip_attachments -= 1
+            return
+        try:
+            packet = decode(data)
+        except PacketError as error:
+            # What the reference server does with an undecodable packet.
+            self._log.debug("bad Socket.IO packet: {error}", error=str(error))
+            self.engine.close("parse error")
+            return
+        if packet.type == CONNECT:
+            self._connect(packet)
+        elif packet.type == DISCONNECT:
+            if packet.namespace == "/":
+                self._disconnect_peer()
+        elif packet.type in (EVENT, BINARY_EVENT):
+            self._event(packet)
+        elif packet.type == BINARY_ACK:
+            self._skip_attachments = packet.attachments
+        # ACK (we ask for none) and CONNECT_ERROR (server-only) are ignored.
+
+    def closed(self, reason: str) -> None:
+        if self._connect_call is not None and self._connect_call.active():
+            self._connect_call.cancel()
+        self._connect_call = None
+        self._disconnect_peer()
+
+    # connecting
+
+    def _connect_missing(self) -> None:
+        self._connect_call = None
+        if self.peer is None:
+            self.engine.close("connect timeout")
+
+    def _connect(self, packet: Packet) -> None:
+        if packet.namespace != "/":
+            self._send(Packet(CONNECT_ERROR, packet.namespace, {"message": "Invalid namespace"}))
+            return
+        if self.peer is not None:
+            self._send(Packet(CONNECT, data={"sid": self.peer.id}))
+            return
+        self.user_id, self.authenticated = None, False
+        try:
+            self.user_id, self.authenticated = self._identify(packet.data or {})
+        except InvalidToken as error:
+            self._log.info("refused a Socket.IO connection: {error}", error=str(error))
+            self._send(Packet(CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}))
+            return
+        if self._connect_call is not None and self._connect_call.active():
+            self._connect_call.cancel()
+        self._connect_call = None
+        self.peer = self.hub.connect(self, dialect=NAME)
+        self._send(Packet(CONNECT, data={"sid": self.peer.id}))
+
+    def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool]:
+        """
+        Who a connecting client is, and whether a token proved it.
+
+        :raises InvalidToken: A key is configured and the client presented a
+            token that is not valid for it, or names no user.
+        """
+        token = auth.get("token")
+        if token is None:
+            token = self.engine.handshake.params.get("token")
+        if isinstance(token, str) and token.lower().startswith("bearer "):
+            token = token[7:].strip()
+        verifier = self.context.verifier
+        if token is not None and token != "":
+            if verifier is not None:
+                user_id = user_id_of(verifier.verify(token, self.now()))
+                if user_id is None:
+                    raise InvalidToken("the token names no user")
+                return user_id, True
+            user_id = user_id_of(unverified_claims(token))
+            if user_id is not None:
+                return user_id, False
+        claimed = auth.get("userId")
+        if isinstance(claimed, str) and 0 < len(claimed) <= 256:
+            return claimed, False
+        return None, False
+
+    def _disconnect_peer(self) -> None:
+        if self.peer is not None:
+            peer, self.peer = self.peer, None
+            self.hub.disconnect(peer)
+        self._room_sets.clear()
+
+    # events
+
+    def _event(self, packet: Packet) -> None:
+        name = packet.data[0]
+        payload = packet.data[1] if len(packet.data) > 1 else None
+        if packet.type == BINARY_EVENT:
+            self._skip_attachments = packet.attachments
+        if packet.namespace != "/" or self.peer is None:
+            # The reference server drops events for a namespace the client
+            # has not connected to.
+            return
+        entry = _HANDLERS.get(name)
+        event_set = entry[0] if entry else (calls if name.startswith("webrtc:") else rooms)
+        try:
+            if packet.type == BINARY_EVENT:
+                raise ProtocolError("unsupported", "binary events are not supported")
+            if entry is None:
+                raise ProtocolError("unknown-event", f"unknown event {name[:64]!r}")
+            result = entry[1](self, payload)
+        except (ProtocolError, HubError) as error:
+            answer = event_set.error(self, name, payload, error.code, error.message)
+            if packet.id is not None:
+                self._ack(packet.id, answer)
+            return
+        if packet.id is not None:
+            self._ack(packet.id, {"ok": True, **(result or {})})
+
+    def _ack(self, ack_id: int, answer: Mapping[str, Any]) -> None:
+        self._send(Packet(ACK, data=[answer], id=ack_id))
+
+    # what event sets use
+
+    def emit(self, name: str, payload: Any) -> None:
+        """
+        Send one event to this client; a client that cannot take it misses it.
+        """
+        self._send(Packet(EVENT, data=[name, payload]))
+
+    def join(
+        self,
+        event_set_name: str,
+        room_name: str,
+        metadata: Mapping[str, Any],
+        room_metadata: Mapping[str, Any] | None = None,
+    ) -> Room:
+        """
+        Join C{room_name}; the hub's events of that room are then rendered by
+        the event set named C{event_set_name}.
+        """
+        event_set = _SETS_BY_NAME[event_set_name]
+        peer = self.peer
+        # Other members see which event set this peer joined with.
+        peer.dialect = event_set_name
+        room = self.hub.join(peer, room_name, metadata, room_metadata)
+        self._room_sets[room_name] = event_set
+        return room
+
+    def leave(self, room_name: str) -> None:
+        self.hub.leave(self.peer, room_name)
+        self._room_sets.pop(room_name, None)
+
+    def event_set_of(self, room_name: str) -> Any:
+        return self._room_sets.get(room_name)
+
+    def _send(self, packet: Packet) -> None:
+        try:
+            self.engine.send_message(encode(packet))
+        except DeliveryRefused:
+            # Our own client is going away or not reading.
+            pass
+
+    # IPeerConnection
+
+    def deliver(self, event: Any) -> None:
+        room_name = getattr(event, "room", None)
+        event_set = self._room_sets.get(room_name) if room_name is not None else None
+        if event_set is None:
+            return
+        rendered = event_set.render(self, event)
+        if rendered is None:
+            return
+        name, payload = rendered
+        self.engine.send_message(encode(Packet(EVENT, data=[name, payload])))
+
+    def close(self, reason: str) -> None:
+        # The hub has already forgotten the peer (stale, replaced).
+        self.peer = None
+        self._room_sets.clear()
+        self._send(Packet(DISCONNECT))
+        self.engine.close(reason, linger=True)
