@@ -68,6 +68,20 @@ class WebSocketSettings:
 _OPEN = WebSocketProtocol.STATE_OPEN
 
 
+def watch_send_buffer(transport, limit: int) -> SendBuffer:
+    """
+    Make a L{SendBuffer} of C{limit} bytes the producer of C{transport}.
+    """
+    send_buffer = SendBuffer(limit)
+    # Under a WebSocketResource the HTTP channel that parsed the upgrade is
+    # still registered as the transport's producer; the transport's pause
+    # and resume now concern the WebSocket.
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
+    transport.registerProducer(send_buffer, True)
+    return send_buffer
+
+
 class RateLimit:
     """
     A token bucket: C{rate} messages a second, bursts of C{2 * rate}.
@@ -142,17 +156,11 @@ class SignalingProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         settings = self.factory.settings
-        self.send_buffer = SendBuffer(settings.max_send_buffer)
+        self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
         if settings.max_message_rate:
             self.rate_limit = RateLimit(
                 settings.max_message_rate, self.factory.hub.clock.seconds()
             )
-        # Under a WebSocketResource the HTTP channel that parsed the upgrade
-        # is still registered as the transport's producer; the transport's
-        # pause and resume now concern us.
-        if getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
-        self.transport.registerProducer(self.send_buffer, True)
 
     def onConnect(self, request):
         origin = request.headers.get("origin")

@@ -380,3 +380,43 @@ class CorsTests(SocketIOCase):
         self.assertEngineError(response, 4, status=403)
         self.assertIsNone(response.header("access-control-allow-origin"))
         self.assertEqual(self.sessions, {})
+
+
+class WebSocketLimitTests(SocketIOCase):
+    settings = WebSocketSettings(ping_interval=25, ping_timeout=20, max_message_rate=1, max_send_buffer=1000)
+
+    def test_persistent_excess_over_the_rate_closes_1008(self):
+        """
+        Packets over --max-message-rate are dropped; a client that keeps
+        sending is closed with 1008 and leaves the hub.
+        """
+        client = self.ws_socket()
+        for _ in range(6):
+            if client.close_code is not None:
+                break
+            self.ws_emit(client, "leave-room", {"roomId": "r"})
+        self.assertEqual(client.close_code, 1008)
+        self.assertEqual(self.hub.stats().peers_total, 0)
+
+    def test_stalled_reader_is_bounded_by_the_send_buffer(self):
+        """
+        What the server queues for a Socket.IO client that is not reading
+        stays within --max-send-buffer.
+        """
+        slow = self.ws_socket()
+        self.clock.advance(10)
+        self.ws_emit(slow, "join-room", {"roomId": "r", "userId": "slow"})
+        self.clock.advance(10)
+        sender = self.ws_socket()
+        self.clock.advance(10)
+        self.ws_emit(sender, "join-room", {"roomId": "r", "userId": "sender"})
+        slow.take()
+        self.harness.server_side(slow).send_buffer.pauseProducing()
+        already = len(slow.received)
+        for _ in range(10):
+            self.clock.advance(2)
+            self.ws_emit(sender, "offer", {"roomId": "r", "targetId": slow.id, "offer": {"sdp": "x" * 200}})
+        received = sum(len(frame) for frame in slow.received[already:])
+        self.assertGreater(received, 0)
+        self.assertLessEqual(received, 1000)
+        self.assertIsNone(sender.close_code)

@@ -80,6 +80,10 @@ class EngineIOSettings:
         deliveries to it are refused.
     :ivar connect_timeout: Seconds a session may stay without a Socket.IO
         CONNECT.
+    :ivar max_send_buffer: Bytes a WebSocket may queue for a client that is
+        not reading before deliveries to it are refused.
+    :ivar max_message_rate: Packets a second a client may send over
+        WebSocket (bursts of twice that); 0 for unlimited.
     """
 
     ping_interval: float = 25
@@ -87,6 +91,8 @@ class EngineIOSettings:
     max_payload: int = 1_000_000
     max_buffer: int = 4_000_000
     connect_timeout: float = 45
+    max_send_buffer: int = 256 * 1024
+    max_message_rate: float = 0
 
     @classmethod
     def from_websocket(cls, settings: Any) -> "EngineIOSettings":
@@ -100,6 +106,8 @@ class EngineIOSettings:
             ping_timeout=settings.ping_timeout or 20,
             max_payload=settings.max_message_size,
             max_buffer=max(settings.max_send_buffer, settings.max_message_size),
+            max_send_buffer=settings.max_send_buffer,
+            max_message_rate=settings.max_message_rate,
         )
 
 

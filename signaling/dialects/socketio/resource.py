@@ -24,8 +24,8 @@ from ...errors import DeliveryRefused
 from ...hub import Hub
 from ...ids import IdShape
 from ...logs import Logger
-from ...websocket import WebSocketSettings
-from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, HandshakeInfo
+from ...websocket import RateLimit, SendBuffer, WebSocketSettings, watch_send_buffer
+from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
 from .engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
@@ -61,6 +61,17 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     socket: EngineIOSocket | None = None
     probing = False
     _handshake: HandshakeInfo | None = None
+    send_buffer: SendBuffer | None = None
+    rate_limit: RateLimit | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        settings = self.factory.settings
+        self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
+        if settings.max_message_rate:
+            self.rate_limit = RateLimit(
+                settings.max_message_rate, self.factory.server.clock.seconds()
+            )
 
     def onConnect(self, request):
         server = self.factory.server
@@ -88,6 +99,13 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         socket = self.socket
         if socket is None:
+            return
+        rate_limit = self.rate_limit
+        if rate_limit is not None and not rate_limit.admit(self.factory.server.clock.seconds()):
+            # Socket.IO has no error for this: the packet is dropped, and
+            # persistent excess ends the connection.
+            if rate_limit.refused > rate_limit.burst:
+                self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
             return
         packet: str | bytes = payload if isBinary else payload.decode("utf-8")
         try:
@@ -127,10 +145,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     def send_packet(self, packet: str | bytes) -> None:
         if self.state != _OPEN:
             raise DeliveryRefused("closed", "the connection is closing")
-        if isinstance(packet, bytes):
-            self.sendMessage(packet, isBinary=True)
-        else:
-            self.sendMessage(packet.encode("utf-8"))
+        data = packet if isinstance(packet, bytes) else packet.encode("utf-8")
+        if not self.send_buffer.admit(len(data)):
+            raise DeliveryRefused("buffer-full", "the client is not reading")
+        self.sendMessage(data, isBinary=isinstance(packet, bytes))
 
     def close_transport(self) -> None:
         if self.state == _OPEN:
@@ -143,6 +161,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
     def __init__(self, server: EngineIOServer, settings: EngineIOSettings) -> None:
         super().__init__()
         self.server = server
+        self.settings = settings
         self.setProtocolOptions(
             failByDrop=False,
             maxFramePayloadSize=settings.max_payload,
