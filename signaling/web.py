@@ -5,7 +5,6 @@ dialect, in one Klein app.
 
 from __future__ import annotations
 
-import datetime
 import functools
 from typing import Any
 
@@ -23,16 +22,8 @@ from .dialects.socketio import SocketIOResource
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
+from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
-
-
-def _milliseconds(seconds: float) -> int:
-    return int(seconds * 1000)
-
-
-def _iso(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _room_summary(room: Room) -> dict[str, Any]:
@@ -40,7 +31,7 @@ def _room_summary(room: Room) -> dict[str, Any]:
         "id": room.name,
         "peer_count": len(room.members),
         "max_peers": room.max_peers,
-        "created_at": _iso(room.created_at),
+        "created_at": iso8601(room.created_at),
     }
 
 
@@ -51,7 +42,7 @@ def _room_detail(room: Room) -> dict[str, Any]:
         for field in ("display_name", "endpoint"):
             if member.metadata.get(field) is not None:
                 peer[field] = member.metadata[field]
-        peer["joined_at"] = _milliseconds(member.joined_at)
+        peer["joined_at"] = milliseconds(member.joined_at)
         peer["dialect"] = member.dialect
         peers.append(peer)
     return {
@@ -59,7 +50,7 @@ def _room_detail(room: Room) -> dict[str, Any]:
         "peers": peers,
         "peer_count": len(room.members),
         "max_peers": room.max_peers,
-        "created_at": _milliseconds(room.created_at),
+        "created_at": milliseconds(room.created_at),
         "metadata": room.metadata,
     }
 
@@ -110,7 +101,7 @@ class SignalingSite:
         return orjson.dumps(body)
 
     def _now_ms(self) -> int:
-        return _milliseconds(self.hub.clock.seconds())
+        return milliseconds(self.hub.clock.seconds())
 
     # HTTP API
 

@@ -471,6 +471,7 @@ class HeartbeatTests(NativeTestCase):
         alice.take()
         self.harness.advance(30)
         self.assertEqual(alice.take(), [])
+        self.assertIsNone(bob.close_code)
         self.assertEqual(self.harness.hub.stats().peers_in_rooms, 2)
 
 

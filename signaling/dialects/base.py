@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import attrs
+import orjson
 from zope.interface import Interface
 
+from ..errors import DeliveryRefused
 from ..hub import Hub, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
@@ -115,6 +117,19 @@ class Session:
 
     def render(self, event: Any) -> bytes | None:
         raise NotImplementedError()
+
+    def send_frame(self, frame: bytes) -> None:
+        """
+        Send a frame to this session's own client. A client that is going
+        away or not reading is not told anything more.
+        """
+        try:
+            self.sink.send(frame)
+        except DeliveryRefused:
+            pass
+
+    def send_json(self, body: Any) -> None:
+        self.send_frame(orjson.dumps(body))
 
     def closed(self) -> None:
         raise NotImplementedError()

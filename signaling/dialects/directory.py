@@ -132,7 +132,7 @@ class DirectorySession(Session):
         if not proof:
             self._challenge = None
             self.directory.register(self.peer, user_id, public_key)
-            self._send({"type": "registered", "success": True, "userId": user_id})
+            self.send_json({"type": "registered", "success": True, "userId": user_id})
             return
         try:
             load_public_key(public_key)
@@ -141,7 +141,7 @@ class DirectorySession(Session):
         self.directory.check(self.peer, user_id, public_key, verified=True)
         nonce = base64.urlsafe_b64encode(self.hub.ids.random_bytes(NONCE_BYTES)).decode("ascii")
         self._challenge = (user_id, public_key, nonce)
-        self._send({"type": "challenge", "userId": user_id, "nonce": nonce})
+        self.send_json({"type": "challenge", "userId": user_id, "nonce": nonce})
 
     def _register_proof(self, message: dict) -> None:
         _required(message, "userId", "signature")
@@ -156,13 +156,13 @@ class DirectorySession(Session):
         if not verify(load_public_key(public_key), signature, challenge_text(user_id, nonce)):
             raise ProtocolError("proof-failed", "the signature does not match the public key")
         self.directory.register(self.peer, user_id, public_key, verified=True)
-        self._send({"type": "registered", "success": True, "userId": user_id, "verified": True})
+        self.send_json({"type": "registered", "success": True, "userId": user_id, "verified": True})
 
     def _unregister(self, message: dict) -> None:
         user_id = self.directory.unregister(self.peer)
         if user_id is None:
             raise ProtocolError("not-registered", "not registered")
-        self._send({"type": "unregistered", "userId": user_id})
+        self.send_json({"type": "unregistered", "userId": user_id})
 
     def _discover(self, message: dict) -> None:
         _required(message, "userId")
@@ -175,7 +175,7 @@ class DirectorySession(Session):
             if registration.verified:
                 reply["verified"] = True
         self.directory.watch(self.peer, user_id)
-        self._send(reply)
+        self.send_json(reply)
 
     def _relay(self, message: dict) -> None:
         kind, field = _RELAY[message["type"]]
@@ -213,13 +213,13 @@ class DirectorySession(Session):
         metadata = {"userId": user_id} if user_id is not None else {}
         room = self.hub.join(self.peer, room_name, metadata)
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        self._send({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers})
+        self.send_json({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers})
 
     def _leave(self, message: dict) -> None:
         _required(message, "room")
         room_name = self.hub.validate_room_name(message["room"])
         self.hub.leave(self.peer, room_name)
-        self._send({"type": "left", "room": room_name})
+        self.send_json({"type": "left", "room": room_name})
 
     _handlers: dict[str, Callable[["DirectorySession", dict], None]] = {
         "register": _register,
@@ -268,12 +268,6 @@ class DirectorySession(Session):
 
     # output
 
-    def _send(self, body: dict) -> None:
-        try:
-            self.sink.send(orjson.dumps(body))
-        except DeliveryRefused:
-            # Our own client is going away or not reading; nothing to tell it.
-            pass
 
     def _error(self, code: str, text: str) -> None:
-        self._send({"type": "error", "message": text, "code": code})
+        self.send_json({"type": "error", "message": text, "code": code})

@@ -15,6 +15,7 @@ import orjson
 from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom, RoomFull
 from ..hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ..ids import IdShape
+from ..timefmt import milliseconds
 from .base import ProtocolError, Session
 
 NAME = "envelope"
@@ -48,10 +49,6 @@ _RELAY_KINDS = {"OFFER": "offer", "ANSWER": "answer", "CANDIDATE": "candidate"}
 _RELAY_TYPES = {kind: message_type for message_type, kind in _RELAY_KINDS.items()}
 
 
-def _milliseconds(seconds: float) -> int:
-    return int(seconds * 1000)
-
-
 def _envelope(message_type: str, **fields: Any) -> dict[str, Any]:
     """
     An envelope with the empty fields left out, as the original server's
@@ -80,7 +77,7 @@ def _peer_info(member: Member) -> dict[str, Any]:
         info["display_name"] = name
     if member.metadata.get("endpoint") is not None:
         info["endpoint"] = member.metadata["endpoint"]
-    info["joined_at"] = _milliseconds(member.joined_at)
+    info["joined_at"] = milliseconds(member.joined_at)
     return info
 
 
@@ -310,15 +307,11 @@ class EnvelopeSession(Session):
     # output
 
     def _frame(self, body: dict[str, Any]) -> bytes:
-        body["timestamp"] = _milliseconds(self.hub.clock.seconds())
+        body["timestamp"] = milliseconds(self.hub.clock.seconds())
         return orjson.dumps(body)
 
     def _send(self, body: dict[str, Any]) -> None:
-        try:
-            self.sink.send(self._frame(body))
-        except DeliveryRefused:
-            # Our own client is going away or not reading; nothing to tell it.
-            pass
+        self.send_frame(self._frame(body))
 
     def _error(
         self, code: str, text: str, request_id: Any = None, details: str | None = None

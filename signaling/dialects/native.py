@@ -54,7 +54,7 @@ class NativeSession(Session):
 
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME)
-        self._send({"type": "welcome", "peerId": self.peer.id})
+        self.send_json({"type": "welcome", "peerId": self.peer.id})
 
     def closed(self) -> None:
         if self.peer is not None:
@@ -103,12 +103,12 @@ class NativeSession(Session):
             raise ProtocolError("invalid-field", "'metadata' must be an object")
         room = self.hub.join(self.peer, room_name, metadata)
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        self._send(self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id))
+        self.send_json(self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id))
 
     def _leave(self, message: dict, request_id: Any) -> None:
         room_name = _string(message, "room")
         self.hub.leave(self.peer, room_name)
-        self._send(self._reply({"type": "left", "room": room_name}, request_id))
+        self.send_json(self._reply({"type": "left", "room": room_name}, request_id))
 
     def _relay(self, message: dict, request_id: Any) -> None:
         kind = _RELAY_KINDS[message["type"]]
@@ -131,7 +131,7 @@ class NativeSession(Session):
             raise ProtocolError(code, text)
 
     def _ping(self, message: dict, request_id: Any) -> None:
-        self._send(self._reply({"type": "pong"}, request_id))
+        self.send_json(self._reply({"type": "pong"}, request_id))
 
     _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
         "join": _join,
@@ -170,12 +170,6 @@ class NativeSession(Session):
             body["id"] = request_id
         return body
 
-    def _send(self, body: dict) -> None:
-        try:
-            self.sink.send(orjson.dumps(body))
-        except DeliveryRefused:
-            # Our own client is going away or not reading; nothing to tell it.
-            pass
 
     def _error(self, code: str, text: str, request_id: Any = None) -> None:
-        self._send(self._reply({"type": "error", "code": code, "message": text}, request_id))
+        self.send_json(self._reply({"type": "error", "code": code, "message": text}, request_id))

@@ -51,9 +51,9 @@ class TopicSession(Session):
             self.peer = None
             self._refuse(error.code.replace("-", "_"), error.message)
             return
-        self._send({"type": "welcome", "selfId": self.peer.id})
+        self.send_json({"type": "welcome", "selfId": self.peer.id})
         others = [_peer(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        self._send({"type": "peer-list", "peers": others})
+        self.send_json({"type": "peer-list", "peers": others})
 
     def closed(self) -> None:
         if self.peer is not None:
@@ -121,17 +121,12 @@ class TopicSession(Session):
             return orjson.dumps({"type": "peer-left", "peerId": event.member.peer_id})
         return None
 
-    def _send(self, body: dict) -> None:
-        try:
-            self.sink.send(orjson.dumps(body))
-        except DeliveryRefused:
-            pass
 
     def _error(self, code: str, text: str, msg_id: Any = None) -> None:
         body = {"type": "error", "code": code, "message": text}
         if msg_id is not None:
             body["msgId"] = msg_id
-        self._send(body)
+        self.send_json(body)
 
     def _refuse(self, code: str, text: str) -> None:
         self._error(code, text)

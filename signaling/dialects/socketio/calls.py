@@ -6,10 +6,10 @@ are in docs/dialects.rst.
 
 from __future__ import annotations
 
-import datetime
 from typing import Any, Mapping
 
 from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
+from ...timefmt import iso8601
 from ..base import ProtocolError
 from .rooms import member_user_id
 
@@ -26,11 +26,6 @@ _EXTRA_FIELDS = ("sdpMid", "sdpMLineIndex")
 
 JOIN_ERROR = "webrtc:join-room-error"
 SIGNALING_ERROR = "webrtc:signaling-error"
-
-
-def iso(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _object(payload: Any) -> dict:
@@ -71,7 +66,7 @@ def participant(member: Member) -> dict[str, Any]:
         "userId": member_user_id(member),
         "callType": call_type,
         "metadata": details,
-        "joinedAt": iso(member.joined_at),
+        "joinedAt": iso8601(member.joined_at),
     }
 
 
@@ -79,7 +74,7 @@ def _room_metadata(room: Room, call_type: str) -> dict[str, Any]:
     # A room another dialect created has no call metadata of its own.
     metadata = dict(room.metadata)
     metadata.setdefault("callType", call_type)
-    metadata.setdefault("createdAt", iso(room.created_at))
+    metadata.setdefault("createdAt", iso8601(room.created_at))
     metadata.setdefault("createdBy", None)
     return metadata
 
@@ -102,7 +97,7 @@ def join_room(connection: Any, payload: Any) -> dict:
     room_metadata = {
         **metadata,
         "callType": call_type,
-        "createdAt": iso(now),
+        "createdAt": iso8601(now),
         "createdBy": connection.user_id,
     }
     room = connection.join(
@@ -117,7 +112,7 @@ def join_room(connection: Any, payload: Any) -> dict:
         "participantCount": len(room.members),
         "existingParticipants": [participant(m) for m in room.members.values() if m.peer_id != me],
         "metadata": _room_metadata(room, call_type),
-        "timestamp": iso(now),
+        "timestamp": iso8601(now),
     }
     connection.emit("webrtc:room-joined", reply)
     return reply
@@ -130,7 +125,7 @@ def leave_room(connection: Any, payload: Any) -> dict:
     if room_name not in connection.peer.rooms:
         raise ProtocolError("not-in-room", "You are not in this call room")
     connection.leave(room_name)
-    reply = {"callRoomId": room_name, "timestamp": iso(connection.now())}
+    reply = {"callRoomId": room_name, "timestamp": iso8601(connection.now())}
     connection.emit("webrtc:room-left", reply)
     return reply
 
@@ -171,7 +166,7 @@ HANDLERS = {
 
 
 def render(connection: Any, event: Any) -> tuple[str, dict] | None:
-    now = iso(connection.now())
+    now = iso8601(connection.now())
     if type(event) is Signal:
         if event.kind not in _EVENTS:
             return None
@@ -215,6 +210,6 @@ def error(connection: Any, event: str, payload: Any, code: str, message: str) ->
         for field in ("callRoomId", "targetSocketId"):
             if isinstance(payload.get(field), str):
                 body[field] = payload[field][:256]
-    body["timestamp"] = iso(connection.now())
+    body["timestamp"] = iso8601(connection.now())
     connection.emit(JOIN_ERROR if event == "webrtc:join-room" else SIGNALING_ERROR, body)
     return {"ok": False, "code": code, "error": message}
