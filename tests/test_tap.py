@@ -143,6 +143,27 @@ class ServiceTests(SynchronousTestCase):
         error = self.assertRaises(SystemExit, tap.make_service, parse("--port", "carrier-pigeon:1"), self.reactor)
         self.assertIn("bad --port", str(error.code))
 
+    def test_log_level_filters_our_events(self):
+        """
+        --log-level warn drops our info events and keeps warnings.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from signaling import logs
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.addCleanup(logs.set_level, "info")
+        self.start("--log-level", "warn")
+        log = logs.Logger(namespace="signaling.test")
+        log.info("hidden")
+        log.warn("shown")
+        self.assertEqual(
+            [event["log_format"] for event in events if event["log_namespace"] == "signaling.test"],
+            ["shown"],
+        )
+
     def test_settings_reach_the_hub(self):
         service = self.start("--max-peers-per-room", "3", "--max-rooms-per-peer", "4")
         self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
