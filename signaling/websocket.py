@@ -242,7 +242,14 @@ class SignalingProtocol(WebSocketServerProtocol):
         session = self.session
         if session is None:
             raise DeliveryRefused("closed", "the connection is closed")
-        frame = session.render(event)
+        try:
+            frame = session.render(event)
+        except Exception:
+            # The recipient's bug: it ends the recipient's connection, not
+            # the sender's.
+            self._log.failure("rendering a hub event failed")
+            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+            raise DeliveryRefused("closed", "the recipient failed")
         if frame is not None:
             self.send(frame)
 

@@ -519,3 +519,27 @@ class StaleTests(NativeTestCase):
         self.harness.hub.sweep()
         self.harness.flush()
         self.assertIsNone(alice.close_code)
+
+
+class RecipientBugTests(NativeTestCase):
+    def test_a_bug_rendering_for_the_recipient_closes_the_recipient(self):
+        """
+        When rendering an event for a recipient fails, the recipient's
+        connection closes with 1011 and the sender is told the peer is gone;
+        the sender's connection stays open.
+        """
+        alice = self.joined()
+        bob = self.joined()
+        alice.take()
+
+        def broken(event):
+            raise RuntimeError("render bug")
+
+        self.harness.server_side(alice).session.render = broken
+        self.send(bob, {"type": "offer", "room": "lobby", "to": alice.peer_id, "payload": {}, "id": 1})
+        self.assertEqual(alice.close_code, 1011)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        error, left = bob.take()
+        self.assertEqual((error["code"], error["id"]), ("peer-not-found", 1))
+        self.assertEqual(left["type"], "peer-left")
+        self.assertIsNone(bob.close_code)
