@@ -21,5 +21,16 @@ test: $(STAMP)
 test-trial: $(STAMP)
 	$(BIN)/python -m twisted.trial tests
 
+# The benchmark against the naive relay (docs/performance.rst); needs Node
+# and npm. BENCH_ARGS=--full for the long run, e.g. --scenarios relay --repeat 3.
+BENCH_ARGS ?=
+
+bench/node_modules/.installed: bench/package.json
+	cd bench && npm install --no-audit --no-fund --silent
+	touch $@
+
+bench: $(STAMP) bench/node_modules/.installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) _trial_temp .pytest_cache *.egg-info twisted/plugins/dropin.cache

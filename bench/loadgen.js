@@ -1,0 +1,504 @@
+// The benchmark's load generator: Node with the `ws` package, pinned by
+// bench/run.py to the core the server is not on.
+//
+//   node loadgen.js '{"url": "ws://127.0.0.1:PORT", "dialect": "native",
+//                     "scenario": "relay", ...}'
+//
+// Talks to bench/run.py over stdio: a line {"mark": NAME} on stdout means
+// "read the server's /proc figures now"; the generator then waits for one
+// line on stdin before going on. The last stdout line is {"result": {...}}.
+// Every scenario is bounded in time and in count, and every socket is closed
+// before the process exits.
+"use strict";
+
+const WebSocket = require("ws");
+const readline = require("readline");
+const { performance } = require("perf_hooks");
+
+const options = Object.assign(
+  {
+    dialect: "native",
+    scenario: "relay",
+    pairs: 50,
+    window: 1,
+    warmup: 1,
+    duration: 5,
+    rate: 10000,
+    rooms: 50,
+    room_size: 8,
+    connections: 1000,
+    concurrency: 100,
+    cycles: 1000,
+    settle_cycles: 200,
+    payload_size: 1024,
+    sources: 16,
+    timeout: 120,
+  },
+  JSON.parse(process.argv[2] || "{}")
+);
+
+const deadline = setTimeout(() => {
+  emit({ error: `scenario did not finish within ${options.timeout} s` });
+  process.exit(2);
+}, options.timeout * 1000);
+deadline.unref();
+
+function emit(object) {
+  process.stdout.write(JSON.stringify(object) + "\n");
+}
+
+// stdin acknowledgements for marks
+const acks = [];
+const waiting = [];
+readline.createInterface({ input: process.stdin }).on("line", () => {
+  const resolve = waiting.shift();
+  if (resolve) resolve();
+  else acks.push(true);
+});
+
+function mark(name, extra) {
+  emit(Object.assign({ mark: name }, extra || {}));
+  if (acks.length) {
+    acks.shift();
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => waiting.push(resolve));
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// An SDP-like text of about payload_size bytes.
+const SDP = (() => {
+  const lines = [
+    "v=0",
+    "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+    "s=-",
+    "t=0 0",
+    "a=group:BUNDLE 0 1",
+    "a=msid-semantic: WMS stream",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 103 104 9 0 8 106 105 13 110 112 113 126",
+    "c=IN IP4 0.0.0.0",
+    "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=ice-ufrag:8hhY",
+    "a=ice-pwd:asd88fgpdd777uzjYhagZg",
+    "a=fingerprint:sha-256 D2:FA:0E:C3:22:59:5E:14:95:69:92:3D:13:B4:84:24:2C:C2:A2:C0:3E:FD:34:8E:5E:EA:6F:AF:52:CE:E6:0F",
+    "a=setup:actpass",
+    "a=mid:0",
+    "a=sendrecv",
+    "a=rtcp-mux",
+    "a=rtpmap:111 opus/48000/2",
+    "a=fmtp:111 minptime=10;useinbandfec=1",
+  ];
+  let text = "";
+  let i = 0;
+  while (text.length < options.payload_size) text += lines[i++ % lines.length] + "\r\n";
+  return text.slice(0, options.payload_size);
+})();
+
+const SDP_JSON = JSON.stringify(SDP);
+const T_MARK = Buffer.from('{"t":');
+
+// ---------------------------------------------------------------- dialects
+//
+// A peer: connect(room) resolves once the peer is in `room` and knows its
+// id; send(to, kind, payload); onSignal(kind, from, payload) is called per
+// relayed message; leave() resolves when the server confirmed the leave.
+
+let sourceIndex = 0;
+function localAddress() {
+  // Spread client sockets over 127.0.0.2.. so one address's ephemeral ports
+  // are not the limit.
+  const n = 2 + (sourceIndex++ % options.sources);
+  return `127.0.0.${n}`;
+}
+
+let peerjsCounter = 0;
+
+class Peer {
+  constructor(dialect) {
+    this.dialect = dialect;
+    this.id = null;
+    this.onSignal = null;
+    this.onTimestamp = null;
+    this.waiter = null;
+    this.closed = null;
+  }
+
+  connect(room) {
+    const d = this.dialect;
+    this.room = room;
+    let url;
+    if (d === "native") url = `${options.url}/signal`;
+    else if (d === "topic") url = `${options.url}/ws/${encodeURIComponent(room)}`;
+    else if (d === "peerjs") {
+      this.id = `bench${process.pid}x${peerjsCounter++}`;
+      url = `${options.url}/peerjs?key=peerjs&id=${this.id}&token=t${this.id}`;
+    } else throw new Error(`unknown dialect ${d}`);
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, { localAddress: localAddress(), perMessageDeflate: false, skipUTF8Validation: true });
+      this.ws = ws;
+      this.closed = new Promise((done) => ws.on("close", done));
+      ws.on("error", (error) => reject(error));
+      ws.on("unexpected-response", (_, response) => reject(new Error(`HTTP ${response.statusCode}`)));
+      ws.on("message", (data) => {
+        if (this.onTimestamp !== null) {
+          // The relay scenarios' fast path: a relayed payload starts with
+          // {"t":, so only the number after it is read, not the whole frame.
+          const at = data.indexOf(T_MARK);
+          if (at >= 0) {
+            this.onTimestamp(parseFloat(data.toString("latin1", at + T_MARK.length, at + T_MARK.length + 32)));
+            return;
+          }
+        }
+        this.received(JSON.parse(data));
+      });
+      this.waiter = (message) => {
+        if (d === "native" && message.type === "welcome") {
+          this.id = message.peerId;
+          ws.send(JSON.stringify({ type: "join", room }));
+        } else if (d === "native" && message.type === "joined") {
+          this.waiter = null;
+          resolve(this);
+        } else if (d === "topic" && message.type === "welcome") {
+          this.id = message.selfId;
+        } else if (d === "topic" && message.type === "peer-list") {
+          this.waiter = null;
+          resolve(this);
+        } else if (d === "peerjs" && message.type === "OPEN") {
+          this.waiter = null;
+          resolve(this);
+        } else if (message.type === "error" || message.type === "ERROR") {
+          reject(new Error(JSON.stringify(message)));
+        }
+      };
+    });
+  }
+
+  received(message) {
+    const type = message.type;
+    if (this.waiter !== null) {
+      this.waiter(message);
+      return;
+    }
+    if (type === "offer" || type === "answer" || type === "ice-candidate" || type === "candidate") {
+      if (this.onSignal) this.onSignal(type, message.from, message.payload);
+    } else if (type === "OFFER" || type === "ANSWER") {
+      if (this.onSignal) this.onSignal(type.toLowerCase(), message.src, message.payload);
+    } else if (type === "error") {
+      emit({ warning: "server error", message });
+    }
+  }
+
+  send(to, kind, room, payload) {
+    let body;
+    if (this.dialect === "native") body = { type: kind, room, to, payload };
+    else if (this.dialect === "topic") body = { type: kind, to, payload, msgId: "m" };
+    else body = { type: kind.toUpperCase(), dst: to, payload };
+    this.ws.send(JSON.stringify(body));
+  }
+
+  // The frame that sends a payload {"t": T, "sdp": SDP} to `to`, as the
+  // two strings around T, so that sending it is one concatenation.
+  template(to, kind, room) {
+    const tail = `,"sdp":${SDP_JSON}}`;
+    if (this.dialect === "native") {
+      return [`{"type":"${kind}","room":${JSON.stringify(room)},"to":"${to}","payload":{"t":`, `${tail}}`];
+    }
+    if (this.dialect === "topic") {
+      return [`{"type":"${kind}","to":"${to}","payload":{"t":`, `${tail},"msgId":"m"}`];
+    }
+    return [`{"type":"${kind.toUpperCase()}","dst":"${to}","payload":{"t":`, `${tail}}`];
+  }
+
+  sendTemplate(template, t) {
+    this.ws.send(template[0] + t + template[1]);
+  }
+
+  leave(room) {
+    if (this.dialect !== "native") return Promise.resolve();
+    return new Promise((resolve) => {
+      this.waiter = (message) => {
+        if (message.type === "left") {
+          this.waiter = null;
+          resolve();
+        }
+      };
+      this.ws.send(JSON.stringify({ type: "leave", room }));
+    });
+  }
+
+  close() {
+    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
+      this.ws.close();
+    }
+    return this.closed;
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+function percentiles(values) {
+  if (!values.length) return { p50: null, p90: null, p99: null, max: null };
+  const sorted = Float64Array.from(values).sort();
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  const round = (x) => Math.round(x * 1000) / 1000;
+  return { p50: round(at(0.5)), p90: round(at(0.9)), p99: round(at(0.99)), max: round(sorted[sorted.length - 1]) };
+}
+
+async function inBatches(count, concurrency, work) {
+  let next = 0;
+  async function worker() {
+    while (next < count) {
+      const i = next++;
+      await work(i);
+    }
+  }
+  const workers = [];
+  for (let w = 0; w < Math.min(concurrency, count); w++) workers.push(worker());
+  await Promise.all(workers);
+}
+
+async function makePairs(prefix) {
+  const pairs = [];
+  await inBatches(options.pairs, 20, async (i) => {
+    const room = `${prefix}-${process.pid}-${i}`;
+    const a = await new Peer(options.dialect).connect(room);
+    const b = await new Peer(options.dialect).connect(room);
+    pairs.push({ a, b, room });
+  });
+  return pairs;
+}
+
+async function closeAll(peers) {
+  await Promise.all(peers.map((p) => p.close()));
+}
+
+// ---------------------------------------------------------------- scenarios
+
+async function relay() {
+  const pairs = await makePairs("relay");
+  let measuring = false;
+  let count = 0;
+  let stopped = false;
+  const latencies = [];
+  for (const { a, b, room } of pairs) {
+    const bounce = (self, template) => (t) => {
+      const now = performance.now();
+      if (measuring) {
+        count++;
+        latencies.push(now - t);
+      }
+      if (!stopped) self.sendTemplate(template, performance.now());
+    };
+    a.onTimestamp = bounce(a, a.template(b.id, "offer", room));
+    b.onTimestamp = bounce(b, b.template(a.id, "answer", room));
+  }
+  for (const { a, b, room } of pairs) {
+    const template = a.template(b.id, "offer", room);
+    for (let w = 0; w < options.window; w++) a.sendTemplate(template, performance.now());
+  }
+  await sleep(options.warmup * 1000);
+  await mark("start");
+  measuring = true;
+  const started = performance.now();
+  await sleep(options.duration * 1000);
+  measuring = false;
+  const elapsed = (performance.now() - started) / 1000;
+  const measured = count;
+  await mark("end", { messages: measured });
+  stopped = true;
+  await sleep(200);
+  await closeAll(pairs.flatMap((p) => [p.a, p.b]));
+  return Object.assign(
+    { pairs: options.pairs, window: options.window, seconds: round3(elapsed), messages: measured, msg_per_s: Math.round(measured / elapsed) },
+    { latency_ms: percentiles(latencies) }
+  );
+}
+
+async function rate() {
+  const pairs = await makePairs("rate");
+  let received = 0;
+  const latencies = [];
+  for (const pair of pairs) {
+    pair.b.onTimestamp = (t) => {
+      received++;
+      latencies.push(performance.now() - t);
+    };
+    pair.template = pair.a.template(pair.b.id, "offer", pair.room);
+  }
+  await mark("start");
+  const started = performance.now();
+  const end = started + options.duration * 1000;
+  let sent = 0;
+  let index = 0;
+  await new Promise((resolve) => {
+    function tick() {
+      const now = performance.now();
+      const due = Math.floor(((Math.min(now, end) - started) / 1000) * options.rate);
+      while (sent < due) {
+        const { a, template } = pairs[index++ % pairs.length];
+        a.sendTemplate(template, performance.now());
+        sent++;
+      }
+      if (now >= end) resolve();
+      else setTimeout(tick, 1);
+    }
+    tick();
+  });
+  // Let what is in flight arrive, up to 2 s.
+  const drainEnd = performance.now() + 2000;
+  while (received < sent && performance.now() < drainEnd) await sleep(20);
+  await mark("end", { messages: received });
+  await closeAll(pairs.flatMap((p) => [p.a, p.b]));
+  return {
+    pairs: options.pairs,
+    rate: options.rate,
+    sent,
+    delivered: received,
+    delivered_fraction: round3(received / Math.max(sent, 1)),
+    latency_ms: percentiles(latencies),
+  };
+}
+
+async function mesh() {
+  await mark("start");
+  const started = performance.now();
+  const rooms = [];
+  let messages = 0;
+  await inBatches(options.rooms, 20, async (r) => {
+    const room = `mesh-${process.pid}-${r}`;
+    const peers = await Promise.all(
+      Array.from({ length: options.room_size }, () => new Peer(options.dialect).connect(room))
+    );
+    rooms.push(peers);
+  });
+  const joined = performance.now();
+  await Promise.all(
+    rooms.map((peers) => {
+      const expected = (peers.length * (peers.length - 1)) / 2;
+      let answered = 0;
+      return new Promise((resolve) => {
+        if (expected === 0) resolve();
+        for (const peer of peers) {
+          peer.onSignal = (kind, from, payload) => {
+            messages++;
+            if (kind === "offer") peer.send(from, "answer", peer.room, { t: performance.now(), sdp: SDP });
+            else if (++answered === expected) resolve();
+          };
+        }
+        for (let i = 0; i < peers.length; i++) {
+          for (let j = i + 1; j < peers.length; j++) {
+            peers[i].send(peers[j].id, "offer", peers[i].room, { t: performance.now(), sdp: SDP });
+          }
+        }
+      });
+    })
+  );
+  const done = performance.now();
+  await mark("end", { messages });
+  await closeAll(rooms.flat());
+  return {
+    rooms: options.rooms,
+    room_size: options.room_size,
+    messages,
+    join_ms: round3(joined - started),
+    signal_ms: round3(done - joined),
+    total_ms: round3(done - started),
+  };
+}
+
+async function connections() {
+  const peers = [];
+  let last = null;
+  let longest = 0;
+  let failed = 0;
+  let firstError = null;
+  // Stretches over 50 ms: [seconds into the run, length in ms, peers joined].
+  const gaps = [];
+  // A few joins first, so one-off start-up work (first request through
+  // the web framework, lazy imports) is not counted as a pause.
+  const warm = [];
+  await inBatches(20, 10, async (i) => warm.push(await new Peer(options.dialect).connect(`warm-${process.pid}-${i}`)));
+  await closeAll(warm);
+  await sleep(300);
+  await mark("start");
+  const started = performance.now();
+  await inBatches(options.connections, options.concurrency, async (i) => {
+    const room = `idle-${process.pid}-${Math.floor(i / options.room_size)}`;
+    try {
+      peers.push(await new Peer(options.dialect).connect(room));
+    } catch (error) {
+      failed++;
+      if (firstError === null) firstError = String(error && error.message);
+      return;
+    }
+    const now = performance.now();
+    if (last !== null) {
+      const gap = now - last;
+      if (gap > longest) longest = gap;
+      if (gap > 50) gaps.push([round3((last - started) / 1000), round3(gap), peers.length]);
+    }
+    last = now;
+  });
+  const elapsed = (performance.now() - started) / 1000;
+  await sleep(500);
+  await mark("connected", { peers: peers.length });
+  await closeAll(peers);
+  return {
+    connections: options.connections,
+    joined: peers.length,
+    failed,
+    first_error: firstError,
+    seconds: round3(elapsed),
+    joins_per_s: Math.round(peers.length / elapsed),
+    longest_gap_ms: round3(longest),
+    gaps_over_50ms: gaps.length,
+    worst_gaps: gaps.sort((a, b) => b[1] - a[1]).slice(0, 5),
+  };
+}
+
+async function churn() {
+  let failed = 0;
+  async function cycle(i) {
+    const room = `churn-${process.pid}-${i % 64}`;
+    try {
+      const peer = await new Peer(options.dialect).connect(room);
+      await peer.leave(room);
+      await peer.close();
+    } catch (error) {
+      failed++;
+    }
+  }
+  await inBatches(options.settle_cycles, options.concurrency, cycle);
+  await sleep(500);
+  await mark("settled");
+  const started = performance.now();
+  await inBatches(options.cycles, options.concurrency, cycle);
+  const elapsed = (performance.now() - started) / 1000;
+  await sleep(500);
+  await mark("done");
+  return {
+    cycles: options.cycles,
+    settle_cycles: options.settle_cycles,
+    failed,
+    seconds: round3(elapsed),
+    cycles_per_s: Math.round(options.cycles / elapsed),
+  };
+}
+
+function round3(x) {
+  return Math.round(x * 1000) / 1000;
+}
+
+const SCENARIOS = { relay, rate, mesh, connections, churn };
+
+(async () => {
+  const scenario = SCENARIOS[options.scenario];
+  if (!scenario) throw new Error(`unknown scenario ${options.scenario}`);
+  const result = await scenario();
+  emit({ result });
+  process.exit(0);
+})().catch((error) => {
+  emit({ error: String((error && error.stack) || error) });
+  process.exit(1);
+});
