@@ -209,6 +209,9 @@ class Hub:
     def find(self, peer_id: str) -> Peer | None:
         return self._peers.get(peer_id)
 
+    def peer_count(self) -> int:
+        return len(self._peers)
+
     def touch(self, peer: Peer) -> None:
         """
         Note that C{peer} is alive, for the stale-peer sweep.

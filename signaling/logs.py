@@ -26,6 +26,13 @@ def set_level(name: str) -> None:
     txaio.set_global_log_level(name)
 
 
+def debugging() -> bool:
+    """
+    Whether debug messages are emitted.
+    """
+    return LogLevel.debug not in _suppressed
+
+
 class Logger(twisted.logger.Logger):
     """
     A L{twisted.logger.Logger} that honours L{set_level}.

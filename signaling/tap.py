@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from . import logs
 from .auth import TokenVerifier, UnusableKey
+from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .web import SignalingSite
@@ -322,4 +323,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return make_service(options, reactor)
+    top = make_service(options, reactor)
+    # Only in the twistd process: tests that build services share their
+    # interpreter's collector with everything else.
+    CollectionPolicy(reactor, top.hub.peer_count).setServiceParent(top)
+    return top

@@ -207,3 +207,4 @@ class HubTests(SynchronousTestCase):
             (stats.peers_total, stats.peers_without_room, stats.rooms_total, stats.peers_in_rooms),
             (3, 1, 2, 2),
         )
+        self.assertEqual(self.hub.peer_count(), 3)

@@ -1,0 +1,147 @@
+"""
+Tests for signaling.gcpolicy: when the server collects garbage.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from signaling import gcpolicy
+from signaling.gcpolicy import CollectionPolicy
+
+
+class RecordingCollector:
+    """
+    Stands in for the C{gc} module and records what was asked of it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.threshold = (700, 10, 10)
+
+    def collect(self, generation: int = 2) -> int:
+        self.calls.append("collect" if generation == 2 else f"collect {generation}")
+        return 0
+
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+
+    def unfreeze(self) -> None:
+        self.calls.append("unfreeze")
+
+    def get_threshold(self) -> tuple[int, int, int]:
+        return self.threshold
+
+    def set_threshold(self, *threshold: int) -> None:
+        self.threshold = threshold
+
+    def take(self) -> list[str]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+class CollectionPolicyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.collector = RecordingCollector()
+        self.closed = 0
+        self.peers = 0
+        self.policy = CollectionPolicy(
+            self.clock,
+            peers=lambda: self.peers,
+            interval=0.25,
+            min_closes=100,
+            full_interval=600,
+            collector=self.collector,
+            closed=lambda: self.closed,
+        )
+        self.policy.startService()
+        self.addCleanup(self._stop)
+
+    def _stop(self) -> None:
+        if self.policy.running:
+            self.policy.stopService()
+
+    def test_start_collects_everything_and_freezes(self):
+        """
+        Starting runs one full collection and freezes what survived, and
+        turns CPython's own full collections off.
+        """
+        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+        self.assertEqual(self.collector.threshold[:2], (700, 10))
+        self.assertGreaterEqual(self.collector.threshold[2], 2**30)
+
+    def test_tick_collects_young_objects_and_freezes(self):
+        """
+        Each tick without many closed connections collects what is not
+        frozen and freezes the survivors, without unfreezing anything.
+        """
+        self.collector.take()
+        self.peers = 19000
+        self.clock.advance(0.25)
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"] * 2)
+        self.assertEqual(self.policy.full_collections, 1)
+
+    def test_closed_connections_bring_a_full_collection(self):
+        """
+        Once as many connections have closed as a quarter of the peers still
+        connected (and at least min_closes), the next tick unfreezes and
+        collects everything; the count then starts again.
+        """
+        self.collector.take()
+        self.peers = 1000
+        self.closed = 249
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.closed = 250
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+
+    def test_few_peers_need_min_closes(self):
+        """
+        With few peers connected a full collection waits for min_closes
+        closed connections.
+        """
+        self.collector.take()
+        self.closed = 99
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.closed = 100
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+
+    def test_full_collection_at_least_every_full_interval(self):
+        """
+        Garbage that no closed connection announces is still reclaimed:
+        after full_interval seconds a tick runs a full collection.
+        """
+        self.collector.take()
+        self.clock.advance(599.75)
+        self.assertNotIn("unfreeze", self.collector.take())
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take()[-3:], ["unfreeze", "collect", "freeze"])
+
+    def test_stop_unfreezes_and_restores_thresholds(self):
+        """
+        Stopping the policy stops its ticks, unfreezes and gives CPython its
+        own thresholds back.
+        """
+        self.collector.take()
+        self.policy.stopService()
+        self.assertEqual(self.collector.take(), ["unfreeze"])
+        self.assertEqual(self.collector.threshold, (700, 10, 10))
+        self.clock.advance(10)
+        self.assertEqual(self.collector.take(), [])
+
+    def test_connection_closed_counts(self):
+        """
+        connection_closed() adds one to the process-wide count the policy
+        reads by default.
+        """
+        before = gcpolicy.connections_closed()
+        gcpolicy.connection_closed()
+        self.assertEqual(gcpolicy.connections_closed(), before + 1)
