@@ -182,14 +182,24 @@ class SendBuffer:
         pass
 
 
-@implementer(IPeerConnection, IFrameSink)
-class SignalingProtocol(WebSocketServerProtocol):
+def handshake_info(request) -> HandshakeInfo:
     """
-    One WebSocket connection, speaking one dialect through its session.
+    What a session may know of an Autobahn C{ConnectionRequest}.
+    """
+    return HandshakeInfo(
+        path=unquote(request.path),
+        params={name: values[0] for name, values in request.params.items() if values},
+        origin=request.headers.get("origin"),
+    )
+
+
+class LimitedProtocol(WebSocketServerProtocol):
+    """
+    A WebSocket with the per-connection limits: a bounded send buffer and a
+    message rate. Its factory has C{settings} (C{max_send_buffer},
+    C{max_message_rate}) and C{clock}.
     """
 
-    _log = Logger()
-    session: Session | None = None
     send_buffer: SendBuffer | None = None
     rate_limit: RateLimit | None = None
 
@@ -198,19 +208,43 @@ class SignalingProtocol(WebSocketServerProtocol):
         settings = self.factory.settings
         self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
         if settings.max_message_rate:
-            self.rate_limit = RateLimit(
-                settings.max_message_rate, self.factory.hub.clock.seconds()
-            )
+            self.rate_limit = RateLimit(settings.max_message_rate, self.factory.clock.seconds())
+
+    def over_rate(self) -> bool:
+        """
+        Whether the message just received is over the rate and must be
+        dropped; persistent excess also closes the connection with 1008.
+        """
+        rate_limit = self.rate_limit
+        if rate_limit is None or rate_limit.admit(self.factory.clock.seconds()):
+            return False
+        if rate_limit.refused > rate_limit.burst:
+            self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+        return True
+
+    def check_send(self, size: int) -> None:
+        """
+        :raises DeliveryRefused: The connection cannot take C{size} more bytes.
+        """
+        if self.state != _OPEN:
+            raise DeliveryRefused("closed", "the connection is closing")
+        if not self.send_buffer.admit(size):
+            raise DeliveryRefused("buffer-full", "the peer is not reading")
+
+
+@implementer(IPeerConnection, IFrameSink)
+class SignalingProtocol(LimitedProtocol):
+    """
+    One WebSocket connection, speaking one dialect through its session.
+    """
+
+    _log = Logger()
+    session: Session | None = None
 
     def onConnect(self, request):
-        origin = request.headers.get("origin")
-        if not self.factory.settings.allows_origin(origin):
+        handshake = handshake_info(request)
+        if not self.factory.settings.allows_origin(handshake.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        path = unquote(request.path)
-        params = {name: values[0] for name, values in request.params.items() if values}
-        handshake = HandshakeInfo(
-            path=path, params=params, origin=origin
-        )
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
         return None
 
@@ -219,11 +253,8 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._mark_active()
-        rate_limit = self.rate_limit
-        if rate_limit is not None and not rate_limit.admit(self.factory.hub.clock.seconds()):
-            if rate_limit.refused > rate_limit.burst:
-                self.fail(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
-            else:
+        if self.over_rate():
+            if self.state == _OPEN:
                 self._guarded(self.session.rate_limited)
             return
         if isBinary:
@@ -344,10 +375,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     # IFrameSink
 
     def send(self, frame: bytes) -> None:
-        if self.state != _OPEN:
-            raise DeliveryRefused("closed", "the connection is closing")
-        if not self.send_buffer.admit(len(frame)):
-            raise DeliveryRefused("buffer-full", "the peer is not reading")
+        self.check_send(len(frame))
         try:
             self.sendMessage(frame)
         except PayloadExceededError:
@@ -394,6 +422,7 @@ class SignalingFactory(WebSocketServerFactory):
         super().__init__()
         speedups.install()
         self.hub = hub
+        self.clock = hub.clock
         self.session_factory = session_factory
         self.settings = settings
         self.setProtocolOptions(

@@ -7,10 +7,10 @@ one L{EngineIOServer}.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import CancelledError
@@ -20,12 +20,11 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from ...auth import TokenVerifier
-from ...errors import DeliveryRefused
 from ...hub import Hub
 from ...ids import IdShape
 from ...logs import Logger
-from ...websocket import RateLimit, SendBuffer, WebSocketSettings, watch_send_buffer
-from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
+from ...websocket import LimitedProtocol, WebSocketSettings, handshake_info
+from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, HandshakeInfo
 from .engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
@@ -51,7 +50,7 @@ def _params(query: bytes | str) -> dict[str, str]:
 
 
 @implementer(IPacketTransport)
-class EngineIOWebSocketProtocol(WebSocketServerProtocol):
+class EngineIOWebSocketProtocol(LimitedProtocol):
     """
     A WebSocket carrying one Engine.IO session: a new one, or an existing
     polling session it probes and then takes over.
@@ -61,30 +60,16 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     socket: EngineIOSocket | None = None
     probing = False
     _handshake: HandshakeInfo | None = None
-    send_buffer: SendBuffer | None = None
-    rate_limit: RateLimit | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        settings = self.factory.settings
-        self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
-        if settings.max_message_rate:
-            self.rate_limit = RateLimit(
-                settings.max_message_rate, self.factory.server.clock.seconds()
-            )
 
     def onConnect(self, request):
-        server = self.factory.server
-        params = {name: values[0] for name, values in request.params.items() if values}
-        sid = params.get("sid")
+        handshake = handshake_info(request)
+        sid = handshake.params.get("sid")
         if sid is not None:
-            socket = server.sessions.get(sid)
+            socket = self.factory.server.sessions.get(sid)
             if socket is None or not socket.is_open or socket.transport != "polling":
                 raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Session ID unknown")
             self.socket = socket
-        self._handshake = HandshakeInfo(
-            path=unquote(request.path), params=params, origin=request.headers.get("origin")
-        )
+        self._handshake = handshake
         return None
 
     def onOpen(self) -> None:
@@ -100,12 +85,8 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         socket = self.socket
         if socket is None:
             return
-        rate_limit = self.rate_limit
-        if rate_limit is not None and not rate_limit.admit(self.factory.server.clock.seconds()):
-            # Socket.IO has no error for this: the packet is dropped, and
-            # persistent excess ends the connection.
-            if rate_limit.refused > rate_limit.burst:
-                self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+        if self.over_rate():
+            # Socket.IO has no error for this: the packet is dropped.
             return
         packet: str | bytes = payload if isBinary else payload.decode("utf-8")
         try:
@@ -143,11 +124,8 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     # IPacketTransport
 
     def send_packet(self, packet: str | bytes) -> None:
-        if self.state != _OPEN:
-            raise DeliveryRefused("closed", "the connection is closing")
         data = packet if isinstance(packet, bytes) else packet.encode("utf-8")
-        if not self.send_buffer.admit(len(data)):
-            raise DeliveryRefused("buffer-full", "the client is not reading")
+        self.check_send(len(data))
         self.sendMessage(data, isBinary=isinstance(packet, bytes))
 
     def close_transport(self) -> None:
@@ -162,6 +140,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         super().__init__()
         self.server = server
         self.settings = settings
+        self.clock = server.clock
         self.setProtocolOptions(
             failByDrop=False,
             maxFramePayloadSize=settings.max_payload,
