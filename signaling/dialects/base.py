@@ -39,6 +39,26 @@ class ProtocolError(Exception):
         self.message = message
 
 
+def require_object(payload: Any, message: str = "the data must be an object") -> dict:
+    """
+    :raises ProtocolError: C{invalid-payload}, unless C{payload} is a dict.
+    """
+    if not isinstance(payload, dict):
+        raise ProtocolError("invalid-payload", message)
+    return payload
+
+
+def require_string(data: Mapping[str, Any], field: str, message: str | None = None) -> str:
+    """
+    :raises ProtocolError: C{invalid-field}, unless C{data[field]} is a
+        non-empty string.
+    """
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("invalid-field", message or f"{field!r} must be a non-empty string")
+    return value
+
+
 @attrs.frozen
 class HandshakeInfo:
     """

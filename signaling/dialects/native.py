@@ -12,7 +12,7 @@ from ..logs import Logger
 
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Signal
-from .base import ProtocolError, Session
+from .base import ProtocolError, Session, require_string
 
 NAME = "native"
 
@@ -36,13 +36,6 @@ _DELIVERY_ERRORS = {
 
 def _member(member: Member) -> dict[str, Any]:
     return {"id": member.peer_id, "metadata": member.metadata}
-
-
-def _string(message: dict, field: str) -> str:
-    value = message.get(field)
-    if not isinstance(value, str) or not value:
-        raise ProtocolError("invalid-field", f"{field!r} must be a non-empty string")
-    return value
 
 
 class NativeSession(Session):
@@ -106,13 +99,13 @@ class NativeSession(Session):
         self.send_json(self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id))
 
     def _leave(self, message: dict, request_id: Any) -> None:
-        room_name = _string(message, "room")
+        room_name = require_string(message, "room")
         self.hub.leave(self.peer, room_name)
         self.send_json(self._reply({"type": "left", "room": room_name}, request_id))
 
     def _relay(self, message: dict, request_id: Any) -> None:
         kind = _RELAY_KINDS[message["type"]]
-        room_name = _string(message, "room")
+        room_name = require_string(message, "room")
         if "payload" not in message:
             raise ProtocolError("invalid-field", "'payload' is required")
         signal = Signal(kind=kind, sender=self.peer.id, room=room_name, payload=message["payload"])

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ...timefmt import iso8601
-from ..base import ProtocolError
+from ..base import ProtocolError, require_object, require_string
 from .rooms import member_user_id
 
 NAME = "calls"
@@ -29,16 +29,11 @@ SIGNALING_ERROR = "webrtc:signaling-error"
 
 
 def _object(payload: Any) -> dict:
-    if not isinstance(payload, dict):
-        raise ProtocolError("invalid-payload", "Invalid message: the event data must be an object")
-    return payload
+    return require_object(payload, "Invalid message: the event data must be an object")
 
 
 def _string(data: Mapping[str, Any], field: str) -> str:
-    value = data.get(field)
-    if not isinstance(value, str) or not value:
-        raise ProtocolError("invalid-field", f"Invalid message: {field} is required")
-    return value
+    return require_string(data, field, f"Invalid message: {field} is required")
 
 
 def _authenticated(connection: Any) -> None:

@@ -6,10 +6,10 @@ C{room-users}. Payload shapes are in docs/dialects.rst.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from ...hub import Member, PeerJoined, PeerLeft, Signal
-from ..base import ProtocolError
+from ..base import ProtocolError, require_object, require_string
 
 NAME = "rooms"
 
@@ -20,16 +20,7 @@ MAX_USER_ID_LENGTH = 256
 
 
 def _object(payload: Any) -> dict:
-    if not isinstance(payload, dict):
-        raise ProtocolError("invalid-payload", "the event data must be an object")
-    return payload
-
-
-def _string(data: Mapping[str, Any], field: str) -> str:
-    value = data.get(field)
-    if not isinstance(value, str) or not value:
-        raise ProtocolError("invalid-field", f"{field!r} must be a non-empty string")
-    return value
+    return require_object(payload, "the event data must be an object")
 
 
 def member_user_id(member: Member | None) -> str | None:
@@ -63,7 +54,7 @@ def join_room(connection: Any, payload: Any) -> dict:
 
 def leave_room(connection: Any, payload: Any) -> dict:
     data = _object(payload)
-    room_name = _string(data, "roomId")
+    room_name = require_string(data, "roomId")
     connection.leave(room_name)
     return {"roomId": room_name}
 
@@ -73,14 +64,14 @@ def _relay(kind: str):
 
     def relay(connection: Any, payload: Any) -> None:
         data = _object(payload)
-        room_name = _string(data, "roomId")
+        room_name = require_string(data, "roomId")
         if field not in data:
             raise ProtocolError("invalid-field", f"{field!r} is required")
         signal = Signal(kind=kind, sender=connection.peer.id, room=room_name, payload=data[field])
         if kind == "candidate" and data.get("targetId") is None:
             connection.hub.broadcast(connection.peer, room_name, signal)
             return
-        connection.hub.relay(connection.peer, room_name, _string(data, "targetId"), signal)
+        connection.hub.relay(connection.peer, room_name, require_string(data, "targetId"), signal)
 
     return relay
 
