@@ -13,7 +13,6 @@ from typing import Any, Iterator, Mapping
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
-from .logs import Logger
 from zope.interface import Interface
 
 from .errors import (
@@ -26,6 +25,7 @@ from .errors import (
     TooManyRooms,
 )
 from .ids import IdShape, IdSource
+from .logs import Logger
 
 #: Room names are at most this many characters long, in every dialect.
 MAX_ROOM_NAME_LENGTH = 256

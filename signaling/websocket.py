@@ -12,11 +12,11 @@ from autobahn.exception import PayloadExceededError
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from .logs import Logger
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from . import gcpolicy, speedups
 from .dialects.base import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -26,9 +26,9 @@ from .dialects.base import (
     IFrameSink,
     Session,
 )
-from . import gcpolicy, speedups
 from .errors import DeliveryRefused
 from .hub import Hub, IPeerConnection
+from .logs import Logger
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import orjson
-from ..logs import Logger
 
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Signal
+from ..logs import Logger
 from .base import ProtocolError, Session, require_string
 
 NAME = "native"
