@@ -47,6 +47,23 @@ class PeerNotFound(HubError):
     code = "peer-not-found"
 
 
+class InvalidMetadata(HubError):
+    """
+    Peer or room metadata exceeds its size, depth or element limit.
+    """
+
+    code = "invalid-metadata"
+
+
+class ReplyTooLarge(HubError):
+    """
+    The answer to a join (the room's members and their metadata) is larger
+    than the client's connection may carry; the join has been undone.
+    """
+
+    code = "reply-too-large"
+
+
 class DeliveryRefused(HubError):
     """
     A connection could not take a message: it is closing, its outgoing buffer

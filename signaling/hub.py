@@ -26,9 +26,14 @@ from .errors import (
 )
 from .ids import IdShape, IdSource
 from .logs import Logger
+from .metadata import MetadataLimits
 
 #: Room names are at most this many characters long, in every dialect.
 MAX_ROOM_NAME_LENGTH = 256
+
+#: The reason L{IPeerConnection.close} is given when a delivery to the peer
+#: failed with a bug; a WebSocket closes with 1011 for it.
+RECIPIENT_FAILED = "internal error"
 
 
 class IPeerConnection(Interface):
@@ -46,7 +51,8 @@ class IPeerConnection(Interface):
 
     def close(reason: str) -> None:
         """
-        End the peer's connection because the hub removed it (stale, kicked).
+        End the peer's connection because the hub removed it (stale, kicked,
+        or L{RECIPIENT_FAILED}: a delivery to it raised a bug).
         """
 
 
@@ -141,12 +147,15 @@ class HubLimits:
     :ivar empty_room_ttl: Seconds an empty room is kept; 0 deletes it at once.
     :ivar stale_timeout: Seconds without activity after which a peer is
         removed by L{Hub.sweep}; 0 never.
+    :ivar metadata: The bounds on peer and room metadata, checked by
+        L{Hub.join} for every dialect.
     """
 
     max_peers_per_room: int = 100
     max_rooms_per_peer: int = 16
     empty_room_ttl: float = 0
     stale_timeout: float = 0
+    metadata: MetadataLimits = MetadataLimits()
 
 
 @attrs.frozen
@@ -202,9 +211,11 @@ class Hub:
         """
         if self._peers.get(peer.id) is not peer:
             return
+        # Forgotten first, so that nothing is delivered to it while it
+        # leaves, and a failing delivery on the way cannot remove it twice.
+        del self._peers[peer.id]
         for room_name in list(peer.rooms):
             self.leave(peer, room_name)
-        del self._peers[peer.id]
 
     def find(self, peer_id: str) -> Peer | None:
         return self._peers.get(peer_id)
@@ -247,11 +258,14 @@ class Hub:
         :param metadata: What the others are told about C{peer}.
         :param room_metadata: The room's metadata, if this join creates it.
         :return: The room; its C{members} include C{peer}.
+        :raises InvalidMetadata: C{metadata} or C{room_metadata} is over the
+            limits' L{MetadataLimits}.
         """
         self.validate_room_name(room_name)
         if room_name in peer.rooms:
             raise AlreadyInRoom(f"already in room {room_name!r}")
         limits = self.limits
+        limits.metadata.check(metadata)
         if 0 < limits.max_rooms_per_peer <= len(peer.rooms):
             raise TooManyRooms(
                 f"a peer may be in at most {limits.max_rooms_per_peer} rooms"
@@ -259,6 +273,7 @@ class Hub:
         now = self.clock.seconds()
         room = self._rooms.get(room_name)
         if room is None:
+            limits.metadata.check(room_metadata)
             room = Room(
                 name=room_name,
                 created_at=now,
@@ -274,12 +289,13 @@ class Hub:
             metadata=dict(metadata or {}),
             joined_at=now,
         )
-        event = PeerJoined(room=room_name, member=member)
-        self._tell_room(room, event)
+        # In the room before the others are told: a recipient that fails
+        # and is removed meanwhile cannot empty (and delete) it.
         room.members[peer.id] = member
         room.emptied_at = None
         peer.rooms[room_name] = room
         peer.last_seen = now
+        self._tell_room(room, PeerJoined(room=room_name, member=member), exclude=peer.id)
         self._log.debug("{peer} joined {room}", peer=peer.id, room=room_name)
         return room
 
@@ -291,12 +307,13 @@ class Hub:
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
         member = room.members.pop(peer.id)
-        self._tell_room(room, PeerLeft(room=room_name, member=member))
         if not room.members:
             if self.limits.empty_room_ttl > 0:
                 room.emptied_at = self.clock.seconds()
             else:
                 del self._rooms[room_name]
+        else:
+            self._tell_room(room, PeerLeft(room=room_name, member=member))
         self._log.debug("{peer} left {room}", peer=peer.id, room=room_name)
 
     def room(self, room_name: str) -> Room | None:
@@ -322,7 +339,16 @@ class Hub:
             raise NotInRoom(f"not in room {room_name!r}")
         if target_id not in room.members:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        self._peers[target_id].connection.deliver(signal)
+        target = self._peers.get(target_id)
+        if target is None:
+            raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
+        try:
+            target.connection.deliver(signal)
+        except DeliveryRefused:
+            raise
+        except Exception:
+            self._remove_failed([target])
+            raise DeliveryRefused("closed", "the recipient failed")
 
     def broadcast(self, sender: Peer, room_name: str, signal: Signal) -> int:
         """
@@ -337,7 +363,15 @@ class Hub:
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:
+        """
+        Deliver C{event} to the members of C{room} but C{exclude}. A member
+        whose connection raises anything but L{DeliveryRefused} is removed
+        once all the others have it.
+
+        :return: How many took it.
+        """
         delivered = 0
+        failed: list[Peer] | None = None
         peers = self._peers
         for peer_id in list(room.members):
             if peer_id == exclude:
@@ -349,8 +383,30 @@ class Hub:
                 peer.connection.deliver(event)
             except DeliveryRefused:
                 continue
+            except Exception:
+                # One recipient's bug must not cost the sender its
+                # connection, the others the event, or a leave its end.
+                self._log.failure("delivering to {peer} failed", peer=peer_id)
+                failed = failed or []
+                failed.append(peer)
+                continue
             delivered += 1
+        if failed:
+            self._remove_failed(failed)
         return delivered
+
+    def _remove_failed(self, failed: list[Peer]) -> None:
+        """
+        Disconnect peers whose connection raised what L{IPeerConnection.deliver}
+        may not (a bug, already logged), and close their connections with
+        L{RECIPIENT_FAILED}.
+        """
+        for peer in failed:
+            self.disconnect(peer)
+            try:
+                peer.connection.close(RECIPIENT_FAILED)
+            except Exception:
+                self._log.failure("closing {peer} failed", peer=peer.id)
 
     # housekeeping
 

@@ -8,14 +8,17 @@ from zope.interface.verify import verifyObject
 
 from signaling.errors import (
     AlreadyInRoom,
+    DeliveryRefused,
+    InvalidMetadata,
     InvalidRoomName,
     NotInRoom,
     PeerNotFound,
     RoomFull,
     TooManyRooms,
 )
-from signaling.hub import MAX_ROOM_NAME_LENGTH, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
+from signaling.hub import MAX_ROOM_NAME_LENGTH, RECIPIENT_FAILED, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
 from signaling.ids import IdShape, IdSource, encode_ulid
+from signaling.metadata import MetadataLimits
 
 from .support import RecordingConnection, counting_random_bytes
 
@@ -208,3 +211,126 @@ class HubTests(SynchronousTestCase):
             (3, 1, 2, 2),
         )
         self.assertEqual(self.hub.peer_count(), 3)
+
+
+class BrokenConnection(RecordingConnection):
+    """
+    A connection whose L{deliver} has a bug.
+    """
+
+    def deliver(self, event):
+        raise RuntimeError("a bug in a recipient")
+
+
+class RecipientFailureTests(SynchronousTestCase):
+    """
+    A recipient raising what L{IPeerConnection.deliver} may not costs only
+    that recipient its place.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()))
+
+    def test_broadcast_reaches_the_others(self):
+        """
+        A broadcast skips a failing recipient, which is logged, disconnected
+        and closed with L{RECIPIENT_FAILED}; the members after it get the
+        signal and the sender is untouched.
+        """
+        sender = self.hub.connect(RecordingConnection())
+        broken_connection = BrokenConnection()
+        broken = self.hub.connect(broken_connection)
+        later_connection = RecordingConnection()
+        later = self.hub.connect(later_connection)
+        for peer in (sender, later, broken):
+            self.hub.join(peer, "room")
+        later_connection.events.clear()
+        signal = Signal(kind="candidate", sender=sender.id, room="room", payload="c")
+        self.assertEqual(self.hub.broadcast(sender, "room", signal), 1)
+        self.assertEqual(later_connection.events[0], signal)
+        self.assertIsInstance(later_connection.events[1], PeerLeft)
+        self.assertEqual(broken_connection.closed, [RECIPIENT_FAILED])
+        self.assertIsNone(self.hub.find(broken.id))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_leave_and_disconnect_complete(self):
+        """
+        A disconnect whose PeerLeft fails for one member still takes the peer
+        out of every room and forgets it.
+        """
+        leaving = self.hub.connect(RecordingConnection())
+        broken = self.hub.connect(BrokenConnection())
+        self.hub.join(broken, "a")
+        self.hub.join(leaving, "a")
+        self.hub.join(leaving, "b")
+        self.hub.disconnect(leaving)
+        self.assertIsNone(self.hub.find(leaving.id))
+        self.assertEqual(self.hub.stats().peers_total, 0)
+        self.assertEqual(list(self.hub.rooms()), [])
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_join_completes(self):
+        """
+        A join whose PeerJoined fails for the only other member still puts
+        the joiner in the room, which stays.
+        """
+        self.hub.join(self.hub.connect(BrokenConnection()), "room")
+        joiner = self.hub.connect(RecordingConnection())
+        room = self.hub.join(joiner, "room")
+        self.assertEqual(list(room.members), [joiner.id])
+        self.assertIs(self.hub.room("room"), room)
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_relay_is_refused(self):
+        """
+        A relay to a failing recipient is L{DeliveryRefused} C{closed} for
+        the sender.
+        """
+        sender = self.hub.connect(RecordingConnection())
+        broken = self.hub.connect(BrokenConnection())
+        self.hub.join(sender, "room")
+        self.hub.join(broken, "room")
+        signal = Signal(kind="offer", sender=sender.id, room="room", payload="o")
+        with self.assertRaises(DeliveryRefused) as caught:
+            self.hub.relay(sender, "room", broken.id, signal)
+        self.assertEqual(caught.exception.reason, "closed")
+        self.assertIsNone(self.hub.find(broken.id))
+        self.flushLoggedErrors(RuntimeError)
+
+
+class MetadataLimitTests(SynchronousTestCase):
+    def setUp(self):
+        limits = HubLimits(metadata=MetadataLimits(max_size=64, max_depth=2, max_elements=4))
+        self.hub = Hub(clock=Clock(), limits=limits, ids=IdSource(counting_random_bytes()))
+        self.peer = self.hub.connect(RecordingConnection())
+
+    def test_peer_metadata(self):
+        """
+        The hub's join refuses peer metadata over any of its limits, and
+        leaves the peer out of the room.
+        """
+        for metadata in ({"a": {"b": {}}}, {"a": [1, 2, 3, 4]}, {"a": "x" * 64}):
+            with self.assertRaises(InvalidMetadata):
+                self.hub.join(self.peer, "room", metadata)
+        self.assertEqual(self.peer.rooms, {})
+        self.assertIsNone(self.hub.room("room"))
+        self.hub.join(self.peer, "room", {"a": [1, 2], "b": "x"})
+
+    def test_room_metadata(self):
+        """
+        Room metadata is held to the same limits when a join creates the room.
+        """
+        with self.assertRaises(InvalidMetadata):
+            self.hub.join(self.peer, "room", {}, {"a": [[1]]})
+        self.assertIsNone(self.hub.room("room"))
+
+    def test_zero_is_unlimited(self):
+        hub = Hub(
+            clock=Clock(),
+            limits=HubLimits(metadata=MetadataLimits(max_size=0, max_depth=0, max_elements=0)),
+        )
+        deep: object = 1
+        for _ in range(50):
+            deep = [deep]
+        hub.join(hub.connect(RecordingConnection()), "room", {"deep": deep, "many": list(range(500))})
