@@ -23,6 +23,7 @@ from .auth import TokenVerifier, UnusableKey
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
+from .metadata import MetadataLimits
 from .web import SignalingSite
 from .websocket import WebSocketSettings
 
@@ -92,6 +93,10 @@ class Options(usage.Options):
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["max-metadata-size", None, 4096, "Largest peer or room metadata in bytes of JSON; 0 for unlimited.", _whole("max-metadata-size")],
+        ["max-metadata-depth", None, 4, "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.", _whole("max-metadata-depth")],
+        ["max-metadata-elements", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-elements")],
+        ["max-message-fragments", None, 128, "Frames one WebSocket message may arrive in (more closes with 1008); 0 for unlimited.", _whole("max-message-fragments")],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -293,6 +298,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             max_rooms_per_peer=options["max-rooms-per-peer"],
             stale_timeout=options["stale-timeout"],
             empty_room_ttl=options["empty-room-ttl"],
+            metadata=MetadataLimits(
+                max_size=options["max-metadata-size"],
+                max_depth=options["max-metadata-depth"],
+                max_elements=options["max-metadata-elements"],
+            ),
         ),
     )
     settings = WebSocketSettings(
@@ -302,6 +312,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         allowed_origins=tuple(options["allowed-origins"]),
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
+        max_message_fragments=options["max-message-fragments"],
     )
     site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
     web = Site(site.resource())

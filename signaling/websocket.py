@@ -27,7 +27,7 @@ from .dialects.base import (
     Session,
 )
 from .errors import DeliveryRefused
-from .hub import Hub, IPeerConnection
+from .hub import RECIPIENT_FAILED, Hub, IPeerConnection
 from .logs import Logger
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
@@ -44,7 +44,10 @@ class WebSocketSettings:
     :ivar max_send_buffer: Bytes a peer's connection may queue beyond the
         transport's own buffer before messages to it are refused.
     :ivar max_message_rate: Messages per second one connection may send,
-        with bursts of twice that; 0 for unlimited.
+        with bursts of twice that; 0 for unlimited. Each frame of a
+        fragmented message counts as one.
+    :ivar max_message_fragments: Frames one message may arrive in; more
+        closes the connection with 1008. 0 for unlimited.
     """
 
     max_message_size: int = 64 * 1024
@@ -53,6 +56,7 @@ class WebSocketSettings:
     allowed_origins: tuple[str, ...] = ()
     max_send_buffer: int = 256 * 1024
     max_message_rate: float = 0
+    max_message_fragments: int = 128
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -222,6 +226,39 @@ class LimitedProtocol(WebSocketServerProtocol):
             self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         return True
 
+    # A fragmented message: Autobahn keeps a list of frames of a list of
+    # chunks, some hundred bytes per one-byte frame; one bytearray holds it
+    # at its own size, and the frames are counted against a cap and the rate.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self.message_data = bytearray()
+        self.message_fragments = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self.message_fragments += 1
+        if self.message_fragments > 1 and not self.failedByMe:
+            if 0 < self.factory.settings.max_message_fragments < self.message_fragments:
+                self._fail_connection(CLOSE_POLICY_VIOLATION, "too many fragments in one message")
+                return
+            # The first frame is counted with the whole message.
+            self.over_rate()
+            if self.failedByMe:
+                return
+        super().onMessageFrameBegin(length)
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if not self.failedByMe:
+            self.message_data += payload
+
+    def onMessageFrameEnd(self) -> None:
+        self.frame_data = None
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe:
+            self._onMessage(bytes(self.message_data), self.message_is_binary)
+        self.message_data = None
+
     def check_send(self, size: int) -> None:
         """
         :raises DeliveryRefused: The connection cannot take C{size} more bytes.
@@ -355,11 +392,6 @@ class SignalingProtocol(LimitedProtocol):
             self._onMessage(payload, False)
         return data[i:] if i else data
 
-    def onMessageEnd(self) -> None:
-        if not self.failedByMe:
-            self._onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None
-
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
             super().sendData(data, sync, chopsize)
@@ -402,7 +434,11 @@ class SignalingProtocol(LimitedProtocol):
             self.send(frame)
 
     def close(self, reason: str) -> None:
-        if self.state == _OPEN:
+        if self.state != _OPEN:
+            return
+        if reason == RECIPIENT_FAILED:
+            self.fail(CLOSE_INTERNAL_ERROR, reason)
+        else:
             self.sendClose(CLOSE_REMOVED, reason)
 
 

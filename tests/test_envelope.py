@@ -376,17 +376,18 @@ class DiscoverTests(EnvelopeTestCase):
 
     def test_discover_another_room(self):
         """
-        DISCOVER with the room_id of a room the peer is not in lists it when
-        it exists, and is ROOM_NOT_FOUND when it does not.
+        DISCOVER with the room_id of a room the peer is not in is NOT_IN_ROOM,
+        whether the room exists or not: its members are not listed.
         """
         alice = self.joined("elsewhere")
-        bob = self.connect()
-        self.send(bob, {"type": "DISCOVER", "room_id": "elsewhere"})
-        [peer_list] = bob.take()
-        self.assertEqual(peer_list["type"], "PEER_LIST")
-        self.assertEqual([p["peer_id"] for p in peer_list["payload"]["peers"]], [alice.peer_id])
+        bob = self.joined("here")
+        self.send(bob, {"type": "DISCOVER", "room_id": "elsewhere", "request_id": 8})
+        self.assertError(bob, "NOT_IN_ROOM", 8)
         self.send(bob, {"type": "DISCOVER", "room_id": "nowhere", "request_id": 9})
-        self.assertError(bob, "ROOM_NOT_FOUND", 9)
+        self.assertError(bob, "NOT_IN_ROOM", 9)
+        self.send(bob, {"type": "DISCOVER", "room_id": "here"})
+        [peer_list] = bob.take()
+        self.assertEqual([p["peer_id"] for p in peer_list["payload"]["peers"]], [bob.peer_id])
         self.assertEqual(alice.take(), [])
 
     def test_discover_outside_a_room(self):
@@ -396,21 +397,18 @@ class DiscoverTests(EnvelopeTestCase):
 
     def test_empty_room_is_kept_for_its_ttl(self):
         """
-        With --empty-room-ttl, a room whose last peer left is still found,
-        empty, until a sweep after the TTL removes it.
+        With --empty-room-ttl, a room whose last peer left is kept, empty,
+        until a sweep after the TTL removes it.
         """
         alice = self.joined("brief")
         self.send(alice, {"type": "LEAVE"})
         alice.take()
         self.harness.advance(59, step=1)
         self.harness.hub.sweep()
-        self.send(alice, {"type": "DISCOVER", "room_id": "brief"})
-        [peer_list] = alice.take()
-        self.assertEqual(peer_list["payload"], {"room_id": "brief", "peers": []})
+        self.assertEqual(self.harness.hub.room("brief").members, {})
         self.harness.advance(2, step=1)
         self.harness.hub.sweep()
-        self.send(alice, {"type": "DISCOVER", "room_id": "brief"})
-        self.assertError(alice, "ROOM_NOT_FOUND")
+        self.assertIsNone(self.harness.hub.room("brief"))
 
 
 class RelayErrorTests(EnvelopeTestCase):

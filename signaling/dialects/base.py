@@ -11,7 +11,7 @@ import attrs
 import orjson
 from zope.interface import Interface
 
-from ..errors import DeliveryRefused
+from ..errors import DeliveryRefused, ReplyTooLarge
 from ..hub import Hub, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
@@ -150,6 +150,27 @@ class Session:
 
     def send_json(self, body: Any) -> None:
         self.send_frame(orjson.dumps(body))
+
+    def send_join_reply(self, room_name: str, frame: bytes) -> None:
+        """
+        Answer a join of C{room_name} that the hub has just carried out with
+        C{frame}. A client that cannot take the answer is taken out of the
+        room again: it must not be a member that does not know it is one.
+
+        :raises ReplyTooLarge: The answer is over the connection's size
+            limit (a big room of peers with big metadata).
+        :raises DeliveryRefused: The connection cannot take it for another
+            reason (closing, not reading).
+        """
+        try:
+            self.sink.send(frame)
+        except DeliveryRefused as refused:
+            self.hub.leave(self.peer, room_name)
+            if refused.reason == "too-large":
+                raise ReplyTooLarge(
+                    "the room's member list is too large to send; not joined"
+                )
+            raise
 
     def closed(self) -> None:
         raise NotImplementedError()

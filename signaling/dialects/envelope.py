@@ -191,15 +191,14 @@ class EnvelopeSession(Session):
                 raise RoomFull(f"room is full ({wanted.max_peers} peers)")
             self.hub.leave(self.peer, current)
         room = self.hub.join(self.peer, room_name, metadata)
-        self._send(
-            _envelope(
-                "ACK",
-                peer_id=self.peer.id,
-                room_id=room_name,
-                payload=_peer_list(room),
-                request_id=request_id,
-            )
+        ack = _envelope(
+            "ACK",
+            peer_id=self.peer.id,
+            room_id=room_name,
+            payload=_peer_list(room),
+            request_id=request_id,
         )
+        self.send_join_reply(room_name, self._frame(ack))
 
     def _leave(self, message: dict, request_id: Any) -> None:
         current = self._current_room()
@@ -224,9 +223,12 @@ class EnvelopeSession(Session):
                 raise NotInRoom("no room specified and not in any room")
         else:
             self.hub.validate_room_name(room_name)
-        room = self.hub.room(room_name)
+        # Only the caller's own room: the member list holds display names
+        # and endpoints, which are for the room's members, not for anyone
+        # who can guess (or try) its name.
+        room = self.peer.rooms.get(room_name)
         if room is None:
-            raise ProtocolError(ROOM_NOT_FOUND, "room not found")
+            raise NotInRoom("DISCOVER lists only the room you are in")
         self._send(
             _envelope(
                 "PEER_LIST",

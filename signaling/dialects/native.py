@@ -96,7 +96,8 @@ class NativeSession(Session):
             raise ProtocolError("invalid-field", "'metadata' must be an object")
         room = self.hub.join(self.peer, room_name, metadata)
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        self.send_json(self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id))
+        joined = self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id)
+        self.send_join_reply(room_name, orjson.dumps(joined))
 
     def _leave(self, message: dict, request_id: Any) -> None:
         room_name = require_string(message, "room")

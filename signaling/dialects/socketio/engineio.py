@@ -84,6 +84,7 @@ class EngineIOSettings:
         not reading before deliveries to it are refused.
     :ivar max_message_rate: Packets a second a client may send over
         WebSocket (bursts of twice that); 0 for unlimited.
+    :ivar max_message_fragments: Frames one WebSocket message may arrive in.
     """
 
     ping_interval: float = 25
@@ -93,6 +94,7 @@ class EngineIOSettings:
     connect_timeout: float = 45
     max_send_buffer: int = 256 * 1024
     max_message_rate: float = 0
+    max_message_fragments: int = 128
 
     @classmethod
     def from_websocket(cls, settings: Any) -> "EngineIOSettings":
@@ -108,6 +110,7 @@ class EngineIOSettings:
             max_buffer=max(settings.max_send_buffer, settings.max_message_size),
             max_send_buffer=settings.max_send_buffer,
             max_message_rate=settings.max_message_rate,
+            max_message_fragments=settings.max_message_fragments,
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
+from autobahn.exception import PayloadExceededError
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -20,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from ...auth import TokenVerifier
+from ...errors import DeliveryRefused
 from ...hub import Hub
 from ...ids import IdShape
 from ...logs import Logger
@@ -126,7 +128,10 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
     def send_packet(self, packet: str | bytes) -> None:
         data = packet if isinstance(packet, bytes) else packet.encode("utf-8")
         self.check_send(len(data))
-        self.sendMessage(data, isBinary=isinstance(packet, bytes))
+        try:
+            self.sendMessage(data, isBinary=isinstance(packet, bytes))
+        except PayloadExceededError:
+            raise DeliveryRefused("too-large", "the message exceeds the size limit")
 
     def close_transport(self) -> None:
         if self.state == _OPEN:
