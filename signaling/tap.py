@@ -95,8 +95,8 @@ class Options(usage.Options):
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
         ["max-metadata-size", None, 4096, "Largest peer or room metadata in bytes of JSON; 0 for unlimited.", _whole("max-metadata-size")],
         ["max-metadata-depth", None, 4, "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.", _whole("max-metadata-depth")],
-        ["max-metadata-elements", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-elements")],
-        ["max-message-fragments", None, 128, "Frames one WebSocket message may arrive in (more closes with 1008); 0 for unlimited.", _whole("max-message-fragments")],
+        ["max-metadata-values", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-values")],
+        ["max-fragments", None, 128, "Frames one WebSocket message may arrive in (more closes with 1008); 0 for unlimited.", _whole("max-fragments")],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -301,7 +301,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             metadata=MetadataLimits(
                 max_size=options["max-metadata-size"],
                 max_depth=options["max-metadata-depth"],
-                max_elements=options["max-metadata-elements"],
+                max_elements=options["max-metadata-values"],
             ),
         ),
     )
@@ -312,7 +312,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         allowed_origins=tuple(options["allowed-origins"]),
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
-        max_message_fragments=options["max-message-fragments"],
+        max_message_fragments=options["max-fragments"],
     )
     site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
     web = Site(site.resource())

@@ -35,9 +35,9 @@ def server(tmp_path_factory):
         "1024",
         "--max-metadata-depth",
         "3",
-        "--max-metadata-elements",
+        "--max-metadata-values",
         "16",
-        "--max-message-fragments",
+        "--max-fragments",
         "16",
         "--max-message-rate",
         "20",
@@ -77,36 +77,39 @@ def _stats(server) -> dict:
     return requests.get(server.http_url + "/api/stats", timeout=5).json()
 
 
-class Native:
-    def __init__(self, server) -> None:
-        self.ws = _open(server.ws_url + "/signal")
-        welcome = _next(self.ws)
-        assert welcome["type"] == "welcome"
-        self.id = welcome["peerId"]
+class JsonClient:
+    """
+    A client of a dialect of JSON text frames.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.ws = _open(url)
 
     def send(self, message: dict) -> None:
         self.ws.send(orjson.dumps(message))
 
     def next(self) -> dict:
         return _next(self.ws)
+
+
+class Native(JsonClient):
+    def __init__(self, server) -> None:
+        super().__init__(server.ws_url + "/signal")
+        welcome = self.next()
+        assert welcome["type"] == "welcome"
+        self.id = welcome["peerId"]
 
     def join(self, room: str, metadata: dict | None = None) -> dict:
         self.send({"type": "join", "room": room, "metadata": metadata or {}})
         return self.next()
 
 
-class Envelope:
+class Envelope(JsonClient):
     def __init__(self, server) -> None:
-        self.ws = _open(server.ws_url + "/ws")
-        connected = _next(self.ws)
+        super().__init__(server.ws_url + "/ws")
+        connected = self.next()
         assert connected["type"] == "ACK"
         self.id = connected["peer_id"]
-
-    def send(self, message: dict) -> None:
-        self.ws.send(orjson.dumps(message))
-
-    def next(self) -> dict:
-        return _next(self.ws)
 
 
 class SocketIO:
@@ -205,7 +208,7 @@ def _fragments(ws: websocket.WebSocket, count: int) -> None:
 
 def test_fragment_cap_native(server):
     """
-    A message in more frames than C{--max-message-fragments} closes the
+    A message in more frames than C{--max-fragments} closes the
     connection with 1008; a fragmented message under the cap is read.
     """
     alice = Native(server)
@@ -355,3 +358,20 @@ def test_envelope_discover_only_own_room(server):
     assert listing["payload"]["peers"][0]["display_name"] == "Alice"
     alice.ws.close()
     mallory.ws.close()
+
+
+def test_socketio_join_reply_too_large(server):
+    """
+    A Socket.IO calls join whose C{webrtc:room-joined} would exceed the
+    WebSocket's size limit is a C{webrtc:join-room-error} with code
+    C{reply-too-large}, and the members see the peer join and leave.
+    """
+    crowd = _crowd(server, "crowded-calls", 5)
+    late = SocketIO(server)
+    late.emit("webrtc:join-room", {"callRoomId": "crowded-calls"})
+    name, body = late.next_event()
+    assert name == "webrtc:join-room-error"
+    assert body["code"] == "reply-too-large"
+    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == ["peer-joined", "peer-left"]
+    for peer in [late, *crowd]:
+        peer.ws.close()

@@ -449,6 +449,60 @@ class InternalErrorTests(NativeTestCase):
         self.assertEqual(message_types(alice.take()), ["peer-left"])
 
 
+    def test_a_failing_recipient_closes_1011_and_the_room_carries_on(self):
+        """
+        A recipient whose connection fails with a bug on delivery is closed
+        with 1011 and leaves the room; the sender and the other members are
+        untouched, and the broadcast reaches those after it.
+        """
+        alice = self.joined("a")
+        bob = self.joined("a")
+        carol = self.joined("a")
+        alice.take()
+        bob.take()
+
+        def broken(frame):
+            raise RuntimeError("bug")
+
+        self.harness.server_side(bob).send = broken
+        self.send(alice, {"type": "message", "room": "a", "payload": "hi"})
+        self.assertEqual(bob.close_code, 1011)
+        self.assertEqual(message_types(carol.take()), ["message", "peer-left"])
+        self.assertEqual(message_types(alice.take()), ["peer-left"])
+        self.assertIsNone(alice.close_code)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class FragmentTests(NativeTestCase):
+    settings = WebSocketSettings(ping_interval=0, max_message_fragments=8)
+
+    def test_pending_message_is_held_at_its_size(self):
+        """
+        The frames of an unfinished message are held in one buffer of their
+        bytes, and the finished message is read as one.
+        """
+        alice = self.harness.connect()
+        alice.take()
+        alice.sendFrame(1, b'{"type":', fin=False)
+        for _ in range(6):
+            alice.sendFrame(0, b" ", fin=False)
+        self.harness.flush()
+        pending = self.harness.server_side(alice).message_data
+        self.assertEqual(type(pending), bytearray)
+        self.assertEqual(pending, b'{"type":      ')
+        alice.sendFrame(0, b'"ping"}', fin=True)
+        self.harness.flush()
+        self.assertEqual(alice.take(), [{"type": "pong"}])
+
+    def test_too_many_fragments_close_1008(self):
+        alice = self.harness.connect()
+        alice.sendFrame(1, b"{", fin=False)
+        for _ in range(8):
+            alice.sendFrame(0, b" ", fin=False)
+        self.harness.flush()
+        self.assertEqual(alice.close_code, 1008)
+
+
 class HeartbeatTests(NativeTestCase):
     settings = WebSocketSettings(ping_interval=5, ping_timeout=3)
 

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
 from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
-from ...errors import DeliveryRefused, HubError
+from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import Hub, IPeerConnection, Peer, Room
 from ...logs import Logger
 from ..base import ProtocolError
@@ -160,6 +160,10 @@ class SocketIOConnection:
         self.authenticated = False
         self._room_sets: dict[str, Any] = {}
         self._skip_attachments = 0
+        # What the event being handled did: the room it joined, and whether
+        # an answer to the client was too large to send.
+        self._joined_now: str | None = None
+        self._answer_too_large = False
         self._connect_call: IDelayedCall | None = engine.clock.callLater(
             engine.settings.connect_timeout, self._connect_missing
         )
@@ -290,7 +294,12 @@ class SocketIOConnection:
                 raise ProtocolError("unsupported", "binary events are not supported")
             if entry is None:
                 raise ProtocolError("unknown-event", f"unknown event {name[:64]!r}")
+            self._joined_now, self._answer_too_large = None, False
             result = entry[1](self, payload)
+            if self._answer_too_large and self._joined_now is not None:
+                # The client cannot have learnt that it joined: undo it.
+                self.leave(self._joined_now)
+                raise ReplyTooLarge("the room's member list is too large to send; not joined")
         except (ProtocolError, HubError) as error:
             answer = event_set.error(self, name, payload, error.code, error.message)
             if packet.id is not None:
@@ -327,6 +336,7 @@ class SocketIOConnection:
         peer.dialect = event_set_name
         room = self.hub.join(peer, room_name, metadata, room_metadata)
         self._room_sets[room_name] = event_set
+        self._joined_now = room_name
         return room
 
     def leave(self, room_name: str) -> None:
@@ -339,9 +349,11 @@ class SocketIOConnection:
     def _send(self, packet: Packet) -> None:
         try:
             self.engine.send_message(encode(packet))
-        except DeliveryRefused:
-            # Our own client is going away or not reading.
-            pass
+        except DeliveryRefused as refused:
+            # Our own client is going away or not reading, or the answer
+            # is over its size limit (see _event).
+            if refused.reason == "too-large":
+                self._answer_too_large = True
 
     # IPeerConnection
 
