@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ...timefmt import iso8601
 from ..base import ProtocolError, require_object, require_string
-from .rooms import member_user_id
+from .rooms import shown_user_id, user_fields
 
 NAME = "calls"
 
@@ -44,9 +44,10 @@ def _authenticated(connection: Any) -> None:
         )
 
 
-def participant(member: Member) -> dict[str, Any]:
+def participant(connection: Any, member: Member) -> dict[str, Any]:
     """
-    A member as calls clients see it, whatever dialect it joined with.
+    A member as C{connection}'s client sees it, whatever dialect it joined
+    with.
     """
     metadata = member.metadata
     if member.dialect == NAME:
@@ -58,7 +59,7 @@ def participant(member: Member) -> dict[str, Any]:
         call_type = None
     return {
         "socketId": member.peer_id,
-        "userId": member_user_id(member),
+        **user_fields(connection, member),
         "callType": call_type,
         "metadata": details,
         "joinedAt": iso8601(member.joined_at),
@@ -98,14 +99,14 @@ def join_room(connection: Any, payload: Any) -> dict:
     room = connection.join(
         NAME,
         room_name,
-        {"userId": connection.user_id, "callType": call_type, "metadata": metadata},
+        {**connection.identity(), "callType": call_type, "metadata": metadata},
         room_metadata,
     )
     me = connection.peer.id
     reply = {
         "callRoomId": room_name,
         "participantCount": len(room.members),
-        "existingParticipants": [participant(m) for m in room.members.values() if m.peer_id != me],
+        "existingParticipants": [participant(connection, m) for m in room.members.values() if m.peer_id != me],
         "metadata": _room_metadata(room, call_type),
         "timestamp": iso8601(now),
     }
@@ -171,7 +172,7 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         body: dict[str, Any] = {
             "callRoomId": event.room,
             "fromSocketId": event.sender,
-            "fromUserId": member_user_id(sender),
+            "fromUserId": shown_user_id(connection, sender),
             field: event.payload,
         }
         for extra in _EXTRA_FIELDS:
@@ -182,13 +183,13 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
     if type(event) is PeerJoined:
         return "webrtc:participant-joined", {
             "callRoomId": event.room,
-            "participant": participant(event.member),
+            "participant": participant(connection, event.member),
             "timestamp": now,
         }
     if type(event) is PeerLeft:
         return "webrtc:participant-left", {
             "callRoomId": event.room,
-            "participant": participant(event.member),
+            "participant": participant(connection, event.member),
             "timestamp": now,
         }
     return None

@@ -236,7 +236,9 @@ class SocketIOConnection:
         if self._connect_call is not None and self._connect_call.active():
             self._connect_call.cancel()
         self._connect_call = None
-        self.peer = self.hub.connect(self, dialect=NAME)
+        self.peer = self.hub.connect(
+            self, dialect=NAME, verified_user=self.user_id if self.authenticated else None
+        )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
 
     def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool]:
@@ -303,6 +305,24 @@ class SocketIOConnection:
         self._send(Packet(ACK, data=[answer], id=ack_id))
 
     # what event sets use
+
+    def identity(self, claimed: object = None) -> dict[str, Any]:
+        """
+        Who this client is, as member metadata other peers are shown: its
+        verified user id as C{userId}; with a key configured, a user id it
+        merely claims as C{claimedUserId}, which is never shown as a
+        C{userId}; without a key, where nothing can be verified, the
+        claimed id as C{userId}, as the original servers did.
+
+        :param claimed: A user id the client gave with the event, used when
+            no token proved one.
+        """
+        if self.authenticated:
+            return {"userId": self.user_id}
+        claim = claimed if claimed is not None else self.user_id
+        if claim is None:
+            return {}
+        return {"claimedUserId" if self.requires_token else "userId": claim}
 
     def emit(self, name: str, payload: Any) -> None:
         """
