@@ -125,6 +125,18 @@ def encode(packet: Packet) -> str:
     return head + orjson.dumps(packet.data).decode("utf-8")
 
 
+@attrs.define
+class SocketIOStats:
+    """
+    Counters of one site's Socket.IO connections, for C{/api/stats}.
+
+    :ivar unhandled_events: Events no event set has a handler for; like any
+        Socket.IO server we answer them with nothing.
+    """
+
+    unhandled_events: int = 0
+
+
 @attrs.frozen
 class SocketIOContext:
     """
@@ -135,6 +147,7 @@ class SocketIOContext:
 
     hub: Hub
     verifier: TokenVerifier | None = None
+    stats: SocketIOStats = attrs.Factory(SocketIOStats)
 
 
 @implementer(IEngineIOHandler, IPeerConnection)
@@ -286,12 +299,18 @@ class SocketIOConnection:
             # has not connected to.
             return
         entry = _HANDLERS.get(name)
-        event_set = entry[0] if entry else (calls if name.startswith("webrtc:") else rooms)
+        if entry is None:
+            # As any Socket.IO server: an event nobody listens for gets no
+            # answer. Calls clients emit webrtc:signaling-error ("busy") and
+            # chat events on this socket, and take an error from us for a
+            # failed call.
+            self.context.stats.unhandled_events += 1
+            self._log.debug("no handler for Socket.IO event {event}", event=name[:64])
+            return
+        event_set = entry[0]
         try:
             if packet.type == BINARY_EVENT:
                 raise ProtocolError("unsupported", "binary events are not supported")
-            if entry is None:
-                raise ProtocolError("unknown-event", f"unknown event {name[:64]!r}")
             result = entry[1](self, payload)
         except (ProtocolError, HubError) as error:
             answer = event_set.error(self, name, payload, error.code, error.message)

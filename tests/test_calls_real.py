@@ -1,0 +1,100 @@
+"""
+The calls (002) event set as its original behaved, over a real C{twistd -n
+signaling}: events without a handler get no answer, participants carry
+their names, and joining or leaving twice is answered as the first time.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import jwt
+import pytest
+import requests
+import socketio
+
+from .realsockets import TwistdServer
+
+SECRET = "the calls test secret, long enough for HS256"
+TIMEOUT = 5
+
+
+def make_token(user_id: str, **claims) -> str:
+    return jwt.encode({"userId": user_id, "exp": int(time.time()) + 600, **claims}, SECRET, algorithm="HS256")
+
+
+def _start(tmp_path_factory, name: str, *args: str):
+    server = TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *args, env={"JWT_SECRET": ""})
+    server.start(tmp_path_factory.mktemp(name) / "twistd.log")
+    server.http = server.urls[0].rsplit("/", 1)[0].replace("ws://", "http://")
+    return server
+
+
+@pytest.fixture(scope="module")
+def jwt_server(tmp_path_factory):
+    server = _start(tmp_path_factory, "calls-jwt", "--jwt-secret", SECRET)
+    yield server
+    server.stop()
+
+
+class Caller:
+    """
+    A python-socketio client whose events wait in one queue, in order.
+    """
+
+    def __init__(self, server, auth: dict | None = None) -> None:
+        self.inbox: queue.Queue = queue.Queue()
+        self.client = socketio.Client(reconnection=False)
+        self.client.on("*", lambda event, data=None: self.inbox.put((event, data)))
+        self.client.connect(server.http, transports=["websocket"], auth=auth, wait_timeout=TIMEOUT)
+        self.id = self.client.get_sid()
+
+    def emit(self, event: str, data, callback=None) -> None:
+        self.client.emit(event, data, callback=callback)
+
+    def next(self):
+        return self.inbox.get(timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+def unhandled_events(server) -> int:
+    stats = requests.get(f"{server.http}/api/stats", timeout=TIMEOUT).json()
+    return stats["socketio"]["unhandled_events"]
+
+
+def test_events_without_a_handler_get_no_answer(jwt_server):
+    """
+    The calls client emits webrtc:signaling-error itself (to say "busy")
+    and chat events on the same socket: nobody is answered, not even an
+    acknowledgement, and they are counted in /api/stats.
+    """
+    before = unhandled_events(jwt_server)
+    alice = Caller(jwt_server, {"token": make_token("alice")})
+    bob = Caller(jwt_server, {"token": make_token("bob")})
+    acknowledged = []
+    try:
+        alice.emit("webrtc:join-room", {"callRoomId": "busy-call"})
+        assert alice.next()[0] == "webrtc:room-joined"
+        bob.emit("webrtc:join-room", {"callRoomId": "busy-call"})
+        assert bob.next()[0] == "webrtc:room-joined"
+        assert alice.next()[0] == "webrtc:participant-joined"
+
+        bob.emit("webrtc:signaling-error", {"callRoomId": "busy-call", "targetSocketId": alice.id, "error": "busy"})
+        bob.emit("chat:message", {"text": "hello"}, callback=lambda *answer: acknowledged.append(answer))
+        bob.emit("typing", {"chatId": "c1"})
+        # The next thing either hears is the answer to this, so nothing
+        # came before it.
+        bob.emit("webrtc:join-room", {"callRoomId": "second-call"})
+        event, body = bob.next()
+        assert (event, body["callRoomId"]) == ("webrtc:room-joined", "second-call")
+        alice.emit("webrtc:leave-room", {"callRoomId": "busy-call"})
+        assert alice.next()[0] == "webrtc:room-left"
+        assert bob.next()[0] == "webrtc:participant-left"
+        assert acknowledged == []
+        assert unhandled_events(jwt_server) == before + 3
+    finally:
+        alice.close()
+        bob.close()
