@@ -38,6 +38,13 @@ def jwt_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory):
+    server = _start(tmp_path_factory, "calls-open")
+    yield server
+    server.stop()
+
+
 class Caller:
     """
     A python-socketio client whose events wait in one queue, in order.
@@ -98,3 +105,52 @@ def test_events_without_a_handler_get_no_answer(jwt_server):
     finally:
         alice.close()
         bob.close()
+
+
+def names(participant: dict) -> tuple:
+    return participant["socketId"], participant["userId"], participant["username"], participant["realName"]
+
+
+def test_participants_carry_the_names_of_their_tokens(jwt_server):
+    """
+    C{username} comes from the token's C{username}, else
+    C{preferred_username}; C{realName} from its C{realName}, else C{name};
+    a token without them leaves the join metadata's.
+    """
+    alice = Caller(jwt_server, {"token": make_token("alice", username="alice_w", name="Alice Wonder")})
+    bob = Caller(jwt_server, {"token": make_token("bob", preferred_username="bobby", realName="Bob Builder", name="no")})
+    carol = Caller(jwt_server, {"token": make_token("carol")})
+    try:
+        alice.emit("webrtc:join-room", {"callRoomId": "named", "metadata": {"username": "not-alice"}})
+        assert alice.next()[0] == "webrtc:room-joined"
+        bob.emit("webrtc:join-room", {"callRoomId": "named"})
+        event, body = bob.next()
+        assert [names(p) for p in body["existingParticipants"]] == [(alice.id, "alice", "alice_w", "Alice Wonder")]
+        event, body = alice.next()
+        assert (event, names(body["participant"])) == ("webrtc:participant-joined", (bob.id, "bob", "bobby", "Bob Builder"))
+        carol.emit("webrtc:join-room", {"callRoomId": "named", "metadata": {"username": "carol", "realName": "Carol C"}})
+        assert carol.next()[0] == "webrtc:room-joined"
+        event, body = alice.next()
+        assert names(body["participant"]) == (carol.id, "carol", "carol", "Carol C")
+        bob.emit("webrtc:leave-room", {"callRoomId": "named"})
+        event, body = alice.next()
+        assert (event, names(body["participant"])) == ("webrtc:participant-left", (bob.id, "bob", "bobby", "Bob Builder"))
+    finally:
+        for client in (alice, bob, carol):
+            client.close()
+
+
+def test_tokenless_participants_carry_the_names_they_joined_with(open_server):
+    dave = Caller(open_server, {"userId": "dave"})
+    erin = Caller(open_server)
+    try:
+        dave.emit("webrtc:join-room", {"callRoomId": "guests", "metadata": {"username": "dave", "realName": "Dave D"}})
+        assert dave.next()[0] == "webrtc:room-joined"
+        erin.emit("webrtc:join-room", {"callRoomId": "guests"})
+        event, body = erin.next()
+        assert [names(p) for p in body["existingParticipants"]] == [(dave.id, "dave", "dave", "Dave D")]
+        event, body = dave.next()
+        assert (event, names(body["participant"])) == ("webrtc:participant-joined", (erin.id, None, None, None))
+    finally:
+        dave.close()
+        erin.close()

@@ -276,6 +276,8 @@ class CallsTests(SocketIOCase):
         alice_participant = {
             "socketId": alice.id,
             "userId": "user-a",
+            "username": None,
+            "realName": None,
             "callType": "video",
             "metadata": {"groupId": "group_456"},
             "joinedAt": NOW,
@@ -291,6 +293,8 @@ class CallsTests(SocketIOCase):
                         "participant": {
                             "socketId": bob.id,
                             "userId": "user-b",
+                            "username": None,
+                            "realName": None,
                             "callType": "audio",
                             "metadata": {},
                             "joinedAt": "2023-11-14T22:13:21.000Z",

@@ -26,6 +26,13 @@ _EXTRA_FIELDS = ("sdpMid", "sdpMLineIndex")
 
 JOIN_ERROR = "webrtc:join-room-error"
 SIGNALING_ERROR = "webrtc:signaling-error"
+#: Token claims naming a participant, in order of preference.
+_USERNAME_CLAIMS = ("username", "preferred_username")
+_REAL_NAME_CLAIMS = ("realName", "name")
+#: Member metadata of other dialects holding the same, in order.
+_USERNAME_FIELDS = ("username", "display_name")
+_REAL_NAME_FIELDS = ("realName", "name")
+MAX_NAME_LENGTH = 256
 
 
 def _object(payload: Any) -> dict:
@@ -44,6 +51,31 @@ def _authenticated(connection: Any) -> None:
         )
 
 
+def _first_string(values: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = values.get(key)
+        if isinstance(value, str) and value:
+            return value[:MAX_NAME_LENGTH]
+    return None
+
+
+def _names(connection: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The C{username} and C{realName} a participant is shown with, which the
+    original read from its user database: the verified token's claims, else
+    what the join's C{metadata} says (all a tokenless client has).
+    """
+    for field in ("username", "realName"):
+        value = metadata.get(field)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_LENGTH):
+            raise ProtocolError("invalid-field", f"metadata.{field} must be a string of at most {MAX_NAME_LENGTH} characters")
+    claims = connection.claims
+    return {
+        "username": _first_string(claims, _USERNAME_CLAIMS) or _first_string(metadata, ("username",)),
+        "realName": _first_string(claims, _REAL_NAME_CLAIMS) or _first_string(metadata, ("realName",)),
+    }
+
+
 def participant(connection: Any, member: Member) -> dict[str, Any]:
     """
     A member as C{connection}'s client sees it, whatever dialect it joined
@@ -54,12 +86,18 @@ def participant(connection: Any, member: Member) -> dict[str, Any]:
         own = metadata.get("metadata")
         details = own if isinstance(own, dict) else {}
         call_type = metadata.get("callType")
+        username = _first_string(metadata, ("username",))
+        real_name = _first_string(metadata, ("realName",))
     else:
         details = dict(metadata)
         call_type = None
+        username = _first_string(metadata, _USERNAME_FIELDS)
+        real_name = _first_string(metadata, _REAL_NAME_FIELDS)
     return {
         "socketId": member.peer_id,
         **user_fields(connection, member),
+        "username": username,
+        "realName": real_name,
         "callType": call_type,
         "metadata": details,
         "joinedAt": iso8601(member.joined_at),
@@ -96,10 +134,11 @@ def join_room(connection: Any, payload: Any) -> dict:
         "createdAt": iso8601(now),
         "createdBy": connection.user_id,
     }
+    names = _names(connection, metadata)
     room = connection.join(
         NAME,
         room_name,
-        {**connection.identity(), "callType": call_type, "metadata": metadata},
+        {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
         room_metadata,
     )
     me = connection.peer.id

@@ -160,6 +160,8 @@ class SocketIOConnection:
         client's C{socket.id}.
     :ivar user_id: Who the client is, from its token or C{auth.userId}.
     :ivar authenticated: Whether a token was verified with the configured key.
+    :ivar claims: The verified token's claims; empty when nothing was
+        verified.
     """
 
     _log = Logger()
@@ -171,6 +173,7 @@ class SocketIOConnection:
         self.peer: Peer | None = None
         self.user_id: str | None = None
         self.authenticated = False
+        self.claims: Mapping[str, Any] = {}
         self._room_sets: dict[str, Any] = {}
         self._skip_attachments = 0
         self._connect_call: IDelayedCall | None = engine.clock.callLater(
@@ -239,7 +242,7 @@ class SocketIOConnection:
         if self.peer is not None:
             self._send(Packet(CONNECT, data={"sid": self.peer.id}))
             return
-        self.user_id, self.authenticated = None, False
+        self.user_id, self.authenticated, self.claims = None, False, {}
         try:
             self.user_id, self.authenticated = self._identify(packet.data or {})
         except InvalidToken as error:
@@ -269,9 +272,11 @@ class SocketIOConnection:
         verifier = self.context.verifier
         if token is not None and token != "":
             if verifier is not None:
-                user_id = user_id_of(verifier.verify(token, self.now()))
+                claims = verifier.verify(token, self.now())
+                user_id = user_id_of(claims)
                 if user_id is None:
                     raise InvalidToken("the token names no user")
+                self.claims = claims
                 return user_id, True
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
