@@ -154,3 +154,48 @@ def test_tokenless_participants_carry_the_names_they_joined_with(open_server):
     finally:
         dave.close()
         erin.close()
+
+
+def test_joining_or_leaving_twice_is_answered_as_the_first_time(jwt_server):
+    """
+    Joining a call room one is in answers webrtc:room-joined again and tells
+    nobody; leaving one is not in answers webrtc:room-left again; a leave
+    that cannot be carried out is a webrtc:leave-room-error.
+    """
+    alice = Caller(jwt_server, {"token": make_token("alice")})
+    bob = Caller(jwt_server, {"token": make_token("bob")})
+    guest = Caller(jwt_server)
+    try:
+        alice.emit("webrtc:join-room", {"callRoomId": "twice", "callType": "video"})
+        assert alice.next()[0] == "webrtc:room-joined"
+        bob.emit("webrtc:join-room", {"callRoomId": "twice"})
+        assert bob.next()[0] == "webrtc:room-joined"
+        assert alice.next()[0] == "webrtc:participant-joined"
+
+        alice.emit("webrtc:join-room", {"callRoomId": "twice", "callType": "video"})
+        event, body = alice.next()
+        assert (event, body["callRoomId"], body["participantCount"]) == ("webrtc:room-joined", "twice", 2)
+        assert [p["socketId"] for p in body["existingParticipants"]] == [bob.id]
+        assert body["metadata"]["createdBy"] == "alice"
+
+        bob.emit("webrtc:leave-room", {"callRoomId": "twice"})
+        assert bob.next()[0] == "webrtc:room-left"
+        bob.emit("webrtc:leave-room", {"callRoomId": "twice"})
+        event, body = bob.next()
+        assert (event, body["callRoomId"]) == ("webrtc:room-left", "twice")
+        # Alice hears of one leave only, and of nothing before it.
+        event, body = alice.next()
+        assert (event, body["participant"]["socketId"]) == ("webrtc:participant-left", bob.id)
+
+        bob.emit("webrtc:leave-room", {"room": "twice"})
+        event, body = bob.next()
+        assert (event, body["code"]) == ("webrtc:leave-room-error", "invalid-field")
+        guest.emit("webrtc:leave-room", {"callRoomId": "twice"})
+        event, body = guest.next()
+        assert (event, body["code"]) == ("webrtc:leave-room-error", "unauthenticated")
+        alice.emit("webrtc:leave-room", {"callRoomId": "twice"})
+        assert alice.next()[0] == "webrtc:room-left"
+        assert alice.inbox.empty()
+    finally:
+        for client in (alice, bob, guest):
+            client.close()

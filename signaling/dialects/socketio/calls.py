@@ -25,7 +25,12 @@ _EVENTS = {
 _EXTRA_FIELDS = ("sdpMid", "sdpMLineIndex")
 
 JOIN_ERROR = "webrtc:join-room-error"
+LEAVE_ERROR = "webrtc:leave-room-error"
 SIGNALING_ERROR = "webrtc:signaling-error"
+#: The error event of each event that has its own; the others use
+#: L{SIGNALING_ERROR}.
+_ERROR_EVENTS = {"webrtc:join-room": JOIN_ERROR, "webrtc:leave-room": LEAVE_ERROR}
+
 #: Token claims naming a participant, in order of preference.
 _USERNAME_CLAIMS = ("username", "preferred_username")
 _REAL_NAME_CLAIMS = ("realName", "name")
@@ -135,12 +140,15 @@ def join_room(connection: Any, payload: Any) -> dict:
         "createdBy": connection.user_id,
     }
     names = _names(connection, metadata)
-    room = connection.join(
-        NAME,
-        room_name,
-        {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
-        room_metadata,
-    )
+    room = connection.peer.rooms.get(room_name)
+    if room is None:
+        room = connection.join(
+            NAME,
+            room_name,
+            {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
+            room_metadata,
+        )
+    # else: as the original, joining again answers with the room as it is.
     me = connection.peer.id
     reply = {
         "callRoomId": room_name,
@@ -157,9 +165,9 @@ def leave_room(connection: Any, payload: Any) -> dict:
     _authenticated(connection)
     data = _object(payload)
     room_name = _string(data, "callRoomId")
-    if room_name not in connection.peer.rooms:
-        raise ProtocolError("not-in-room", "You are not in this call room")
-    connection.leave(room_name)
+    # As the original: leaving a room one is not in is no failure.
+    if room_name in connection.peer.rooms:
+        connection.leave(room_name)
     reply = {"callRoomId": room_name, "timestamp": iso8601(connection.now())}
     connection.emit("webrtc:room-left", reply)
     return reply
@@ -237,8 +245,8 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
 def error(connection: Any, event: str, payload: Any, code: str, message: str) -> dict:
     """
     Tell the client an event failed: C{webrtc:join-room-error} for a join,
-    C{webrtc:signaling-error} otherwise, and the answer for its
-    acknowledgement if it asked for one.
+    C{webrtc:leave-room-error} for a leave, C{webrtc:signaling-error}
+    otherwise, and the answer for its acknowledgement if it asked for one.
     """
     body: dict[str, Any] = {"error": message, "code": code, "event": event[:64]}
     if isinstance(payload, dict):
@@ -246,5 +254,5 @@ def error(connection: Any, event: str, payload: Any, code: str, message: str) ->
             if isinstance(payload.get(field), str):
                 body[field] = payload[field][:256]
     body["timestamp"] = iso8601(connection.now())
-    connection.emit(JOIN_ERROR if event == "webrtc:join-room" else SIGNALING_ERROR, body)
+    connection.emit(_ERROR_EVENTS.get(event, SIGNALING_ERROR), body)
     return {"ok": False, "code": code, "error": message}
