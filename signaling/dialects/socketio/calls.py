@@ -37,7 +37,6 @@ _REAL_NAME_CLAIMS = ("realName", "name")
 #: Member metadata of other dialects holding the same, in order.
 _USERNAME_FIELDS = ("username", "display_name")
 _REAL_NAME_FIELDS = ("realName", "name")
-MAX_NAME_LENGTH = 256
 
 
 def _object(payload: Any) -> dict:
@@ -60,7 +59,7 @@ def _first_string(values: Mapping[str, Any], keys: tuple[str, ...]) -> str | Non
     for key in keys:
         value = values.get(key)
         if isinstance(value, str) and value:
-            return value[:MAX_NAME_LENGTH]
+            return value
     return None
 
 
@@ -68,12 +67,9 @@ def _names(connection: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """
     The C{username} and C{realName} a participant is shown with, which the
     original read from its user database: the verified token's claims, else
-    what the join's C{metadata} says (all a tokenless client has).
+    what the join's C{metadata} says (all a tokenless client has). Their
+    size is bounded with the token's and the metadata's.
     """
-    for field in ("username", "realName"):
-        value = metadata.get(field)
-        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_LENGTH):
-            raise ProtocolError("invalid-field", f"metadata.{field} must be a string of at most {MAX_NAME_LENGTH} characters")
     claims = connection.claims
     return {
         "username": _first_string(claims, _USERNAME_CLAIMS) or _first_string(metadata, ("username",)),
