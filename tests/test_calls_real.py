@@ -6,15 +6,13 @@ their names, and joining or leaving twice is answered as the first time.
 
 from __future__ import annotations
 
-import queue
 import time
 
 import jwt
 import pytest
 import requests
-import socketio
 
-from .realsockets import TwistdServer
+from .realsockets import SocketIOQueueClient, TwistdServer
 
 SECRET = "the calls test secret, long enough for HS256"
 TIMEOUT = 5
@@ -45,26 +43,8 @@ def open_server(tmp_path_factory):
     server.stop()
 
 
-class Caller:
-    """
-    A python-socketio client whose events wait in one queue, in order.
-    """
-
-    def __init__(self, server, auth: dict | None = None) -> None:
-        self.inbox: queue.Queue = queue.Queue()
-        self.client = socketio.Client(reconnection=False)
-        self.client.on("*", lambda event, data=None: self.inbox.put((event, data)))
-        self.client.connect(server.http, transports=["websocket"], auth=auth, wait_timeout=TIMEOUT)
-        self.id = self.client.get_sid()
-
-    def emit(self, event: str, data, callback=None) -> None:
-        self.client.emit(event, data, callback=callback)
-
-    def next(self):
-        return self.inbox.get(timeout=TIMEOUT)
-
-    def close(self) -> None:
-        self.client.disconnect()
+def caller(server, auth: dict | None = None) -> SocketIOQueueClient:
+    return SocketIOQueueClient(server.http, auth, TIMEOUT)
 
 
 def unhandled_events(server) -> int:
@@ -79,8 +59,8 @@ def test_events_without_a_handler_get_no_answer(jwt_server):
     acknowledgement, and they are counted in /api/stats.
     """
     before = unhandled_events(jwt_server)
-    alice = Caller(jwt_server, {"token": make_token("alice")})
-    bob = Caller(jwt_server, {"token": make_token("bob")})
+    alice = caller(jwt_server, {"token": make_token("alice")})
+    bob = caller(jwt_server, {"token": make_token("bob")})
     acknowledged = []
     try:
         alice.emit("webrtc:join-room", {"callRoomId": "busy-call"})
@@ -117,9 +97,9 @@ def test_participants_carry_the_names_of_their_tokens(jwt_server):
     C{preferred_username}; C{realName} from its C{realName}, else C{name};
     a token without them leaves the join metadata's.
     """
-    alice = Caller(jwt_server, {"token": make_token("alice", username="alice_w", name="Alice Wonder")})
-    bob = Caller(jwt_server, {"token": make_token("bob", preferred_username="bobby", realName="Bob Builder", name="no")})
-    carol = Caller(jwt_server, {"token": make_token("carol")})
+    alice = caller(jwt_server, {"token": make_token("alice", username="alice_w", name="Alice Wonder")})
+    bob = caller(jwt_server, {"token": make_token("bob", preferred_username="bobby", realName="Bob Builder", name="no")})
+    carol = caller(jwt_server, {"token": make_token("carol")})
     try:
         alice.emit("webrtc:join-room", {"callRoomId": "named", "metadata": {"username": "not-alice"}})
         assert alice.next()[0] == "webrtc:room-joined"
@@ -141,8 +121,8 @@ def test_participants_carry_the_names_of_their_tokens(jwt_server):
 
 
 def test_tokenless_participants_carry_the_names_they_joined_with(open_server):
-    dave = Caller(open_server, {"userId": "dave"})
-    erin = Caller(open_server)
+    dave = caller(open_server, {"userId": "dave"})
+    erin = caller(open_server)
     try:
         dave.emit("webrtc:join-room", {"callRoomId": "guests", "metadata": {"username": "dave", "realName": "Dave D"}})
         assert dave.next()[0] == "webrtc:room-joined"
@@ -162,9 +142,9 @@ def test_joining_or_leaving_twice_is_answered_as_the_first_time(jwt_server):
     nobody; leaving one is not in answers webrtc:room-left again; a leave
     that cannot be carried out is a webrtc:leave-room-error.
     """
-    alice = Caller(jwt_server, {"token": make_token("alice")})
-    bob = Caller(jwt_server, {"token": make_token("bob")})
-    guest = Caller(jwt_server)
+    alice = caller(jwt_server, {"token": make_token("alice")})
+    bob = caller(jwt_server, {"token": make_token("bob")})
+    guest = caller(jwt_server)
     try:
         alice.emit("webrtc:join-room", {"callRoomId": "twice", "callType": "video"})
         assert alice.next()[0] == "webrtc:room-joined"

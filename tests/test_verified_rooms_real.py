@@ -8,16 +8,14 @@ to others as C{userId} or C{fromUserId}.
 from __future__ import annotations
 
 import json
-import queue
 import time
 
 import jwt
 import pytest
 import requests
-import socketio
 import websocket
 
-from .realsockets import TwistdServer
+from .realsockets import SocketIOQueueClient, TwistdServer
 
 SECRET = "the verified-rooms test secret, long enough for HS256"
 TIMEOUT = 5
@@ -59,26 +57,8 @@ class Raw:
         self.ws.close()
 
 
-class SocketIOClient:
-    """
-    A python-socketio client whose events wait in one queue, in order.
-    """
-
-    def __init__(self, server, auth: dict | None = None) -> None:
-        self.inbox: queue.Queue = queue.Queue()
-        self.client = socketio.Client(reconnection=False)
-        self.client.on("*", lambda event, data=None: self.inbox.put((event, data)))
-        self.client.connect(server.http, transports=["websocket"], auth=auth, wait_timeout=TIMEOUT)
-        self.id = self.client.get_sid()
-
-    def emit(self, event: str, data) -> None:
-        self.client.emit(event, data)
-
-    def next(self):
-        return self.inbox.get(timeout=TIMEOUT)
-
-    def close(self) -> None:
-        self.client.disconnect()
+def socketio_client(server, auth: dict | None = None) -> SocketIOQueueClient:
+    return SocketIOQueueClient(server.http, auth, TIMEOUT)
 
 
 def test_a_verified_call_room_refuses_tokenless_peers_of_every_dialect(server):
@@ -88,14 +68,14 @@ def test_a_verified_call_room_refuses_tokenless_peers_of_every_dialect(server):
     refusal, and Alice hears of none of them, only of verified Bob.
     """
     room = "call-verified"
-    alice = SocketIOClient(server, {"token": make_token("alice")})
+    alice = socketio_client(server, {"token": make_token("alice")})
     opened = [alice]
     try:
         alice.emit("webrtc:join-room", {"callRoomId": room, "callType": "video"})
         assert alice.next()[0] == "webrtc:room-joined"
 
         # The rooms (000) events on a tokenless Socket.IO connection.
-        intruder = SocketIOClient(server, {"userId": "alice"})
+        intruder = socketio_client(server, {"userId": "alice"})
         opened.append(intruder)
         intruder.emit("webrtc:join-room", {"callRoomId": room})
         assert intruder.next()[0] == "webrtc:join-room-error"
@@ -137,7 +117,7 @@ def test_a_verified_call_room_refuses_tokenless_peers_of_every_dialect(server):
         detail = requests.get(f"{server.http}/api/rooms/{room}", timeout=TIMEOUT).json()
         assert [peer["peer_id"] for peer in detail["peers"]] == [alice.id]
 
-        bob = SocketIOClient(server, {"token": make_token("bob")})
+        bob = socketio_client(server, {"token": make_token("bob")})
         opened.append(bob)
         bob.emit("webrtc:join-room", {"callRoomId": room})
         event, body = bob.next()
@@ -162,7 +142,7 @@ def test_a_claimed_user_id_is_not_shown_as_userId(server):
     room = "open-room"
     opened = []
     try:
-        squatter = SocketIOClient(server, {"userId": "alice"})
+        squatter = socketio_client(server, {"userId": "alice"})
         opened.append(squatter)
         squatter.emit("join-room", {"roomId": room, "userId": "alice"})
         assert squatter.next() == ("room-users", {"roomId": room, "users": []})
@@ -175,7 +155,7 @@ def test_a_claimed_user_id_is_not_shown_as_userId(server):
             "user-joined", {"roomId": room, "socketId": native_id, "userId": None, "claimedUserId": "alice"},
         )
 
-        bob = SocketIOClient(server, {"token": make_token("bob")})
+        bob = socketio_client(server, {"token": make_token("bob")})
         opened.append(bob)
         bob.emit("webrtc:join-room", {"callRoomId": room})
         event, body = bob.next()
