@@ -436,6 +436,32 @@ class SecretAuthTests(SocketIOCase):
             client.sendClose()
             self.harness.flush()
 
+    def test_claimed_user_ids_are_shown_as_claims(self):
+        """
+        With a key, a native peer's metadata userId and a tokenless rooms
+        client's userId are shown as claimedUserId, never as userId; names
+        come from the native metadata.
+        """
+        native = self.harness.connect("/signal")
+        [welcome] = native.take()
+        metadata = {"userId": "alice", "display_name": "Nat", "name": "Nat King"}
+        native.send_json({"type": "join", "room": "open", "metadata": metadata})
+        self.harness.flush()
+        guest = self.ws_socket({"userId": "alice"})
+        self.ws_emit(guest, "join-room", {"roomId": "open", "userId": "alice"})
+        self.assertEqual(
+            self.ws_events(guest),
+            [("room-users", {"roomId": "open", "users": [{"socketId": welcome["peerId"], "userId": None, "claimedUserId": "alice"}]})],
+        )
+        bob = self.ws_socket({"token": token({"userId": "bob"})})
+        self.ws_emit(bob, "webrtc:join-room", {"callRoomId": "open"})
+        [(_, joined)] = self.ws_events(bob)
+        self.assertEqual(
+            [(p["socketId"], p["userId"], p["claimedUserId"], p["username"], p["realName"]) for p in joined["existingParticipants"]],
+            [(welcome["peerId"], None, "alice", "Nat", "Nat King"), (guest.id, None, "alice", None, None)],
+        )
+        self.assertEqual(self.ws_events(guest), [("user-joined", {"roomId": "open", "socketId": bob.id, "userId": "bob"})])
+
     def test_token_in_the_query(self):
         client = self.ws_socket(query="&token=" + token({"userId": "q"}))
         self.ws_emit(client, "join-room", {"roomId": "r", "userId": "spoofed"})

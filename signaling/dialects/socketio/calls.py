@@ -34,7 +34,8 @@ _ERROR_EVENTS = {"webrtc:join-room": JOIN_ERROR, "webrtc:leave-room": LEAVE_ERRO
 #: Token claims naming a participant, in order of preference.
 _USERNAME_CLAIMS = ("username", "preferred_username")
 _REAL_NAME_CLAIMS = ("realName", "name")
-#: Member metadata of other dialects holding the same, in order.
+#: Member metadata holding the same (calls members have the first, other
+#: dialects' members may have any), in order.
 _USERNAME_FIELDS = ("username", "display_name")
 _REAL_NAME_FIELDS = ("realName", "name")
 
@@ -87,18 +88,14 @@ def participant(connection: Any, member: Member) -> dict[str, Any]:
         own = metadata.get("metadata")
         details = own if isinstance(own, dict) else {}
         call_type = metadata.get("callType")
-        username = _first_string(metadata, ("username",))
-        real_name = _first_string(metadata, ("realName",))
     else:
         details = dict(metadata)
         call_type = None
-        username = _first_string(metadata, _USERNAME_FIELDS)
-        real_name = _first_string(metadata, _REAL_NAME_FIELDS)
     return {
         "socketId": member.peer_id,
         **user_fields(connection, member),
-        "username": username,
-        "realName": real_name,
+        "username": _first_string(metadata, _USERNAME_FIELDS),
+        "realName": _first_string(metadata, _REAL_NAME_FIELDS),
         "callType": call_type,
         "metadata": details,
         "joinedAt": iso8601(member.joined_at),
