@@ -39,6 +39,14 @@ class AlreadyInRoom(HubError):
     code = "already-in-room"
 
 
+class VerifiedOnly(HubError):
+    """
+    The room was created by a verified peer and admits only verified peers.
+    """
+
+    code = "forbidden"
+
+
 class NotInRoom(HubError):
     code = "not-in-room"
 

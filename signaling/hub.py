@@ -23,6 +23,7 @@ from .errors import (
     PeerNotFound,
     RoomFull,
     TooManyRooms,
+    VerifiedOnly,
 )
 from .ids import IdShape, IdSource
 from .logs import Logger
@@ -64,12 +65,15 @@ class Member:
     :ivar metadata: What the peer said about itself when it joined
         (a display name, a user id, an endpoint); dialects render it.
     :ivar joined_at: Seconds since the epoch.
+    :ivar verified_user: The peer's L{Peer.verified_user}; unlike a user id
+        in C{metadata}, which is only what the peer claims, it was proved.
     """
 
     peer_id: str
     dialect: str
     metadata: Mapping[str, Any]
     joined_at: float
+    verified_user: str | None = None
 
 
 @attrs.frozen
@@ -112,12 +116,15 @@ class Room:
 
     :ivar metadata: Set by the peer that created the room.
     :ivar emptied_at: When the last member left, for rooms kept while empty.
+    :ivar verified_only: Whether only verified peers may join, because a
+        verified peer created it.
     """
 
     name: str
     created_at: float
     max_peers: int
     metadata: Mapping[str, Any] = attrs.Factory(dict)
+    verified_only: bool = False
     members: dict[str, Member] = attrs.Factory(dict)
     emptied_at: float | None = None
 
@@ -129,6 +136,8 @@ class Peer:
 
     :ivar rooms: The rooms it is in, by name.
     :ivar last_seen: When it last did anything, for the stale-peer sweep.
+    :ivar verified_user: The user id its dialect proved at connect (a
+        verified token), or L{None} for a peer that proved nothing.
     """
 
     id: str
@@ -137,6 +146,7 @@ class Peer:
     connected_at: float
     last_seen: float
     rooms: dict[str, Room] = attrs.Factory(dict)
+    verified_user: str | None = None
 
 
 @attrs.frozen
@@ -186,9 +196,13 @@ class Hub:
         connection: IPeerConnection,
         dialect: str = "native",
         shape: IdShape = IdShape.TOKEN,
+        verified_user: str | None = None,
     ) -> Peer:
         """
         Register a newly connected peer under a fresh id of C{shape}.
+
+        :param verified_user: The user id the dialect proved (a verified
+            token); L{None} when it proved nothing.
         """
         now = self.clock.seconds()
         peer_id = self.ids.new_id(shape, now)
@@ -200,6 +214,7 @@ class Hub:
             dialect=dialect,
             connected_at=now,
             last_seen=now,
+            verified_user=verified_user,
         )
         self._peers[peer_id] = peer
         return peer
@@ -260,6 +275,8 @@ class Hub:
         :return: The room; its C{members} include C{peer}.
         :raises InvalidMetadata: C{metadata} or C{room_metadata} is over the
             limits' L{MetadataLimits}.
+        :raises VerifiedOnly: A verified peer created the room and C{peer}
+            is not verified.
         """
         self.validate_room_name(room_name)
         if room_name in peer.rooms:
@@ -279,8 +296,14 @@ class Hub:
                 created_at=now,
                 max_peers=limits.max_peers_per_room,
                 metadata=dict(room_metadata or {}),
+                # A verified creator meant its room for verified users: a
+                # peer that proved nothing could otherwise join it and
+                # pass itself off as one of them.
+                verified_only=peer.verified_user is not None,
             )
             self._rooms[room_name] = room
+        elif room.verified_only and peer.verified_user is None:
+            raise VerifiedOnly(f"room {room_name!r} admits only verified users")
         elif 0 < room.max_peers <= len(room.members):
             raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
         member = Member(
@@ -288,6 +311,7 @@ class Hub:
             dialect=peer.dialect,
             metadata=dict(metadata or {}),
             joined_at=now,
+            verified_user=peer.verified_user,
         )
         # In the room before the others are told: a recipient that fails
         # and is removed meanwhile cannot empty (and delete) it.

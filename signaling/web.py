@@ -128,6 +128,7 @@ class SignalingSite:
                     "total": stats.rooms_total,
                     "total_peers": stats.peers_in_rooms,
                 },
+                "socketio": {"unhandled_events": self._socketio.stats.unhandled_events},
                 "timestamp": self._now_ms(),
             },
         )

@@ -128,3 +128,31 @@ class TwistdServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+class SocketIOQueueClient:
+    """
+    A python-socketio client over WebSocket whose events wait in one queue,
+    in the order they arrived, as C{(event, data)}.
+    """
+
+    def __init__(self, url: str, auth: dict | None = None, timeout: float = 5) -> None:
+        import queue
+
+        import socketio
+
+        self.timeout = timeout
+        self.inbox: queue.Queue = queue.Queue()
+        self.client = socketio.Client(reconnection=False)
+        self.client.on("*", lambda event, data=None: self.inbox.put((event, data)))
+        self.client.connect(url, transports=["websocket"], auth=auth, wait_timeout=timeout)
+        self.id = self.client.get_sid()
+
+    def emit(self, event: str, data: Any, callback=None) -> None:
+        self.client.emit(event, data, callback=callback)
+
+    def next(self) -> tuple[str, Any]:
+        return self.inbox.get(timeout=self.timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()

@@ -15,6 +15,7 @@ from signaling.errors import (
     PeerNotFound,
     RoomFull,
     TooManyRooms,
+    VerifiedOnly,
 )
 from signaling.hub import MAX_ROOM_NAME_LENGTH, RECIPIENT_FAILED, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
 from signaling.ids import IdShape, IdSource, encode_ulid
@@ -197,6 +198,40 @@ class HubTests(SynchronousTestCase):
         for bad in ("", None, 5, "x" * (MAX_ROOM_NAME_LENGTH + 1)):
             self.assertRaises(InvalidRoomName, self.hub.join, alice, bad)
         self.hub.join(alice, "x" * MAX_ROOM_NAME_LENGTH)
+
+    def test_a_room_created_by_a_verified_peer_admits_only_verified_peers(self):
+        alice, _ = self.peer(verified_user="alice")
+        bob, _ = self.peer(verified_user="bob")
+        intruder, _ = self.peer()
+        room = self.hub.join(alice, "call")
+        self.assertTrue(room.verified_only)
+        self.assertEqual(room.members[alice.id].verified_user, "alice")
+        error = self.assertRaises(VerifiedOnly, self.hub.join, intruder, "call", {"userId": "alice"})
+        self.assertEqual(error.code, "forbidden")
+        self.assertEqual(list(room.members), [alice.id])
+        self.assertEqual(intruder.rooms, {})
+        self.hub.join(bob, "call")
+        self.assertEqual(set(room.members), {alice.id, bob.id})
+
+    def test_a_room_kept_empty_stays_verified_only(self):
+        hub = Hub(clock=self.clock, limits=HubLimits(empty_room_ttl=60))
+        alice, _ = self.peer(hub, verified_user="alice")
+        intruder, _ = self.peer(hub)
+        hub.join(alice, "call")
+        hub.leave(alice, "call")
+        self.assertRaises(VerifiedOnly, hub.join, intruder, "call")
+
+    def test_a_room_created_by_an_unverified_peer_admits_everyone(self):
+        guest, _ = self.peer()
+        alice, _ = self.peer(verified_user="alice")
+        other, _ = self.peer()
+        room = self.hub.join(guest, "open")
+        self.hub.join(alice, "open")
+        self.hub.join(other, "open")
+        self.assertFalse(room.verified_only)
+        self.assertEqual(
+            [member.verified_user for member in room.members.values()], [None, "alice", None]
+        )
 
     def test_stats(self):
         alice, _ = self.peer()

@@ -253,6 +253,7 @@ def test_npm_socket_io_client(node, open_server, jwt_server, mode, flow, server)
         "TOKEN_A": make_token("user-a"),
         "TOKEN_B": make_token("user-b"),
         "FORGED_TOKEN": make_token("user-a", secret="a forged secret, also long enough"),
+        "KEYED": "1" if server == "jwt" else "",
     }
     result = subprocess.run(
         [node, str(NODE_DIR / "flows.js"), target.http_url, mode, flow],

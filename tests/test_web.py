@@ -62,6 +62,7 @@ class WebTests(SynchronousTestCase):
             {
                 "peers": {"total": 3, "without_room": 1},
                 "rooms": {"total": 1, "total_peers": 2},
+                "socketio": {"unhandled_events": 0},
                 "timestamp": 1703894401000,
             },
         )

@@ -52,7 +52,9 @@ NONCE_BYTES = 32
 
 def _member(member: Member) -> dict[str, Any]:
     entry: dict[str, Any] = {"peerId": member.peer_id}
-    user_id = member.metadata.get("userId")
+    # A directory member's userId is its registration; another dialect's
+    # is shown only when a token proved it, never when merely claimed.
+    user_id = member.verified_user or (member.metadata.get("userId") if member.dialect == NAME else None)
     if isinstance(user_id, str):
         entry["userId"] = user_id
     return entry

@@ -28,6 +28,7 @@ ALREADY_IN_ROOM = "ALREADY_IN_ROOM"
 ROOM_FULL = "ROOM_FULL"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 RATE_LIMITED = "RATE_LIMITED"
+UNAUTHORIZED = "UNAUTHORIZED"
 
 #: The hub's error codes as envelope error codes.
 _HUB_CODES = {
@@ -36,6 +37,7 @@ _HUB_CODES = {
     "not-in-room": NOT_IN_ROOM,
     "peer-not-found": PEER_NOT_FOUND,
     "invalid-field": INVALID_MESSAGE,
+    "forbidden": UNAUTHORIZED,
 }
 
 _DELIVERY_ERRORS = {

@@ -5,7 +5,9 @@
 //
 // MODE is polling, websocket or upgrade (polling first, then the upgrade).
 // FLOW is rooms, calls or calls-refused; tokens come from TOKEN_A, TOKEN_B,
-// FORGED_TOKEN. Prints "ok FLOW MODE" and exits 0, or prints why and exits 1.
+// FORGED_TOKEN. KEYED=1 says the server has a JWT key, so that a user id a
+// tokenless client claims is shown only as claimedUserId. Prints
+// "ok FLOW MODE" and exits 0, or prints why and exits 1.
 "use strict";
 const { io } = require("socket.io-client");
 
@@ -54,6 +56,15 @@ const offer = { type: "offer", sdp: "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n" };
 const answer = { type: "answer", sdp: "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\n" };
 const candidate = { candidate: "candidate:1 1 udp 2122260223 10.0.0.1 54321 typ host", sdpMid: "0", sdpMLineIndex: 0 };
 
+// How others see a tokenless client that said it was userId.
+function claimed(userId) {
+  return process.env.KEYED ? { userId: null, claimedUserId: userId } : { userId };
+}
+
+function relayedUserId(userId) {
+  return process.env.KEYED ? null : userId;
+}
+
 async function rooms() {
   const roomId = "room-" + mode;
   const alice = await connected(io(url, options()));
@@ -66,8 +77,8 @@ async function rooms() {
   const joined = next(alice, "user-joined");
   const bobUsers = next(bob, "room-users");
   bob.emit("join-room", { roomId, userId: "bob" });
-  equal((await bobUsers).users, [{ socketId: alice.id, userId: "alice" }], "bob's room-users");
-  equal(await joined, { roomId, socketId: bob.id, userId: "bob" }, "user-joined");
+  equal((await bobUsers).users, [{ socketId: alice.id, ...claimed("alice") }], "bob's room-users");
+  equal(await joined, { roomId, socketId: bob.id, ...claimed("bob") }, "user-joined");
 
   // Bob calls everyone he found in room-users; Alice answers the sender.
   alice.on("offer", (data) => {
@@ -76,8 +87,8 @@ async function rooms() {
   const gotAnswer = next(bob, "answer");
   const gotOffer = next(alice, "offer");
   bob.emit("offer", { roomId, targetId: alice.id, offer });
-  equal(await gotOffer, { roomId, senderId: bob.id, userId: "bob", offer }, "relayed offer");
-  equal(await gotAnswer, { roomId, senderId: alice.id, userId: "alice", answer }, "relayed answer");
+  equal(await gotOffer, { roomId, senderId: bob.id, userId: relayedUserId("bob"), offer }, "relayed offer");
+  equal(await gotAnswer, { roomId, senderId: alice.id, userId: relayedUserId("alice"), answer }, "relayed answer");
 
   const gotCandidate = next(bob, "ice-candidate");
   alice.emit("ice-candidate", { roomId, targetId: bob.id, candidate });
@@ -88,7 +99,7 @@ async function rooms() {
 
   const left = next(alice, "user-left");
   bob.emit("leave-room", { roomId });
-  equal(await left, { roomId, socketId: bob.id, userId: "bob" }, "user-left");
+  equal(await left, { roomId, socketId: bob.id, ...claimed("bob") }, "user-left");
 
   const gone = next(alice, "user-left");
   bob.emit("join-room", { roomId, userId: "bob" });

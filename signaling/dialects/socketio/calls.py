@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ...timefmt import iso8601
 from ..base import ProtocolError, require_object, require_string
-from .rooms import member_user_id
+from .rooms import shown_user_id, user_fields
 
 NAME = "calls"
 
@@ -25,7 +25,19 @@ _EVENTS = {
 _EXTRA_FIELDS = ("sdpMid", "sdpMLineIndex")
 
 JOIN_ERROR = "webrtc:join-room-error"
+LEAVE_ERROR = "webrtc:leave-room-error"
 SIGNALING_ERROR = "webrtc:signaling-error"
+#: The error event of each event that has its own; the others use
+#: L{SIGNALING_ERROR}.
+_ERROR_EVENTS = {"webrtc:join-room": JOIN_ERROR, "webrtc:leave-room": LEAVE_ERROR}
+
+#: Token claims naming a participant, in order of preference.
+_USERNAME_CLAIMS = ("username", "preferred_username")
+_REAL_NAME_CLAIMS = ("realName", "name")
+#: Member metadata holding the same (calls members have the first, other
+#: dialects' members may have any), in order.
+_USERNAME_FIELDS = ("username", "display_name")
+_REAL_NAME_FIELDS = ("realName", "name")
 
 
 def _object(payload: Any) -> dict:
@@ -44,9 +56,32 @@ def _authenticated(connection: Any) -> None:
         )
 
 
-def participant(member: Member) -> dict[str, Any]:
+def _first_string(values: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = values.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _names(connection: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """
-    A member as calls clients see it, whatever dialect it joined with.
+    The C{username} and C{realName} a participant is shown with, which the
+    original read from its user database: the verified token's claims, else
+    what the join's C{metadata} says (all a tokenless client has). Their
+    size is bounded with the token's and the metadata's.
+    """
+    claims = connection.claims
+    return {
+        "username": _first_string(claims, _USERNAME_CLAIMS) or _first_string(metadata, ("username",)),
+        "realName": _first_string(claims, _REAL_NAME_CLAIMS) or _first_string(metadata, ("realName",)),
+    }
+
+
+def participant(connection: Any, member: Member) -> dict[str, Any]:
+    """
+    A member as C{connection}'s client sees it, whatever dialect it joined
+    with.
     """
     metadata = member.metadata
     if member.dialect == NAME:
@@ -58,7 +93,9 @@ def participant(member: Member) -> dict[str, Any]:
         call_type = None
     return {
         "socketId": member.peer_id,
-        "userId": member_user_id(member),
+        **user_fields(connection, member),
+        "username": _first_string(metadata, _USERNAME_FIELDS),
+        "realName": _first_string(metadata, _REAL_NAME_FIELDS),
         "callType": call_type,
         "metadata": details,
         "joinedAt": iso8601(member.joined_at),
@@ -95,17 +132,21 @@ def join_room(connection: Any, payload: Any) -> dict:
         "createdAt": iso8601(now),
         "createdBy": connection.user_id,
     }
-    room = connection.join(
-        NAME,
-        room_name,
-        {"userId": connection.user_id, "callType": call_type, "metadata": metadata},
-        room_metadata,
-    )
+    names = _names(connection, metadata)
+    room = connection.peer.rooms.get(room_name)
+    if room is None:
+        room = connection.join(
+            NAME,
+            room_name,
+            {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
+            room_metadata,
+        )
+    # else: as the original, joining again answers with the room as it is.
     me = connection.peer.id
     reply = {
         "callRoomId": room_name,
         "participantCount": len(room.members),
-        "existingParticipants": [participant(m) for m in room.members.values() if m.peer_id != me],
+        "existingParticipants": [participant(connection, m) for m in room.members.values() if m.peer_id != me],
         "metadata": _room_metadata(room, call_type),
         "timestamp": iso8601(now),
     }
@@ -117,9 +158,9 @@ def leave_room(connection: Any, payload: Any) -> dict:
     _authenticated(connection)
     data = _object(payload)
     room_name = _string(data, "callRoomId")
-    if room_name not in connection.peer.rooms:
-        raise ProtocolError("not-in-room", "You are not in this call room")
-    connection.leave(room_name)
+    # As the original: leaving a room one is not in is no failure.
+    if room_name in connection.peer.rooms:
+        connection.leave(room_name)
     reply = {"callRoomId": room_name, "timestamp": iso8601(connection.now())}
     connection.emit("webrtc:room-left", reply)
     return reply
@@ -171,7 +212,7 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         body: dict[str, Any] = {
             "callRoomId": event.room,
             "fromSocketId": event.sender,
-            "fromUserId": member_user_id(sender),
+            "fromUserId": shown_user_id(connection, sender),
             field: event.payload,
         }
         for extra in _EXTRA_FIELDS:
@@ -182,13 +223,13 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
     if type(event) is PeerJoined:
         return "webrtc:participant-joined", {
             "callRoomId": event.room,
-            "participant": participant(event.member),
+            "participant": participant(connection, event.member),
             "timestamp": now,
         }
     if type(event) is PeerLeft:
         return "webrtc:participant-left", {
             "callRoomId": event.room,
-            "participant": participant(event.member),
+            "participant": participant(connection, event.member),
             "timestamp": now,
         }
     return None
@@ -197,8 +238,8 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
 def error(connection: Any, event: str, payload: Any, code: str, message: str) -> dict:
     """
     Tell the client an event failed: C{webrtc:join-room-error} for a join,
-    C{webrtc:signaling-error} otherwise, and the answer for its
-    acknowledgement if it asked for one.
+    C{webrtc:leave-room-error} for a leave, C{webrtc:signaling-error}
+    otherwise, and the answer for its acknowledgement if it asked for one.
     """
     body: dict[str, Any] = {"error": message, "code": code, "event": event[:64]}
     if isinstance(payload, dict):
@@ -206,5 +247,5 @@ def error(connection: Any, event: str, payload: Any, code: str, message: str) ->
             if isinstance(payload.get(field), str):
                 body[field] = payload[field][:256]
     body["timestamp"] = iso8601(connection.now())
-    connection.emit(JOIN_ERROR if event == "webrtc:join-room" else SIGNALING_ERROR, body)
+    connection.emit(_ERROR_EVENTS.get(event, SIGNALING_ERROR), body)
     return {"ok": False, "code": code, "error": message}

@@ -176,6 +176,8 @@ class SocketIOResource(Resource):
         self.settings = settings
         self.engine_settings = EngineIOSettings.from_websocket(settings)
         context = SocketIOContext(hub=hub, verifier=verifier)
+        #: Counters of its connections, for C{/api/stats}.
+        self.stats = context.stats
         self.server = EngineIOServer(
             hub.clock,
             lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),

@@ -23,30 +23,60 @@ def _object(payload: Any) -> dict:
     return require_object(payload, "the event data must be an object")
 
 
-def member_user_id(member: Member | None) -> str | None:
+def claimed_user_id(member: Member) -> str | None:
     """
-    The user id a member joined with, in any dialect that records one.
+    The user id a member said it had when it joined, in any dialect that
+    records one; proved or not.
+    """
+    for key in ("userId", "claimedUserId"):
+        value = member.metadata.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def shown_user_id(connection: Any, member: Member | None) -> str | None:
+    """
+    What C{connection}'s client is shown as C{member}'s C{userId}: the id
+    its token proved. Without a key nothing can be proved, so there it is
+    the id the member claimed, as in the original servers.
     """
     if member is None:
         return None
-    value = member.metadata.get("userId")
-    return value if isinstance(value, str) else None
+    if member.verified_user is not None:
+        return member.verified_user
+    if connection.requires_token:
+        return None
+    return claimed_user_id(member)
 
 
-def _user(member: Member) -> dict[str, Any]:
-    return {"socketId": member.peer_id, "userId": member_user_id(member)}
+def user_fields(connection: Any, member: Member) -> dict[str, Any]:
+    """
+    C{userId} as L{shown_user_id}, and a user id the member merely claimed
+    as C{claimedUserId} where it is not shown as C{userId}.
+    """
+    fields: dict[str, Any] = {"userId": shown_user_id(connection, member)}
+    if fields["userId"] is None:
+        claim = claimed_user_id(member)
+        if claim is not None:
+            fields["claimedUserId"] = claim
+    return fields
+
+
+def _user(connection: Any, member: Member) -> dict[str, Any]:
+    return {"socketId": member.peer_id, **user_fields(connection, member)}
 
 
 def join_room(connection: Any, payload: Any) -> dict:
     data = _object(payload)
     room_name = connection.hub.validate_room_name(data.get("roomId"))
-    user_id = connection.user_id
+    claimed = None
     if not connection.authenticated and data.get("userId") is not None:
-        user_id = data["userId"]
-        if not isinstance(user_id, str) or len(user_id) > MAX_USER_ID_LENGTH:
+        claimed = data["userId"]
+        if not isinstance(claimed, str) or len(claimed) > MAX_USER_ID_LENGTH:
             raise ProtocolError("invalid-field", "'userId' must be a string of at most 256 characters")
-    room = connection.join(NAME, room_name, {"userId": user_id})
-    users = [_user(m) for m in room.members.values() if m.peer_id != connection.peer.id]
+    room = connection.join(NAME, room_name, connection.identity(claimed))
+    users = [_user(connection, m) for m in room.members.values() if m.peer_id != connection.peer.id]
     reply = {"roomId": room_name, "users": users}
     connection.emit("room-users", reply)
     return reply
@@ -95,13 +125,13 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         return name, {
             "roomId": event.room,
             "senderId": event.sender,
-            "userId": member_user_id(sender),
+            "userId": shown_user_id(connection, sender),
             field: event.payload,
         }
     if type(event) is PeerJoined:
-        return "user-joined", {"roomId": event.room, **_user(event.member)}
+        return "user-joined", {"roomId": event.room, **_user(connection, event.member)}
     if type(event) is PeerLeft:
-        return "user-left", {"roomId": event.room, **_user(event.member)}
+        return "user-left", {"roomId": event.room, **_user(connection, event.member)}
     return None
 
 

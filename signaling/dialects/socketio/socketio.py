@@ -125,6 +125,18 @@ def encode(packet: Packet) -> str:
     return head + orjson.dumps(packet.data).decode("utf-8")
 
 
+@attrs.define
+class SocketIOStats:
+    """
+    Counters of one site's Socket.IO connections, for C{/api/stats}.
+
+    :ivar unhandled_events: Events no event set has a handler for; like any
+        Socket.IO server we answer them with nothing.
+    """
+
+    unhandled_events: int = 0
+
+
 @attrs.frozen
 class SocketIOContext:
     """
@@ -135,6 +147,7 @@ class SocketIOContext:
 
     hub: Hub
     verifier: TokenVerifier | None = None
+    stats: SocketIOStats = attrs.Factory(SocketIOStats)
 
 
 @implementer(IEngineIOHandler, IPeerConnection)
@@ -147,6 +160,8 @@ class SocketIOConnection:
         client's C{socket.id}.
     :ivar user_id: Who the client is, from its token or C{auth.userId}.
     :ivar authenticated: Whether a token was verified with the configured key.
+    :ivar claims: The verified token's claims; empty when nothing was
+        verified.
     """
 
     _log = Logger()
@@ -158,6 +173,7 @@ class SocketIOConnection:
         self.peer: Peer | None = None
         self.user_id: str | None = None
         self.authenticated = False
+        self.claims: Mapping[str, Any] = {}
         self._room_sets: dict[str, Any] = {}
         self._skip_attachments = 0
         # What the event being handled did: the room it joined, and whether
@@ -230,7 +246,7 @@ class SocketIOConnection:
         if self.peer is not None:
             self._send(Packet(CONNECT, data={"sid": self.peer.id}))
             return
-        self.user_id, self.authenticated = None, False
+        self.user_id, self.authenticated, self.claims = None, False, {}
         try:
             self.user_id, self.authenticated = self._identify(packet.data or {})
         except InvalidToken as error:
@@ -240,7 +256,9 @@ class SocketIOConnection:
         if self._connect_call is not None and self._connect_call.active():
             self._connect_call.cancel()
         self._connect_call = None
-        self.peer = self.hub.connect(self, dialect=NAME)
+        self.peer = self.hub.connect(
+            self, dialect=NAME, verified_user=self.user_id if self.authenticated else None
+        )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
 
     def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool]:
@@ -258,9 +276,11 @@ class SocketIOConnection:
         verifier = self.context.verifier
         if token is not None and token != "":
             if verifier is not None:
-                user_id = user_id_of(verifier.verify(token, self.now()))
+                claims = verifier.verify(token, self.now())
+                user_id = user_id_of(claims)
                 if user_id is None:
                     raise InvalidToken("the token names no user")
+                self.claims = claims
                 return user_id, True
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
@@ -288,12 +308,18 @@ class SocketIOConnection:
             # has not connected to.
             return
         entry = _HANDLERS.get(name)
-        event_set = entry[0] if entry else (calls if name.startswith("webrtc:") else rooms)
+        if entry is None:
+            # As any Socket.IO server: an event nobody listens for gets no
+            # answer. Calls clients emit webrtc:signaling-error ("busy") and
+            # chat events on this socket, and take an error from us for a
+            # failed call.
+            self.context.stats.unhandled_events += 1
+            self._log.debug("no handler for Socket.IO event {event}", event=name[:64])
+            return
+        event_set = entry[0]
         try:
             if packet.type == BINARY_EVENT:
                 raise ProtocolError("unsupported", "binary events are not supported")
-            if entry is None:
-                raise ProtocolError("unknown-event", f"unknown event {name[:64]!r}")
             self._joined_now, self._answer_too_large = None, False
             result = entry[1](self, payload)
             if self._answer_too_large and self._joined_now is not None:
@@ -312,6 +338,24 @@ class SocketIOConnection:
         self._send(Packet(ACK, data=[answer], id=ack_id))
 
     # what event sets use
+
+    def identity(self, claimed: object = None) -> dict[str, Any]:
+        """
+        Who this client is, as member metadata other peers are shown: its
+        verified user id as C{userId}; with a key configured, a user id it
+        merely claims as C{claimedUserId}, which is never shown as a
+        C{userId}; without a key, where nothing can be verified, the
+        claimed id as C{userId}, as the original servers did.
+
+        :param claimed: A user id the client gave with the event, used when
+            no token proved one.
+        """
+        if self.authenticated:
+            return {"userId": self.user_id}
+        claim = claimed if claimed is not None else self.user_id
+        if claim is None:
+            return {}
+        return {"claimedUserId" if self.requires_token else "userId": claim}
 
     def emit(self, name: str, payload: Any) -> None:
         """
