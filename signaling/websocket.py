@@ -258,7 +258,7 @@ class SignalingProtocol(LimitedProtocol):
                 self._guarded(self.session.rate_limited)
             return
         if isBinary:
-            self._guarded(self.session.binary_received)
+            self._guarded(self.session.binary_received, payload)
         elif payload.isascii() or _is_utf8(payload):
             self._guarded(self.session.text_received, payload)
         else:

@@ -117,9 +117,10 @@ class Session:
     def text_received(self, data: bytes) -> None:
         raise NotImplementedError()
 
-    def binary_received(self) -> None:
+    def binary_received(self, data: bytes) -> None:
         """
-        A binary frame arrived; no dialect of ours carries binary data.
+        A binary frame arrived; by default it closes the connection with
+        1003, since most dialects carry no binary data.
         """
         self.sink.fail(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
 
