@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from . import logs
 from .auth import TokenVerifier, UnusableKey
+from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
@@ -92,6 +93,9 @@ class Options(usage.Options):
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["directory-hold", None, HOLD_SECONDS, "Seconds a directory userId registered with proof of key stays bound to its key after its connection closed; 0 frees it at once.", _seconds("directory-hold")],
+        ["directory-max-held", None, MAX_HELD, "Offline directory userIds held at once; past it further ones are freed at once (holds are never cut short).", _whole("directory-max-held")],
+        ["directory-probe-timeout", None, PROBE_SECONDS, "Seconds the holder of a directory userId has to answer a ping when another connection registers it without proof; a silent holder loses it.", _seconds("directory-probe-timeout")],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -303,7 +307,18 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
     )
-    site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
+    directory = Directory(
+        hub,
+        hold_seconds=options["directory-hold"],
+        max_held=options["directory-max-held"],
+        probe_seconds=options["directory-probe-timeout"],
+    )
+    site = SignalingSite(
+        hub,
+        settings,
+        verifier=options.get("token-verifier"),
+        directory=directory,
+    )
     web = Site(site.resource())
     web.displayTracebacks = False
     top = MultiService()

@@ -67,14 +67,19 @@ class SignalingSite:
         hub: Hub,
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
+        directory: Directory | None = None,
     ) -> None:
+        """
+        :param directory: The userIds of the directory dialect; by default
+            one with the default limits.
+        """
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
         self._socketio = SocketIOResource(hub, settings, verifier)
         #: The userIds of the directory dialect, one directory per hub.
-        self.directory = Directory(hub)
+        self.directory = Directory(hub) if directory is None else directory
         self._directory = WebSocketResource(
             SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
         )

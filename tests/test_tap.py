@@ -167,3 +167,22 @@ class ServiceTests(SynchronousTestCase):
     def test_settings_reach_the_hub(self):
         service = self.start("--max-peers-per-room", "3", "--max-rooms-per-peer", "4")
         self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
+
+
+class DirectoryOptionsTests(SynchronousTestCase):
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(
+            (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"]),
+            (60.0, 10000, 2.0),
+        )
+
+    def test_bad_values_exit_with_one_line(self):
+        for argv, words in [
+            (["--directory-hold", "-1"], "--directory-hold takes seconds"),
+            (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
+            (["--directory-probe-timeout", "soon"], "--directory-probe-timeout takes seconds"),
+        ]:
+            error = self.assertRaises(SystemExit, parse, *argv)
+            self.assertNotIn("\n", str(error.code))
+            self.assertIn(words, str(error.code))

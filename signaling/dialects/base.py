@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import attrs
 import orjson
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from ..errors import DeliveryRefused
@@ -89,6 +90,16 @@ class IFrameSink(Interface):
         """
         Close the connection with a WebSocket close code, including the
         protocol-level ones (1003, 1007, 1009, 1011).
+        """
+
+    def probe(timeout: float) -> Deferred:
+        """
+        Ask the client whether it is still there (a WebSocket ping).
+
+        :param timeout: Seconds the client has to answer.
+        :return: A L{Deferred} that fires with C{True} as soon as the client
+            answers (or sends anything), or with C{False} once C{timeout}
+            passed without an answer or the connection closed.
         """
 
 
