@@ -1,13 +1,16 @@
 """
 The directory dialect over real sockets: the seed document's whole flow,
-who may take a userId and presence, against a
+who may take a userId, presence and the root route, against a
 C{twistd -n signaling} subprocess.
 """
 
 from __future__ import annotations
 
 import base64
+import urllib.error
+import urllib.request
 
+import orjson
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -30,6 +33,7 @@ def server(tmp_path):
         "--port", "tcp:0:interface=127.0.0.1",
         "--directory-probe-timeout", str(PROBE),
         "--directory-max-held", "2",
+        "--root-dialect", "directory",
     )
     [url] = server.start(tmp_path / "twistd.log")
     server.base = url.rsplit("/", 1)[0]
@@ -264,6 +268,51 @@ async def test_presence_only_for_watchers(directory_url):
     watcher.send_json({"type": "discover", "userId": "nobody"})
     assert (await watcher.next())["type"] == "discover-response"
     await close(alice, plain, watcher)
+
+
+def http_get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_root_url_speaks_the_root_dialect(server):
+    """
+    With --root-dialect directory, a WebSocket at ws://HOST:PORT/ (the
+    original client's URL, without a path) speaks the directory dialect and
+    shares its userIds with /directory; a plain GET / is still a 404.
+    """
+    root = await register(server.base + "/", "alice", "alice-key")
+    other = await register(server.base + "/directory", "bob", "bob-key")
+    other.send_json({"type": "offer", "to": "alice", "offer": OFFER})
+    assert await root.next() == {"type": "offer", "from": "bob", "to": "alice", "offer": OFFER}
+    status, body = http_get(server.base.replace("ws://", "http://") + "/")
+    assert (status, orjson.loads(body)) == (404, {"error": "not found", "path": "/"})
+    await close(root, other)
+
+
+@pytest_twisted.ensureDeferred
+async def test_root_url_defaults_to_native_and_can_be_off(tmp_path):
+    """
+    By default a WebSocket at / speaks the native protocol; with
+    --root-dialect none it is refused like any unknown URL.
+    """
+    native = TwistdServer("--port", "tcp:0:interface=127.0.0.1")
+    off = TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--root-dialect", "none")
+    try:
+        [native_url] = native.start(tmp_path / "native.log")
+        [off_url] = off.start(tmp_path / "off.log")
+        client = await open_websocket(native_url.rsplit("/", 1)[0] + "/")
+        assert (await client.next())["type"] == "welcome"
+        await close(client)
+        with pytest.raises(ConnectionError):
+            await open_websocket(off_url.rsplit("/", 1)[0] + "/")
+    finally:
+        native.stop()
+        off.stop()
 
 
 @pytest_twisted.ensureDeferred

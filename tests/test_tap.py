@@ -173,12 +173,13 @@ class DirectoryOptionsTests(SynchronousTestCase):
     def test_defaults(self):
         options = parse()
         self.assertEqual(
-            (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"]),
-            (60.0, 10000, 2.0),
+            (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"], options["root-dialect"]),
+            (60.0, 10000, 2.0, "native"),
         )
 
     def test_bad_values_exit_with_one_line(self):
         for argv, words in [
+            (["--root-dialect", "topic"], "--root-dialect must be one of native, directory, envelope or none"),
             (["--directory-hold", "-1"], "--directory-hold takes seconds"),
             (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
             (["--directory-probe-timeout", "soon"], "--directory-probe-timeout takes seconds"),
