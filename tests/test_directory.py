@@ -255,6 +255,22 @@ class OwnershipTests(DirectoryTestCase):
         self.assertEqual(fickle.take(), [])
         self.assertEqual(self.directory.user_of(self.directory.lookup("fickle").peer), "fickle")
 
+    def test_holder_closing_during_the_probe_frees_the_user_id(self):
+        """
+        A holder whose connection closes while it is being pinged loses the
+        userId at once; the waiting registration gets it without waiting
+        out the probe.
+        """
+        old = self.registered("alice")
+        old.answer_pings = False
+        new = self.connect()
+        self.send(new, {"type": "register", "userId": "alice", "publicKey": "k"})
+        self.assertEqual(new.take(), [])
+        old.sendClose()
+        self.harness.flush()
+        self.assertEqual(new.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(self.harness.clock.getDelayedCalls(), [])
+
     def test_offline_user_id_is_free_at_once(self):
         """
         Without proof, a userId whose connection closed is free at once, for
