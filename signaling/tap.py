@@ -145,6 +145,10 @@ class Options(usage.Options):
                 f"--ping-interval ({self['ping-interval']:g}), or 0"
             )
         self["token-verifier"] = self._token_verifier()
+        if not self["directory-probe-timeout"]:
+            # A holder could never answer in time: any registration would
+            # take any userId registered without proof.
+            raise usage.UsageError("--directory-probe-timeout must be above 0")
         if self["root-dialect"] not in (*ROOT_DIALECTS, "none"):
             raise usage.UsageError(
                 f"--root-dialect must be one of {', '.join(ROOT_DIALECTS)} or none, "

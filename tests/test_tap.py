@@ -183,6 +183,7 @@ class DirectoryOptionsTests(SynchronousTestCase):
             (["--directory-hold", "-1"], "--directory-hold takes seconds"),
             (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
             (["--directory-probe-timeout", "soon"], "--directory-probe-timeout takes seconds"),
+            (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             self.assertNotIn("\n", str(error.code))
