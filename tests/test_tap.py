@@ -53,6 +53,10 @@ class OptionsTests(SynchronousTestCase):
             (["--port", "tls:8443"], "--tls-cert"),
             (["--tls-key", "k.pem"], "--tls-cert"),
             (["--bogus"], "bogus"),
+            (["--root-dialect", "topic"], "--root-dialect must be one of native, directory, envelope or none"),
+            (["--directory-hold", "-1"], "--directory-hold takes seconds"),
+            (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
+            (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             message = str(error.code)
@@ -176,15 +180,3 @@ class DirectoryOptionsTests(SynchronousTestCase):
             (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"], options["root-dialect"]),
             (60.0, 10000, 2.0, "native"),
         )
-
-    def test_bad_values_exit_with_one_line(self):
-        for argv, words in [
-            (["--root-dialect", "topic"], "--root-dialect must be one of native, directory, envelope or none"),
-            (["--directory-hold", "-1"], "--directory-hold takes seconds"),
-            (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
-            (["--directory-probe-timeout", "soon"], "--directory-probe-timeout takes seconds"),
-            (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
-        ]:
-            error = self.assertRaises(SystemExit, parse, *argv)
-            self.assertNotIn("\n", str(error.code))
-            self.assertIn(words, str(error.code))
