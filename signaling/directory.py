@@ -26,12 +26,20 @@ MAX_PUBLIC_KEY_LENGTH = 4096
 #: A connection watches the presence of at most this many userIds; a
 #: further discover forgets the oldest watch.
 MAX_WATCHES_PER_PEER = 256
-#: Seconds a userId stays bound to its key after its connection closed, so
-#: that a reconnecting client gets it back and nobody else can take it.
+#: Seconds a userId registered with proof of key stays bound to its key
+#: after its connection closed, so that a reconnecting client gets it back
+#: and nobody else can take it. Without proof an offline userId is free at
+#: once, as in the original server.
 HOLD_SECONDS = 60.0
-#: At most this many offline userIds are held at once; past it the oldest
-#: hold ends early, so connection churn cannot grow the directory unbounded.
+#: At most this many offline userIds are held at once, so connection churn
+#: cannot grow the directory unbounded. Past it a further offline userId is
+#: freed at once: a hold is never cut short, so a flood of throwaway
+#: registrations cannot free someone else's userId.
 MAX_HELD = 10_000
+#: Seconds the holder of a userId registered without proof has to answer a
+#: ping when another connection registers it; only a holder that stays
+#: silent loses it. Well inside the original client's 5 s register timeout.
+PROBE_SECONDS = 2.0
 
 
 class InvalidField(HubError):
@@ -52,6 +60,21 @@ class KeyMismatch(HubError):
 
 class ProofRequired(HubError):
     code = "proof-required"
+
+
+class UserIdInUse(HubError):
+    """
+    A connection holds the userId and the registration has no proof of its
+    key: it may take the userId only if that holder turns out to be gone.
+
+    :ivar holder: The connection holding it.
+    """
+
+    code = "user-id-in-use"
+
+    def __init__(self, message: str, holder: Peer) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @attrs.frozen
@@ -125,14 +148,17 @@ class Directory:
     """
     The registered users of one hub.
 
-    :ivar hold_seconds: How long a userId stays bound to its key after its
-        connection closed; 0 forgets it at once.
+    :ivar hold_seconds: How long a userId registered with proof stays bound
+        to its key after its connection closed; 0 forgets it at once.
     :ivar max_held: How many offline userIds may be held at once.
+    :ivar probe_seconds: How long the holder of a userId has to show it is
+        alive when another connection registers that userId without proof.
     """
 
     hub: Hub
     hold_seconds: float = HOLD_SECONDS
     max_held: int = MAX_HELD
+    probe_seconds: float = PROBE_SECONDS
     _users: dict[str, Registration] = attrs.Factory(dict)
     #: userId -> registrations held offline, oldest first
     _held: dict[str, Registration] = attrs.Factory(dict)
@@ -142,28 +168,40 @@ class Directory:
     _watchers: dict[str, dict[str, Peer]] = attrs.Factory(dict)
     #: watcher peer id -> the userIds it watches, oldest first
     _watching: dict[str, dict[str, None]] = attrs.Factory(dict)
+    #: Whether the holds are full, so that a flood is logged once.
+    _full: bool = False
     _log = Logger()
 
     # registration
 
     def register(
-        self, peer: Peer, user_id: str, public_key: str, verified: bool = False
+        self,
+        peer: Peer,
+        user_id: str,
+        public_key: str,
+        verified: bool = False,
+        gone: Peer | None = None,
     ) -> Registration:
         """
         Bind C{user_id} to C{public_key} and make C{peer} its holder.
 
-        A userId may be taken over by a new connection only with the key it
-        is bound to, and only with proof if it was registered with proof.
+        Another connection may take a userId over with proof of the key it
+        is bound to; without proof, only from a holder found to be gone.
         The holder itself may change the key. A connection holds one userId:
         registering another releases the first.
 
         :param verified: C{peer} proved possession of C{public_key}.
-        :raises KeyMismatch: Another connection holds (or recently held)
-            C{user_id} with another key.
+        :param gone: A holder that did not answer a liveness probe: if it
+            still holds C{user_id}, C{peer} takes it over.
+        :raises KeyMismatch: C{user_id} is bound to another key proven by
+            its holder, who holds it or recently held it.
         :raises ProofRequired: C{user_id} was registered with proof and this
             registration has none.
+        :raises UserIdInUse: Another connection holds C{user_id}, this
+            registration has no proof of its key, and C{gone} is not that
+            connection.
         """
-        existing = self.check(peer, user_id, public_key, verified)
+        existing = self.check(peer, user_id, public_key, verified, gone)
         previous = self._held_by.get(peer.id)
         if previous is not None and previous != user_id:
             self.unregister(peer)
@@ -190,7 +228,12 @@ class Directory:
         return existing
 
     def check(
-        self, peer: Peer, user_id: str, public_key: str, verified: bool = False
+        self,
+        peer: Peer,
+        user_id: str,
+        public_key: str,
+        verified: bool = False,
+        gone: Peer | None = None,
     ) -> Registration | None:
         """
         Raise what L{register} would raise, without registering.
@@ -200,14 +243,25 @@ class Directory:
         validate_user_id(user_id)
         validate_public_key(public_key)
         existing = self._users.get(user_id)
-        if existing is not None:
-            holder = existing.peer is peer
-            if existing.public_key != public_key and not holder:
-                raise KeyMismatch(f"userId {user_id} is registered with another public key")
-            if existing.verified and not verified and not (
-                holder and existing.public_key == public_key
-            ):
+        if existing is None:
+            return None
+        if existing.peer is peer:
+            # The holder itself may change its key, but not drop a proof.
+            if existing.verified and not verified and existing.public_key != public_key:
                 raise ProofRequired(f"userId {user_id} must be registered with proof of its key")
+            return existing
+        if existing.verified:
+            # Held or online, a proven key protects the userId: only proof
+            # of that key takes it over.
+            if not verified:
+                raise ProofRequired(f"userId {user_id} must be registered with proof of its key")
+            if existing.public_key != public_key:
+                raise KeyMismatch(f"userId {user_id} is registered with another public key")
+            return existing
+        if existing.peer is None or (verified and existing.public_key == public_key):
+            return existing
+        if gone is None or existing.peer is not gone:
+            raise UserIdInUse(f"userId {user_id} is in use by another connection", existing.peer)
         return existing
 
     def unregister(self, peer: Peer) -> str | None:
@@ -233,18 +287,31 @@ class Directory:
             return None
         registration = self._users[user_id]
         registration.peer = None
-        if hold and self.hold_seconds > 0 and self.max_held > 0:
+        if hold and registration.verified and self._can_hold():
             registration.expiry = self.hub.clock.callLater(
                 self.hold_seconds, self._expire, registration
             )
             self._held[user_id] = registration
-            while len(self._held) > self.max_held:
-                self._expire(next(iter(self._held.values())))
         else:
             del self._users[user_id]
         self._log.debug("{user} went offline", user=user_id)
         self._announce(registration)
         return user_id
+
+    def _can_hold(self) -> bool:
+        if self.hold_seconds <= 0 or self.max_held <= 0:
+            return False
+        if len(self._held) < self.max_held:
+            self._full = False
+            return True
+        if not self._full:
+            self._full = True
+            self._log.warn(
+                "{count} offline userIds are held (--directory-max-held); "
+                "further ones are freed at once",
+                count=len(self._held),
+            )
+        return False
 
     def _end_hold(self, registration: Registration) -> None:
         if registration.expiry is not None:
@@ -291,6 +358,15 @@ class Directory:
             self._unwatch(watcher.id, oldest)
         watching[user_id] = None
         self._watchers.setdefault(user_id, {})[watcher.id] = watcher
+
+    def unwatch(self, watcher: Peer, user_id: str) -> None:
+        """
+        Stop telling C{watcher} about C{user_id}.
+        """
+        watching = self._watching.get(watcher.id)
+        if watching is not None and user_id in watching:
+            del watching[user_id]
+            self._unwatch(watcher.id, user_id)
 
     def watchers(self, user_id: str) -> list[Peer]:
         return list(self._watchers.get(user_id, {}).values())

@@ -20,11 +20,13 @@ from twisted.web.server import Site
 
 from . import logs
 from .auth import TokenVerifier, UnusableKey
+from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
-from .web import SignalingSite
+
+from .web import ROOT_DIALECTS, SignalingSite
 from .websocket import WebSocketSettings
 
 DEFAULT_PORT = 8080
@@ -97,6 +99,10 @@ class Options(usage.Options):
         ["max-metadata-depth", None, 4, "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.", _whole("max-metadata-depth")],
         ["max-metadata-values", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-values")],
         ["max-fragments", None, 128, "Frames one WebSocket message may arrive in (more closes with 1008); 0 for unlimited.", _whole("max-fragments")],
+        ["directory-hold", None, HOLD_SECONDS, "Seconds a directory userId registered with proof of key stays bound to its key after its connection closed; 0 frees it at once.", _seconds("directory-hold")],
+        ["directory-max-held", None, MAX_HELD, "Offline directory userIds held at once; past it further ones are freed at once (holds are never cut short).", _whole("directory-max-held")],
+        ["directory-probe-timeout", None, PROBE_SECONDS, "Seconds the holder of a directory userId has to answer a ping when another connection registers it without proof; a silent holder loses it.", _seconds("directory-probe-timeout")],
+        ["root-dialect", None, "native", "Dialect of a WebSocket at '/': " + ", ".join(ROOT_DIALECTS) + " or none (a plain GET / is never a WebSocket)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -145,6 +151,15 @@ class Options(usage.Options):
                 f"--ping-interval ({self['ping-interval']:g}), or 0"
             )
         self["token-verifier"] = self._token_verifier()
+        if not self["directory-probe-timeout"]:
+            # A holder could never answer in time: any registration would
+            # take any userId registered without proof.
+            raise usage.UsageError("--directory-probe-timeout must be above 0")
+        if self["root-dialect"] not in (*ROOT_DIALECTS, "none"):
+            raise usage.UsageError(
+                f"--root-dialect must be one of {', '.join(ROOT_DIALECTS)} or none, "
+                f"not {self['root-dialect']!r}"
+            )
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
@@ -314,7 +329,20 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_message_rate=options["max-message-rate"],
         max_message_fragments=options["max-fragments"],
     )
-    site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
+    directory = Directory(
+        hub,
+        hold_seconds=options["directory-hold"],
+        max_held=options["directory-max-held"],
+        probe_seconds=options["directory-probe-timeout"],
+    )
+    root_dialect = options["root-dialect"]
+    site = SignalingSite(
+        hub,
+        settings,
+        verifier=options.get("token-verifier"),
+        directory=directory,
+        root_dialect=None if root_dialect == "none" else root_dialect,
+    )
     web = Site(site.resource())
     web.displayTracebacks = False
     top = MultiService()

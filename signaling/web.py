@@ -26,6 +26,11 @@ from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
 
 
+#: The dialects a WebSocket at "/" may speak (the topic dialect needs its
+#: topic in the path, Socket.IO its own path).
+ROOT_DIALECTS = ("native", "directory", "envelope")
+
+
 def _room_summary(room: Room) -> dict[str, Any]:
     return {
         "id": room.name,
@@ -67,19 +72,34 @@ class SignalingSite:
         hub: Hub,
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
+        directory: Directory | None = None,
+        root_dialect: str | None = "native",
     ) -> None:
+        """
+        :param directory: The userIds of the directory dialect; by default
+            one with the default limits.
+        :param root_dialect: One of L{ROOT_DIALECTS}: the dialect of a
+            WebSocket at C{/}, for clients whose server URL has no path (the
+            directory dialect's original served any path); L{None} for none.
+        """
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
         self._socketio = SocketIOResource(hub, settings, verifier)
         #: The userIds of the directory dialect, one directory per hub.
-        self.directory = Directory(hub)
+        self.directory = Directory(hub) if directory is None else directory
         self._directory = WebSocketResource(
             SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
         )
         self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings))
         self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
+        self._root = {
+            "native": self._native,
+            "directory": self._directory,
+            "envelope": self._envelope,
+            None: None,
+        }[root_dialect]
 
     def resource(self):
         return self.app.resource()
@@ -160,6 +180,14 @@ class SignalingSite:
             request.setHeader("Upgrade", "websocket")
             return self._json(request, {"error": "this URL takes WebSocket connections"}, 426)
         return resource
+
+    @app.route("/", methods=["GET"])
+    def root(self, request: IRequest):
+        # Only a WebSocket upgrade: a plain GET / stays free for a page.
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if self._root is None or upgrade != "websocket":
+            return self.not_found(request, None)
+        return self._root
 
     @app.route("/signal", methods=["GET"])
     def native(self, request: IRequest):

@@ -13,7 +13,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
 from . import gcpolicy, speedups
@@ -277,6 +278,9 @@ class SignalingProtocol(LimitedProtocol):
 
     _log = Logger()
     session: Session | None = None
+    #: Deferreds of L{probe}s waiting for the client to answer.
+    _probes: list[Deferred] | None = None
+    _probe_timeout: IDelayedCall | None = None
 
     def onConnect(self, request):
         handshake = handshake_info(request)
@@ -295,7 +299,7 @@ class SignalingProtocol(LimitedProtocol):
                 self._guarded(self.session.rate_limited)
             return
         if isBinary:
-            self._guarded(self.session.binary_received)
+            self._guarded(self.session.binary_received, payload)
         elif payload.isascii() or _is_utf8(payload):
             self._guarded(self.session.text_received, payload)
         else:
@@ -305,12 +309,16 @@ class SignalingProtocol(LimitedProtocol):
         self._mark_active()
 
     def _mark_active(self) -> None:
+        if self._probes:
+            self._end_probes(True)
         session = self.session
         if session is not None and session.peer is not None:
             self.factory.hub.touch(session.peer)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         gcpolicy.connection_closed()
+        if self._probes:
+            self._end_probes(False)
         if self.session is not None:
             session, self.session = self.session, None
             try:
@@ -415,6 +423,28 @@ class SignalingProtocol(LimitedProtocol):
 
     def fail(self, code: int, reason: str) -> None:
         self._fail_connection(code, reason)
+
+    def probe(self, timeout: float) -> Deferred:
+        waiter: Deferred = Deferred()
+        if self.state != _OPEN:
+            waiter.callback(False)
+            return waiter
+        if not self._probes:
+            # Probes that overlap share one ping, so asking often costs
+            # the client no more than one ping per timeout.
+            self._probes = []
+            self.sendPing(b"probe")
+            self._probe_timeout = self.factory.clock.callLater(timeout, self._end_probes, False)
+        self._probes.append(waiter)
+        return waiter
+
+    def _end_probes(self, alive: bool) -> None:
+        waiters, self._probes = self._probes or [], None
+        timeout, self._probe_timeout = self._probe_timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        for waiter in waiters:
+            waiter.callback(alive)
 
     # IPeerConnection
 

@@ -47,8 +47,8 @@ class NativeAndTopicTests(SynchronousTestCase):
         self.assertEqual(
             topic.take(),
             [
-                {"type": "answer", "from": native_id, "to": topic_id, "payload": {"sdp": "a"}},
-                {"type": "ice-candidate", "from": native_id, "to": topic_id, "payload": {"candidate": "c"}},
+                {"type": "answer", "from": native_id, "payload": {"sdp": "a"}},
+                {"type": "ice-candidate", "from": native_id, "payload": {"candidate": "c"}},
             ],
         )
 

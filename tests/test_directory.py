@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from signaling.dialects.directory import DirectorySession
@@ -54,8 +55,8 @@ class DirectoryTestCase(SynchronousTestCase):
         self.assertEqual(client.take(), [{"type": "registered", "success": True, "userId": user_id}])
         return client
 
-    def discover(self, client, user_id):
-        self.send(client, {"type": "discover", "userId": user_id})
+    def discover(self, client, user_id, **fields):
+        self.send(client, {"type": "discover", "userId": user_id, **fields})
         [reply] = client.take()
         self.assertEqual(reply["type"], "discover-response")
         return reply
@@ -196,48 +197,85 @@ class FlowTests(DirectoryTestCase):
 
 
 class OwnershipTests(DirectoryTestCase):
-    def test_other_key_is_refused(self):
+    def test_live_holder_keeps_its_user_id(self):
         """
-        A userId held by one key cannot be registered with another; the
-        holder is undisturbed.
+        A userId registered without proof cannot be taken from a holder that
+        answers the server's ping, with its key or another: the newcomer
+        gets user-id-in-use and the holder is undisturbed.
         """
         alice = self.registered("alice", "key-1")
         bob = self.registered("bob")
         impostor = self.connect()
-        self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": "key-2"}, "key-mismatch")
+        for key in ("key-2", "key-1"):
+            self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": key}, "user-id-in-use")
+        self.assertEqual(alice.take(), [])
         self.assertEqual(self.discover(bob, "alice")["publicKey"], "key-1")
         self.assertExchangeWorks(alice, "alice", bob, "bob")
         self.assertRefused(impostor, {"type": "offer", "to": "bob", "offer": SDP_OFFER}, "not-registered")
 
-    def test_same_key_takes_over(self):
+    def test_silent_holder_is_replaced(self):
         """
-        Registering the same userId with the same key from a new connection
-        takes over: relays go to the new connection, and the old one is told
-        it was replaced.
+        A holder that does not answer the ping within probe_seconds loses its
+        userId to the newcomer, whatever its key; it is told it was
+        replaced, and its close later changes nothing.
         """
         old = self.registered("alice")
         bob = self.registered("bob")
-        new = self.registered("alice")
+        old.answer_pings = False
+        new = self.connect()
+        self.send(new, {"type": "register", "userId": "alice", "publicKey": "new-key"})
+        self.assertEqual(new.take(), [])
+        self.harness.advance(self.directory.probe_seconds + 0.1)
+        self.assertEqual(new.take(), [{"type": "registered", "success": True, "userId": "alice"}])
         error = self.assertError(old, "replaced")
         self.assertIn("alice", error["message"])
         self.assertExchangeWorks(new, "alice", bob, "bob")
-        self.assertEqual(old.take(), [])
         self.assertRefused(old, {"type": "offer", "to": "bob", "offer": SDP_OFFER}, "not-registered")
-
-    def test_old_connection_close_does_not_unregister(self):
-        old = self.registered("alice")
-        bob = self.registered("bob")
-        new = self.registered("alice")
-        old.take()
         old.sendClose()
         self.harness.flush()
-        self.assertEqual(self.discover(bob, "alice")["online"], True)
+        self.assertEqual(self.discover(bob, "alice"), {"type": "discover-response", "userId": "alice", "online": True, "publicKey": "new-key"})
         self.assertExchangeWorks(new, "alice", bob, "bob")
 
-    def test_key_is_held_after_disconnect(self):
+    def test_claims_share_one_ping_and_the_last_one_counts(self):
         """
-        After its connection closes a userId stays bound to its key for
-        HOLD_SECONDS: the same key gets it back, another key only later.
+        Registrations waiting on one holder share its ping; a connection
+        that registers again or closes meanwhile drops its earlier claim.
+        """
+        old = self.registered("alice")
+        old.answer_pings = False
+        fickle, closing, patient = self.connect(), self.connect(), self.connect()
+        for client in (fickle, closing, patient):
+            self.send(client, {"type": "register", "userId": "alice", "publicKey": "k"})
+        self.assertEqual(len(self.harness.clock.getDelayedCalls()), 1)
+        self.send(fickle, {"type": "register", "userId": "fickle", "publicKey": "k"})
+        self.assertEqual(fickle.take(), [{"type": "registered", "success": True, "userId": "fickle"}])
+        closing.sendClose()
+        self.harness.advance(self.directory.probe_seconds + 0.1)
+        self.assertEqual(patient.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(fickle.take(), [])
+        self.assertEqual(self.directory.user_of(self.directory.lookup("fickle").peer), "fickle")
+
+    def test_holder_closing_during_the_probe_frees_the_user_id(self):
+        """
+        A holder whose connection closes while it is being pinged loses the
+        userId at once; the waiting registration gets it without waiting
+        out the probe.
+        """
+        old = self.registered("alice")
+        old.answer_pings = False
+        new = self.connect()
+        self.send(new, {"type": "register", "userId": "alice", "publicKey": "k"})
+        self.assertEqual(new.take(), [])
+        old.sendClose()
+        self.harness.flush()
+        self.assertEqual(new.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(self.harness.clock.getDelayedCalls(), [])
+
+    def test_offline_user_id_is_free_at_once(self):
+        """
+        Without proof, a userId whose connection closed is free at once, for
+        any key, as in the original server: a client that made a new key
+        gets its id back when it reconnects.
         """
         alice = self.registered("alice", "key-1")
         watcher = self.connect()
@@ -245,19 +283,11 @@ class OwnershipTests(DirectoryTestCase):
         self.harness.flush()
         self.assertEqual(
             self.discover(watcher, "alice"),
-            {"type": "discover-response", "userId": "alice", "online": False, "publicKey": "key-1"},
+            {"type": "discover-response", "userId": "alice", "online": False},
         )
-        impostor = self.connect()
-        self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": "key-2"}, "key-mismatch")
-        self.registered("alice", "key-1").sendClose()
-        self.harness.flush()
-        self.harness.clock.advance(HOLD_SECONDS - 1)
-        self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": "key-2"}, "key-mismatch")
-        self.harness.clock.advance(1)
-        self.assertEqual(message_types(watcher.take()), ["presence", "presence"])
-        self.assertEqual(self.discover(watcher, "alice"), {"type": "discover-response", "userId": "alice", "online": False})
-        self.send(impostor, {"type": "register", "userId": "alice", "publicKey": "key-2"})
-        self.assertEqual(message_types(impostor.take()), ["registered"])
+        self.registered("alice", "key-2")
+        self.assertEqual(self.discover(watcher, "alice")["publicKey"], "key-2")
+        self.assertEqual(self.harness.clock.getDelayedCalls(), [])
 
     def test_holder_may_change_its_key(self):
         """
@@ -273,7 +303,7 @@ class OwnershipTests(DirectoryTestCase):
     def test_registering_another_user_id_releases_the_first(self):
         client = self.registered("alice")
         bob = self.registered("bob")
-        self.discover(bob, "alice")
+        self.discover(bob, "alice", watch=True)
         self.send(client, {"type": "register", "userId": "carol", "publicKey": "carol-key"})
         self.assertEqual(message_types(client.take()), ["registered"])
         self.assertEqual(bob.take(), [{"type": "presence", "userId": "alice", "online": False}])
@@ -290,7 +320,7 @@ class PresenceTests(DirectoryTestCase):
         """
         watcher = self.registered("bob")
         bystander = self.registered("carol")
-        self.assertEqual(self.discover(watcher, "alice")["online"], False)
+        self.assertEqual(self.discover(watcher, "alice", watch=True)["online"], False)
         alice = self.registered("alice")
         self.assertEqual(watcher.take(), [{"type": "presence", "userId": "alice", "online": True}])
         alice.sendClose()
@@ -303,15 +333,19 @@ class PresenceTests(DirectoryTestCase):
     def test_takeover_is_no_presence_change(self):
         watcher = self.connect()
         old = self.registered("alice")
-        self.discover(watcher, "alice")
-        self.registered("alice")
+        self.discover(watcher, "alice", watch=True)
+        old.answer_pings = False
+        new = self.connect()
+        self.send(new, {"type": "register", "userId": "alice", "publicKey": "alice-key"})
+        self.harness.advance(self.directory.probe_seconds + 0.1)
+        self.assertEqual(message_types(new.take()), ["registered"])
         old.sendClose()
         self.harness.flush()
         self.assertEqual(watcher.take(), [])
 
     def test_watches_end_with_the_watcher(self):
         watcher = self.connect()
-        self.discover(watcher, "alice")
+        self.discover(watcher, "alice", watch=True)
         watcher.sendClose()
         self.harness.flush()
         self.registered("alice")
@@ -319,7 +353,7 @@ class PresenceTests(DirectoryTestCase):
 
     def test_a_user_is_not_told_about_itself(self):
         alice = self.connect()
-        self.discover(alice, "alice")
+        self.discover(alice, "alice", watch=True)
         self.send(alice, {"type": "register", "userId": "alice", "publicKey": "k"})
         self.assertEqual(message_types(alice.take()), ["registered"])
 
@@ -330,7 +364,7 @@ class PresenceTests(DirectoryTestCase):
         """
         watcher = self.connect()
         for number in range(MAX_WATCHES_PER_PEER + 1):
-            self.discover(watcher, f"user-{number}")
+            self.discover(watcher, f"user-{number}", watch=True)
         self.registered("user-0")
         self.registered(f"user-{MAX_WATCHES_PER_PEER}")
         self.assertEqual(
@@ -446,13 +480,53 @@ class ProofTests(DirectoryTestCase):
         ):
             self.assertRefused(client, message, code)
 
-    def test_proof_for_a_held_key_of_someone_else_is_refused_early(self):
-        self.registered("alice", "key-1")
-        _, public, _ = ed25519_identity()
+    def test_proof_of_another_key_takes_only_from_a_silent_holder(self):
+        """
+        Proof of one's own key does not take a userId from a live holder
+        registered without proof; from a silent one it does.
+        """
+        holder = self.registered("alice", "key-1")
+        _, public, sign = ed25519_identity()
         client = self.connect()
+        [error] = self.register_with_proof(client, "alice", public, sign)
+        self.assertEqual((error["type"], error["code"]), ("error", "user-id-in-use"))
+        holder.answer_pings = False
+        self.assertEqual(self.register_with_proof(client, "alice", public, sign), [])
+        self.harness.advance(self.directory.probe_seconds + 0.1)
+        self.assertEqual(client.take(), [{"type": "registered", "success": True, "userId": "alice", "verified": True}])
+        self.assertEqual(message_types(holder.take()), ["error"])
+
+    def test_proof_takes_over_at_once(self):
+        """
+        With proof of the userId's key, a new connection takes it over from
+        a live holder at once.
+        """
+        _, public, sign = ed25519_identity()
+        old = self.connect()
+        self.register_with_proof(old, "alice", public, sign)
+        new = self.connect()
+        self.assertEqual(message_types(self.register_with_proof(new, "alice", public, sign)), ["registered"])
+        self.assertError(old, "replaced")
+
+    def test_proven_key_is_held_after_disconnect(self):
+        """
+        A userId registered with proof stays bound to its key for
+        HOLD_SECONDS after its connection closed: another key is refused,
+        even with proof, and the same key needs proof.
+        """
+        _, public, sign = ed25519_identity()
+        _, other_public, other_sign = ed25519_identity()
+        alice = self.connect()
+        self.register_with_proof(alice, "alice", public, sign)
+        alice.sendClose()
+        self.harness.flush()
+        impostor = self.connect()
         self.assertRefused(
-            client, {"type": "register", "userId": "alice", "publicKey": public, "proof": True}, "key-mismatch"
+            impostor, {"type": "register", "userId": "alice", "publicKey": other_public, "proof": True}, "key-mismatch"
         )
+        self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": "k"}, "proof-required")
+        self.harness.clock.advance(HOLD_SECONDS)
+        self.assertEqual(message_types(self.register_with_proof(impostor, "alice", other_public, other_sign)), ["registered"])
 
 
 class BadInputTests(DirectoryTestCase):
@@ -554,7 +628,7 @@ class BadInputTests(DirectoryTestCase):
         A frame over the size limit gets the error, then close 1009; the
         sender's watchers are told it went offline.
         """
-        self.discover(self.alice, "mallory")
+        self.discover(self.alice, "mallory", watch=True)
         client = self.registered("mallory")
         self.alice.take()
         client.sendMessage(orjson.dumps({"type": "offer", "to": "bob", "offer": {"sdp": "x" * 40000}}))
@@ -569,7 +643,7 @@ class BadInputTests(DirectoryTestCase):
         client.sendMessage(b"\x00\x01", isBinary=True)
         self.harness.flush()
         self.assertEqual(client.close_code, 1003)
-        self.assertEqual(self.directory.lookup("mallory").online, False)
+        self.assertIsNone(self.directory.lookup("mallory"))
 
     def test_invalid_utf8_closes_1007(self):
         client = self.registered("mallory")
@@ -582,7 +656,7 @@ class BadInputTests(DirectoryTestCase):
         Hundreds of registrations, unregistrations and reconnections are each
         answered; watchers see every change and nothing is left behind.
         """
-        self.discover(self.alice, "churn")
+        self.discover(self.alice, "churn", watch=True)
         client = self.connect()
         for number in range(300):
             client.send_json({"type": "register", "userId": "churn", "publicKey": f"key-{number}"})
@@ -623,7 +697,7 @@ class DeliveryTests(DirectoryTestCase):
         self.directory.watch(peer, "alice")
         watcher.refuse = "buffer-full"
         other = self.connect()
-        self.discover(other, "alice")
+        self.discover(other, "alice", watch=True)
         self.registered("alice")
         self.assertEqual(other.take(), [{"type": "presence", "userId": "alice", "online": True}])
 
@@ -650,7 +724,7 @@ class RateLimitTests(DirectoryTestCase):
         user's watchers see it go offline.
         """
         watcher = self.connect()
-        self.discover(watcher, "churn")
+        self.discover(watcher, "churn", watch=True)
         client = self.connect()
         for _ in range(25):
             client.send_json({"type": "register", "userId": "churn", "publicKey": "k"})
@@ -676,7 +750,7 @@ class InternalErrorTests(DirectoryTestCase):
         """
         alice = self.registered("alice")
         bob = self.registered("bob")
-        self.discover(alice, "bob")
+        self.discover(alice, "bob", watch=True)
 
         def broken(*args):
             raise RuntimeError("bug")
@@ -700,7 +774,7 @@ class HeartbeatTests(DirectoryTestCase):
         """
         alice = self.registered("alice")
         bob = self.registered("bob")
-        self.discover(alice, "bob")
+        self.discover(alice, "bob", watch=True)
         bob.answer_pings = False
         self.harness.advance(5 + 3 + 0.5)
         self.assertEqual(alice.take(), [{"type": "presence", "userId": "bob", "online": False}])
@@ -810,21 +884,26 @@ class DirectoryStateTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()))
 
-    def user(self, directory, user_id):
+    def user(self, directory, user_id, gone=None):
         connection = RecordingConnection()
         peer = self.hub.connect(connection, dialect="directory")
-        directory.register(peer, user_id, f"{user_id}-key")
+        directory.register(peer, user_id, f"{user_id}-key", verified=True, gone=gone)
         return connection, peer
 
-    def test_holds_are_bounded(self):
+    def test_holds_are_bounded_and_never_cut_short(self):
         """
-        Past max_held offline userIds the oldest hold ends early.
+        Past max_held offline userIds a further one is freed at once; the
+        holds already made last their time, and the first refusal is logged.
         """
         directory = Directory(self.hub, hold_seconds=60, max_held=2)
-        for user_id in ("a", "b", "c"):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for user_id in ("a", "b", "c", "d"):
             _, peer = self.user(directory, user_id)
             directory.disconnected(peer)
-        self.assertEqual([directory.lookup(u) is not None for u in "abc"], [False, True, True])
+        self.assertEqual([directory.lookup(u) is not None for u in "abcd"], [True, True, False, False])
+        self.assertEqual([event["count"] for event in events if "count" in event], [2])
         self.clock.advance(60)
         self.assertEqual([directory.lookup(u) for u in "abc"], [None, None, None])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -847,7 +926,7 @@ class DirectoryStateTests(SynchronousTestCase):
     def test_disconnect_of_a_replaced_peer_changes_nothing(self):
         directory = Directory(self.hub)
         old_connection, old = self.user(directory, "a")
-        _, new = self.user(directory, "a")
+        _, new = self.user(directory, "a", gone=old)
         self.assertEqual(old_connection.events, [Replaced("a")])
         directory.disconnected(old)
         self.assertIs(directory.lookup("a").peer, new)

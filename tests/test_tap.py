@@ -53,6 +53,10 @@ class OptionsTests(SynchronousTestCase):
             (["--port", "tls:8443"], "--tls-cert"),
             (["--tls-key", "k.pem"], "--tls-cert"),
             (["--bogus"], "bogus"),
+            (["--root-dialect", "topic"], "--root-dialect must be one of native, directory, envelope or none"),
+            (["--directory-hold", "-1"], "--directory-hold takes seconds"),
+            (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
+            (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             message = str(error.code)
@@ -167,3 +171,12 @@ class ServiceTests(SynchronousTestCase):
     def test_settings_reach_the_hub(self):
         service = self.start("--max-peers-per-room", "3", "--max-rooms-per-peer", "4")
         self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
+
+
+class DirectoryOptionsTests(SynchronousTestCase):
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(
+            (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"], options["root-dialect"]),
+            (60.0, 10000, 2.0, "native"),
+        )

@@ -59,7 +59,7 @@ class TypicalFlowTests(TopicTestCase):
         self.assertEqual(bob.take(), [])
         self.assertEqual(
             alice.take(),
-            [{"type": "offer", "from": bob.peer_id, "to": alice.peer_id, "payload": {"sdp": "offer"}, "msgId": "m1"}],
+            [{"type": "offer", "from": bob.peer_id, "payload": {"sdp": "offer"}, "msgId": "m1"}],
         )
         self.send(alice, {"type": "answer", "to": bob.peer_id, "payload": {"sdp": "answer"}, "msgId": "m2"})
         self.send(alice, {"type": "ice-candidate", "to": bob.peer_id, "payload": {"candidate": "a"}})
@@ -67,13 +67,13 @@ class TypicalFlowTests(TopicTestCase):
         self.assertEqual(
             bob.take(),
             [
-                {"type": "answer", "from": alice.peer_id, "to": bob.peer_id, "payload": {"sdp": "answer"}, "msgId": "m2"},
-                {"type": "ice-candidate", "from": alice.peer_id, "to": bob.peer_id, "payload": {"candidate": "a"}},
+                {"type": "answer", "from": alice.peer_id, "payload": {"sdp": "answer"}, "msgId": "m2"},
+                {"type": "ice-candidate", "from": alice.peer_id, "payload": {"candidate": "a"}},
             ],
         )
         self.assertEqual(
             alice.take(),
-            [{"type": "ice-candidate", "from": bob.peer_id, "to": alice.peer_id, "payload": {"candidate": "b"}, "msgId": 3}],
+            [{"type": "ice-candidate", "from": bob.peer_id, "payload": {"candidate": "b"}, "msgId": 3}],
         )
 
     def test_from_cannot_be_spoofed(self):
@@ -193,10 +193,25 @@ class ErrorTests(TopicTestCase):
         self.assertIsNone(alice.close_code)
         self.assertEqual(message_types(alice.take()), ["peer-left", "peer-joined", "peer-left"])
 
+    def test_binary_json_is_a_message(self):
+        """
+        As in the original, JSON in a binary frame is handled like a text
+        frame.
+        """
+        alice = self.connect()
+        bob = self.connect()
+        alice.take()
+        bob.sendMessage(orjson.dumps({"type": "offer", "to": alice.peer_id, "payload": {"sdp": "o"}}), isBinary=True)
+        bob.sendMessage(orjson.dumps({"type": "offer", "to": "nobody", "msgId": 1}), isBinary=True)
+        self.harness.flush()
+        self.assertEqual(alice.take(), [{"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}}])
+        self.assertEqual(message_types(bob.take()), ["error"])
+
     def test_binary_invalid_utf8_and_oversized(self):
         alice = self.connect()
         for frame, binary, code in (
-            (b"\x01\x02", True, 1003),
+            (b"\x01\x02", True, 1007),
+            (b'{"type":"offer","to":"\xc3\x28"}', True, 1007),
             (b'{"type":"offer","to":"\xc3\x28"}', False, 1007),
             (orjson.dumps({"type": "offer", "to": "x", "payload": "y" * 5000}), False, 1009),
         ):
@@ -205,7 +220,7 @@ class ErrorTests(TopicTestCase):
             self.harness.flush()
             self.assertEqual(client.close_code, code)
         self.assertIsNone(alice.close_code)
-        self.assertEqual(message_types(alice.take()), ["peer-joined", "peer-left"] * 3)
+        self.assertEqual(message_types(alice.take()), ["peer-joined", "peer-left"] * 4)
 
     def test_rate_limited(self):
         harness = Harness(settings=WebSocketSettings(ping_interval=0, max_message_rate=1))

@@ -44,11 +44,10 @@ async def test_typical_flow(server):
     assert await alice.next() == {"type": "peer-joined", "peerId": bob.peer_id}
 
     bob.send_json({"type": "offer", "to": alice.peer_id, "payload": {"sdp": "o"}, "msgId": "1"})
-    offer = await alice.next()
-    assert (offer["type"], offer["from"], offer["payload"], offer["msgId"]) == ("offer", bob.peer_id, {"sdp": "o"}, "1")
+    # As the original's outbound message: {type, from, payload, msgId}, no "to".
+    assert await alice.next() == {"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}, "msgId": "1"}
     alice.send_json({"type": "answer", "to": bob.peer_id, "payload": {"sdp": "a"}, "msgId": "2"})
-    answer = await bob.next()
-    assert (answer["type"], answer["from"], answer["payload"]) == ("answer", alice.peer_id, {"sdp": "a"})
+    assert await bob.next() == {"type": "answer", "from": alice.peer_id, "payload": {"sdp": "a"}, "msgId": "2"}
     alice.send_json({"type": "ice-candidate", "to": bob.peer_id, "payload": {"candidate": "a1"}})
     bob.send_json({"type": "ice-candidate", "to": alice.peer_id, "payload": {"candidate": "b1"}})
     assert (await bob.next())["payload"] == {"candidate": "a1"}
@@ -94,3 +93,23 @@ async def test_stalled_reader_makes_the_sender_see_dropped(server):
         client.sendClose()
         await client.closed
     slow.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_frames_as_the_original(server):
+    """
+    JSON in a binary frame is handled like a text frame; a binary frame
+    that is not JSON closes the connection with 1007.
+    """
+    alice = await connect(server, "binary")
+    bob = await connect(server, "binary")
+    await alice.next()
+    bob.sendMessage(b'{"type":"offer","to":"%s","payload":{"sdp":"o"},"msgId":7}' % alice.peer_id.encode(), isBinary=True)
+    assert await alice.next() == {"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}, "msgId": 7}
+    bob.sendMessage(b'{"type":"offer","to":"nobody","msgId":8}', isBinary=True)
+    assert await bob.next() == {"type": "error", "code": "target_not_found", "message": "peer not found", "msgId": 8}
+    bob.sendMessage(b"\x00\x01 not json", isBinary=True)
+    assert await bob.closed == 1007
+    assert await alice.next() == {"type": "peer-left", "peerId": bob.peer_id}
+    alice.sendClose()
+    await alice.closed

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import attrs
 import orjson
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from ..errors import DeliveryRefused, ReplyTooLarge
@@ -91,6 +92,16 @@ class IFrameSink(Interface):
         protocol-level ones (1003, 1007, 1009, 1011).
         """
 
+    def probe(timeout: float) -> Deferred:
+        """
+        Ask the client whether it is still there (a WebSocket ping).
+
+        :param timeout: Seconds the client has to answer.
+        :return: A L{Deferred} that fires with C{True} as soon as the client
+            answers (or sends anything), or with C{False} once C{timeout}
+            passed without an answer or the connection closed.
+        """
+
 
 class Session:
     """
@@ -117,9 +128,10 @@ class Session:
     def text_received(self, data: bytes) -> None:
         raise NotImplementedError()
 
-    def binary_received(self) -> None:
+    def binary_received(self, data: bytes) -> None:
         """
-        A binary frame arrived; no dialect of ours carries binary data.
+        A binary frame arrived; by default it closes the connection with
+        1003, since most dialects carry no binary data.
         """
         self.sink.fail(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
 

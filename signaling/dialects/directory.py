@@ -16,6 +16,7 @@ from ..directory import (
     InvalidField,
     Presence,
     Replaced,
+    UserIdInUse,
     validate_public_key,
     validate_user_id,
 )
@@ -72,6 +73,8 @@ class DirectorySession(Session):
 
     :ivar _challenge: The userId, key and nonce of a registration waiting
         for its proof, or L{None}.
+    :ivar _claim: The userId, key and proof of a registration waiting to
+        learn whether the userId's holder is alive, or L{None}.
     """
 
     _log = Logger()
@@ -82,11 +85,13 @@ class DirectorySession(Session):
         super().__init__(hub, sink, handshake)
         self.directory = directory
         self._challenge: tuple[str, str, str] | None = None
+        self._claim: tuple[str, str, bool] | None = None
 
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME)
 
     def closed(self) -> None:
+        self._claim = None
         if self.peer is not None:
             self.directory.disconnected(self.peer)
             self.hub.disconnect(self.peer)
@@ -131,16 +136,20 @@ class DirectorySession(Session):
         proof = message.get("proof", False)
         if not isinstance(proof, bool):
             raise InvalidField("'proof' must be a boolean")
+        self._claim = None
         if not proof:
             self._challenge = None
-            self.directory.register(self.peer, user_id, public_key)
-            self.send_json({"type": "registered", "success": True, "userId": user_id})
+            self._take(user_id, public_key, verified=False)
             return
         try:
             load_public_key(public_key)
         except UnsupportedKey as error:
             raise ProtocolError("unsupported-key", f"cannot check proofs for this key: {error}")
-        self.directory.check(self.peer, user_id, public_key, verified=True)
+        try:
+            self.directory.check(self.peer, user_id, public_key, verified=True)
+        except UserIdInUse:
+            # Decided after the proof: the holder may be gone by then.
+            pass
         nonce = base64.urlsafe_b64encode(self.hub.ids.random_bytes(NONCE_BYTES)).decode("ascii")
         self._challenge = (user_id, public_key, nonce)
         self.send_json({"type": "challenge", "userId": user_id, "nonce": nonce})
@@ -157,10 +166,56 @@ class DirectorySession(Session):
         _, public_key, nonce = challenge
         if not verify(load_public_key(public_key), signature, challenge_text(user_id, nonce)):
             raise ProtocolError("proof-failed", "the signature does not match the public key")
-        self.directory.register(self.peer, user_id, public_key, verified=True)
-        self.send_json({"type": "registered", "success": True, "userId": user_id, "verified": True})
+        self._claim = None
+        self._take(user_id, public_key, verified=True)
+
+    def _take(self, user_id: str, public_key: str, verified: bool) -> None:
+        """
+        Register C{user_id}; if a connection holds it and this registration
+        cannot take it over, ping that holder and take it only if the
+        holder does not answer within the directory's C{probe_seconds}.
+        """
+        try:
+            self.directory.register(self.peer, user_id, public_key, verified)
+        except UserIdInUse as in_use:
+            holder_sink = in_use.holder.connection
+            if not IFrameSink.providedBy(holder_sink):
+                raise
+            claim = self._claim = (user_id, public_key, verified)
+            holder_sink.probe(self.directory.probe_seconds).addCallback(
+                self._probed, claim, in_use
+            ).addErrback(self._claim_failed)
+            return
+        self._registered(user_id, verified)
+
+    def _probed(self, alive: bool, claim: tuple[str, str, bool], in_use: UserIdInUse) -> None:
+        if self._claim is not claim:
+            # This connection closed, or asked for something else meanwhile.
+            return
+        self._claim = None
+        user_id, public_key, verified = claim
+        if alive:
+            self._error(in_use.code, in_use.message)
+            return
+        self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
+        try:
+            self.directory.register(self.peer, user_id, public_key, verified, gone=in_use.holder)
+        except HubError as error:
+            self._error(error.code, error.message)
+            return
+        self._registered(user_id, verified)
+
+    def _claim_failed(self, failure) -> None:
+        self._log.failure("deciding a userId claim failed", failure=failure)
+
+    def _registered(self, user_id: str, verified: bool) -> None:
+        reply: dict[str, Any] = {"type": "registered", "success": True, "userId": user_id}
+        if verified:
+            reply["verified"] = True
+        self.send_json(reply)
 
     def _unregister(self, message: dict) -> None:
+        self._claim = None
         user_id = self.directory.unregister(self.peer)
         if user_id is None:
             raise ProtocolError("not-registered", "not registered")
@@ -169,6 +224,9 @@ class DirectorySession(Session):
     def _discover(self, message: dict) -> None:
         _required(message, "userId")
         user_id = validate_user_id(message["userId"])
+        watch = message.get("watch")
+        if watch is not None and not isinstance(watch, bool):
+            raise InvalidField("'watch' must be a boolean")
         registration = self.directory.lookup(user_id)
         online = registration is not None and registration.online
         reply: dict[str, Any] = {"type": "discover-response", "userId": user_id, "online": online}
@@ -176,7 +234,12 @@ class DirectorySession(Session):
             reply["publicKey"] = registration.public_key
             if registration.verified:
                 reply["verified"] = True
-        self.directory.watch(self.peer, user_id)
+        # Presence notices only for those who ask: the original's client
+        # warns about every message type it does not know.
+        if watch:
+            self.directory.watch(self.peer, user_id)
+        elif watch is False:
+            self.directory.unwatch(self.peer, user_id)
         self.send_json(reply)
 
     def _relay(self, message: dict) -> None:

@@ -94,6 +94,11 @@ class TopicSession(Session):
         except DeliveryRefused as refused:
             self._error("dropped", f"message not delivered ({refused.reason})", msg_id)
 
+    def binary_received(self, data: bytes) -> None:
+        # The original never looks at the frame type: JSON in a binary
+        # frame is a message, anything else closes with 1007.
+        self.text_received(data)
+
     def rate_limited(self) -> None:
         self._error("rate_limited", "too many messages; this one was discarded")
 
@@ -106,7 +111,6 @@ class TopicSession(Session):
             frame: dict[str, Any] = {
                 "type": wire_type,
                 "from": event.sender,
-                "to": self.peer.id,
                 "payload": event.payload,
             }
             if event.extra and "msgId" in event.extra:
