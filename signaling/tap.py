@@ -92,6 +92,7 @@ class Options(usage.Options):
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["gc-memory-growth", None, 32, "Megabytes of growth of resident memory since the last full garbage collection that bring the next one; 0 never.", _whole("gc-memory-growth")],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -326,5 +327,7 @@ def makeService(options: Options) -> MultiService:
     top = make_service(options, reactor)
     # Only in the twistd process: tests that build services share their
     # interpreter's collector with everything else.
-    CollectionPolicy(reactor, top.hub.peer_count).setServiceParent(top)
+    CollectionPolicy(
+        reactor, top.hub.peer_count, min_growth=options["gc-memory-growth"] * 1024 * 1024
+    ).setServiceParent(top)
     return top

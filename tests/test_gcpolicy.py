@@ -47,6 +47,7 @@ class CollectionPolicyTests(SynchronousTestCase):
         self.collector = RecordingCollector()
         self.closed = 0
         self.peers = 0
+        self.memory: int | None = 100 * 2**20
         self.policy = CollectionPolicy(
             self.clock,
             peers=lambda: self.peers,
@@ -55,6 +56,8 @@ class CollectionPolicyTests(SynchronousTestCase):
             full_interval=600,
             collector=self.collector,
             closed=lambda: self.closed,
+            min_growth=32 * 2**20,
+            memory=lambda: self.memory,
         )
         self.policy.startService()
         self.addCleanup(self._stop)
@@ -145,3 +148,48 @@ class CollectionPolicyTests(SynchronousTestCase):
         before = gcpolicy.connections_closed()
         gcpolicy.connection_closed()
         self.assertEqual(gcpolicy.connections_closed(), before + 1)
+
+    def test_memory_growth_brings_a_full_collection(self):
+        """
+        Frozen garbage that no close announces still shows as memory: once
+        resident memory has grown by min_growth (or a quarter, whichever is
+        more) since the last full collection, the next tick runs one, and
+        what is left then is the new baseline.
+        """
+        self.collector.take()
+        self.memory += 32 * 2**20 - 1
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.memory += 1
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+
+    def test_growth_is_relative_to_a_large_heap(self):
+        self.memory = 400 * 2**20
+        self.policy._full()
+        self.collector.take()
+        self.memory += 64 * 2**20
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.memory += 36 * 2**20
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+
+    def test_unknown_memory_or_zero_growth_never_triggers(self):
+        self.memory = None
+        self.policy._full()
+        self.collector.take()
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.policy.min_growth = 0
+        self.memory = 2**40
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+
+    def test_resident_memory_is_read(self):
+        memory = gcpolicy.resident_memory()
+        if memory is not None:
+            self.assertGreater(memory, 1024 * 1024)
+

@@ -167,3 +167,11 @@ class ServiceTests(SynchronousTestCase):
     def test_settings_reach_the_hub(self):
         service = self.start("--max-peers-per-room", "3", "--max-rooms-per-peer", "4")
         self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
+
+
+class GarbageCollectionOptionsTests(SynchronousTestCase):
+    def test_gc_memory_growth(self):
+        self.assertEqual(parse()["gc-memory-growth"], 32)
+        self.assertEqual(parse("--gc-memory-growth", "0")["gc-memory-growth"], 0)
+        error = self.assertRaises(SystemExit, parse, "--gc-memory-growth", "-1")
+        self.assertIn("gc-memory-growth", str(error.code))
