@@ -92,6 +92,7 @@ class Options(usage.Options):
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["upgrade-timeout", None, 10.0, "Seconds an Engine.IO WebSocket may take to complete its upgrade from polling before it is closed.", _seconds("upgrade-timeout")],
         ["gc-memory-growth", None, 32, "Megabytes of growth of resident memory since the last full garbage collection that bring the next one; 0 never.", _whole("gc-memory-growth")],
     ]
 
@@ -133,6 +134,8 @@ class Options(usage.Options):
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
         if not self["cleanup-interval"]:
             raise usage.UsageError("--cleanup-interval must be above 0")
+        if not self["upgrade-timeout"]:
+            raise usage.UsageError("--upgrade-timeout must be above 0")
         if 0 < self["stale-timeout"] <= self["ping-interval"]:
             # Pongs are the only activity of a quiet peer: it would be
             # swept between two pings.
@@ -303,6 +306,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         allowed_origins=tuple(options["allowed-origins"]),
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
+        upgrade_timeout=options["upgrade-timeout"],
     )
     site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
     web = Site(site.resource())

@@ -29,6 +29,7 @@ from .dialects.base import (
 from .errors import DeliveryRefused
 from .hub import Hub, IPeerConnection
 from .logs import Logger
+from .ratelimit import RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 
@@ -45,6 +46,8 @@ class WebSocketSettings:
         transport's own buffer before messages to it are refused.
     :ivar max_message_rate: Messages per second one connection may send,
         with bursts of twice that; 0 for unlimited.
+    :ivar upgrade_timeout: Seconds an Engine.IO WebSocket opened to upgrade
+        a polling session may take to complete the upgrade.
     """
 
     max_message_size: int = 64 * 1024
@@ -53,6 +56,7 @@ class WebSocketSettings:
     allowed_origins: tuple[str, ...] = ()
     max_send_buffer: int = 256 * 1024
     max_message_rate: float = 0
+    upgrade_timeout: float = 10
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -120,31 +124,6 @@ def watch_send_buffer(transport, limit: int) -> SendBuffer:
         transport.unregisterProducer()
     transport.registerProducer(send_buffer, True)
     return send_buffer
-
-
-class RateLimit:
-    """
-    A token bucket: C{rate} messages a second, bursts of C{2 * rate}.
-
-    :ivar refused: Messages refused since the last one admitted.
-    """
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, 2 * rate)
-        self.tokens = self.burst
-        self.updated = now
-        self.refused = 0
-
-    def admit(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.refused = 0
-            return True
-        self.refused += 1
-        return False
 
 
 @implementer(IPushProducer)
@@ -218,7 +197,7 @@ class LimitedProtocol(WebSocketServerProtocol):
         rate_limit = self.rate_limit
         if rate_limit is None or rate_limit.admit(self.factory.clock.seconds()):
             return False
-        if rate_limit.refused > rate_limit.burst:
+        if rate_limit.persistent:
             self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         return True
 

@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from signaling import gcpolicy
 from signaling.gcpolicy import CollectionPolicy
 
+from .socketio_support import SocketIOCase
+
 
 class RecordingCollector:
     """
@@ -193,3 +195,36 @@ class CollectionPolicyTests(SynchronousTestCase):
         if memory is not None:
             self.assertGreater(memory, 1024 * 1024)
 
+
+class ClosedConnectionCountTests(SocketIOCase):
+    """
+    Every kind of closed connection counts toward the next full collection.
+    """
+
+    def assertCounted(self, close, at_least: int = 1) -> None:
+        before = gcpolicy.connections_closed()
+        close()
+        self.assertGreaterEqual(gcpolicy.connections_closed() - before, at_least)
+
+    def test_polling_session(self):
+        client = self.polling()
+        self.assertCounted(lambda: client.post("1"))
+
+    def test_engineio_websocket(self):
+        client = self.ws_socket()
+
+        def close():
+            client.sendClose()
+            self.harness.flush()
+
+        self.assertCounted(close, at_least=2)
+
+    def test_upgrading_websocket(self):
+        client = self.polling()
+        websocket = self.websocket(f"&sid={client.sid}")
+
+        def close():
+            websocket.sendClose()
+            self.harness.flush()
+
+        self.assertCounted(close)

@@ -169,6 +169,18 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
 
 
+class EngineIOOptionsTests(SynchronousTestCase):
+    def test_upgrade_timeout(self):
+        """
+        --upgrade-timeout defaults to the reference server's 10 s and must
+        be above 0 (tests/test_engineio_limits_real.py sees it at work).
+        """
+        self.assertEqual(parse()["upgrade-timeout"], 10.0)
+        self.assertEqual(parse("--upgrade-timeout", "2.5")["upgrade-timeout"], 2.5)
+        error = self.assertRaises(SystemExit, parse, "--upgrade-timeout", "0")
+        self.assertIn("--upgrade-timeout must be above 0", str(error.code))
+
+
 class GarbageCollectionOptionsTests(SynchronousTestCase):
     def test_gc_memory_growth(self):
         self.assertEqual(parse()["gc-memory-growth"], 32)
