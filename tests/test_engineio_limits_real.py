@@ -1,19 +1,21 @@
 """
 The limits of Engine.IO and Socket.IO sessions against C{twistd -n
 signaling}: the message rate over polling, upgrade WebSockets that never
-upgrade, and memory after churn.
+upgrade, tokens that expire during a session, and memory after churn.
 """
 
 from __future__ import annotations
 
 import time
 
+import jwt
 import orjson
 import pytest
 import requests
 import websocket
 
 from .realsockets import TwistdServer
+from .test_socketio_real import Recorder
 
 SECRET = "a real-socket test secret, long enough for HS256"
 RATE = 20
@@ -206,6 +208,38 @@ def test_upgrade_websockets_do_not_linger(server):
         attached.close()
     finally:
         client.close()
+
+
+def test_expired_token_ends_the_session(server):
+    """
+    A session whose verified token expires (exp plus the 30 s leeway) gets
+    CONNECT_ERROR "the token has expired" and is disconnected, at that time,
+    over polling and over a WebSocket.
+    """
+    expires_in = 1.0
+    token = jwt.encode({"userId": "u", "exp": time.time() - 30 + expires_in}, SECRET, algorithm="HS256")
+    modes = ("polling", "websocket")
+    recorders = [Recorder(mode).connect(server.http_url, auth={"token": token}) for mode in modes]
+    try:
+        connected = time.monotonic()
+        for mode, recorder in zip(modes, recorders):
+            recorder.emit("join-room", {"roomId": f"expiring-{mode}"})
+            assert recorder.next("room-users")["users"] == []
+        for recorder in recorders:
+            refused = recorder.next("connect_error")
+            assert refused["message"] == "Authentication failed: the token has expired"
+            assert refused["data"] == {"code": "token-expired"}
+        assert expires_in - 0.3 <= time.monotonic() - connected < expires_in + 3
+        deadline = time.monotonic() + 5
+        while any(r.client.connected for r in recorders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for mode, recorder in zip(modes, recorders):
+            assert not recorder.client.connected, mode
+            room = requests.get(server.http_url + f"/api/rooms/expiring-{mode}", timeout=5).json()
+            assert room["peer_count"] == 0, mode
+    finally:
+        for recorder in recorders:
+            recorder.disconnect()
 
 
 def _hold_and_close_sessions(port: int, websockets: int, polling: int) -> None:

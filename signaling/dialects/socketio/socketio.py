@@ -16,7 +16,7 @@ import orjson
 from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
-from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
+from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError
 from ...hub import Hub, IPeerConnection, Peer, Room
 from ...logs import Logger
@@ -163,6 +163,7 @@ class SocketIOConnection:
         self._connect_call: IDelayedCall | None = engine.clock.callLater(
             engine.settings.connect_timeout, self._connect_missing
         )
+        self._expiry_call: IDelayedCall | None = None
 
     @property
     def requires_token(self) -> bool:
@@ -207,9 +208,10 @@ class SocketIOConnection:
         # ACK (we ask for none) and CONNECT_ERROR (server-only) are ignored.
 
     def closed(self, reason: str) -> None:
-        if self._connect_call is not None and self._connect_call.active():
-            self._connect_call.cancel()
-        self._connect_call = None
+        for call in (self._connect_call, self._expiry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._connect_call = self._expiry_call = None
         self._disconnect_peer()
 
     # connecting
@@ -228,7 +230,7 @@ class SocketIOConnection:
             return
         self.user_id, self.authenticated = None, False
         try:
-            self.user_id, self.authenticated = self._identify(packet.data or {})
+            self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
             self._log.info("refused a Socket.IO connection: {error}", error=str(error))
             self._send(Packet(CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}))
@@ -237,11 +239,17 @@ class SocketIOConnection:
             self._connect_call.cancel()
         self._connect_call = None
         self.peer = self.hub.connect(self, dialect=NAME)
+        if expires is not None:
+            self._expiry_call = self.engine.clock.callLater(
+                max(0.0, expires - self.now()), self._token_expired
+            )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
 
-    def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool]:
+    def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool, float | None]:
         """
-        Who a connecting client is, and whether a token proved it.
+        Who a connecting client is, whether a token proved it, and when that
+        token stops being valid (its C{exp} plus the leeway L{TokenVerifier}
+        allows; L{None} when nothing was verified or it has no C{exp}).
 
         :raises InvalidToken: A key is configured and the client presented a
             token that is not valid for it, or names no user.
@@ -254,17 +262,35 @@ class SocketIOConnection:
         verifier = self.context.verifier
         if token is not None and token != "":
             if verifier is not None:
-                user_id = user_id_of(verifier.verify(token, self.now()))
+                claims = verifier.verify(token, self.now())
+                user_id = user_id_of(claims)
                 if user_id is None:
                     raise InvalidToken("the token names no user")
-                return user_id, True
+                expires = claims["exp"] + LEEWAY if "exp" in claims else None
+                return user_id, True, expires
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
-                return user_id, False
+                return user_id, False, None
         claimed = auth.get("userId")
         if isinstance(claimed, str) and 0 < len(claimed) <= 256:
-            return claimed, False
-        return None, False
+            return claimed, False, None
+        return None, False, None
+
+    def _token_expired(self) -> None:
+        """
+        The verified token has expired: the client is told as a refused
+        connection is (C{CONNECT_ERROR}), then disconnected.
+        """
+        self._expiry_call = None
+        self._log.info("ended a Socket.IO connection: its token expired")
+        self._send(
+            Packet(
+                CONNECT_ERROR,
+                data={"message": "Authentication failed: the token has expired", "data": {"code": "token-expired"}},
+            )
+        )
+        self._send(Packet(DISCONNECT))
+        self.engine.close("token expired", linger=True)
 
     def _disconnect_peer(self) -> None:
         if self.peer is not None:
