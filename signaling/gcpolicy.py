@@ -15,12 +15,12 @@ closed connection's objects do; so when as many connections have closed as a qua
 peers still connected (at least C{min_closes}), or C{full_interval} has
 passed, the policy unfreezes and runs one full collection. Every kind of
 connection counts: a WebSocket, an Engine.IO session, an Engine.IO WebSocket.
-Garbage that no close announces is caught by memory instead: when the
-process's resident memory has grown by a quarter since the last full
-collection (at least C{min_growth} bytes), frozen garbage may be what holds
-it, and the next tick runs a full collection. Joins of new peers cause full
-collections only through that growth, a number of them logarithmic in the
-peers; churn causes ones whose cost is in proportion to it.
+Garbage that no close announces is caught by memory instead: growth of the
+process's resident memory since the last full collection that new peers do
+not explain (C{peer_bytes} each) is taken for frozen garbage, and once it
+reaches a quarter of what the process held then (at least C{min_growth}
+bytes) the next tick runs a full collection. Joins of new peers never cause
+a full collection; churn causes ones whose cost is in proportion to it.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ class CollectionPolicy(Service):
     :param clock: An C{IReactorTime}.
     :param peers: How many peers are connected now.
     :param min_growth: Bytes of growth of resident memory since the last
-        full collection that bring the next one (or a quarter of what it was
-        then, whichever is more); 0 never.
+        full collection, beyond what new peers explain, that bring the next
+        one (or a quarter of what it was then, whichever is more); 0 never.
+    :param peer_bytes: Memory one more connected peer is expected to hold
+        (about 13 KB measured; see docs/performance.rst).
     :param collector: The C{gc} module, or a double of it in tests.
     :param memory: The process's resident memory in bytes, or L{None} when
         unknown.
@@ -93,6 +95,7 @@ class CollectionPolicy(Service):
         closed: Callable[[], int] = connections_closed,
         min_growth: int = 32 * 1024 * 1024,
         memory: Callable[[], int | None] = resident_memory,
+        peer_bytes: int = 16 * 1024,
     ) -> None:
         self.clock = clock
         self.peers = peers
@@ -103,10 +106,12 @@ class CollectionPolicy(Service):
         self.closed = closed
         self.min_growth = min_growth
         self.memory = memory
+        self.peer_bytes = peer_bytes
         self._loop: LoopingCall | None = None
         self._closed_at_full = 0
         self._full_at = 0.0
-        self._memory_at_full: int | None = None
+        self._memory_base: int | None = None
+        self._peers_base = 0
         self.full_collections = 0
 
     def startService(self) -> None:
@@ -146,12 +151,27 @@ class CollectionPolicy(Service):
             self._log.failure("garbage collection policy failed")
 
     def _memory_grew(self) -> bool:
-        if not self.min_growth or self._memory_at_full is None:
+        """
+        Whether memory that new peers do not explain has grown past the
+        threshold; peers are counted (a pass over all of them) only once
+        memory as a whole has.
+        """
+        if not self.min_growth or self._memory_base is None:
             return False
         now = self.memory()
         if now is None:
             return False
-        return now - self._memory_at_full >= max(self.min_growth, self._memory_at_full // 4)
+        threshold = max(self.min_growth, self._memory_base // 4)
+        if now - self._memory_base < threshold:
+            return False
+        peers = self.peers()
+        explained = max(0, peers - self._peers_base) * self.peer_bytes
+        if now - self._memory_base - explained >= threshold:
+            return True
+        # What new peers hold is theirs, not garbage: count from here on.
+        self._memory_base += explained
+        self._peers_base = peers
+        return False
 
     def _full(self) -> None:
         self.collector.unfreeze()
@@ -161,5 +181,7 @@ class CollectionPolicy(Service):
         self._full_at = self.clock.seconds()
         # What the collection left is the new baseline: memory the allocator
         # keeps after freeing is not garbage to chase again.
-        self._memory_at_full = self.memory() if self.min_growth else None
+        if self.min_growth:
+            self._memory_base = self.memory()
+            self._peers_base = self.peers()
         self.full_collections += 1

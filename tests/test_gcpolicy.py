@@ -179,6 +179,24 @@ class CollectionPolicyTests(SynchronousTestCase):
         self.clock.advance(0.25)
         self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
 
+    def test_growth_that_new_peers_explain_does_not_trigger(self):
+        """
+        Memory held by peers that joined since the last full collection is
+        not garbage: a ramp of joins brings no full collection, and only
+        growth beyond what the peers explain counts from then on.
+        """
+        self.collector.take()
+        self.peers = 4000
+        self.memory += 4000 * 16 * 1024
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.memory += 32 * 2**20
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.memory += 32 * 2**20
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+
     def test_unknown_memory_or_zero_growth_never_triggers(self):
         self.memory = None
         self.policy._full()
