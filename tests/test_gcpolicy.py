@@ -151,6 +151,15 @@ class CollectionPolicyTests(SynchronousTestCase):
         gcpolicy.connection_closed()
         self.assertEqual(gcpolicy.connections_closed(), before + 1)
 
+    def grow(self, grown: int) -> list[str]:
+        """
+        Let memory grow by C{grown} bytes; what the next tick asks of the
+        collector.
+        """
+        self.memory += grown
+        self.clock.advance(0.25)
+        return self.collector.take()
+
     def test_memory_growth_brings_a_full_collection(self):
         """
         Frozen garbage that no close announces still shows as memory: once
@@ -159,25 +168,16 @@ class CollectionPolicyTests(SynchronousTestCase):
         what is left then is the new baseline.
         """
         self.collector.take()
-        self.memory += 32 * 2**20 - 1
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["collect", "freeze"])
-        self.memory += 1
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.assertEqual(self.grow(32 * 2**20 - 1), ["collect", "freeze"])
+        self.assertEqual(self.grow(1), ["unfreeze", "collect", "freeze"])
+        self.assertEqual(self.grow(0), ["collect", "freeze"])
 
     def test_growth_is_relative_to_a_large_heap(self):
         self.memory = 400 * 2**20
         self.policy._full()
         self.collector.take()
-        self.memory += 64 * 2**20
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["collect", "freeze"])
-        self.memory += 36 * 2**20
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+        self.assertEqual(self.grow(64 * 2**20), ["collect", "freeze"])
+        self.assertEqual(self.grow(36 * 2**20), ["unfreeze", "collect", "freeze"])
 
     def test_growth_that_new_peers_explain_does_not_trigger(self):
         """
@@ -187,15 +187,9 @@ class CollectionPolicyTests(SynchronousTestCase):
         """
         self.collector.take()
         self.peers = 4000
-        self.memory += 4000 * 16 * 1024
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["collect", "freeze"])
-        self.memory += 32 * 2**20
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["collect", "freeze"])
-        self.memory += 32 * 2**20
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["unfreeze", "collect", "freeze"])
+        self.assertEqual(self.grow(4000 * 16 * 1024), ["collect", "freeze"])
+        self.assertEqual(self.grow(32 * 2**20), ["collect", "freeze"])
+        self.assertEqual(self.grow(32 * 2**20), ["unfreeze", "collect", "freeze"])
 
     def test_unknown_memory_or_zero_growth_never_triggers(self):
         self.memory = None
@@ -205,8 +199,7 @@ class CollectionPolicyTests(SynchronousTestCase):
         self.assertEqual(self.collector.take(), ["collect", "freeze"])
         self.policy.min_growth = 0
         self.memory = 2**40
-        self.clock.advance(0.25)
-        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.assertEqual(self.grow(0), ["collect", "freeze"])
 
     def test_resident_memory_is_read(self):
         memory = gcpolicy.resident_memory()
@@ -228,21 +221,16 @@ class ClosedConnectionCountTests(SocketIOCase):
         client = self.polling()
         self.assertCounted(lambda: client.post("1"))
 
-    def test_engineio_websocket(self):
-        client = self.ws_socket()
-
-        def close():
-            client.sendClose()
-            self.harness.flush()
-
-        self.assertCounted(close, at_least=2)
-
-    def test_upgrading_websocket(self):
-        client = self.polling()
-        websocket = self.websocket(f"&sid={client.sid}")
-
+    def closing(self, websocket):
         def close():
             websocket.sendClose()
             self.harness.flush()
 
-        self.assertCounted(close)
+        return close
+
+    def test_engineio_websocket(self):
+        self.assertCounted(self.closing(self.ws_socket()), at_least=2)
+
+    def test_upgrading_websocket(self):
+        client = self.polling()
+        self.assertCounted(self.closing(self.websocket(f"&sid={client.sid}")))
