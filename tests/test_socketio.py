@@ -489,6 +489,20 @@ class SecretAuthTests(SocketIOCase):
         self.assertEngineError(self.http("GET", client.query), 1)
         self.assertEqual(self.hub.stats().peers_total, 0)
 
+    def test_reconnecting_with_a_new_token_drops_the_old_expiry(self):
+        """
+        After DISCONNECT and a CONNECT with a fresh token, the first token's
+        expiry no longer ends the session.
+        """
+        now = int(self.clock.seconds())
+        client = self.ws_socket({"token": token({"userId": "a", "exp": now - 20})})
+        self.ws_send(client, "41")
+        self.ws_send(client, "40" + orjson.dumps({"token": token({"userId": "a", "exp": now + 3600})}).decode())
+        self.assertEqual(client.take()[0][:2], "40")
+        self.harness.advance(15, step=1)
+        self.assertEqual(client.take(), [])
+        self.assertIsNone(client.close_code)
+
     def test_a_token_without_exp_does_not_expire(self):
         client = self.ws_socket({"token": token({"userId": "a"})})
         self.keep_alive(client, 3600)

@@ -208,10 +208,9 @@ class SocketIOConnection:
         # ACK (we ask for none) and CONNECT_ERROR (server-only) are ignored.
 
     def closed(self, reason: str) -> None:
-        for call in (self._connect_call, self._expiry_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._connect_call = self._expiry_call = None
+        if self._connect_call is not None and self._connect_call.active():
+            self._connect_call.cancel()
+        self._connect_call = None
         self._disconnect_peer()
 
     # connecting
@@ -293,6 +292,11 @@ class SocketIOConnection:
         self.engine.close("token expired", linger=True)
 
     def _disconnect_peer(self) -> None:
+        # The token's expiry concerns this connection only: a client that
+        # disconnects and connects again brings its token again.
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
         if self.peer is not None:
             peer, self.peer = self.peer, None
             self.hub.disconnect(peer)
@@ -385,6 +389,6 @@ class SocketIOConnection:
     def close(self, reason: str) -> None:
         # The hub has already forgotten the peer (stale, replaced).
         self.peer = None
-        self._room_sets.clear()
+        self._disconnect_peer()
         self._send(Packet(DISCONNECT))
         self.engine.close(reason, linger=True)
