@@ -103,6 +103,8 @@ class Options(usage.Options):
         ["directory-max-held", None, MAX_HELD, "Offline directory userIds held at once; past it further ones are freed at once (holds are never cut short).", _whole("directory-max-held")],
         ["directory-probe-timeout", None, PROBE_SECONDS, "Seconds the holder of a directory userId has to answer a ping when another connection registers it without proof; a silent holder loses it.", _seconds("directory-probe-timeout")],
         ["root-dialect", None, "native", "Dialect of a WebSocket at '/': " + ", ".join(ROOT_DIALECTS) + " or none (a plain GET / is never a WebSocket)."],
+        ["upgrade-timeout", None, 10.0, "Seconds an Engine.IO WebSocket may take to complete its upgrade from polling before it is closed.", _seconds("upgrade-timeout")],
+        ["gc-memory-growth", None, 32, "Megabytes of growth of resident memory since the last full garbage collection that bring the next one; 0 never.", _whole("gc-memory-growth")],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -143,6 +145,8 @@ class Options(usage.Options):
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
         if not self["cleanup-interval"]:
             raise usage.UsageError("--cleanup-interval must be above 0")
+        if not self["upgrade-timeout"]:
+            raise usage.UsageError("--upgrade-timeout must be above 0")
         if 0 < self["stale-timeout"] <= self["ping-interval"]:
             # Pongs are the only activity of a quiet peer: it would be
             # swept between two pings.
@@ -328,6 +332,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
         max_message_fragments=options["max-fragments"],
+        upgrade_timeout=options["upgrade-timeout"],
     )
     directory = Directory(
         hub,
@@ -365,5 +370,7 @@ def makeService(options: Options) -> MultiService:
     top = make_service(options, reactor)
     # Only in the twistd process: tests that build services share their
     # interpreter's collector with everything else.
-    CollectionPolicy(reactor, top.hub.peer_count).setServiceParent(top)
+    CollectionPolicy(
+        reactor, top.hub.peer_count, min_growth=options["gc-memory-growth"] * 1024 * 1024
+    ).setServiceParent(top)
     return top

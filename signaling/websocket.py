@@ -30,6 +30,7 @@ from .dialects.base import (
 from .errors import DeliveryRefused
 from .hub import RECIPIENT_FAILED, Hub, IPeerConnection
 from .logs import Logger
+from .ratelimit import RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 
@@ -49,6 +50,9 @@ class WebSocketSettings:
         fragmented message counts as one.
     :ivar max_message_fragments: Frames one message may arrive in; more
         closes the connection with 1008. 0 for unlimited.
+        with bursts of twice that; 0 for unlimited.
+    :ivar upgrade_timeout: Seconds an Engine.IO WebSocket opened to upgrade
+        a polling session may take to complete the upgrade.
     """
 
     max_message_size: int = 64 * 1024
@@ -58,6 +62,7 @@ class WebSocketSettings:
     max_send_buffer: int = 256 * 1024
     max_message_rate: float = 0
     max_message_fragments: int = 128
+    upgrade_timeout: float = 10
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -125,31 +130,6 @@ def watch_send_buffer(transport, limit: int) -> SendBuffer:
         transport.unregisterProducer()
     transport.registerProducer(send_buffer, True)
     return send_buffer
-
-
-class RateLimit:
-    """
-    A token bucket: C{rate} messages a second, bursts of C{2 * rate}.
-
-    :ivar refused: Messages refused since the last one admitted.
-    """
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, 2 * rate)
-        self.tokens = self.burst
-        self.updated = now
-        self.refused = 0
-
-    def admit(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.refused = 0
-            return True
-        self.refused += 1
-        return False
 
 
 @implementer(IPushProducer)
@@ -223,7 +203,7 @@ class LimitedProtocol(WebSocketServerProtocol):
         rate_limit = self.rate_limit
         if rate_limit is None or rate_limit.admit(self.factory.clock.seconds()):
             return False
-        if rate_limit.refused > rate_limit.burst:
+        if rate_limit.persistent:
             self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         return True
 

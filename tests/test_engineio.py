@@ -420,3 +420,141 @@ class WebSocketLimitTests(SocketIOCase):
         self.assertGreater(received, 0)
         self.assertLessEqual(received, 1000)
         self.assertIsNone(sender.close_code)
+
+
+class PollingRateTests(SocketIOCase):
+    settings = WebSocketSettings(ping_interval=25, ping_timeout=20, max_message_rate=2)
+
+    def test_packets_over_the_rate_are_dropped(self):
+        """
+        Each packet of a polling body counts against --max-message-rate:
+        beyond a burst (twice the rate) they are dropped.
+        """
+        client = self.polling()
+        client.connect()
+        response = client.post(*['42["join-room",{"roomId":"r"}]'] * 5)
+        self.assertEqual(response.body, "ok")
+        self.assertEqual([name for name, _ in client.events()], ["room-users", "error", "error"])
+
+    def test_persistent_excess_ends_the_session(self):
+        """
+        More packets refused in a row than a burst end the session: the POST
+        is answered 429, the next poll gets the close packet, and the client
+        leaves the hub.
+        """
+        client = self.polling()
+        client.connect()
+        response = client.post(*['42["leave-room",{"roomId":"r"}]'] * 20)
+        self.assertEngineError(response, 3, status=429)
+        self.assertEqual(response.json()["message"], "Too many packets")
+        self.assertEqual(client.get()[-1], "1")
+        self.assertEngineError(self.http("GET", client.query), 1)
+        self.assertEqual(self.hub.stats().peers_total, 0)
+
+    def test_the_bucket_refills_with_time(self):
+        client = self.polling()
+        client.connect()
+        for _ in range(3):
+            self.clock.advance(2)
+            self.assertEqual(client.post(*['42["leave-room",{"roomId":"r"}]'] * 3).body, "ok")
+        self.assertEqual(len(self.sessions), 1)
+
+    def test_upgraded_session_keeps_its_count(self):
+        """
+        The bucket belongs to the session: what polling used is not given
+        back by upgrading to a WebSocket.
+        """
+        client = self.polling()
+        client.connect()
+        client.post(*['42["leave-room",{"roomId":"r"}]'] * 2)
+        websocket = self.websocket(f"&sid={client.sid}")
+        self.ws_send(websocket, "2probe")
+        self.ws_send(websocket, "5")
+        for _ in range(6):
+            if websocket.close_code is not None:
+                break
+            self.ws_emit(websocket, "leave-room", {"roomId": "r"})
+        self.assertEqual(websocket.close_code, 1008)
+
+
+class UpgradeDeadlineTests(SocketIOCase):
+    settings = WebSocketSettings(ping_interval=25, ping_timeout=20, upgrade_timeout=3)
+
+    def test_websocket_that_does_not_upgrade_is_closed(self):
+        """
+        A WebSocket opened with a sid that does not complete the upgrade
+        within --upgrade-timeout is closed normally; the session stays on
+        polling and may try again.
+        """
+        client = self.polling()
+        client.connect()
+        silent = self.websocket(f"&sid={client.sid}")
+        self.harness.advance(2.9)
+        self.assertIsNone(silent.close_code)
+        self.harness.advance(0.2)
+        self.assertEqual(silent.close_code, 1000)
+        client.emit("join-room", {"roomId": "r"})
+        self.assertEqual(client.events()[0][0], "room-users")
+        retry = self.websocket(f"&sid={client.sid}")
+        self.ws_send(retry, "2probe")
+        self.assertEqual(retry.take(), ["3probe"])
+
+    def test_completed_upgrade_is_not_closed(self):
+        client = self.polling()
+        client.connect()
+        websocket = self.websocket(f"&sid={client.sid}")
+        self.ws_send(websocket, "2probe")
+        self.ws_send(websocket, "5")
+        self.harness.advance(5)
+        self.assertIsNone(websocket.close_code)
+
+    def test_one_upgrade_at_a_time(self):
+        """
+        While one WebSocket is upgrading a session, another is refused with
+        400 before its handshake completes.
+        """
+        client = self.polling()
+        first = self.websocket(f"&sid={client.sid}")
+        second = self.websocket(f"&sid={client.sid}")
+        self.assertTrue(first.opened)
+        self.assertFalse(second.opened)
+
+    def test_session_end_closes_its_upgrading_websocket(self):
+        client = self.polling()
+        client.connect()
+        websocket = self.websocket(f"&sid={client.sid}")
+        client.post("1")
+        self.harness.flush()
+        self.assertEqual(websocket.close_code, 1000)
+
+
+
+class UpgradeHeartbeatTests(SocketIOCase):
+    settings = WebSocketSettings(ping_interval=1, ping_timeout=1, upgrade_timeout=100)
+
+    def test_expired_session_closes_its_upgrading_websocket(self):
+        """
+        A session whose client vanished expires on the ping timeout, and a
+        WebSocket waiting to upgrade it goes with it.
+        """
+        client = self.polling()
+        websocket = self.websocket(f"&sid={client.sid}")
+        self.harness.advance(2.5)
+        self.assertEqual(self.sessions, {})
+        self.assertEqual(websocket.close_code, 1000)
+
+    def test_upgrading_websocket_gets_pings(self):
+        """
+        The Engine.IO WebSocket factory pings too: a WebSocket waiting to
+        upgrade whose client does not answer is dropped, while its session,
+        which answers Engine.IO's pings over polling, lives on.
+        """
+        client = self.polling()
+        websocket = self.websocket(f"&sid={client.sid}")
+        websocket.answer_pings = False
+        self.harness.advance(1.05)
+        self.assertEqual(client.get(), ["2"])
+        client.post("3")
+        self.harness.advance(1.2)
+        self.assertIsNotNone(websocket.close_code)
+        self.assertEqual(len(self.sessions), 1)

@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from signaling import gcpolicy
 from signaling.gcpolicy import CollectionPolicy
 
+from .socketio_support import SocketIOCase
+
 
 class RecordingCollector:
     """
@@ -47,6 +49,7 @@ class CollectionPolicyTests(SynchronousTestCase):
         self.collector = RecordingCollector()
         self.closed = 0
         self.peers = 0
+        self.memory: int | None = 100 * 2**20
         self.policy = CollectionPolicy(
             self.clock,
             peers=lambda: self.peers,
@@ -55,6 +58,8 @@ class CollectionPolicyTests(SynchronousTestCase):
             full_interval=600,
             collector=self.collector,
             closed=lambda: self.closed,
+            min_growth=32 * 2**20,
+            memory=lambda: self.memory,
         )
         self.policy.startService()
         self.addCleanup(self._stop)
@@ -145,3 +150,87 @@ class CollectionPolicyTests(SynchronousTestCase):
         before = gcpolicy.connections_closed()
         gcpolicy.connection_closed()
         self.assertEqual(gcpolicy.connections_closed(), before + 1)
+
+    def grow(self, grown: int) -> list[str]:
+        """
+        Let memory grow by C{grown} bytes; what the next tick asks of the
+        collector.
+        """
+        self.memory += grown
+        self.clock.advance(0.25)
+        return self.collector.take()
+
+    def test_memory_growth_brings_a_full_collection(self):
+        """
+        Frozen garbage that no close announces still shows as memory: once
+        resident memory has grown by min_growth (or a quarter, whichever is
+        more) since the last full collection, the next tick runs one, and
+        what is left then is the new baseline.
+        """
+        self.collector.take()
+        self.assertEqual(self.grow(32 * 2**20 - 1), ["collect", "freeze"])
+        self.assertEqual(self.grow(1), ["unfreeze", "collect", "freeze"])
+        self.assertEqual(self.grow(0), ["collect", "freeze"])
+
+    def test_growth_is_relative_to_a_large_heap(self):
+        self.memory = 400 * 2**20
+        self.policy._full()
+        self.collector.take()
+        self.assertEqual(self.grow(64 * 2**20), ["collect", "freeze"])
+        self.assertEqual(self.grow(36 * 2**20), ["unfreeze", "collect", "freeze"])
+
+    def test_growth_that_new_peers_explain_does_not_trigger(self):
+        """
+        Memory held by peers that joined since the last full collection is
+        not garbage: a ramp of joins brings no full collection, and only
+        growth beyond what the peers explain counts from then on.
+        """
+        self.collector.take()
+        self.peers = 4000
+        self.assertEqual(self.grow(4000 * 16 * 1024), ["collect", "freeze"])
+        self.assertEqual(self.grow(32 * 2**20), ["collect", "freeze"])
+        self.assertEqual(self.grow(32 * 2**20), ["unfreeze", "collect", "freeze"])
+
+    def test_unknown_memory_or_zero_growth_never_triggers(self):
+        self.memory = None
+        self.policy._full()
+        self.collector.take()
+        self.clock.advance(0.25)
+        self.assertEqual(self.collector.take(), ["collect", "freeze"])
+        self.policy.min_growth = 0
+        self.memory = 2**40
+        self.assertEqual(self.grow(0), ["collect", "freeze"])
+
+    def test_resident_memory_is_read(self):
+        memory = gcpolicy.resident_memory()
+        if memory is not None:
+            self.assertGreater(memory, 1024 * 1024)
+
+
+class ClosedConnectionCountTests(SocketIOCase):
+    """
+    Every kind of closed connection counts toward the next full collection.
+    """
+
+    def assertCounted(self, close, at_least: int = 1) -> None:
+        before = gcpolicy.connections_closed()
+        close()
+        self.assertGreaterEqual(gcpolicy.connections_closed() - before, at_least)
+
+    def test_polling_session(self):
+        client = self.polling()
+        self.assertCounted(lambda: client.post("1"))
+
+    def closing(self, websocket):
+        def close():
+            websocket.sendClose()
+            self.harness.flush()
+
+        return close
+
+    def test_engineio_websocket(self):
+        self.assertCounted(self.closing(self.ws_socket()), at_least=2)
+
+    def test_upgrading_websocket(self):
+        client = self.polling()
+        self.assertCounted(self.closing(self.websocket(f"&sid={client.sid}")))

@@ -486,6 +486,72 @@ class SecretAuthTests(SocketIOCase):
         self.clock.advance(91)
         self.assertIn("expired", self.connect_error({"token": expiring}))
 
+    def test_session_ends_when_its_token_expires(self):
+        """
+        A session whose token expires (exp plus the 30 s leeway) is told
+        with CONNECT_ERROR, then DISCONNECT, then closed, on the hub's clock.
+        """
+        expiring = token({"userId": "a", "exp": int(self.clock.seconds()) + 60})
+        client = self.ws_socket({"token": expiring})
+        self.ws_emit(client, "join-room", {"roomId": "r"})
+        client.take()
+        self.keep_alive(client, 89.8)
+        self.assertIsNone(client.close_code)
+        self.harness.advance(0.4)
+        refused, disconnect = client.take()
+        self.assertEqual(refused[:2], "44")
+        self.assertEqual(
+            orjson.loads(refused[2:]),
+            {"message": "Authentication failed: the token has expired", "data": {"code": "token-expired"}},
+        )
+        self.assertEqual(disconnect, "41")
+        self.assertEqual(client.close_code, 1000)
+        self.assertEqual(self.hub.stats().peers_total, 0)
+
+    def test_polling_session_ends_when_its_token_expires(self):
+        """
+        Over polling the next poll collects the same packets and the close
+        packet.
+        """
+        expiring = token({"userId": "a", "exp": int(self.clock.seconds()) - 20})
+        client = self.polling()
+        client.connect({"token": expiring})
+        self.clock.advance(10)
+        packets = client.get()
+        self.assertEqual([packet[:2] for packet in packets], ["44", "41", "1"])
+        self.assertEngineError(self.http("GET", client.query), 1)
+        self.assertEqual(self.hub.stats().peers_total, 0)
+
+    def test_reconnecting_with_a_new_token_drops_the_old_expiry(self):
+        """
+        After DISCONNECT and a CONNECT with a fresh token, the first token's
+        expiry no longer ends the session.
+        """
+        now = int(self.clock.seconds())
+        client = self.ws_socket({"token": token({"userId": "a", "exp": now - 20})})
+        self.ws_send(client, "41")
+        self.ws_send(client, "40" + orjson.dumps({"token": token({"userId": "a", "exp": now + 3600})}).decode())
+        self.assertEqual(client.take()[0][:2], "40")
+        self.harness.advance(15, step=1)
+        self.assertEqual(client.take(), [])
+        self.assertIsNone(client.close_code)
+
+    def test_a_token_without_exp_does_not_expire(self):
+        client = self.ws_socket({"token": token({"userId": "a"})})
+        self.keep_alive(client, 3600)
+        self.assertIsNone(client.close_code)
+
+    def keep_alive(self, client, seconds: float) -> None:
+        """
+        Let C{seconds} pass with C{client} answering Engine.IO's pings.
+        """
+        for _ in range(int(seconds)):
+            self.harness.advance(1, step=1)
+            if "2" in client.received:
+                client.received.remove("2")
+                self.ws_send(client, "3")
+        self.harness.advance(seconds - int(seconds))
+
     def test_without_a_token_rooms_work_and_calls_are_refused(self):
         client = self.ws_socket({"userId": "guest"})
         self.ws_emit(client, "join-room", {"roomId": "r", "userId": "guest"})

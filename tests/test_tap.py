@@ -180,3 +180,23 @@ class DirectoryOptionsTests(SynchronousTestCase):
             (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"], options["root-dialect"]),
             (60.0, 10000, 2.0, "native"),
         )
+
+
+class EngineIOOptionsTests(SynchronousTestCase):
+    def test_upgrade_timeout(self):
+        """
+        --upgrade-timeout defaults to the reference server's 10 s and must
+        be above 0 (tests/test_engineio_limits_real.py sees it at work).
+        """
+        self.assertEqual(parse()["upgrade-timeout"], 10.0)
+        self.assertEqual(parse("--upgrade-timeout", "2.5")["upgrade-timeout"], 2.5)
+        error = self.assertRaises(SystemExit, parse, "--upgrade-timeout", "0")
+        self.assertIn("--upgrade-timeout must be above 0", str(error.code))
+
+
+class GarbageCollectionOptionsTests(SynchronousTestCase):
+    def test_gc_memory_growth(self):
+        self.assertEqual(parse()["gc-memory-growth"], 32)
+        self.assertEqual(parse("--gc-memory-growth", "0")["gc-memory-growth"], 0)
+        error = self.assertRaises(SystemExit, parse, "--gc-memory-growth", "-1")
+        self.assertIn("gc-memory-growth", str(error.code))

@@ -20,8 +20,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface
 
+from ... import gcpolicy
 from ...errors import DeliveryRefused
 from ...logs import Logger
+from ...ratelimit import RateLimit
+from ..base import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 
 # Packet types.
 OPEN = "0"
@@ -31,6 +34,9 @@ PONG = "3"
 MESSAGE = "4"
 UPGRADE = "5"
 NOOP = "6"
+
+#: Why a session over C{max_message_rate} ended.
+RATE_EXCEEDED = "message rate exceeded"
 
 #: Packets of one polling payload are separated by the record separator.
 SEPARATOR = "\x1e"
@@ -85,6 +91,10 @@ class EngineIOSettings:
     :ivar max_message_rate: Packets a second a client may send over
         WebSocket (bursts of twice that); 0 for unlimited.
     :ivar max_message_fragments: Frames one WebSocket message may arrive in.
+    :ivar max_message_rate: Packets a second a client may send, over
+        polling and WebSocket alike (bursts of twice that); 0 for unlimited.
+    :ivar upgrade_timeout: Seconds a WebSocket opened for an upgrade may
+        take to complete it before it is closed.
     """
 
     ping_interval: float = 25
@@ -95,6 +105,7 @@ class EngineIOSettings:
     max_send_buffer: int = 256 * 1024
     max_message_rate: float = 0
     max_message_fragments: int = 128
+    upgrade_timeout: float = 10
 
     @classmethod
     def from_websocket(cls, settings: Any) -> "EngineIOSettings":
@@ -111,6 +122,7 @@ class EngineIOSettings:
             max_send_buffer=settings.max_send_buffer,
             max_message_rate=settings.max_message_rate,
             max_message_fragments=settings.max_message_fragments,
+            upgrade_timeout=settings.upgrade_timeout,
         )
 
 
@@ -126,9 +138,10 @@ class IPacketTransport(Interface):
         :raises DeliveryRefused: The WebSocket cannot take it.
         """
 
-    def close_transport() -> None:
+    def close_transport(code: int = CLOSE_NORMAL) -> None:
         """
-        Close the WebSocket normally.
+        Close the WebSocket: normally, or with C{code}
+        (L{CLOSE_POLICY_VIOLATION} for a client over the message rate).
         """
 
 
@@ -197,6 +210,7 @@ class EngineIOSocket:
     :ivar sid: The session id: a credential, never shown to other clients.
     :ivar transport: C{"polling"} or C{"websocket"}.
     :ivar handshake: What the first request carried (query, origin).
+    :ivar close_reason: Why the session ended, once it has.
     """
 
     _log = Logger()
@@ -217,6 +231,7 @@ class EngineIOSocket:
         self.handler: Any = None
         self.state = "opening"
         self.upgrading: Any = None
+        self.close_reason: str | None = None
         self._forget = forget
         self._queue: list[str | bytes] = []
         self._queued_bytes = 0
@@ -225,6 +240,12 @@ class EngineIOSocket:
         self._ping_call: IDelayedCall | None = None
         self._pong_call: IDelayedCall | None = None
         self._linger_call: IDelayedCall | None = None
+        self._upgrade_call: IDelayedCall | None = None
+        self._rate_limit = (
+            RateLimit(settings.max_message_rate, clock.seconds())
+            if settings.max_message_rate
+            else None
+        )
 
     # opening
 
@@ -343,9 +364,29 @@ class EngineIOSocket:
         for packet in packets:
             if self.state != "open":
                 break
-            self.packet_received(packet)
+            if self.admit():
+                self.packet_received(packet)
+        if self.close_reason == RATE_EXCEEDED:
+            raise EngineIOError(BAD_REQUEST, "Too many packets", status=429)
 
     # input
+
+    def admit(self) -> bool:
+        """
+        Count one packet from the client, whatever carried it, against
+        C{max_message_rate}.
+
+        :return: Whether to handle it. A packet over the rate is dropped;
+            persistent excess ends the session (a WebSocket carrying it
+            closes with 1008, a poll gets the close packet).
+        """
+        rate_limit = self._rate_limit
+        if rate_limit is None or rate_limit.admit(self.clock.seconds()):
+            return True
+        if rate_limit.persistent and self.state == "open":
+            self._log.info("an Engine.IO session exceeded the message rate")
+            self.close(RATE_EXCEEDED, linger=True, code=CLOSE_POLICY_VIOLATION)
+        return False
 
     def packet_received(self, packet: str | bytes) -> None:
         """
@@ -404,18 +445,47 @@ class EngineIOSocket:
 
     # upgrade
 
+    def attach(self, websocket: Any) -> bool:
+        """
+        A WebSocket opened with this session's sid: it has
+        C{upgrade_timeout} seconds to probe and take the session over, and is
+        closed with the session.
+
+        :return: Whether it is accepted: the session is open on polling and
+            no other WebSocket is upgrading it (as the reference server, one
+            at a time).
+        """
+        if self.state != "open" or self.transport != "polling" or self.upgrading is not None:
+            return False
+        self.upgrading = websocket
+        self._upgrade_call = self.clock.callLater(
+            self.settings.upgrade_timeout, self._upgrade_expired
+        )
+        return True
+
+    def _upgrade_expired(self) -> None:
+        self._upgrade_call = None
+        upgrading, self.upgrading = self.upgrading, None
+        if upgrading is not None:
+            self._log.debug("an upgrade of {sid} timed out", sid=self.sid)
+            upgrading.close_transport()
+
+    def _stop_upgrade_deadline(self) -> None:
+        if self._upgrade_call is not None and self._upgrade_call.active():
+            self._upgrade_call.cancel()
+        self._upgrade_call = None
+
     def probe(self, websocket: Any) -> bool:
         """
-        A WebSocket of this session sent C{2probe}: answer C{3probe} on it and
+        The attached WebSocket sent C{2probe}: answer C{3probe} on it and
         release a pending poll with a noop so the client can pause polling.
 
         :return: Whether the probe is accepted.
         """
         if self.state != "open" or self.transport != "polling":
             return False
-        if self.upgrading is not None and self.upgrading is not websocket:
+        if self.upgrading is not websocket:
             return False
-        self.upgrading = websocket
         websocket.send_packet(PONG + "probe")
         if self._poll is not None and not self._queue:
             self._queue.append(NOOP)
@@ -431,6 +501,7 @@ class EngineIOSocket:
             websocket.close_transport()
             return
         self.upgrading = None
+        self._stop_upgrade_deadline()
         self.transport = "websocket"
         self._websocket = websocket
         if self._poll is not None:
@@ -448,6 +519,7 @@ class EngineIOSocket:
         """
         if self.upgrading is websocket:
             self.upgrading = None
+            self._stop_upgrade_deadline()
 
     # closing
 
@@ -461,26 +533,29 @@ class EngineIOSocket:
         else:
             self.probe_failed(websocket)
 
-    def close(self, reason: str, linger: bool = False) -> None:
+    def close(self, reason: str, linger: bool = False, code: int = CLOSE_NORMAL) -> None:
         """
-        End the session: tell the handler, stop the heartbeat, and close the
-        transport; a pending poll gets a close packet.
+        End the session: tell the handler, stop the heartbeat, and close
+        every WebSocket attached to it; a pending poll gets a close packet.
 
         :param linger: Without a pending poll, keep the session until the
             client's next poll collects what was queued and the close packet
             (for closes the server decides), but no longer than the ping
             timeout.
+        :param code: The close code of the WebSockets.
         """
         if self.state in ("closing", "closed"):
             return
         self.state = "closing"
+        self.close_reason = reason
         for call in (self._ping_call, self._pong_call):
             if call is not None and call.active():
                 call.cancel()
         self._ping_call = self._pong_call = None
+        self._stop_upgrade_deadline()
         upgrading, self.upgrading = self.upgrading, None
         if upgrading is not None:
-            upgrading.close_transport()
+            upgrading.close_transport(code)
         handler = self.handler
         if handler is not None:
             try:
@@ -489,7 +564,7 @@ class EngineIOSocket:
                 self._log.failure("closing the session's handler failed")
         if self._websocket is not None:
             websocket, self._websocket = self._websocket, None
-            websocket.close_transport()
+            websocket.close_transport(code)
             self._finish_closing()
         elif self._poll is not None or not linger:
             self._finish_closing()
@@ -559,6 +634,9 @@ class EngineIOServer:
     def _forget(self, socket: EngineIOSocket) -> None:
         if self.sessions.get(socket.sid) is socket:
             del self.sessions[socket.sid]
+            # A session is a cycle of objects (socket, handler, timers) that
+            # the collection policy must hear of, as of a closed WebSocket.
+            gcpolicy.connection_closed()
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from ... import gcpolicy
 from ...auth import TokenVerifier
 from ...errors import DeliveryRefused
 from ...hub import Hub
@@ -70,6 +71,8 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
             socket = self.factory.server.sessions.get(sid)
             if socket is None or not socket.is_open or socket.transport != "polling":
                 raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Session ID unknown")
+            if socket.upgrading is not None:
+                raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "the session is already upgrading")
             self.socket = socket
         self._handshake = handshake
         return None
@@ -78,8 +81,13 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
         try:
             if self.socket is None:
                 self.socket = self.factory.server.open(self._handshake, websocket=self)
-            else:
+            elif self.socket.attach(self):
                 self.probing = True
+            else:
+                # The session ended, or another WebSocket is upgrading it,
+                # since the handshake.
+                self.socket = None
+                self.close_transport()
         except Exception:
             self._bug("opening an Engine.IO session failed")
 
@@ -87,8 +95,9 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
         socket = self.socket
         if socket is None:
             return
-        if self.over_rate():
-            # Socket.IO has no error for this: the packet is dropped.
+        # The session's own count, the one its polling requests use too.
+        # Socket.IO has no error for this: the packet is dropped.
+        if not socket.admit():
             return
         packet: str | bytes = payload if isBinary else payload.decode("utf-8")
         try:
@@ -111,6 +120,7 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
             self.close_transport()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        gcpolicy.connection_closed()
         socket, self.socket = self.socket, None
         if socket is not None:
             try:
@@ -133,9 +143,15 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
         except PayloadExceededError:
             raise DeliveryRefused("too-large", "the message exceeds the size limit")
 
-    def close_transport(self) -> None:
-        if self.state == _OPEN:
+    def close_transport(self, code: int = CLOSE_NORMAL) -> None:
+        if self.state != _OPEN:
+            return
+        if code == CLOSE_NORMAL:
             self.sendClose(CLOSE_NORMAL)
+        else:
+            # sendClose() takes only 1000 and 3000-4999; 1008 comes from
+            # Autobahn's failure path.
+            self._fail_connection(code, "message rate limit exceeded")
 
 
 class EngineIOWebSocketFactory(WebSocketServerFactory):
@@ -150,8 +166,11 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
             failByDrop=False,
             maxFramePayloadSize=settings.max_payload,
             maxMessagePayloadSize=settings.max_payload,
-            # Engine.IO has its own heartbeat.
-            autoPingInterval=0,
+            # Engine.IO's heartbeat runs only once a WebSocket carries the
+            # session; these pings also find a vanished client of one that
+            # is still upgrading.
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
         )
@@ -232,6 +251,8 @@ class SocketIOResource(Resource):
             socket = self.server.find(params["sid"])
             if socket.transport != "polling":
                 raise EngineIOError(BAD_REQUEST, "the session is already on a WebSocket")
+            if socket.upgrading is not None:
+                raise EngineIOError(BAD_REQUEST, "the session is already upgrading")
         return self._websocket.render(request)
 
     def _poll(self, request: IRequest, socket: EngineIOSocket) -> Any:

@@ -16,7 +16,7 @@ import orjson
 from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
-from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
+from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import Hub, IPeerConnection, Peer, Room
 from ...logs import Logger
@@ -183,6 +183,7 @@ class SocketIOConnection:
         self._connect_call: IDelayedCall | None = engine.clock.callLater(
             engine.settings.connect_timeout, self._connect_missing
         )
+        self._expiry_call: IDelayedCall | None = None
 
     @property
     def requires_token(self) -> bool:
@@ -248,7 +249,7 @@ class SocketIOConnection:
             return
         self.user_id, self.authenticated, self.claims = None, False, {}
         try:
-            self.user_id, self.authenticated = self._identify(packet.data or {})
+            self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
             self._log.info("refused a Socket.IO connection: {error}", error=str(error))
             self._send(Packet(CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}))
@@ -259,11 +260,17 @@ class SocketIOConnection:
         self.peer = self.hub.connect(
             self, dialect=NAME, verified_user=self.user_id if self.authenticated else None
         )
+        if expires is not None:
+            self._expiry_call = self.engine.clock.callLater(
+                max(0.0, expires - self.now()), self._token_expired
+            )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
 
-    def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool]:
+    def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool, float | None]:
         """
-        Who a connecting client is, and whether a token proved it.
+        Who a connecting client is, whether a token proved it, and when that
+        token stops being valid (its C{exp} plus the leeway L{TokenVerifier}
+        allows; L{None} when nothing was verified or it has no C{exp}).
 
         :raises InvalidToken: A key is configured and the client presented a
             token that is not valid for it, or names no user.
@@ -281,16 +288,38 @@ class SocketIOConnection:
                 if user_id is None:
                     raise InvalidToken("the token names no user")
                 self.claims = claims
-                return user_id, True
+                expires = claims["exp"] + LEEWAY if "exp" in claims else None
+                return user_id, True, expires
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
-                return user_id, False
+                return user_id, False, None
         claimed = auth.get("userId")
         if isinstance(claimed, str) and 0 < len(claimed) <= 256:
-            return claimed, False
-        return None, False
+            return claimed, False, None
+        return None, False, None
+
+    def _token_expired(self) -> None:
+        """
+        The verified token has expired: the client is told as a refused
+        connection is (C{CONNECT_ERROR}), then disconnected.
+        """
+        self._expiry_call = None
+        self._log.info("ended a Socket.IO connection: its token expired")
+        self._send(
+            Packet(
+                CONNECT_ERROR,
+                data={"message": "Authentication failed: the token has expired", "data": {"code": "token-expired"}},
+            )
+        )
+        self._send(Packet(DISCONNECT))
+        self.engine.close("token expired", linger=True)
 
     def _disconnect_peer(self) -> None:
+        # The token's expiry concerns this connection only: a client that
+        # disconnects and connects again brings its token again.
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
         if self.peer is not None:
             peer, self.peer = self.peer, None
             self.hub.disconnect(peer)
@@ -415,6 +444,6 @@ class SocketIOConnection:
     def close(self, reason: str) -> None:
         # The hub has already forgotten the peer (stale, replaced).
         self.peer = None
-        self._room_sets.clear()
+        self._disconnect_peer()
         self._send(Packet(DISCONNECT))
         self.engine.close(reason, linger=True)
