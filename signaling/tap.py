@@ -16,13 +16,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
-from twisted.web.server import Site
 
 from . import logs
+from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
+from .site import GuardedSite, HTTPLimits
 from .web import SignalingSite
 from .websocket import WebSocketSettings
 
@@ -92,6 +93,15 @@ class Options(usage.Options):
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
         ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["max-connections-per-address", None, 512, "Connections (and Engine.IO polling sessions) one client address may hold; 0 for unlimited.", _whole("max-connections-per-address")],
+        ["max-new-connections-per-address", None, 50.0, "New connections (and sessions) per second one client address may open, bursts of twice that; 0 for unlimited.", _number("max-new-connections-per-address", float, "connections per second, 0 or more")],
+        ["trust-forwarded", None, 0, "Reverse proxies in front of the server: take the client address from Forwarded/X-Forwarded-For, this many hops from the right; 0 uses the socket's peer.", _whole("trust-forwarded")],
+        ["request-timeout", None, 30.0, "Seconds a client has to send a whole HTTP request (head and body; for a WebSocket, up to the upgrade); 0 for none.", _seconds("request-timeout")],
+        ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
+    ]
+
+    optFlags = [
+        ["access-log", None, "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -303,9 +313,31 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
     )
-    site = SignalingSite(hub, settings, verifier=options.get("token-verifier"))
-    web = Site(site.resource())
-    web.displayTracebacks = False
+    limiter = AddressLimiter(
+        reactor,
+        AddressLimits(
+            max_connections=options["max-connections-per-address"],
+            max_new_per_second=options["max-new-connections-per-address"],
+        ),
+    )
+    site = SignalingSite(
+        hub,
+        settings,
+        verifier=options.get("token-verifier"),
+        limiter=limiter,
+    )
+    web = GuardedSite(
+        site.resource(),
+        HTTPLimits(
+            request_timeout=options["request-timeout"],
+            max_body=options["max-request-body"],
+            max_socketio_body=options["max-message-size"],
+            trusted_hops=options["trust-forwarded"],
+            access_log=bool(options["access-log"]),
+        ),
+        limiter,
+        reactor,
+    )
     top = MultiService()
     top.hub = hub  # type: ignore[attr-defined]
     cleanup = TimerService(options["cleanup-interval"], _sweeper(hub))

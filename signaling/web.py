@@ -14,6 +14,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .addresses import AddressLimiter
 from .auth import TokenVerifier
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
@@ -22,6 +23,7 @@ from .dialects.socketio import SocketIOResource
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
+from .site import set_cors_headers
 from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
 
@@ -67,12 +69,16 @@ class SignalingSite:
         hub: Hub,
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
+        limiter: AddressLimiter | None = None,
     ) -> None:
+        """
+        :param limiter: Counts Engine.IO polling sessions per client address.
+        """
         self.hub = hub
         self.settings = settings
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
-        self._socketio = SocketIOResource(hub, settings, verifier)
+        self._socketio = SocketIOResource(hub, settings, verifier, limiter)
         #: The userIds of the directory dialect, one directory per hub.
         self.directory = Directory(hub)
         self._directory = WebSocketResource(
@@ -87,12 +93,7 @@ class SignalingSite:
     # helpers
 
     def _cors(self, request: IRequest) -> None:
-        origin = request.getHeader("origin")
-        if origin is None or not self.settings.allows_origin(origin):
-            return
-        request.setHeader("Access-Control-Allow-Origin", origin)
-        request.setHeader("Access-Control-Allow-Credentials", "true")
-        request.setHeader("Vary", "Origin")
+        set_cors_headers(request, self.settings)
 
     def _json(self, request: IRequest, body: Any, code: int = 200) -> bytes:
         self._cors(request)

@@ -121,3 +121,4 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(
             self.get_json("/signal", 426), {"error": "this URL takes WebSocket connections"}
         )
+
