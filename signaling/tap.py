@@ -98,6 +98,7 @@ class Options(usage.Options):
         ["trust-forwarded", None, 0, "Reverse proxies in front of the server: take the client address from Forwarded/X-Forwarded-For, this many hops from the right; 0 uses the socket's peer.", _whole("trust-forwarded")],
         ["request-timeout", None, 30.0, "Seconds a client has to send a whole HTTP request (head and body; for a WebSocket, up to the upgrade); 0 for none.", _seconds("request-timeout")],
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
+        ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
     ]
 
     optFlags = [
@@ -150,6 +151,7 @@ class Options(usage.Options):
                 f"--ping-interval ({self['ping-interval']:g}), or 0"
             )
         self["token-verifier"] = self._token_verifier()
+        self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
@@ -325,6 +327,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         settings,
         verifier=options.get("token-verifier"),
         limiter=limiter,
+        api_token=options.get("api-token"),
     )
     web = GuardedSite(
         site.resource(),

@@ -6,6 +6,8 @@ dialect, in one Klein app.
 from __future__ import annotations
 
 import functools
+import heapq
+import hmac
 from typing import Any
 
 import orjson
@@ -26,6 +28,12 @@ from .hub import Hub, Room
 from .site import set_cors_headers
 from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
+
+
+#: Rooms in one page of C{/api/rooms}, unless C{?limit=} says fewer.
+DEFAULT_ROOMS_PAGE = 100
+#: The most C{?limit=} may ask for: a page stays well under a megabyte.
+MAX_ROOMS_PAGE = 1000
 
 
 def _room_summary(room: Room) -> dict[str, Any]:
@@ -70,12 +78,16 @@ class SignalingSite:
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
         limiter: AddressLimiter | None = None,
+        api_token: str | None = None,
     ) -> None:
         """
         :param limiter: Counts Engine.IO polling sessions per client address.
+        :param api_token: The bearer token C{/api/rooms/{id}} requires; None
+            leaves it open.
         """
         self.hub = hub
         self.settings = settings
+        self._api_token = api_token.encode("utf-8") if api_token else None
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
         self._socketio = SocketIOResource(hub, settings, verifier, limiter)
@@ -94,6 +106,14 @@ class SignalingSite:
 
     def _cors(self, request: IRequest) -> None:
         set_cors_headers(request, self.settings)
+
+    def _authorized(self, request: IRequest) -> bool:
+        if self._api_token is None:
+            return True
+        scheme, _, token = (request.getHeader("authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8"), self._api_token
+        )
 
     def _json(self, request: IRequest, body: Any, code: int = 200) -> bytes:
         self._cors(request)
@@ -135,17 +155,46 @@ class SignalingSite:
 
     @app.route("/api/rooms", methods=["GET"])
     def rooms(self, request: IRequest) -> bytes:
-        return self._json(request, {"rooms": [_room_summary(r) for r in self.hub.rooms()]})
+        """
+        One page of rooms, by id: C{?limit=} of them (default
+        L{DEFAULT_ROOMS_PAGE}, at most L{MAX_ROOMS_PAGE}) after the id
+        C{?after=}; C{next_after} is the C{after} of the next page, or null
+        on the last.
+        """
+        limit_arg = request.args.get(b"limit", [b""])[0]
+        after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
+        if limit_arg:
+            if not limit_arg.isdigit() or not 1 <= int(limit_arg) <= MAX_ROOMS_PAGE:
+                return self._json(
+                    request, {"error": f"limit must be a whole number from 1 to {MAX_ROOMS_PAGE}"}, 400
+                )
+            limit = int(limit_arg)
+        else:
+            limit = DEFAULT_ROOMS_PAGE
+        names = heapq.nsmallest(
+            limit + 1, (room.name for room in self.hub.rooms() if room.name > after)
+        )
+        page = [_room_summary(self.hub.room(name)) for name in names[:limit]]
+        next_after = names[limit - 1] if len(names) > limit else None
+        return self._json(request, {"rooms": page, "next_after": next_after})
 
-    @app.route("/api/rooms/<string:room_id>", methods=["GET"])
+    # <path:> rather than <string:>: a room name may hold a "/", sent as %2F.
+    @app.route("/api/rooms/<path:room_id>", methods=["GET"])
     def room(self, request: IRequest, room_id: str) -> bytes:
+        if not self._authorized(request):
+            request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+            return self._json(request, {"error": "this API needs Authorization: Bearer <api token>"}, 401)
         room = self.hub.room(room_id)
         if room is None:
             return self._json(request, {"error": "room not found", "id": room_id}, 404)
         return self._json(request, _room_detail(room))
 
-    @app.route("/api/<path:anything>", methods=["OPTIONS"])
-    def preflight(self, request: IRequest, anything: str) -> bytes:
+    # Only the API's own paths: a preflight route for any path under /api/
+    # would turn every unknown path there into a 405.
+    @app.route("/api/stats", methods=["OPTIONS"])
+    @app.route("/api/rooms", methods=["OPTIONS"])
+    @app.route("/api/rooms/<path:room_id>", methods=["OPTIONS"])
+    def preflight(self, request: IRequest, room_id: str = "") -> bytes:
         self._cors(request)
         request.setResponseCode(204)
         request.setHeader("Access-Control-Allow-Methods", "GET, OPTIONS")

@@ -48,13 +48,13 @@ def capped(tmp_path_factory):
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
     """
-    Short request deadline, small bodies, the access log on, no allowed
-    origins.
+    Short request deadline, small bodies, the access log on, an API token,
+    no allowed origins.
     """
     server = _start(
         tmp_path_factory, "strict",
         "--request-timeout", "0.5", "--max-message-size", "1024", "--max-request-body", "2048",
-        "--access-log",
+        "--access-log", "--api-token", "s3cret-api-token",
     )
     yield server
     server.stop()
@@ -413,3 +413,59 @@ def test_cors_without_allowed_origins_has_no_credentials(strict):
         response = requests.get(strict.http_url + path, headers={"Origin": "https://evil.example"}, timeout=5)
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_room_detail_needs_the_api_token_and_takes_a_slash(strict):
+    """
+    With --api-token, /api/rooms/{id} answers 401 JSON without the bearer
+    token; with it, a room named "a/b" is found as /api/rooms/a%2Fb.
+    """
+    ws_url = strict.http_url.replace("http", "ws") + "/signal"
+    client = websocket.create_connection(ws_url, timeout=5)
+    try:
+        peer_id = json.loads(client.recv())["peerId"]
+        client.send(json.dumps({"type": "join", "room": "a/b"}))
+        assert json.loads(client.recv())["type"] == "joined"
+        url = strict.http_url + "/api/rooms/a%2Fb"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-api-token"}):
+            refused = requests.get(url, headers=headers, timeout=5)
+            assert refused.status_code == 401
+            assert refused.json() == {"error": "this API needs Authorization: Bearer <api token>"}
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        room = requests.get(url, headers={"Authorization": "Bearer s3cret-api-token"}, timeout=5)
+        assert room.status_code == 200
+        assert (room.json()["id"], [p["peer_id"] for p in room.json()["peers"]]) == ("a/b", [peer_id])
+    finally:
+        client.close()
+
+
+def test_rooms_are_paginated(strict):
+    """
+    /api/rooms?limit=N pages through the rooms in id order; next_after
+    leads to the next page and is null on the last; a limit over the
+    maximum is a 400.
+    """
+    ws_url = strict.http_url.replace("http", "ws") + "/signal"
+    client = websocket.create_connection(ws_url, timeout=5)
+    try:
+        client.recv()
+        names = [f"page-{index}" for index in range(5)]
+        for name in names:
+            client.send(json.dumps({"type": "join", "room": name}))
+            assert json.loads(client.recv())["type"] == "joined"
+        seen, after = [], "page-"
+        while after is not None:
+            page = requests.get(strict.http_url + "/api/rooms", params={"limit": 2, "after": after}, timeout=5).json()
+            assert len(page["rooms"]) <= 2
+            seen += [room["id"] for room in page["rooms"] if room["id"].startswith("page-")]
+            after = page["next_after"]
+        assert seen == names
+        too_many = requests.get(strict.http_url + "/api/rooms?limit=100000", timeout=5)
+        assert too_many.status_code == 400 and "limit" in too_many.json()["error"]
+    finally:
+        client.close()
+
+
+def test_unknown_api_path_is_a_json_404(strict):
+    response = requests.get(strict.http_url + "/api/nope", timeout=5)
+    assert (response.status_code, response.json()) == (404, {"error": "not found", "path": "/api/nope"})
