@@ -295,6 +295,11 @@ class GuardedChannel(HTTPChannel):
             json_response(b"408 Request Timeout", {"error": "the request took too long to arrive"})
         )
 
+    def timeoutConnection(self) -> None:
+        # Twisted's own line names the client's full address at info.
+        _log.debug("closing an idle HTTP connection")
+        self.refuse(b"")
+
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
         if self.site.limits.trusted_hops and not self.admit(
