@@ -317,6 +317,11 @@ class GuardedChannel(HTTPChannel):
             return
         super().allHeadersReceived()
 
+    def rawDataReceived(self, data: bytes) -> None:
+        # The rest of a buffer already being parsed when a refusal came.
+        if not self.refused:
+            super().rawDataReceived(data)
+
     def allContentReceived(self) -> None:
         if self.refused:
             return
@@ -360,7 +365,7 @@ class GuardedRequest(Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
-        if channel.refused:
+        if channel is None or channel.refused:
             return
         self._body_received += len(data)
         if self._body_received > self.body_limit:
