@@ -185,6 +185,8 @@ class GuardedChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _request_started = False
     _closed = False
+    #: Under TLS, a refusal waiting for the handshake to complete.
+    _tls_refusal = b""
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -256,9 +258,6 @@ class GuardedChannel(HTTPChannel):
             # Closing TLS before its handshake resets the connection: the
             # answer waits for the client's first request bytes.
             self._tls_refusal = response
-
-    _tls_refusal = b""
-
 
     def dataReceived(self, data: bytes) -> None:
         if self.refused:

@@ -74,7 +74,7 @@ class Options(usage.Options):
         "rooms. --port takes Twisted endpoint strings and may be repeated; "
         "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key. "
         "Environment: PORT (default port), CLIENT_URL (allowed origins, "
-        "comma-separated), LOG_LEVEL."
+        "comma-separated), LOG_LEVEL, API_TOKEN (--api-token)."
     )
 
     optParameters = [
