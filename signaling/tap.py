@@ -24,7 +24,7 @@ from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .site import GuardedSite, HTTPLimits
-from .web import SignalingSite
+from .web import MAX_ROOMS_PAGE, SignalingSite
 from .websocket import WebSocketSettings
 
 DEFAULT_PORT = 8080
@@ -99,6 +99,7 @@ class Options(usage.Options):
         ["request-timeout", None, 30.0, "Seconds a client has to send a whole HTTP request (head and body; for a WebSocket, up to the upgrade); 0 for none.", _seconds("request-timeout")],
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
+        ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
     ]
 
     optFlags = [
@@ -328,6 +329,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         verifier=options.get("token-verifier"),
         limiter=limiter,
         api_token=options.get("api-token"),
+        max_rooms_page=options["max-rooms-page"],
     )
     web = GuardedSite(
         site.resource(),

@@ -30,9 +30,10 @@ from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
 
 
-#: Rooms in one page of C{/api/rooms}, unless C{?limit=} says fewer.
+#: Rooms in one page of C{/api/rooms} without C{?limit=}.
 DEFAULT_ROOMS_PAGE = 100
-#: The most C{?limit=} may ask for: a page stays well under a megabyte.
+#: The default most C{?limit=} may ask for: a page stays well under a
+#: megabyte.
 MAX_ROOMS_PAGE = 1000
 
 
@@ -79,12 +80,15 @@ class SignalingSite:
         verifier: TokenVerifier | None = None,
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
+        max_rooms_page: int = MAX_ROOMS_PAGE,
     ) -> None:
         """
         :param limiter: Counts Engine.IO polling sessions per client address.
         :param api_token: The bearer token C{/api/rooms/{id}} requires; None
             leaves it open.
+        :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
         """
+        self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
@@ -157,20 +161,19 @@ class SignalingSite:
     def rooms(self, request: IRequest) -> bytes:
         """
         One page of rooms, by id: C{?limit=} of them (default
-        L{DEFAULT_ROOMS_PAGE}, at most L{MAX_ROOMS_PAGE}) after the id
+        L{DEFAULT_ROOMS_PAGE}, at most C{max_rooms_page}) after the id
         C{?after=}; C{next_after} is the C{after} of the next page, or null
         on the last.
         """
+        most = self.max_rooms_page
         limit_arg = request.args.get(b"limit", [b""])[0]
         after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
         if limit_arg:
-            if not limit_arg.isdigit() or not 1 <= int(limit_arg) <= MAX_ROOMS_PAGE:
-                return self._json(
-                    request, {"error": f"limit must be a whole number from 1 to {MAX_ROOMS_PAGE}"}, 400
-                )
+            if not limit_arg.isdigit() or not 1 <= int(limit_arg) <= most:
+                return self._json(request, {"error": f"limit must be a whole number from 1 to {most}"}, 400)
             limit = int(limit_arg)
         else:
-            limit = DEFAULT_ROOMS_PAGE
+            limit = min(DEFAULT_ROOMS_PAGE, most)
         names = heapq.nsmallest(
             limit + 1, (room.name for room in self.hub.rooms() if room.name > after)
         )

@@ -54,7 +54,7 @@ def strict(tmp_path_factory):
     server = _start(
         tmp_path_factory, "strict",
         "--request-timeout", "0.5", "--max-message-size", "1024", "--max-request-body", "2048",
-        "--access-log", "--api-token", "s3cret-api-token",
+        "--access-log", "--api-token", "s3cret-api-token", "--max-rooms-page", "3",
     )
     yield server
     server.stop()
@@ -444,7 +444,8 @@ def test_rooms_are_paginated(strict):
     """
     /api/rooms?limit=N pages through the rooms in id order; next_after
     leads to the next page and is null on the last; a limit over the
-    maximum is a 400.
+    maximum (--max-rooms-page 3) is a 400, and without one a page holds
+    that maximum.
     """
     ws_url = strict.http_url.replace("http", "ws") + "/signal"
     client = websocket.create_connection(ws_url, timeout=5)
@@ -461,8 +462,9 @@ def test_rooms_are_paginated(strict):
             seen += [room["id"] for room in page["rooms"] if room["id"].startswith("page-")]
             after = page["next_after"]
         assert seen == names
-        too_many = requests.get(strict.http_url + "/api/rooms?limit=100000", timeout=5)
-        assert too_many.status_code == 400 and "limit" in too_many.json()["error"]
+        too_many = requests.get(strict.http_url + "/api/rooms?limit=4", timeout=5)
+        assert (too_many.status_code, too_many.json()) == (400, {"error": "limit must be a whole number from 1 to 3"})
+        assert len(requests.get(strict.http_url + "/api/rooms", timeout=5).json()["rooms"]) == 3
     finally:
         client.close()
 
