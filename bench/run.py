@@ -131,6 +131,9 @@ class Server:
                 # The load generator sends far faster than any signaling
                 # client; the per-connection rate limit would cap it.
                 "--max-message-rate", "0",
+                # Every peer of the load generator comes from one address.
+                "--max-connections-per-address", "0",
+                "--max-new-connections-per-address", "0",
                 # Idle peers of the connections scenario must not be swept.
                 "--stale-timeout", "0",
             ]

@@ -16,17 +16,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
-from twisted.web.server import Site
 
 from . import logs
+from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
-
-from .web import ROOT_DIALECTS, SignalingSite
+from .site import GuardedSite, HTTPLimits
+from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
 from .websocket import WebSocketSettings
 
 DEFAULT_PORT = 8080
@@ -76,7 +76,7 @@ class Options(usage.Options):
         "rooms. --port takes Twisted endpoint strings and may be repeated; "
         "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key. "
         "Environment: PORT (default port), CLIENT_URL (allowed origins, "
-        "comma-separated), LOG_LEVEL."
+        "comma-separated), LOG_LEVEL, API_TOKEN (--api-token)."
     )
 
     optParameters = [
@@ -105,6 +105,17 @@ class Options(usage.Options):
         ["root-dialect", None, "native", "Dialect of a WebSocket at '/': " + ", ".join(ROOT_DIALECTS) + " or none (a plain GET / is never a WebSocket)."],
         ["upgrade-timeout", None, 10.0, "Seconds an Engine.IO WebSocket may take to complete its upgrade from polling before it is closed.", _seconds("upgrade-timeout")],
         ["gc-memory-growth", None, 32, "Megabytes of growth of resident memory since the last full garbage collection that bring the next one; 0 never.", _whole("gc-memory-growth")],
+        ["max-connections-per-address", None, 512, "Connections (and Engine.IO polling sessions) one client address may hold; 0 for unlimited.", _whole("max-connections-per-address")],
+        ["max-new-connections-per-address", None, 50.0, "New connections (and sessions) per second one client address may open, bursts of twice that; 0 for unlimited.", _number("max-new-connections-per-address", float, "connections per second, 0 or more")],
+        ["trust-forwarded", None, 0, "Reverse proxies in front of the server: take the client address from Forwarded/X-Forwarded-For, this many hops from the right; 0 uses the socket's peer.", _whole("trust-forwarded")],
+        ["request-timeout", None, 30.0, "Seconds a client has to send a whole HTTP request (head and body; for a WebSocket, up to the upgrade); 0 for none.", _seconds("request-timeout")],
+        ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
+        ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
+        ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
+    ]
+
+    optFlags = [
+        ["access-log", None, "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -164,6 +175,7 @@ class Options(usage.Options):
                 f"--root-dialect must be one of {', '.join(ROOT_DIALECTS)} or none, "
                 f"not {self['root-dialect']!r}"
             )
+        self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
@@ -341,15 +353,35 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         probe_seconds=options["directory-probe-timeout"],
     )
     root_dialect = options["root-dialect"]
+    limiter = AddressLimiter(
+        reactor,
+        AddressLimits(
+            max_connections=options["max-connections-per-address"],
+            max_new_per_second=options["max-new-connections-per-address"],
+        ),
+    )
     site = SignalingSite(
         hub,
         settings,
         verifier=options.get("token-verifier"),
         directory=directory,
         root_dialect=None if root_dialect == "none" else root_dialect,
+        limiter=limiter,
+        api_token=options.get("api-token"),
+        max_rooms_page=options["max-rooms-page"],
     )
-    web = Site(site.resource())
-    web.displayTracebacks = False
+    web = GuardedSite(
+        site.resource(),
+        HTTPLimits(
+            request_timeout=options["request-timeout"],
+            max_body=options["max-request-body"],
+            max_socketio_body=options["max-message-size"],
+            trusted_hops=options["trust-forwarded"],
+            access_log=bool(options["access-log"]),
+        ),
+        limiter,
+        reactor,
+    )
     top = MultiService()
     top.hub = hub  # type: ignore[attr-defined]
     cleanup = TimerService(options["cleanup-interval"], _sweeper(hub))

@@ -6,6 +6,8 @@ dialect, in one Klein app.
 from __future__ import annotations
 
 import functools
+import heapq
+import hmac
 from typing import Any
 
 import orjson
@@ -14,6 +16,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .addresses import AddressLimiter
 from .auth import TokenVerifier
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
@@ -22,6 +25,7 @@ from .dialects.socketio import SocketIOResource
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
+from .site import set_cors_headers
 from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
 
@@ -29,6 +33,11 @@ from .websocket import SignalingFactory, WebSocketSettings
 #: The dialects a WebSocket at "/" may speak (the topic dialect needs its
 #: topic in the path, Socket.IO its own path).
 ROOT_DIALECTS = ("native", "directory", "envelope")
+#: Rooms in one page of C{/api/rooms} without C{?limit=}.
+DEFAULT_ROOMS_PAGE = 100
+#: The default most C{?limit=} may ask for: a page stays well under a
+#: megabyte.
+MAX_ROOMS_PAGE = 1000
 
 
 def _room_summary(room: Room) -> dict[str, Any]:
@@ -74,6 +83,9 @@ class SignalingSite:
         verifier: TokenVerifier | None = None,
         directory: Directory | None = None,
         root_dialect: str | None = "native",
+        limiter: AddressLimiter | None = None,
+        api_token: str | None = None,
+        max_rooms_page: int = MAX_ROOMS_PAGE,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect; by default
@@ -81,12 +93,18 @@ class SignalingSite:
         :param root_dialect: One of L{ROOT_DIALECTS}: the dialect of a
             WebSocket at C{/}, for clients whose server URL has no path (the
             directory dialect's original served any path); L{None} for none.
+        :param limiter: Counts Engine.IO polling sessions per client address.
+        :param api_token: The bearer token C{/api/rooms/{id}} requires; None
+            leaves it open.
+        :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
         """
+        self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
         self.settings = settings
+        self._api_token = api_token.encode("utf-8") if api_token else None
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
-        self._socketio = SocketIOResource(hub, settings, verifier)
+        self._socketio = SocketIOResource(hub, settings, verifier, limiter)
         #: The userIds of the directory dialect, one directory per hub.
         self.directory = Directory(hub) if directory is None else directory
         self._directory = WebSocketResource(
@@ -107,12 +125,15 @@ class SignalingSite:
     # helpers
 
     def _cors(self, request: IRequest) -> None:
-        origin = request.getHeader("origin")
-        if origin is None or not self.settings.allows_origin(origin):
-            return
-        request.setHeader("Access-Control-Allow-Origin", origin)
-        request.setHeader("Access-Control-Allow-Credentials", "true")
-        request.setHeader("Vary", "Origin")
+        set_cors_headers(request, self.settings)
+
+    def _authorized(self, request: IRequest) -> bool:
+        if self._api_token is None:
+            return True
+        scheme, _, token = (request.getHeader("authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8"), self._api_token
+        )
 
     def _json(self, request: IRequest, body: Any, code: int = 200) -> bytes:
         self._cors(request)
@@ -155,17 +176,45 @@ class SignalingSite:
 
     @app.route("/api/rooms", methods=["GET"])
     def rooms(self, request: IRequest) -> bytes:
-        return self._json(request, {"rooms": [_room_summary(r) for r in self.hub.rooms()]})
+        """
+        One page of rooms, by id: C{?limit=} of them (default
+        L{DEFAULT_ROOMS_PAGE}, at most C{max_rooms_page}) after the id
+        C{?after=}; C{next_after} is the C{after} of the next page, or null
+        on the last.
+        """
+        most = self.max_rooms_page
+        limit_arg = request.args.get(b"limit", [b""])[0]
+        after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
+        if limit_arg:
+            if not limit_arg.isdigit() or not 1 <= int(limit_arg) <= most:
+                return self._json(request, {"error": f"limit must be a whole number from 1 to {most}"}, 400)
+            limit = int(limit_arg)
+        else:
+            limit = min(DEFAULT_ROOMS_PAGE, most)
+        names = heapq.nsmallest(
+            limit + 1, (room.name for room in self.hub.rooms() if room.name > after)
+        )
+        page = [_room_summary(self.hub.room(name)) for name in names[:limit]]
+        next_after = names[limit - 1] if len(names) > limit else None
+        return self._json(request, {"rooms": page, "next_after": next_after})
 
-    @app.route("/api/rooms/<string:room_id>", methods=["GET"])
+    # <path:> rather than <string:>: a room name may hold a "/", sent as %2F.
+    @app.route("/api/rooms/<path:room_id>", methods=["GET"])
     def room(self, request: IRequest, room_id: str) -> bytes:
+        if not self._authorized(request):
+            request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+            return self._json(request, {"error": "this API needs Authorization: Bearer <api token>"}, 401)
         room = self.hub.room(room_id)
         if room is None:
             return self._json(request, {"error": "room not found", "id": room_id}, 404)
         return self._json(request, _room_detail(room))
 
-    @app.route("/api/<path:anything>", methods=["OPTIONS"])
-    def preflight(self, request: IRequest, anything: str) -> bytes:
+    # Only the API's own paths: a preflight route for any path under /api/
+    # would turn every unknown path there into a 405.
+    @app.route("/api/stats", methods=["OPTIONS"])
+    @app.route("/api/rooms", methods=["OPTIONS"])
+    @app.route("/api/rooms/<path:room_id>", methods=["OPTIONS"])
+    def preflight(self, request: IRequest, room_id: str = "") -> bytes:
         self._cors(request)
         request.setResponseCode(204)
         request.setHeader("Access-Control-Allow-Methods", "GET, OPTIONS")

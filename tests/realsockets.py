@@ -87,9 +87,13 @@ class TwistdServer:
     C{twistd -n signaling ARGS} in a subprocess; stopped by its PID.
     """
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, file_limit: int | None = None) -> None:
+        """
+        :param file_limit: The server's RLIMIT_NOFILE (as C{ulimit -n}).
+        """
         self.args = args
         self.env = {**os.environ, **(env or {})}
+        self.file_limit = file_limit
         self.process: subprocess.Popen | None = None
         self.urls: list[str] = []
         self.log_path: Path | None = None
@@ -103,6 +107,7 @@ class TwistdServer:
             env=self.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self.file_limit else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,6 +120,11 @@ class TwistdServer:
             time.sleep(0.05)
         self.stop()
         raise AssertionError(f"twistd did not start:\n{log_path.read_text()}")
+
+    def _limit_files(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from signaling.hub import Hub, HubLimits
 from signaling.ids import IdShape, IdSource
-from signaling.web import SignalingSite
+from signaling.web import DEFAULT_ROOMS_PAGE, MAX_ROOMS_PAGE, SignalingSite
 from signaling.websocket import WebSocketSettings
 
 from .support import RecordingConnection, counting_random_bytes
@@ -71,7 +71,10 @@ class WebTests(SynchronousTestCase):
         self.populate()
         self.assertEqual(
             self.get_json("/api/rooms"),
-            {"rooms": [{"id": "room-1", "peer_count": 2, "max_peers": 5, "created_at": "2023-12-30T00:00:00.000Z"}]},
+            {
+                "rooms": [{"id": "room-1", "peer_count": 2, "max_peers": 5, "created_at": "2023-12-30T00:00:00.000Z"}],
+                "next_after": None,
+            },
         )
 
     def test_room_detail(self):
@@ -122,3 +125,52 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(
             self.get_json("/signal", 426), {"error": "this URL takes WebSocket connections"}
         )
+
+
+class RoomAPITests(SynchronousTestCase):
+    """
+    Pages of rooms, the API token, room names with a slash, CORS without
+    configured origins.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()), limits=HubLimits(max_rooms_per_peer=0))
+        self.treq = StubTreq(SignalingSite(self.hub, WebSocketSettings(), api_token="t0ken").resource())
+
+    def get(self, path, **kwargs):
+        response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))
+        return response, orjson.loads(self.successResultOf(response.content()))
+
+    def test_default_page_and_next(self):
+        peer = self.hub.connect(RecordingConnection())
+        for index in range(DEFAULT_ROOMS_PAGE + 1):
+            self.hub.join(peer, f"room-{index:04d}")
+        _, first = self.get("/api/rooms")
+        self.assertEqual(len(first["rooms"]), DEFAULT_ROOMS_PAGE)
+        self.assertEqual(first["next_after"], f"room-{DEFAULT_ROOMS_PAGE - 1:04d}")
+        _, last = self.get("/api/rooms?after=" + first["next_after"])
+        self.assertEqual(([r["id"] for r in last["rooms"]], last["next_after"]), ([f"room-{DEFAULT_ROOMS_PAGE:04d}"], None))
+        response, error = self.get(f"/api/rooms?limit={MAX_ROOMS_PAGE + 1}")
+        self.assertEqual(response.code, 400)
+        response, _ = self.get("/api/rooms?limit=0")
+        self.assertEqual(response.code, 400)
+
+    def test_room_detail_needs_the_token(self):
+        peer = self.hub.connect(RecordingConnection())
+        self.hub.join(peer, "a/b")
+        response, body = self.get("/api/rooms/a%2Fb")
+        self.assertEqual((response.code, body), (401, {"error": "this API needs Authorization: Bearer <api token>"}))
+        response, body = self.get("/api/rooms/a%2Fb", headers={"Authorization": "Bearer t0ken"})
+        self.assertEqual((response.code, body["id"]), (200, "a/b"))
+
+    def test_cors_without_origins_is_a_star_without_credentials(self):
+        response, _ = self.get("/api/stats", headers={"Origin": "http://anywhere.example"})
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["*"])
+        self.assertIsNone(response.headers.getRawHeaders("access-control-allow-credentials"))
+
+    def test_unknown_api_path_is_404(self):
+        response, body = self.get("/api/nope")
+        self.assertEqual((response.code, body), (404, {"error": "not found", "path": "/api/nope"}))
+        preflight = self.successResultOf(self.treq.request("OPTIONS", "http://localhost/api/rooms/x"))
+        self.assertEqual(preflight.code, 204)

@@ -67,11 +67,14 @@ class HandshakeInfo:
 
     :ivar path: The request path, percent-decoded.
     :ivar params: The query parameters, first value of each.
+    :ivar address: The client's IP address, where it counts against a
+        per-address limit.
     """
 
     path: str
     params: Mapping[str, str] = attrs.Factory(dict)
     origin: str | None = None
+    address: str | None = None
 
 
 class IFrameSink(Interface):

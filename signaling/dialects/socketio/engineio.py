@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface
 
 from ... import gcpolicy
+from ...addresses import AddressLimiter, Slot
 from ...errors import DeliveryRefused
 from ...logs import Logger
 from ...ratelimit import RateLimit
@@ -593,6 +594,9 @@ class EngineIOServer:
     Every Engine.IO session of one site, by sid.
 
     :ivar handler_factory: Makes the L{IEngineIOHandler} of a new session.
+    :ivar limiter: Counts each polling session as a connection of its
+        client's address until it ends (a WebSocket session is counted by
+        its TCP connection).
     """
 
     _log = Logger()
@@ -603,22 +607,35 @@ class EngineIOServer:
         new_sid: Callable[[], str],
         settings: EngineIOSettings,
         handler_factory: Callable[[EngineIOSocket], Any],
+        limiter: AddressLimiter | None = None,
     ) -> None:
         self.clock = clock
         self.new_sid = new_sid
         self.settings = settings
         self.handler_factory = handler_factory
+        self.limiter = limiter
         self.sessions: dict[str, EngineIOSocket] = {}
+        self._slots: dict[str, Slot] = {}
 
     def open(self, handshake: Any, websocket: Any = None) -> EngineIOSocket:
         """
         Start a session, on polling or (with C{websocket}) on a WebSocket.
+
+        :raises EngineIOError: The client's address is over a limit (429).
         """
+        slot = None
+        address = getattr(handshake, "address", None)
+        if websocket is None and self.limiter is not None and address is not None:
+            slot = self.limiter.acquire(address)
+            if slot is None:
+                raise EngineIOError(BAD_REQUEST, "Too many connections from this address", status=429)
         sid = self.new_sid()
         while sid in self.sessions:
             sid = self.new_sid()
         socket = EngineIOSocket(sid, self.clock, self.settings, handshake, self._forget)
         self.sessions[sid] = socket
+        if slot is not None:
+            self._slots[sid] = slot
         socket.open(self.handler_factory(socket), websocket)
         return socket
 
@@ -637,6 +654,9 @@ class EngineIOServer:
             # A session is a cycle of objects (socket, handler, timers) that
             # the collection policy must hear of, as of a closed WebSocket.
             gcpolicy.connection_closed()
+            slot = self._slots.pop(socket.sid, None)
+            if slot is not None:
+                slot.release()
 
 
 __all__ = [

@@ -21,11 +21,13 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from ... import gcpolicy
+from ...addresses import AddressLimiter
 from ...auth import TokenVerifier
 from ...errors import DeliveryRefused
 from ...hub import Hub
 from ...ids import IdShape
 from ...logs import Logger
+from ...site import set_cors_headers
 from ...websocket import LimitedProtocol, WebSocketSettings, handshake_info
 from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, HandshakeInfo
 from .engineio import (
@@ -189,6 +191,7 @@ class SocketIOResource(Resource):
         hub: Hub,
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
+        limiter: AddressLimiter | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -202,6 +205,7 @@ class SocketIOResource(Resource):
             lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
             self.engine_settings,
             lambda socket: SocketIOConnection(socket, context),
+            limiter,
         )
         self._websocket = WebSocketResource(
             EngineIOWebSocketFactory(self.server, self.engine_settings)
@@ -232,7 +236,10 @@ class SocketIOResource(Resource):
             if request.method != b"GET":
                 raise EngineIOError(BAD_HANDSHAKE_METHOD)
             handshake = HandshakeInfo(
-                path=request.path.decode("utf-8", "replace"), params=params, origin=origin
+                path=request.path.decode("utf-8", "replace"),
+                params=params,
+                origin=origin,
+                address=getattr(request.getClientAddress(), "host", None),
             )
             socket = self.server.open(handshake)
             return self._poll(request, socket)
@@ -312,12 +319,7 @@ class SocketIOResource(Resource):
         request.setHeader("Cache-Control", "no-store")
 
     def _cors(self, request: IRequest) -> None:
-        origin = request.getHeader("origin")
-        if origin is None or not self.settings.allows_origin(origin):
-            return
-        request.setHeader("Access-Control-Allow-Origin", origin)
-        request.setHeader("Access-Control-Allow-Credentials", "true")
-        request.setHeader("Vary", "Origin")
+        set_cors_headers(request, self.settings)
 
     def _error(self, request: IRequest, error: EngineIOError) -> bytes:
         if error.code != FORBIDDEN:

@@ -1,0 +1,138 @@
+"""
+The guarded HTTP site on a fake clock and in-memory transports: request
+deadlines, body limits, per-address refusals, the fd warning, redaction.
+"""
+
+import orjson
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from signaling.addresses import AddressLimiter, AddressLimits
+from signaling.site import GuardedSite, HTTPLimits, redact_uri
+
+
+class Echo(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return b"body:" + request.content.read()
+
+
+class SiteTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.limiter = AddressLimiter(self.reactor, AddressLimits(max_connections=2, max_new_per_second=0))
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def site(self, **limits):
+        return GuardedSite(
+            Echo(), HTTPLimits(**{"request_timeout": 30, "max_body": 16, **limits}), self.limiter,
+            self.reactor, open_files=lambda: self.open_files, file_limit=10,
+        )
+
+    open_files = 0
+
+    def connect(self, site, host="192.0.2.7"):
+        channel = site.buildProtocol(None)
+        transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, 40000))
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def status(self, transport):
+        return transport.value().split(b"\r\n", 1)[0]
+
+    def test_trickled_head_is_cut_at_the_deadline(self):
+        site = self.site()
+        channel, transport = self.connect(site)
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        for index in range(5):
+            self.reactor.advance(5)
+            channel.dataReceived(b"X-Slow: %d\r\n" % index)
+        self.assertTrue(transport.connected)
+        self.reactor.advance(5)
+        self.assertEqual(self.status(transport), b"HTTP/1.1 408 Request Timeout")
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.limiter.held("192.0.2.7"), 0)
+
+    def test_idle_keep_alive_is_closed_quietly(self):
+        site = self.site()
+        channel, transport = self.connect(site)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"body:", transport.value())
+        self.reactor.advance(29)
+        self.assertTrue(transport.connected)
+        transport.clear()
+        self.reactor.advance(1)
+        self.assertEqual((transport.value(), transport.connected), (b"", False))
+
+    def test_content_length_over_the_limit(self):
+        channel, transport = self.connect(self.site())
+        channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n")
+        self.assertEqual(self.status(transport), b"HTTP/1.1 413 Content Too Large")
+        self.assertEqual(orjson.loads(transport.value().split(b"\r\n\r\n", 1)[1]), {"error": "request body too large", "limit": 16})
+
+    def test_chunked_body_stops_at_the_limit(self):
+        channel, transport = self.connect(self.site())
+        channel.dataReceived(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        channel.dataReceived(b"10\r\n" + b"x" * 16 + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        channel.dataReceived(b"1\r\ny\r\n0\r\n\r\n")
+        self.assertEqual(self.status(transport), b"HTTP/1.1 413 Content Too Large")
+        self.assertNotIn(b"body:", transport.value())
+
+    def test_body_within_the_limit_and_get_without_one(self):
+        channel, transport = self.connect(self.site())
+        channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertIn(b"body:abc", transport.value())
+        channel, transport = self.connect(self.site())
+        channel.dataReceived(b"GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertEqual(self.status(transport), b"HTTP/1.1 413 Content Too Large")
+
+    def test_over_the_cap_is_429_at_accept_and_closing_frees_a_slot(self):
+        site = self.site()
+        first, first_transport = self.connect(site)
+        self.connect(site)
+        _, refused = self.connect(site)
+        self.assertEqual(self.status(refused), b"HTTP/1.1 429 Too Many Requests")
+        self.assertFalse(refused.connected)
+        self.assertEqual(site.open_connections, 2)
+        first_transport.loseConnection()
+        _, admitted = self.connect(site)
+        self.assertEqual(admitted.value(), b"")
+
+    def test_forwarded_address_counts_behind_proxies(self):
+        site = self.site(trusted_hops=1)
+        for _ in range(2):
+            channel, transport = self.connect(site, host="10.0.0.1")
+            channel.dataReceived(b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n")
+            self.assertIn(b"body:", transport.value())
+        channel, transport = self.connect(site, host="10.0.0.1")
+        channel.dataReceived(b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n")
+        self.assertEqual(self.status(transport), b"HTTP/1.1 429 Too Many Requests")
+        self.assertEqual(self.limiter.held("198.51.100.1"), 2)
+        self.assertEqual(self.limiter.held("10.0.0.1"), 0)
+
+    def test_open_files_warning_once_an_interval(self):
+        self.limiter = None
+        site = self.site(fd_log_interval=30, request_timeout=0)
+        self.open_files = 9
+        for _ in range(6):
+            self.connect(site)
+        self.reactor.advance(29)
+        self.connect(site)
+        self.reactor.advance(1)
+        self.connect(site)
+        warnings = [e for e in self.events if "file descriptors are open" in e.get("log_format", "")]
+        self.assertEqual([(e["in_use"], e["file_limit"]) for e in warnings], [(9, 10), (9, 10)])
+
+    def test_redaction(self):
+        self.assertEqual(
+            redact_uri(b"/socket.io/?EIO=4&transport=polling&sid=abc&token=x.y.z&room=r&access_key=k&flag"),
+            "/socket.io/?EIO=4&transport=polling&sid=REDACTED&token=REDACTED&room=r&access_key=REDACTED&flag",
+        )
