@@ -105,6 +105,10 @@ class Options(usage.Options):
         ["root-dialect", None, "native", "Dialect of a WebSocket at '/': " + ", ".join(ROOT_DIALECTS) + " or none (a plain GET / is never a WebSocket)."],
     ]
 
+    optFlags = [
+        ["no-fast-paths", None, "Run on plain Autobahn, without the relay's shortcuts past its private names (they are also off outside the Autobahn and Twisted versions they were verified against, or without wsaccel)."],
+    ]
+
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
@@ -328,6 +332,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_send_buffer=options["max-send-buffer"],
         max_message_rate=options["max-message-rate"],
         max_message_fragments=options["max-fragments"],
+        fast_paths=not options["no-fast-paths"],
     )
     directory = Directory(
         hub,

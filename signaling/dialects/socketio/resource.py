@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from ...auth import TokenVerifier
+from ... import fastpath
 from ...errors import DeliveryRefused
 from ...hub import Hub
 from ...ids import IdShape
@@ -121,7 +122,7 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
     def _bug(self, message: str) -> None:
         # A bug ends only this connection, with 1011, never with a traceback.
         self._log.failure(message)
-        self._fail_connection(CLOSE_INTERNAL_ERROR, "internal error")
+        fastpath.fail_connection(self, CLOSE_INTERNAL_ERROR, "internal error")
 
     # IPacketTransport
 
