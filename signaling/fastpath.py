@@ -17,6 +17,7 @@ and L{failed}.
 
 from __future__ import annotations
 
+import functools
 import pprint
 import re
 from importlib import metadata
@@ -80,6 +81,7 @@ class Versions:
     wsaccel: bool
 
     @classmethod
+    @functools.cache
     def installed(cls) -> Versions:
         try:
             import wsaccel.xormask  # noqa: F401
@@ -100,6 +102,8 @@ def _release(version: str) -> tuple[int, ...]:
 def check(versions: Versions) -> str | None:
     """
     Why the fast paths cannot run with C{versions}, or None when they can.
+
+    :param versions: The versions to judge, e.g. L{Versions.installed}.
     """
     for name, version, (lowest, above) in (
         ("Autobahn", versions.autobahn, AUTOBAHN_VERIFIED),
@@ -125,14 +129,16 @@ _create_masker = None
 
 def install(enabled: bool = True, versions: Versions | None = None, log: Logger = _log) -> bool:
     """
-    Turn the fast paths on when C{enabled} and verified for C{versions}
-    (by default, those installed), else leave Autobahn as it is, logging why
-    once.
+    Turn the fast paths on when C{enabled} and verified for C{versions},
+    else leave Autobahn as it is, logging why once.
 
     On: Autobahn masks with wsaccel and formats its per-connection option
     dump only when debugging. The protocol classes' own fast paths
     (L{FastPaths}) are chosen per factory, by this function's answer.
 
+    :param enabled: False turns the fast paths off whatever the versions.
+    :param versions: What to check; by default what is installed.
+    :param log: Where the line saying why they are off goes.
     :return: Whether the fast paths are on.
     """
     global _off_because, _create_masker
