@@ -10,7 +10,8 @@ printed, so other processes on the machine hardly move it; what it leaves
 out is the reactor and the system calls, which the full benchmark
 (bench/run.py) includes.
 
-Run: C{python bench/micro.py [--server signaling|reference] [--dialect native|topic] [-n N]}.
+Run: C{python bench/micro.py [--server signaling|reference] [--dialect native|topic] [-n N]
+[--no-fast-paths]}.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class Client:
         self.protocol.dataReceived(client_frame(json.dumps(message).encode()))
 
 
-def factory_for(server: str):
+def factory_for(server: str, fast_paths: bool = True):
     if server == "signaling":
         from twisted.internet import reactor
 
@@ -115,7 +116,8 @@ def factory_for(server: str):
                 return sessions["topic"](hub, sink, handshake_info)
             return sessions["native"](hub, sink, handshake_info)
 
-        return SignalingFactory(hub, session_factory, WebSocketSettings(ping_interval=0))
+        settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+        return SignalingFactory(hub, session_factory, settings)
     from autobahn.twisted.websocket import WebSocketServerFactory
 
     import reference_relay
@@ -125,8 +127,8 @@ def factory_for(server: str):
     return factory
 
 
-def run(server: str, dialect: str, count: int) -> float:
-    factory = factory_for(server)
+def run(server: str, dialect: str, count: int, fast_paths: bool = True) -> float:
+    factory = factory_for(server, fast_paths)
     if dialect == "native":
         a, b = Client(factory, "/signal"), Client(factory, "/signal")
         a_id = a.take()[0]["peerId"]
@@ -161,13 +163,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dialect", default="native")
     parser.add_argument("-n", type=int, default=50000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--no-fast-paths", dest="fast_paths", action="store_false",
+        help="measure our server on plain Autobahn (signaling/fastpath.py off)",
+    )
     options = parser.parse_args(argv)
-    results = [run(options.server, options.dialect, options.n) for _ in range(options.rounds)]
+    results = [
+        run(options.server, options.dialect, options.n, options.fast_paths)
+        for _ in range(options.rounds)
+    ]
     print(
         json.dumps(
             {
                 "server": options.server,
                 "dialect": options.dialect,
+                "fast_paths": options.fast_paths,
                 "us_per_msg_min": round(min(results), 2),
                 "us_per_msg_median": round(sorted(results)[len(results) // 2], 2),
             }

@@ -116,6 +116,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["access-log", None, "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated)."],
+        ["no-fast-paths", None, "Run on plain Autobahn, without the relay's shortcuts past its private names (they are also off outside the Autobahn and Twisted versions they were verified against, or without wsaccel)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -345,6 +346,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_message_rate=options["max-message-rate"],
         max_message_fragments=options["max-fragments"],
         upgrade_timeout=options["upgrade-timeout"],
+        fast_paths=not options["no-fast-paths"],
     )
     directory = Directory(
         hub,

@@ -12,12 +12,11 @@ from autobahn.exception import PayloadExceededError
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
-from . import gcpolicy, speedups
+from . import fastpath, gcpolicy
 from .dialects.base import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -50,9 +49,10 @@ class WebSocketSettings:
         fragmented message counts as one.
     :ivar max_message_fragments: Frames one message may arrive in; more
         closes the connection with 1008. 0 for unlimited.
-        with bursts of twice that; 0 for unlimited.
     :ivar upgrade_timeout: Seconds an Engine.IO WebSocket opened to upgrade
         a polling session may take to complete the upgrade.
+    :ivar fast_paths: Whether to use L{fastpath}'s shortcuts past Autobahn
+        where they were verified; off, plain Autobahn does the same work.
     """
 
     max_message_size: int = 64 * 1024
@@ -63,6 +63,7 @@ class WebSocketSettings:
     max_message_rate: float = 0
     max_message_fragments: int = 128
     upgrade_timeout: float = 10
+    fast_paths: bool = True
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -79,35 +80,6 @@ class WebSocketSettings:
 
 
 _OPEN = WebSocketProtocol.STATE_OPEN
-
-
-def _write_through(transport, data: bytes) -> None:
-    """
-    Send C{data} at once when the TCP socket has nothing queued.
-
-    Twisted queues every write until the next turn of the reactor and
-    registers the socket for writability and unregisters it again (two
-    epoll_ctl calls) each time; a socket with an empty queue can take the
-    frame now. What the socket does not take is queued as usual, so flow
-    control (the transport pausing its producer) is unchanged.
-    """
-    if (
-        type(transport) is tcp.Server
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataBuffer
-        and transport.offset >= len(transport.dataBuffer)
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, or an error Twisted reports on its own write.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 def _is_utf8(payload: bytes) -> bool:
@@ -204,41 +176,62 @@ class LimitedProtocol(WebSocketServerProtocol):
         if rate_limit is None or rate_limit.admit(self.factory.clock.seconds()):
             return False
         if rate_limit.persistent:
-            self._fail_connection(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+            fastpath.fail_connection(self, CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         return True
 
     # A fragmented message: Autobahn keeps a list of frames of a list of
     # chunks, some hundred bytes per one-byte frame; one bytearray holds it
     # at its own size, and the frames are counted against a cap and the rate.
+    # Only Autobahn's documented frame callbacks are overridden.
+
+    pending_message: bytearray | None = None
 
     def onMessageBegin(self, isBinary: bool) -> None:
         super().onMessageBegin(isBinary)
-        self.message_data = bytearray()
+        self.pending_message = bytearray()
+        self.pending_binary = isBinary
         self.message_fragments = 0
+        self.message_length = 0
 
     def onMessageFrameBegin(self, length: int) -> None:
         self.message_fragments += 1
-        if self.message_fragments > 1 and not self.failedByMe:
+        self.message_length += length
+        if self.message_fragments > 1 and not fastpath.failed(self):
             if 0 < self.factory.settings.max_message_fragments < self.message_fragments:
-                self._fail_connection(CLOSE_POLICY_VIOLATION, "too many fragments in one message")
+                fastpath.fail_connection(
+                    self, CLOSE_POLICY_VIOLATION, "too many fragments in one message"
+                )
                 return
             # The first frame is counted with the whole message.
             self.over_rate()
-            if self.failedByMe:
+            if fastpath.failed(self):
                 return
+        if not fastpath.failed(self) and (
+            0 < self.maxMessagePayloadSize < self.message_length
+            or 0 < self.maxFramePayloadSize < length
+        ):
+            # Autobahn closes the connection with 1009 next.
+            self.message_too_large()
         super().onMessageFrameBegin(length)
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        if not self.failedByMe:
-            self.message_data += payload
+        if not fastpath.failed(self):
+            self.pending_message += payload
 
     def onMessageFrameEnd(self) -> None:
-        self.frame_data = None
+        # The frame's bytes are in pending_message already.
+        pass
 
     def onMessageEnd(self) -> None:
-        if not self.failedByMe:
-            self._onMessage(bytes(self.message_data), self.message_is_binary)
-        self.message_data = None
+        if not fastpath.failed(self):
+            self.onMessage(bytes(self.pending_message), self.pending_binary)
+        self.pending_message = None
+
+    def message_too_large(self) -> None:
+        """
+        Called when a message is found over the size limit, just before the
+        connection is closed with 1009.
+        """
 
     def check_send(self, size: int) -> None:
         """
@@ -315,82 +308,9 @@ class SignalingProtocol(LimitedProtocol):
             self._log.failure("a session handler failed")
             self.fail(CLOSE_INTERNAL_ERROR, "internal error")
 
-    # Autobahn's per-frame paths, minus what costs time on every message:
-    # debug-log arguments formatted even when debug logging is off, and an
-    # observable "message" event (a Deferred per message) nobody listens to.
-
-    def dataReceived(self, data: bytes) -> None:
-        if (
-            self.state == _OPEN
-            and self.current_frame is None
-            and not self.inside_message
-            and not self.data
-            and speedups.create_masker is not None
-            and self._perMessageCompress is None
-            and not (self.utf8validateIncoming or self.logFrames or self.logOctets)
-        ):
-            data = self._whole_text_frames(data)
-            if not data:
-                return
-        self._dataReceived(data)
-
-    def _whole_text_frames(self, data: bytes) -> bytes:
-        """
-        Hand on the whole, unfragmented, masked text frames at the start of
-        C{data} (what clients send for every signaling message) without
-        Autobahn's general frame parser, which costs more than the rest of a
-        relay together.
-
-        :return: The rest of C{data}, from the first frame that is anything
-            else (control, fragment, binary, over a limit, not all here), for
-            Autobahn to parse and judge.
-        """
-        create_masker = speedups.create_masker
-        frame_limit = self.maxFramePayloadSize
-        message_limit = self.maxMessagePayloadSize
-        end = len(data)
-        i = 0
-        while end - i >= 6 and data[i] == 0x81 and self.state == _OPEN:
-            second = data[i + 1]
-            if second < 0x80:
-                break
-            length = second & 0x7F
-            start = i + 6
-            if length == 126:
-                if end - i < 8:
-                    break
-                length = (data[i + 2] << 8) | data[i + 3]
-                if length < 126:
-                    break
-                start = i + 8
-            elif length == 127:
-                break
-            if (frame_limit and length > frame_limit) or (
-                message_limit and length > message_limit
-            ):
-                break
-            stop = start + length
-            if stop > end:
-                break
-            payload = create_masker(data[start - 4 : start], length).process(data[start:stop])
-            self.trafficStats.incomingOctetsWireLevel += stop - i
-            i = stop
-            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                self._cancelAutoPingTimeoutCall()
-            self._onMessage(payload, False)
-        return data[i:] if i else data
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
-            super().sendData(data, sync, chopsize)
-            return
-        _write_through(self.transport, data)
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
-
-    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason) -> None:
+    def message_too_large(self) -> None:
         if self.session is not None:
             self._guarded(self.session.too_large)
-        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     # IFrameSink
 
@@ -402,7 +322,7 @@ class SignalingProtocol(LimitedProtocol):
             raise DeliveryRefused("too-large", "the message exceeds the size limit")
 
     def fail(self, code: int, reason: str) -> None:
-        self._fail_connection(code, reason)
+        fastpath.fail_connection(self, code, reason)
 
     def probe(self, timeout: float) -> Deferred:
         waiter: Deferred = Deferred()
@@ -452,9 +372,17 @@ class SignalingProtocol(LimitedProtocol):
             self.sendClose(CLOSE_REMOVED, reason)
 
 
+class FastSignalingProtocol(fastpath.FastPaths, SignalingProtocol):
+    """
+    A L{SignalingProtocol} on L{fastpath}'s shortcuts.
+    """
+
+
 class SignalingFactory(WebSocketServerFactory):
     """
-    Makes L{SignalingProtocol}s whose sessions come from C{session_factory}.
+    Makes L{SignalingProtocol}s whose sessions come from C{session_factory},
+    on the fast paths when C{settings} asks for them and L{fastpath.install}
+    allows them.
     """
 
     protocol = SignalingProtocol
@@ -466,7 +394,9 @@ class SignalingFactory(WebSocketServerFactory):
         settings: WebSocketSettings = WebSocketSettings(),
     ) -> None:
         super().__init__()
-        speedups.install()
+        self.fast_paths = fastpath.install(enabled=settings.fast_paths)
+        if self.fast_paths:
+            self.protocol = FastSignalingProtocol
         self.hub = hub
         self.clock = hub.clock
         self.session_factory = session_factory

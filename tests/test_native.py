@@ -2,9 +2,11 @@
 The native protocol at /signal, over in-memory WebSockets.
 """
 
+import attrs
 import orjson
 from twisted.trial.unittest import SynchronousTestCase
 
+from signaling import fastpath
 from signaling.dialects.native import NativeSession
 from signaling.hub import HubLimits
 from signaling.websocket import WebSocketSettings
@@ -19,6 +21,19 @@ class NativeTestCase(SynchronousTestCase):
     def setUp(self):
         self.harness = Harness(self.limits, self.settings)
         self.addCleanup(self.harness.restore)
+        self.addCleanup(fastpath.install)
+
+    def test_fast_paths_as_set(self):
+        """
+        The server's protocol is on the fast paths exactly when the
+        settings ask for them and the installed versions allow them.
+        """
+        client = self.harness.connect("/signal")
+        verified = fastpath.check(fastpath.Versions.installed()) is None
+        self.assertEqual(
+            isinstance(self.harness.server_side(client), fastpath.FastPaths),
+            self.settings.fast_paths and verified,
+        )
 
     def connect(self, **kwargs):
         client = self.harness.connect("/signal", **kwargs)
@@ -487,7 +502,7 @@ class FragmentTests(NativeTestCase):
         for _ in range(6):
             alice.sendFrame(0, b" ", fin=False)
         self.harness.flush()
-        pending = self.harness.server_side(alice).message_data
+        pending = self.harness.server_side(alice).pending_message
         self.assertEqual(type(pending), bytearray)
         self.assertEqual(pending, b'{"type":      ')
         alice.sendFrame(0, b'"ping"}', fin=True)
@@ -597,3 +612,36 @@ class RecipientBugTests(NativeTestCase):
         self.assertEqual((error["code"], error["id"]), ("peer-not-found", 1))
         self.assertEqual(left["type"], "peer-left")
         self.assertIsNone(bob.close_code)
+
+
+def _on_plain_autobahn(case: type[NativeTestCase]) -> type[NativeTestCase]:
+    """
+    C{case} again with the fast paths off, so that the fallback to plain
+    Autobahn is tested on every run.
+    """
+    return type(
+        case.__name__ + "OnPlainAutobahn",
+        (case,),
+        {
+            "settings": attrs.evolve(case.settings, fast_paths=False),
+            "__module__": __name__,
+            "__doc__": f"{case.__name__}, with the fast paths off.",
+        },
+    )
+
+
+for _case in [
+    WelcomeAndJoinTests,
+    RelayTests,
+    ErrorTests,
+    SendBufferTests,
+    RateLimitTests,
+    ChurnAndLongNameTests,
+    InternalErrorTests,
+    FragmentTests,
+    HeartbeatTests,
+    StaleTests,
+    RecipientBugTests,
+]:
+    globals()[_case.__name__ + "OnPlainAutobahn"] = _on_plain_autobahn(_case)
+del _case

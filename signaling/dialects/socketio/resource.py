@@ -23,6 +23,7 @@ from zope.interface import implementer
 from ... import gcpolicy
 from ...addresses import AddressLimiter
 from ...auth import TokenVerifier
+from ... import fastpath
 from ...errors import DeliveryRefused
 from ...hub import Hub
 from ...ids import IdShape
@@ -133,7 +134,7 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
     def _bug(self, message: str) -> None:
         # A bug ends only this connection, with 1011, never with a traceback.
         self._log.failure(message)
-        self._fail_connection(CLOSE_INTERNAL_ERROR, "internal error")
+        fastpath.fail_connection(self, CLOSE_INTERNAL_ERROR, "internal error")
 
     # IPacketTransport
 
@@ -153,7 +154,7 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
         else:
             # sendClose() takes only 1000 and 3000-4999; 1008 comes from
             # Autobahn's failure path.
-            self._fail_connection(code, "message rate limit exceeded")
+            fastpath.fail_connection(self, code, "message rate limit exceeded")
 
 
 class EngineIOWebSocketFactory(WebSocketServerFactory):

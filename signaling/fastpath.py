@@ -1,0 +1,306 @@
+"""
+The relay's fast paths: the only module that touches private Autobahn and
+Twisted names.
+
+Each fast path does what plain Autobahn does, with less work per message
+(docs/performance.rst has the figures). They read names that are no part of
+Autobahn's or Twisted's API, listed in L{PRIVATE_NAMES}, so L{install} turns
+them on only for the versions they were verified against and with wsaccel
+installed; anywhere else the server runs on plain Autobahn, after one log
+line, and behaves the same on the wire (the relay and framing tests run in
+both modes).
+
+Outside the check, because they have no public equivalent and every mode
+needs them: L{fail_connection} (C{sendClose} refuses 1007, 1008 and 1011)
+and L{failed}.
+"""
+
+from __future__ import annotations
+
+import functools
+import pprint
+import re
+from importlib import metadata
+
+import attrs
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.tcp import Server as _TCPServer
+
+from . import logs
+from .logs import Logger
+
+#: Every private name the code below reads or writes. A bare name is an
+#: attribute of an Autobahn protocol or module; "transport.NAME" is an
+#: attribute of a Twisted TCP transport (the prefix keeps a test's source
+#: scan from matching our own C{.socket} or C{.offset}).
+PRIVATE_NAMES = (
+    # autobahn.websocket.protocol module globals, replaced at install
+    "create_xor_masker",
+    "pformat",
+    # WebSocketProtocol: the frame parser's state and entry points
+    "_dataReceived",
+    "_fail_connection",
+    "_perMessageCompress",
+    "_cancelAutoPingTimeoutCall",
+    "current_frame",
+    "inside_message",
+    "self.data",
+    "send_queue",
+    "trafficStats",
+    "autoPingTimeoutCall",
+    "autoPingRestartOnAnyTraffic",
+    "failedByMe",
+    # twisted.internet.tcp.Server (abstract.FileDescriptor)
+    "transport._writeDisconnected",
+    "transport._tempDataBuffer",
+    "transport.offset",
+    "transport.dataBuffer",
+    "transport.socket",
+)
+
+#: Versions the fast paths were verified against: [lowest, above highest).
+AUTOBAHN_VERIFIED = ((26, 10), (27,))
+TWISTED_VERIFIED = ((26, 4), (27,))
+
+_log = Logger()
+_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+@attrs.frozen
+class Versions:
+    """
+    What the fast paths depend on, as installed.
+
+    :ivar autobahn: Autobahn's version string.
+    :ivar twisted: Twisted's version string.
+    :ivar wsaccel: Whether wsaccel's masker can be imported.
+    """
+
+    autobahn: str
+    twisted: str
+    wsaccel: bool
+
+    @classmethod
+    @functools.cache
+    def installed(cls) -> Versions:
+        try:
+            import wsaccel.xormask  # noqa: F401
+        except ImportError:
+            wsaccel = False
+        else:
+            wsaccel = True
+        return cls(metadata.version("autobahn"), metadata.version("twisted"), wsaccel)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    numbers = re.match(r"\d+(?:\.\d+)*", version)
+    if numbers is None:
+        return ()
+    return tuple(int(part) for part in numbers.group().split("."))
+
+
+def check(versions: Versions) -> str | None:
+    """
+    Why the fast paths cannot run with C{versions}, or None when they can.
+
+    :param versions: The versions to judge, e.g. L{Versions.installed}.
+    """
+    for name, version, (lowest, above) in (
+        ("Autobahn", versions.autobahn, AUTOBAHN_VERIFIED),
+        ("Twisted", versions.twisted, TWISTED_VERIFIED),
+    ):
+        if not lowest <= _release(version) < above:
+            return (
+                f"{name} {version} is outside the versions they were verified against"
+                f" ({'.'.join(map(str, lowest))} to before {'.'.join(map(str, above))})"
+            )
+    if not versions.wsaccel:
+        return "wsaccel is not installed (the speedups extra)"
+    return None
+
+
+# What install() replaced in Autobahn's protocol module, to put it back.
+_originals: dict[str, object] = {}
+#: Why the fast paths are off ("" when they are on), as last installed.
+_off_because: str | None = None
+#: wsaccel's masker factory while the fast paths are on.
+_create_masker = None
+
+
+def install(enabled: bool = True, versions: Versions | None = None, log: Logger = _log) -> bool:
+    """
+    Turn the fast paths on when C{enabled} and verified for C{versions},
+    else leave Autobahn as it is, logging why once.
+
+    On: Autobahn masks with wsaccel and formats its per-connection option
+    dump only when debugging. The protocol classes' own fast paths
+    (L{FastPaths}) are chosen per factory, by this function's answer.
+
+    :param enabled: False turns the fast paths off whatever the versions.
+    :param versions: What to check; by default what is installed.
+    :param log: Where the line saying why they are off goes.
+    :return: Whether the fast paths are on.
+    """
+    global _off_because, _create_masker
+    if not enabled:
+        reason = "turned off (--no-fast-paths)"
+    else:
+        reason = check(versions or Versions.installed()) or ""
+    if reason == _off_because:
+        return not reason
+    _off_because = reason
+    from autobahn.websocket import protocol
+
+    for name, original in _originals.items():
+        setattr(protocol, name, original)
+    _originals.clear()
+    _create_masker = None
+    if reason:
+        log.info("fast paths off, plain Autobahn in use: {reason}", reason=reason)
+        return False
+    from wsaccel.xormask import createXorMasker
+
+    _originals.update(create_xor_masker=protocol.create_xor_masker, pformat=protocol.pformat)
+    # Autobahn 26 builds a cffi masker per frame (about 4 us); wsaccel's
+    # Cython one takes under 2. wsaccel's own patch_autobahn() targets names
+    # Autobahn no longer has.
+    protocol.create_xor_masker = _create_masker = createXorMasker
+    # Autobahn pretty-prints its 50 options on every connection, debug
+    # logging or not: 10 % of accepting one.
+    protocol.pformat = _pformat_when_debugging
+    return True
+
+
+def _pformat_when_debugging(value: object) -> str:
+    if logs.debugging():
+        return pprint.pformat(value)
+    return "(not formatted: debug logging is off)"
+
+
+def fail_connection(protocol, code: int, reason: str) -> None:
+    """
+    Close C{protocol}'s WebSocket with C{code} through Autobahn's failure
+    path, the only one that sends 1007, 1008 or 1011.
+    """
+    protocol._fail_connection(code, reason)
+
+
+def failed(protocol) -> bool:
+    """
+    Whether C{protocol} has failed its connection (through L{fail_connection}
+    or a protocol error), so that what still arrives is to be ignored.
+    """
+    return protocol.failedByMe
+
+
+def write_through(transport, data: bytes) -> None:
+    """
+    Send C{data} at once when the TCP socket has nothing queued.
+
+    Twisted queues every write until the next turn of the reactor and
+    registers the socket for writability and unregisters it again (two
+    epoll_ctl calls) each time; a socket with an empty queue can take the
+    frame now. What the socket does not take is queued as usual, so flow
+    control (the transport pausing its producer) is unchanged.
+    """
+    if (
+        type(transport) is _TCPServer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and transport.offset >= len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error Twisted reports on its own write.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+
+class FastPaths:
+    """
+    Autobahn's per-frame paths, minus what costs time on every message, for
+    a L{WebSocketServerProtocol} subclass to inherit first; only for
+    factories whose L{install} said yes.
+
+    Whole text frames skip Autobahn's frame parser, and frames go straight
+    to an idle socket; Autobahn's paths also built debug-log arguments even
+    with debug logging off, and fired an observable "message" event (a
+    Deferred per message) nobody listens to.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if (
+            self.state == _OPEN
+            and self.current_frame is None
+            and not self.inside_message
+            and not self.data
+            # None if install() since turned the fast paths off (a test
+            # switching modes): Autobahn parses as usual.
+            and _create_masker is not None
+            and self._perMessageCompress is None
+            and not (self.utf8validateIncoming or self.logFrames or self.logOctets)
+        ):
+            data = self._whole_text_frames(data)
+            if not data:
+                return
+        self._dataReceived(data)
+
+    def _whole_text_frames(self, data: bytes) -> bytes:
+        """
+        Hand on the whole, unfragmented, masked text frames at the start of
+        C{data} (what clients send for every signaling message) without
+        Autobahn's general frame parser, which costs more than the rest of a
+        relay together.
+
+        :return: The rest of C{data}, from the first frame that is anything
+            else (control, fragment, binary, over a limit, not all here), for
+            Autobahn to parse and judge.
+        """
+        create_masker = _create_masker
+        frame_limit = self.maxFramePayloadSize
+        message_limit = self.maxMessagePayloadSize
+        end = len(data)
+        i = 0
+        while end - i >= 6 and data[i] == 0x81 and self.state == _OPEN:
+            second = data[i + 1]
+            if second < 0x80:
+                break
+            length = second & 0x7F
+            start = i + 6
+            if length == 126:
+                if end - i < 8:
+                    break
+                length = (data[i + 2] << 8) | data[i + 3]
+                if length < 126:
+                    break
+                start = i + 8
+            elif length == 127:
+                break
+            if (frame_limit and length > frame_limit) or (
+                message_limit and length > message_limit
+            ):
+                break
+            stop = start + length
+            if stop > end:
+                break
+            payload = create_masker(data[start - 4 : start], length).process(data[start:stop])
+            self.trafficStats.incomingOctetsWireLevel += stop - i
+            i = stop
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            self.onMessage(payload, False)
+        return data[i:] if i else data
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
+            super().sendData(data, sync, chopsize)
+            return
+        write_through(self.transport, data)
+        self.trafficStats.outgoingOctetsWireLevel += len(data)

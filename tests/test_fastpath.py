@@ -1,0 +1,406 @@
+"""
+Tests for the fast paths (signaling/fastpath.py): the version check and its
+fallback, wsaccel masking, Autobahn's debug formatting, whole text frames
+past Autobahn's parser, and writing frames straight to an idle socket. The
+framing tests run on the fast paths and on plain Autobahn.
+"""
+
+from __future__ import annotations
+
+import pprint
+import re
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+from unittest import SkipTest, skipUnless
+
+import attrs
+import orjson
+import txaio
+from autobahn.websocket import protocol as autobahn_protocol
+from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from signaling import fastpath, logs
+from signaling.dialects.native import NativeSession
+from signaling.hub import Hub
+from signaling.ids import IdSource
+from signaling.logs import Logger
+from signaling.websocket import (
+    FastSignalingProtocol,
+    SignalingFactory,
+    SignalingProtocol,
+    WebSocketSettings,
+)
+
+from .support import counting_random_bytes
+
+INSTALLED = fastpath.Versions.installed()
+#: Whether the fast paths can run here. Outside the verified versions the
+#: tests of their workings are skipped: the fast paths are off there on
+#: purpose, and the rest of the suite tests the fallback.
+VERIFIED = fastpath.check(INSTALLED) is None
+only_where_verified = skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+
+
+class InstallTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # Whatever a test switches, the next one starts with the default.
+        self.addCleanup(fastpath.install)
+
+    @only_where_verified
+    def test_autobahn_masks_with_wsaccel(self):
+        """
+        Once installed, Autobahn unmasks frames with wsaccel's masker, which
+        gives the same bytes as Autobahn's own.
+        """
+        from wsaccel.xormask import createXorMasker
+
+        self.assertTrue(fastpath.install())
+        self.assertIs(autobahn_protocol.create_xor_masker, createXorMasker)
+        masked = createXorMasker(b"\x01\x02\x03\x04", 6).process(b"abcdef")
+        self.assertEqual(bytes(masked), bytes(autobahn_masker(b"\x01\x02\x03\x04", 6).process(b"abcdef")))
+
+    @only_where_verified
+    def test_connection_options_formatted_only_when_debugging(self):
+        """
+        Autobahn's per-connection dump of its options is formatted only when
+        the log level is debug.
+        """
+        fastpath.install()
+        self.addCleanup(logs.set_level, "info")
+        logs.set_level("info")
+        self.assertNotIn("maxFramePayloadSize", autobahn_protocol.pformat([("maxFramePayloadSize", 1)]))
+        logs.set_level("debug")
+        self.assertIn("maxFramePayloadSize", autobahn_protocol.pformat([("maxFramePayloadSize", 1)]))
+
+    def test_turned_off_autobahn_is_left_as_it_is(self):
+        """
+        Turned off, Autobahn's own masker and formatter are back in place, and
+        factories make protocols without the fast paths.
+        """
+        fastpath.install()
+        self.assertFalse(fastpath.install(enabled=False))
+        self.assertIs(autobahn_protocol.create_xor_masker, autobahn_masker)
+        self.assertIs(autobahn_protocol.pformat, pprint.pformat)
+        factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession, WebSocketSettings(fast_paths=False))
+        self.assertFalse(factory.fast_paths)
+        self.assertIs(factory.protocol, SignalingProtocol)
+        self.assertNotIsInstance(factory.buildProtocol(None), fastpath.FastPaths)
+
+    def test_factory_uses_the_fast_paths_where_verified(self):
+        factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession)
+        self.assertEqual(factory.fast_paths, VERIFIED)
+        self.assertIs(factory.protocol, FastSignalingProtocol if VERIFIED else SignalingProtocol)
+
+    def test_unverified_versions_fall_back_with_one_log_line(self):
+        """
+        Outside the verified versions the fast paths stay off, Autobahn is
+        left as it is, and one line says why however often it is asked.
+        """
+        events: list[dict] = []
+        log = Logger(observer=events.append)
+        fastpath.install()
+        newer = attrs.evolve(INSTALLED, autobahn="27.1.0")
+        self.assertFalse(fastpath.install(versions=newer, log=log))
+        self.assertFalse(fastpath.install(versions=newer, log=log))
+        self.assertIs(autobahn_protocol.create_xor_masker, autobahn_masker)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"].name, "info")
+        self.assertIn("Autobahn 27.1.0 is outside", events[0]["reason"])
+
+    def test_check(self):
+        """
+        The installed versions pass; an older or newer Autobahn or Twisted
+        outside the verified range, or no wsaccel, is refused with the reason.
+        """
+        verified = fastpath.Versions(autobahn="26.10.2", twisted="26.10.0", wsaccel=True)
+        self.assertIsNone(fastpath.check(verified))
+        self.assertIsNone(fastpath.check(attrs.evolve(verified, autobahn="26.99", twisted="26.4.0")))
+        for versions, reason in [
+            (attrs.evolve(verified, autobahn="26.7.1"), "Autobahn 26.7.1 is outside"),
+            (attrs.evolve(verified, autobahn="27.0.0"), "Autobahn 27.0.0 is outside"),
+            (attrs.evolve(verified, autobahn="27.0.0rc1"), "Autobahn 27.0.0rc1 is outside"),
+            (attrs.evolve(verified, twisted="25.5.0"), "Twisted 25.5.0 is outside"),
+            (attrs.evolve(verified, twisted="27.1.0"), "Twisted 27.1.0 is outside"),
+            (attrs.evolve(verified, autobahn="unknown"), "Autobahn unknown is outside"),
+            (attrs.evolve(verified, wsaccel=False), "wsaccel is not installed"),
+        ]:
+            self.assertIn(reason, fastpath.check(versions) or "", versions)
+
+
+class PrivateNamesTests(SynchronousTestCase):
+    @staticmethod
+    def pattern(name: str) -> re.Pattern:
+        return re.compile(r"\b" + re.escape(name) + r"\b")
+
+    def test_only_fastpath_uses_private_names(self):
+        """
+        No module of the package but fastpath.py names a private Autobahn or
+        Twisted name of fastpath's list.
+        """
+        package = Path(fastpath.__file__).parent
+        found = []
+        for path in sorted(package.rglob("*.py")):
+            if path.name == "fastpath.py" and path.parent == package:
+                continue
+            source = path.read_text()
+            for name in fastpath.PRIVATE_NAMES:
+                if self.pattern(name).search(source):
+                    found.append(f"{path.relative_to(package)}: {name}")
+        self.assertEqual(found, [])
+
+    def test_the_list_names_what_fastpath_touches(self):
+        """
+        Every private name fastpath.py uses is on its list, and every name on
+        the list is in fastpath.py.
+        """
+        source = Path(fastpath.__file__).read_text()
+        code = source.split("_log = Logger()", 1)[1]
+        for name in fastpath.PRIVATE_NAMES:
+            self.assertRegex(code, self.pattern(name))
+        listed = {name.rsplit(".", 1)[-1] for name in fastpath.PRIVATE_NAMES}
+        used = set(re.findall(r"(?:self|transport|protocol)\.(_[A-Za-z]\w*)", code))
+        self.assertEqual(used - listed - {"_whole_text_frames"}, set())
+
+    @only_where_verified
+    def test_listed_names_exist_in_the_installed_versions(self):
+        """
+        The installed Autobahn and Twisted, inside the verified range, have
+        every listed name where fastpath reads it.
+        """
+        loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = loop
+        protocol = _connect(SignalingFactory(Hub(clock=loop), NativeSession))[0]
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 40000), None, 1, MemoryReactor())
+        for name in fastpath.PRIVATE_NAMES:
+            owner, _, attribute = name.rpartition(".")
+            if owner == "transport":
+                self.assertTrue(hasattr(transport, attribute), name)
+            elif attribute in ("create_xor_masker", "pformat"):
+                self.assertTrue(hasattr(autobahn_protocol, attribute), name)
+            else:
+                self.assertTrue(hasattr(protocol, attribute), name)
+
+
+def _connect(factory) -> tuple[Any, StringTransport]:
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(
+        b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    transport.clear()
+    return protocol, transport
+
+
+class WriteThroughTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        ours, self.theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.theirs.settimeout(1)
+        self.addCleanup(ours.close)
+        self.addCleanup(self.theirs.close)
+        self.transport = tcp.Server(
+            ours, Protocol(), ("127.0.0.1", 40000), None, 1, MemoryReactor()
+        )
+
+    def received(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            data += self.theirs.recv(size - len(data))
+        return data
+
+    def test_idle_socket_gets_data_at_once(self):
+        """
+        With nothing queued, a frame is on the socket before the reactor
+        turns.
+        """
+        fastpath.write_through(self.transport, b"hello")
+        self.assertEqual(self.received(5), b"hello")
+
+    def test_what_the_socket_does_not_take_is_queued_in_order(self):
+        """
+        When the socket's buffer is full the rest is queued, later frames
+        queue behind it, and all of it arrives in order once the reactor
+        writes.
+        """
+        big = bytes(range(256)) * 4096  # 1 MiB: more than a socket buffer
+        fastpath.write_through(self.transport, big)
+        fastpath.write_through(self.transport, b"after")
+        expected = big + b"after"
+        data = b""
+        while len(data) < len(expected):
+            self.transport.doWrite()
+            data += self.theirs.recv(len(expected) - len(data))
+        self.assertEqual(data, expected)
+
+    def test_other_transports_write_as_usual(self):
+        """
+        A transport that is not a plain TCP connection (TLS, a test double)
+        gets an ordinary write.
+        """
+        written = []
+
+        class Transport:
+            def write(self, data: bytes) -> None:
+                written.append(data)
+
+        fastpath.write_through(Transport(), b"frame")
+        self.assertEqual(written, [b"frame"])
+
+
+def _client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    mask = b"\x11\x22\x33\x44"
+    first = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, 0x80 | length)
+    else:
+        header = struct.pack("!BBH", first, 0x80 | 126, length)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    i = 0
+    while i < len(data):
+        opcode, length = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            (length,) = struct.unpack("!H", data[i : i + 2])
+            i += 2
+        frames.append((opcode, data[i : i + length]))
+        i += length
+    return frames
+
+
+class WholeFrameTests(SynchronousTestCase):
+    """
+    Whole text frames skip Autobahn's frame parser; everything else still
+    goes through it, wherever the reads split the stream.
+    """
+
+    fast_paths = True
+
+    def setUp(self) -> None:
+        if self.fast_paths and not VERIFIED:
+            raise SkipTest("the fast paths are off for the installed versions")
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+        self.addCleanup(fastpath.install)
+        self.settings = WebSocketSettings(ping_interval=0, fast_paths=self.fast_paths)
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession, self.settings)
+        self.assertEqual(factory.fast_paths, self.fast_paths)
+        return _connect(factory)
+
+    def replies(self, transport: StringTransport) -> list[tuple[int, Any]]:
+        frames = _server_frames(transport.value())
+        transport.clear()
+        return [
+            (opcode, orjson.loads(body) if opcode == 0x1 else body) for opcode, body in frames
+        ]
+
+    def test_any_split_of_the_stream_gives_the_same_replies(self):
+        """
+        A join, a ping control frame, a request fragmented in two and a
+        request over 125 bytes, cut into two reads at every possible point,
+        are answered exactly as when they arrive in one read.
+        """
+        stream = (
+            _client_frame(orjson.dumps({"type": "join", "room": "r"}))
+            + _client_frame(b"hello", opcode=0x9)
+            + _client_frame(b'{"type":"pi', fin=False)
+            + _client_frame(b'ng","id":1}', opcode=0x0)
+            + _client_frame(orjson.dumps({"type": "ping", "id": "x" * 200}))
+        )
+        protocol, transport = self.connect()
+        protocol.dataReceived(stream)
+        expected = self.replies(transport)
+        self.assertEqual(
+            [(opcode, body["type"] if opcode == 0x1 else body) for opcode, body in expected],
+            [(0x1, "joined"), (0xA, b"hello"), (0x1, "pong"), (0x1, "pong")],
+        )
+        for cut in range(1, len(stream)):
+            protocol, transport = self.connect()
+            protocol.dataReceived(stream[:cut])
+            protocol.dataReceived(stream[cut:])
+            replies = self.replies(transport)
+            self.assertEqual(
+                [(o, b) for o, b in replies if not (o == 0x1 and b["type"] == "joined")],
+                [(o, b) for o, b in expected if not (o == 0x1 and b["type"] == "joined")],
+                f"cut at {cut}",
+            )
+
+    def test_frame_over_the_limit_closes_1009(self):
+        """
+        A whole frame over the size limit is left to Autobahn, which closes
+        the connection with 1009.
+        """
+        self.settings = attrs.evolve(self.settings, max_message_size=100)
+        protocol, transport = self.connect()
+        protocol.dataReceived(_client_frame(orjson.dumps({"type": "ping", "id": "x" * 200})))
+        closes = [body for opcode, body in self.replies(transport) if opcode == 0x8]
+        self.assertEqual(closes[0][:2], struct.pack("!H", 1009))
+
+
+class WholeFrameOnPlainAutobahnTests(WholeFrameTests):
+    """
+    The same streams with the fast paths off: Autobahn parses every frame.
+    """
+
+    fast_paths = False
+
+
+@only_where_verified
+class SameOnTheWireTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+        self.addCleanup(fastpath.install)
+
+    def wire(self, fast_paths: bool, stream: bytes, cut: int) -> bytes:
+        hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+        settings = WebSocketSettings(ping_interval=0, max_message_size=300, fast_paths=fast_paths)
+        protocol, transport = _connect(SignalingFactory(hub, NativeSession, settings))
+        protocol.dataReceived(stream[:cut])
+        protocol.dataReceived(stream[cut:])
+        return transport.value()
+
+    def test_both_modes_send_the_same_bytes(self):
+        """
+        With and without the fast paths, a stream of text, control,
+        fragmented, binary and oversized frames, in one read or two, gets the
+        same bytes back, down to the close frame.
+        """
+        stream = (
+            _client_frame(orjson.dumps({"type": "join", "room": "r"}))
+            + _client_frame(orjson.dumps({"type": "ping", "id": "x" * 100}))
+            + _client_frame(b"hello", opcode=0x9)
+            + _client_frame(b'{"type":"pi', fin=False)
+            + _client_frame(b'ng","id":1}', opcode=0x0)
+            + _client_frame(b"not json")
+            + _client_frame(orjson.dumps({"type": "ping", "id": "x" * 400}))
+            + _client_frame(orjson.dumps({"type": "ping", "id": 2}))
+        )
+        for cut in (len(stream), 3, 40, 200):
+            fast = self.wire(True, stream, cut)
+            plain = self.wire(False, stream, cut)
+            self.assertEqual(fast, plain, f"cut at {cut}")
+        closes = [body for opcode, body in _server_frames(fast) if opcode == 0x8]
+        self.assertEqual(closes[0][:2], struct.pack("!H", 1009))
