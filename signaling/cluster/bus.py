@@ -1,0 +1,758 @@
+"""
+The Redis bus: how the hubs of several processes or hosts reach each other.
+
+Each node (a process) has one Redis channel, C{<prefix>node:<node id>}, and
+subscribes to it alone. A message for a peer on another node is published
+to that node's channel on the one connection this node publishes relayed
+messages on, so that messages between two peers keep their order (a pool
+of connections reorders them). C{PUBLISH} answers how many subscribers got
+the message: 0 means the node is gone, and the sender is told "dropped".
+
+Who is where (peer -> node, room -> members, userId -> holder) is kept in
+Redis by the Lua scripts of L{signaling.cluster.scripts}, each one atomic,
+run on a small pool of connections. Nodes prove they are alive with a
+heartbeat; any node reaps the ones that stopped and announces what they
+held. The bus remembers what its own node registered, so that when Redis
+comes back empty it puts it all back.
+
+Nothing here knows a dialect or a transport: it moves L{Envelope}s and
+keeps the directory; the glue that turns hub events into envelopes and back
+comes on top of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+import orjson
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from ..errors import AlreadyInRoom, HubError, PeerNotFound, RoomFull, VerifiedOnly
+from ..hub import Member
+from ..ids import IdShape, IdSource
+from ..logs import Logger
+from . import scripts
+from .address import RedisAddress
+from .envelope import (
+    Envelope,
+    InvalidEnvelope,
+    decode_envelope,
+    decode_member,
+    encode_envelope,
+    encode_member,
+    member_from_list,
+    member_to_list,
+)
+
+#: Seconds between two heartbeats of a node.
+HEARTBEAT_INTERVAL = 0.5
+#: Seconds without a heartbeat after which a node is reaped as dead.
+NODE_TIMEOUT = 2.0
+#: Connections for directory commands (the Lua scripts).
+POOL_SIZE = 4
+#: Every key and channel of the bus starts with this, so that several
+#: clusters may share one Redis.
+KEY_PREFIX = "signaling:"
+#: Seconds to wait for Redis to answer a command before giving up on it.
+REPLY_TIMEOUT = 5.0
+#: Longest wait, in seconds, between two attempts to reconnect to Redis.
+RECONNECT_MAX_DELAY = 2.0
+#: How many fresh ids L{RedisBus.allocate_id} tries before giving up.
+ALLOCATE_ATTEMPTS = 16
+#: The envelope kind of the announcement of a reaped node, sent to every
+#: other node; never a dialect's kind.
+NODE_DEAD = "bus:node-dead"
+
+_ERRORS: dict[str, type[HubError]] = {
+    "room-full": RoomFull,
+    "forbidden": VerifiedOnly,
+    "already-in-room": AlreadyInRoom,
+    "peer-not-found": PeerNotFound,
+}
+
+
+class BusUnavailable(HubError):
+    """
+    Redis cannot be reached now; the bus reconnects by itself.
+    """
+
+    code = "unavailable"
+
+
+class DirectoryRefused(HubError):
+    """
+    Redis refused a userId registration under the directory dialect's rules.
+
+    :ivar code: The directory's error code (C{key-mismatch},
+        C{proof-required}, C{user-id-in-use}).
+    :ivar holder: For C{user-id-in-use}: (node, peer id) of the holder, to
+        be probed.
+    """
+
+    def __init__(self, code: str, holder: tuple[str, str] | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.holder = holder
+
+
+@attrs.frozen
+class BusSettings:
+    """
+    The bus's tunables; each is meant to become a twistd option.
+
+    :ivar hold_seconds: How long a userId registered with proof stays bound
+        after its peer (or its peer's node) went away.
+    :ivar max_held: How many offline userIds the cluster holds at once.
+    """
+
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    node_timeout: float = NODE_TIMEOUT
+    pool_size: int = POOL_SIZE
+    key_prefix: str = KEY_PREFIX
+    reply_timeout: float = REPLY_TIMEOUT
+    reconnect_max_delay: float = RECONNECT_MAX_DELAY
+    hold_seconds: float = 60.0
+    max_held: int = 10_000
+
+
+@attrs.frozen
+class RemoteMember:
+    """
+    A room member somewhere in the cluster.
+
+    :ivar node: The node that holds the peer ('' if Redis no longer knows).
+    """
+
+    node: str
+    member: Member
+
+
+@attrs.frozen
+class Released:
+    """
+    What a peer gave up when it was released.
+
+    :ivar left: (room, member) for every room it left.
+    :ivar user_id: The userId that went offline, or L{None}.
+    """
+
+    left: tuple[tuple[str, Member], ...]
+    user_id: str | None
+
+
+@attrs.frozen
+class NodeDeath:
+    """
+    A node stopped heartbeating and was reaped; its peers are gone.
+
+    :ivar left: (room, member) for every room membership it held.
+    :ivar user_ids: The directory userIds its peers held.
+    """
+
+    node: str
+    peers: tuple[str, ...]
+    left: tuple[tuple[str, Member], ...]
+    user_ids: tuple[str, ...]
+
+
+@attrs.frozen
+class Registered:
+    """
+    A userId registration the directory accepted.
+
+    :ivar went_online: Whether the userId was offline (or new) before.
+    :ivar replaced: (node, peer id) of the connection it was taken over
+        from, to be told, or L{None}.
+    :ivar released: Another userId the peer held and gave up for this one.
+    """
+
+    went_online: bool
+    replaced: tuple[str, str] | None
+    released: str | None
+
+
+@attrs.frozen
+class UserBinding:
+    """
+    A userId's entry in the directory.
+
+    :ivar node: The node holding it, '' while held for a reconnect.
+    :ivar peer: The holding peer's id, '' while held.
+    """
+
+    user_id: str
+    node: str
+    peer: str
+    public_key: str
+    proven: bool
+
+    @property
+    def online(self) -> bool:
+        return bool(self.peer)
+
+
+@attrs.define(eq=False)
+class _Holding:
+    """
+    What this node registered for one peer, to put back after Redis lost it.
+    """
+
+    rooms: dict[str, tuple[bytes, bool, bytes]] = attrs.Factory(dict)
+    user: tuple[str, str, bool] | None = None
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """
+    The connection this node receives its channel on. Redis forgets
+    subscriptions when it restarts, so every (re)connection subscribes.
+    """
+
+    def connectionMade(self):
+        ready = super().connectionMade()
+        ready.addCallback(self._subscribe)
+        return ready
+
+    def _subscribe(self, _):
+        if not self._ready:
+            return None
+        bus = self.factory.bus
+        subscribed = self.subscribe(bus.channel(bus.node_id))
+        subscribed.addCallbacks(lambda _: bus._subscribed(), lambda f: None)
+        return subscribed
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.bus._received(message)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+@attrs.define(eq=False)
+class RedisBus:
+    """
+    One node's link to the cluster.
+
+    :ivar address: The Redis server.
+    :ivar node_id: This node's id, unique in the cluster (host name + pid
+        by default in the options to come).
+    :ivar reactor: Makes the connections (an C{IReactorTCP} and
+        C{IReactorUNIX}) and keeps time for the heartbeat.
+    """
+
+    address: RedisAddress
+    node_id: str
+    reactor: IReactorTime
+    settings: BusSettings = attrs.Factory(BusSettings)
+    ids: IdSource = attrs.Factory(IdSource)
+    _pool: Any = None
+    _publisher: Any = None
+    _subscriber: Any = None
+    _next_conn: int = 0
+    _envelope_callbacks: list = attrs.Factory(list)
+    _dead_callbacks: list = attrs.Factory(list)
+    _heartbeat: LoopingCall | None = None
+    _beating: bool = False
+    _beats: int = 0
+    _available: bool = True
+    _ready: defer.Deferred | None = None
+    _holdings: dict[str, _Holding] = attrs.Factory(dict)
+    #: Peers released while Redis was away, released again by the heartbeat.
+    _unreleased: set[str] = attrs.Factory(set)
+    _log = Logger()
+
+    # lifetime
+
+    def channel(self, node_id: str) -> str:
+        return self.settings.key_prefix + "node:" + node_id
+
+    def start(self) -> defer.Deferred:
+        """
+        Connect, subscribe to this node's channel, heartbeat once, and keep
+        heartbeating.
+
+        :return: Fires once the bus can be used.
+        """
+        self._pool = self._factory(txredisapi.RedisFactory, self.settings.pool_size)
+        self._publisher = self._factory(txredisapi.RedisFactory, 1)
+        self._subscriber = self._factory(txredisapi.SubscriberFactory, 1)
+        self._subscriber.protocol = _Subscriber
+        self._subscriber.bus = self
+        self._ready = defer.Deferred()
+        for factory in (self._pool, self._publisher, self._subscriber):
+            factory.startConnecting(self.address.endpoint(self.reactor))
+        waits = [self._pool.deferred, self._publisher.deferred, self._ready]
+        started = defer.gatherResults(waits, consumeErrors=True)
+        started.addCallback(lambda _: self._beat())
+        started.addCallback(lambda _: self._start_heartbeat())
+        return started
+
+    def _factory(self, kind, size: int):
+        address = self.address
+        if kind is txredisapi.SubscriberFactory:
+            factory = kind()
+        else:
+            factory = kind(
+                address.describe(),
+                address.db,
+                size,
+                charset=None,
+                password=address.password,
+                username=address.username,
+                replyTimeout=self.settings.reply_timeout,
+                convertNumbers=False,
+            )
+        # Raw bytes in and out: envelopes and member blobs are ours to
+        # decode, and numbers must not be guessed from strings.
+        factory.charset = None
+        factory.convertNumbers = False
+        factory.password = address.password
+        factory.username = address.username
+        factory.initialDelay = min(0.1, self.settings.reconnect_max_delay)
+        factory.maxDelay = self.settings.reconnect_max_delay
+        return factory
+
+    def _start_heartbeat(self) -> None:
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(self.settings.heartbeat_interval, now=False)
+
+    def stop_heartbeat(self) -> None:
+        """
+        Stop heartbeating (and so reaping), as a node does when it dies;
+        the other nodes reap it after L{BusSettings.node_timeout}.
+        """
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """
+        Leave the cluster and disconnect. This node is marked as long dead,
+        so the next heartbeat of any other node reaps it and announces
+        whatever peers it still held gone.
+        """
+        self.stop_heartbeat()
+        connection = self._connection(self._pool)
+        if connection is not None:
+            try:
+                yield connection.zadd(self.settings.key_prefix + "nodes", 0, self.node_id)
+            except txredisapi.RedisError:
+                pass
+        for factory in (self._subscriber, self._publisher, self._pool):
+            if factory is not None:
+                yield factory.disconnect()
+
+    # envelopes
+
+    def on_envelope(self, callback: Callable[[Envelope], None]) -> None:
+        """
+        Call C{callback} with every envelope that arrives for this node, in
+        the order each sender sent them.
+        """
+        self._envelope_callbacks.append(callback)
+
+    def on_node_dead(self, callback: Callable[[NodeDeath], None]) -> None:
+        """
+        Call C{callback} when a node was reaped, with what it held, so that
+        its peers can be announced gone. Every live node is called once per
+        dead node.
+        """
+        self._dead_callbacks.append(callback)
+
+    def send(self, node_id: str, envelope: Envelope) -> defer.Deferred:
+        """
+        Publish C{envelope} to C{node_id}'s channel.
+
+        Envelopes sent by one node keep their order. Nothing is queued
+        while Redis is away: they are dropped at once.
+
+        :return: Fires with C{True} if the node got it, C{False} if it was
+            dropped (the node is gone, or Redis cannot be reached).
+        """
+        return self.send_bytes(node_id, encode_envelope(envelope))
+
+    def send_bytes(self, node_id: str, data: bytes) -> defer.Deferred:
+        """
+        Like L{send}, for an envelope encoded once for several nodes.
+        """
+        connection = self._connection(self._publisher)
+        if connection is None:
+            return defer.succeed(False)
+        published = connection.publish(self.channel(node_id), data)
+        return published.addCallbacks(lambda receivers: receivers > 0, lambda _: False)
+
+    def _received(self, data: bytes) -> None:
+        try:
+            envelope = decode_envelope(data)
+        except InvalidEnvelope as error:
+            self._log.warn("dropped a message from the bus: {error}", error=str(error))
+            return
+        if envelope.kind == NODE_DEAD:
+            try:
+                death = _death_from_payload(envelope.payload)
+            except (InvalidEnvelope, TypeError, ValueError) as error:
+                self._log.warn("dropped a malformed node death: {error}", error=str(error))
+                return
+            self._tell_dead(death)
+            return
+        for callback in self._envelope_callbacks:
+            try:
+                callback(envelope)
+            except Exception:
+                self._log.failure("handling an envelope from the bus failed")
+
+    # heartbeat and reaping
+
+    @defer.inlineCallbacks
+    def _beat(self):
+        if self._beating:
+            return
+        self._beating = True
+        try:
+            known, _now = yield self._eval(scripts.HEARTBEAT)
+            if not known and self._holdings:
+                yield self._restore()
+            for peer_id in list(self._unreleased):
+                yield self._release(peer_id)
+            deaths = yield self._reap()
+            self._beats += 1
+            if not self._available:
+                self._available = True
+                self._log.info("redis is reachable again at {address}", address=self.address.describe())
+            for death in deaths:
+                yield self._announce_death(death)
+        except (BusUnavailable, txredisapi.ConnectionError) as error:
+            if self._available:
+                self._available = False
+                self._log.warn(
+                    "redis unreachable at {address} ({error}); retrying",
+                    address=self.address.describe(),
+                    error=str(error) or type(error).__name__,
+                )
+        except Exception:
+            self._log.failure("heartbeat failed")
+        finally:
+            self._beating = False
+
+    @defer.inlineCallbacks
+    def _reap(self):
+        settings = self.settings
+        report = yield self._eval(
+            scripts.REAP,
+            int(settings.node_timeout * 1000),
+            int(settings.hold_seconds * 1000),
+            settings.max_held,
+        )
+        deaths = []
+        for node, peers, left, users in report:
+            deaths.append(
+                NodeDeath(
+                    node=_decode(node),
+                    peers=tuple(_decode(peer) for peer in peers),
+                    left=tuple((_decode(room), decode_member(blob)) for room, blob in left),
+                    user_ids=tuple(_decode(user) for user in users),
+                )
+            )
+        return deaths
+
+    @defer.inlineCallbacks
+    def _announce_death(self, death: NodeDeath):
+        self._log.info(
+            "node {node} stopped heartbeating; {count} peers gone",
+            node=death.node,
+            count=len(death.peers),
+        )
+        self._tell_dead(death)
+        announcement = encode_envelope(
+            Envelope(NODE_DEAD, None, None, (), _death_to_payload(death))
+        )
+        for node in (yield self.nodes()):
+            if node != self.node_id:
+                yield self.send_bytes(node, announcement)
+
+    def _tell_dead(self, death: NodeDeath) -> None:
+        for callback in self._dead_callbacks:
+            try:
+                callback(death)
+            except Exception:
+                self._log.failure("handling the death of node {node} failed", node=death.node)
+
+    def _subscribed(self) -> None:
+        if self._ready is not None and not self._ready.called:
+            self._ready.callback(None)
+        elif self._heartbeat is not None:
+            # A reconnect: Redis may have restarted empty; check at once
+            # rather than at the next heartbeat.
+            self._beat()
+
+    def heartbeats(self) -> int:
+        """
+        How many heartbeats succeeded; for tests and stats.
+        """
+        return self._beats
+
+    # re-registration
+
+    @defer.inlineCallbacks
+    def _restore(self):
+        count = 0
+        for peer_id, holding in list(self._holdings.items()):
+            user_id, key, proven = holding.user or ("", "", False)
+            args: list[Any] = [peer_id, user_id, key, int(proven)]
+            for room, (blob, verified, room_metadata) in holding.rooms.items():
+                args += [room, blob, int(verified), room_metadata]
+            restored = yield self._eval(scripts.RESTORE, *args)
+            if restored:
+                count += 1
+            else:
+                self._log.warn("peer {peer} was claimed by another node meanwhile", peer=peer_id)
+        self._log.info("re-registered {count} peers with redis", count=count)
+
+    # directory
+
+    def _connection(self, factory):
+        if factory is None:
+            return None
+        pool = [connection for connection in factory.pool if connection.connected]
+        if not pool:
+            return None
+        self._next_conn = (self._next_conn + 1) % len(pool)
+        return pool[self._next_conn]
+
+    def _eval(self, script: str, *args: Any) -> defer.Deferred:
+        connection = self._connection(self._pool)
+        if connection is None:
+            return defer.fail(BusUnavailable("redis is not connected"))
+        return connection.eval(script, [], [self.settings.key_prefix, self.node_id, *args])
+
+    @defer.inlineCallbacks
+    def nodes(self):
+        """
+        The ids of the live nodes, this one included.
+        """
+        connection = self._connection(self._pool)
+        if connection is None:
+            raise BusUnavailable("redis is not connected")
+        nodes = yield connection.zrange(self.settings.key_prefix + "nodes", 0, -1)
+        return [_decode(node) for node in nodes]
+
+    @defer.inlineCallbacks
+    def claim_peer(self, peer_id: str):
+        """
+        Make C{peer_id} this node's, if no node has it.
+
+        :return: Fires with whether it was free.
+        """
+        claimed = yield self._eval(scripts.CLAIM, peer_id)
+        if claimed:
+            self._holdings[peer_id] = _Holding()
+        return bool(claimed)
+
+    @defer.inlineCallbacks
+    def allocate_id(self, shape: IdShape):
+        """
+        A fresh peer id of C{shape}, unique in the whole cluster and claimed
+        for this node (the envelope dialect's 8-hex ids have only 32 bits).
+
+        :raises BusUnavailable: Redis is away, or no free id was found in
+            L{ALLOCATE_ATTEMPTS} tries.
+        """
+        for _ in range(ALLOCATE_ATTEMPTS):
+            peer_id = self.ids.new_id(shape, self.reactor.seconds())
+            if (yield self.claim_peer(peer_id)):
+                return peer_id
+        raise BusUnavailable(f"no free {shape.value} id in {ALLOCATE_ATTEMPTS} tries")
+
+    @defer.inlineCallbacks
+    def release_peer(self, peer_id: str):
+        """
+        C{peer_id} disconnected: out of its rooms, its id free, its userId
+        offline (held if proven).
+
+        While Redis is away this does not fail: the answer comes from what
+        this node registered, and the release is carried out by a later
+        heartbeat, so that no ghost of the peer stays in the directory.
+
+        :return: Fires with L{Released}, so the rooms can be told.
+        """
+        holding = self._holdings.pop(peer_id, None) or _Holding()
+        try:
+            return (yield self._release(peer_id))
+        except (BusUnavailable, txredisapi.ConnectionError):
+            self._unreleased.add(peer_id)
+            return Released(
+                left=tuple((room, decode_member(blob)) for room, (blob, _, _) in holding.rooms.items()),
+                user_id=holding.user[0] if holding.user else None,
+            )
+
+    @defer.inlineCallbacks
+    def _release(self, peer_id: str):
+        settings = self.settings
+        left, user = yield self._eval(
+            scripts.RELEASE, peer_id, int(settings.hold_seconds * 1000), settings.max_held
+        )
+        self._unreleased.discard(peer_id)
+        return Released(
+            left=tuple((_decode(room), decode_member(blob)) for room, blob in left),
+            user_id=_decode(user) or None,
+        )
+
+    @defer.inlineCallbacks
+    def join(
+        self,
+        room: str,
+        member: Member,
+        max_peers: int = 0,
+        room_metadata: Mapping[str, Any] | None = None,
+    ):
+        """
+        Put C{member} (a peer this node claimed) into C{room}, checking the
+        room's capacity and verified-only rule atomically for the whole
+        cluster.
+
+        :param max_peers: The room's capacity; 0 for none.
+        :param room_metadata: The room's metadata, if this join creates it.
+        :return: Fires with the members (the joiner included) as
+            L{RemoteMember}s.
+        :raises RoomFull, VerifiedOnly, AlreadyInRoom, PeerNotFound: As the
+            hub's join would.
+        """
+        blob = encode_member(member)
+        verified = member.verified_user is not None
+        meta = orjson.dumps(dict(room_metadata or {}))
+        reply = yield self._eval(
+            scripts.JOIN, member.peer_id, room, blob, max_peers, int(verified), meta
+        )
+        status, detail = reply
+        if status == b"err":
+            code = _decode(detail)
+            raise _ERRORS[code](f"{code}: room {room!r}")
+        holding = self._holdings.setdefault(member.peer_id, _Holding())
+        holding.rooms[room] = (blob, verified, meta)
+        return [RemoteMember(_decode(node), decode_member(blob)) for node, blob in detail]
+
+    @defer.inlineCallbacks
+    def leave(self, room: str, peer_id: str):
+        """
+        Take C{peer_id} out of C{room}.
+
+        :return: Fires with its L{Member}, or L{None} if it was not there.
+        """
+        holding = self._holdings.get(peer_id)
+        if holding is not None:
+            holding.rooms.pop(room, None)
+        blob = yield self._eval(scripts.LEAVE, peer_id, room)
+        return None if blob is None else decode_member(blob)
+
+    @defer.inlineCallbacks
+    def members(self, room: str):
+        """
+        Fires with C{room}'s members in the whole cluster, as
+        L{RemoteMember}s (an empty list for no such room).
+        """
+        reply = yield self._eval(scripts.MEMBERS, room)
+        return [RemoteMember(_decode(node), decode_member(blob)) for node, blob in reply]
+
+    @defer.inlineCallbacks
+    def node_of(self, peer_id: str):
+        """
+        Fires with the id of the node holding C{peer_id}, or L{None}.
+        """
+        connection = self._connection(self._pool)
+        if connection is None:
+            raise BusUnavailable("redis is not connected")
+        node = yield connection.hget(self.settings.key_prefix + "peers", peer_id)
+        return _decode(node)
+
+    @defer.inlineCallbacks
+    def register_user(
+        self,
+        peer_id: str,
+        user_id: str,
+        public_key: str,
+        proven: bool = False,
+        gone: str | None = None,
+    ):
+        """
+        Bind C{user_id} to C{public_key} with C{peer_id} (a peer of this
+        node) as its holder, by the directory dialect's rules, for the
+        whole cluster.
+
+        :param proven: The peer proved possession of the key.
+        :param gone: A holder's peer id that did not answer a liveness
+            probe: if it still holds C{user_id}, C{peer_id} takes it over.
+        :return: Fires with L{Registered}.
+        :raises DirectoryRefused: With C{key-mismatch}, C{proof-required} or
+            C{user-id-in-use} (and the holder to probe).
+        """
+        reply = yield self._eval(
+            scripts.REGISTER, peer_id, user_id, public_key, int(proven), gone or ""
+        )
+        if reply[0] == b"err":
+            code = _decode(reply[1])
+            holder = (_decode(reply[2]), _decode(reply[3])) if reply[3] else None
+            raise DirectoryRefused(code, holder)
+        _, went_online, old_node, old_peer, released = reply
+        holding = self._holdings.setdefault(peer_id, _Holding())
+        holding.user = (user_id, public_key, proven)
+        return Registered(
+            went_online=bool(went_online),
+            replaced=(_decode(old_node), _decode(old_peer)) if old_peer else None,
+            released=_decode(released) or None,
+        )
+
+    @defer.inlineCallbacks
+    def unregister_user(self, peer_id: str):
+        """
+        Give up the userId C{peer_id} holds, at once and without a hold.
+
+        :return: Fires with the userId, or L{None}.
+        """
+        holding = self._holdings.get(peer_id)
+        if holding is not None:
+            holding.user = None
+        user = yield self._eval(scripts.UNREGISTER, peer_id)
+        return _decode(user) or None
+
+    @defer.inlineCallbacks
+    def lookup_user(self, user_id: str):
+        """
+        Fires with C{user_id}'s L{UserBinding}, online or held, or L{None}.
+        """
+        connection = self._connection(self._pool)
+        if connection is None:
+            raise BusUnavailable("redis is not connected")
+        fields = yield connection.hmget(
+            self.settings.key_prefix + "user:" + user_id, ["node", "peer", "key", "proven"]
+        )
+        node, peer, key, proven = fields
+        if key is None:
+            return None
+        return UserBinding(user_id, _decode(node), _decode(peer), _decode(key), proven == b"1")
+
+
+def _death_to_payload(death: NodeDeath) -> dict:
+    return {
+        "node": death.node,
+        "peers": list(death.peers),
+        "left": [[room, member_to_list(member)] for room, member in death.left],
+        "users": list(death.user_ids),
+    }
+
+
+def _death_from_payload(payload: Any) -> NodeDeath:
+    return NodeDeath(
+        node=str(payload["node"]),
+        peers=tuple(str(peer) for peer in payload["peers"]),
+        left=tuple((str(room), member_from_list(member)) for room, member in payload["left"]),
+        user_ids=tuple(str(user) for user in payload["users"]),
+    )
