@@ -282,7 +282,7 @@ async def test_redis_restart(redis, buses, log_events):
     await node_b.join("lobby", member("bob"))
 
     redis.stop()
-    await until(lambda: not node_a._available and not node_b._available)
+    await until(lambda: not node_a.available and not node_b.available)
     assert await node_a.send("node-b", Envelope("message", None, None, ("bob",))) is False
     with pytest.raises(BusUnavailable):
         await node_a.members("lobby")
@@ -290,7 +290,7 @@ async def test_redis_restart(redis, buses, log_events):
     assert released.left == (("lobby", member("bert")),)
 
     redis.start()
-    took = await until(lambda: node_a._available and node_b._available)
+    took = await until(lambda: node_a.available and node_b.available)
     assert took < 5
 
     async def rebuilt():

@@ -260,8 +260,8 @@ class RedisBus:
     _dead_callbacks: list = attrs.Factory(list)
     _heartbeat: LoopingCall | None = None
     _beating: bool = False
-    _beats: int = 0
-    _available: bool = True
+    #: Whether Redis answered the last heartbeat.
+    available: bool = True
     _ready: defer.Deferred | None = None
     _holdings: dict[str, _Holding] = attrs.Factory(dict)
     #: Peers released while Redis was away, released again by the heartbeat.
@@ -377,6 +377,8 @@ class RedisBus:
 
         :return: Fires with C{True} if the node got it, C{False} if it was
             dropped (the node is gone, or Redis cannot be reached).
+        :raises TypeError: The payload or extra holds what JSON cannot
+            carry (a bug of the caller, raised at once).
         """
         return self.send_bytes(node_id, encode_envelope(envelope))
 
@@ -424,15 +426,16 @@ class RedisBus:
             for peer_id in list(self._unreleased):
                 yield self._release(peer_id)
             deaths = yield self._reap()
-            self._beats += 1
-            if not self._available:
-                self._available = True
-                self._log.info("redis is reachable again at {address}", address=self.address.describe())
+            if not self.available:
+                self.available = True
+                self._log.info(
+                    "redis is reachable again at {address}", address=self.address.describe()
+                )
             for death in deaths:
                 yield self._announce_death(death)
         except (BusUnavailable, txredisapi.ConnectionError) as error:
-            if self._available:
-                self._available = False
+            if self.available:
+                self.available = False
                 self._log.warn(
                     "redis unreachable at {address} ({error}); retrying",
                     address=self.address.describe(),
@@ -494,28 +497,28 @@ class RedisBus:
             # rather than at the next heartbeat.
             self._beat()
 
-    def heartbeats(self) -> int:
-        """
-        How many heartbeats succeeded; for tests and stats.
-        """
-        return self._beats
-
     # re-registration
 
     @defer.inlineCallbacks
     def _restore(self):
-        count = 0
-        for peer_id, holding in list(self._holdings.items()):
+        """
+        Put back every peer this node holds, with its rooms and userId,
+        after Redis lost them. The scripts go out at once, pipelined over
+        the pool, rather than one round trip after another.
+        """
+        holdings = list(self._holdings.items())
+        restores = []
+        for peer_id, holding in holdings:
             user_id, key, proven = holding.user or ("", "", False)
             args: list[Any] = [peer_id, user_id, key, int(proven)]
             for room, (blob, verified, room_metadata) in holding.rooms.items():
                 args += [room, blob, int(verified), room_metadata]
-            restored = yield self._eval(scripts.RESTORE, *args)
-            if restored:
-                count += 1
-            else:
+            restores.append(self._eval(scripts.RESTORE, *args))
+        results = yield defer.gatherResults(restores, consumeErrors=True)
+        for (peer_id, _), restored in zip(holdings, results):
+            if not restored:
                 self._log.warn("peer {peer} was claimed by another node meanwhile", peer=peer_id)
-        self._log.info("re-registered {count} peers with redis", count=count)
+        self._log.info("re-registered {count} peers with redis", count=sum(results))
 
     # directory
 
@@ -589,8 +592,9 @@ class RedisBus:
             return (yield self._release(peer_id))
         except (BusUnavailable, txredisapi.ConnectionError):
             self._unreleased.add(peer_id)
+            rooms = holding.rooms.items()
             return Released(
-                left=tuple((room, decode_member(blob)) for room, (blob, _, _) in holding.rooms.items()),
+                left=tuple((room, decode_member(blob)) for room, (blob, _, _) in rooms),
                 user_id=holding.user[0] if holding.user else None,
             )
 

@@ -223,7 +223,8 @@ end
 if old_peer ~= '' then redis.call('DEL', P .. 'peer:' .. old_peer .. ':user') end
 redis.call('PERSIST', ukey)
 redis.call('ZREM', P .. 'held', user)
-redis.call('HSET', ukey, 'node', node, 'peer', peer, 'key', key, 'proven', new_proven, 'at', now_ms())
+redis.call('HSET', ukey, 'node', node, 'peer', peer, 'key', key,
+  'proven', new_proven, 'at', now_ms())
 redis.call('SET', link, user)
 return {'ok', went_online, old_node, old_peer, released}
 """
@@ -249,7 +250,8 @@ for i = 7, #ARGV, 4 do
   local room = ARGV[i]
   local info = P .. 'roominfo:' .. room
   if redis.call('EXISTS', info) == 0 then
-    redis.call('HSET', info, 'created_at', now_ms(), 'verified_only', ARGV[i + 2], 'metadata', ARGV[i + 3])
+    redis.call('HSET', info, 'created_at', now_ms(),
+      'verified_only', ARGV[i + 2], 'metadata', ARGV[i + 3])
   end
   redis.call('HSET', P .. 'room:' .. room, peer, ARGV[i + 1])
   redis.call('SADD', P .. 'peer:' .. peer .. ':rooms', room)
@@ -261,7 +263,8 @@ if user ~= '' then
   if not holder or holder == '' or holder == peer then
     redis.call('PERSIST', ukey)
     redis.call('ZREM', P .. 'held', user)
-    redis.call('HSET', ukey, 'node', node, 'peer', peer, 'key', key, 'proven', proven, 'at', now_ms())
+    redis.call('HSET', ukey, 'node', node, 'peer', peer, 'key', key,
+      'proven', proven, 'at', now_ms())
     redis.call('SET', P .. 'peer:' .. peer .. ':user', user)
   end
 end
