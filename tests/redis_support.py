@@ -22,8 +22,12 @@ class RedisServer:
     C{redis-server} without persistence, so that a restart comes back empty.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
+        """
+        :param options: More C{redis-server} options (C{--requirepass}, ...).
+        """
         self.directory = directory
+        self.options = options
         self.socket = directory / "redis.sock"
         self.process: subprocess.Popen | None = None
 
@@ -42,6 +46,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.directory),
+                *self.options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -63,7 +68,8 @@ class RedisServer:
                 client.settimeout(1)
                 client.connect(str(self.socket))
                 client.sendall(b"PING\r\n")
-                return client.recv(16).startswith(b"+PONG")
+                # -NOAUTH from a server with a password answers too.
+                return client.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

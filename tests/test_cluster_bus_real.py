@@ -349,3 +349,26 @@ async def test_release_while_disconnected_is_retried(redis, buses):
         assert time.monotonic() < deadline, "bert stayed in the lobby"
         await sleep(0.05)
     assert await node_a.node_of("bert") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_password(tmp_path_factory):
+    """
+    A password in the URL is sent with AUTH on every connection; a wrong
+    one fails start() with a clear error instead of retrying for ever.
+    """
+    redis = RedisServer(tmp_path_factory.mktemp("redis"), "--requirepass", "s3cret")
+    redis.start()
+    good = RedisBus(parse_redis_url(redis.url + "?password=s3cret"), "node-a", reactor, SETTINGS)
+    bad = RedisBus(parse_redis_url(redis.url + "?password=wrong"), "node-b", reactor, SETTINGS)
+    try:
+        await good.start()
+        assert await good.claim_peer("alice")
+        assert await good.send("node-a", Envelope("message", None, None, ("alice",))) is True
+        with pytest.raises(BusUnavailable) as refused:
+            await bad.start()
+        assert "could not auth" in str(refused.value)
+    finally:
+        await good.stop()
+        await bad.stop()
+        redis.stop()

@@ -278,7 +278,9 @@ class RedisBus:
         Connect, subscribe to this node's channel, heartbeat once, and keep
         heartbeating.
 
-        :return: Fires once the bus can be used.
+        :return: Fires once the bus can be used. While Redis cannot be
+            reached it keeps trying; a refusal (a wrong password or
+            database) fails it with L{BusUnavailable}.
         """
         self._pool = self._factory(txredisapi.RedisFactory, self.settings.pool_size)
         self._publisher = self._factory(txredisapi.RedisFactory, 1)
@@ -288,8 +290,10 @@ class RedisBus:
         self._ready = defer.Deferred()
         for factory in (self._pool, self._publisher, self._subscriber):
             factory.startConnecting(self.address.endpoint(self.reactor))
-        waits = [self._pool.deferred, self._publisher.deferred, self._ready]
+        factories = (self._pool, self._publisher, self._subscriber)
+        waits = [factory.deferred for factory in factories] + [self._ready]
         started = defer.gatherResults(waits, consumeErrors=True)
+        started.addErrback(_refused)
         started.addCallback(lambda _: self._beat())
         started.addCallback(lambda _: self._start_heartbeat())
         return started
@@ -742,6 +746,11 @@ class RedisBus:
         if key is None:
             return None
         return UserBinding(user_id, _decode(node), _decode(peer), _decode(key), proven == b"1")
+
+
+def _refused(failure: Failure) -> None:
+    failure.trap(defer.FirstError)
+    raise BusUnavailable(failure.value.subFailure.getErrorMessage())
 
 
 def _death_to_payload(death: NodeDeath) -> dict:
