@@ -49,8 +49,16 @@ class RedisURLTests(SynchronousTestCase):
         """
         address = parse_redis_url("rediss://:hunter2@redis.example:6380/2")
         self.assertTrue(address.tls)
+        self.assertIsNone(address.ca_certs)
         self.assertNotIn("hunter2", repr(address))
         self.assertEqual(address.describe(), "rediss://redis.example:6380/2")
+
+    def test_private_authority(self):
+        """
+        C{rediss://} may name the authority to trust with C{ssl_ca_certs}.
+        """
+        address = parse_redis_url("rediss://redis.example/0?ssl_ca_certs=/etc/redis/ca.pem")
+        self.assertEqual(address.ca_certs, "/etc/redis/ca.pem")
 
     def test_unix(self):
         """

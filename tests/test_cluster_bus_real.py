@@ -6,10 +6,12 @@ reaping a node that stopped heartbeating, and surviving a Redis restart.
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
 import pytest_twisted
+import trustme
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 
@@ -367,8 +369,70 @@ async def test_password(tmp_path_factory):
         assert await good.send("node-a", Envelope("message", None, None, ("alice",))) is True
         with pytest.raises(BusUnavailable) as refused:
             await bad.start()
-        assert "could not auth" in str(refused.value)
+        assert "WRONGPASS" in str(refused.value)
     finally:
         await good.stop()
         await bad.stop()
+        redis.stop()
+
+
+def free_loopback_port() -> int:
+    """
+    A port the kernel just handed out on 127.0.0.1: Redis cannot listen
+    for TLS on port 0, so it is given one the kernel chose.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls(tmp_path_factory, log_events):
+    """
+    C{rediss://} speaks TLS and checks the server's certificate against the
+    authority named by C{ssl_ca_certs}: a server whose certificate that
+    authority did not sign is never used, and the node says why once.
+    """
+    directory = tmp_path_factory.mktemp("redis")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    certificate.private_key_pem.write_to_path(str(directory / "key.pem"))
+    certificate.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    authority.cert_pem.write_to_path(str(directory / "ca.pem"))
+    trustme.CA().cert_pem.write_to_path(str(directory / "other-ca.pem"))
+    port = free_loopback_port()
+    redis = RedisServer(
+        directory,
+        "--bind", "127.0.0.1",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(directory / "cert.pem"),
+        "--tls-key-file", str(directory / "key.pem"),
+        "--tls-ca-cert-file", str(directory / "ca.pem"),
+        "--tls-auth-clients", "no",
+    )
+    redis.start()
+    url = f"rediss://localhost:{port}/0?ssl_ca_certs="
+    trusted = RedisBus(
+        parse_redis_url(url + str(directory / "ca.pem")), "node-a", reactor, SETTINGS
+    )
+    untrusted = RedisBus(
+        parse_redis_url(url + str(directory / "other-ca.pem")), "node-b", reactor, SETTINGS
+    )
+    try:
+        await trusted.start()
+        assert await trusted.claim_peer("alice")
+        assert await trusted.send("node-a", Envelope("message", None, None, ("alice",))) is True
+        starting = untrusted.start()
+        await sleep(0.5)
+        assert not starting.called
+        assert await trusted.nodes() == ["node-a"]
+        failures = [
+            event for event in log_events
+            if event.get("log_format", "").startswith("could not connect to redis")
+        ]
+        assert len(failures) == 1
+        assert "certificate verify failed" in failures[0]["error"]
+    finally:
+        await trusted.stop()
+        await untrusted.stop()
         redis.stop()

@@ -10,7 +10,7 @@ import urllib.parse
 import attrs
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 #: The port of C{redis://host} and C{rediss://host} when none is given.
 DEFAULT_PORT = 6379
@@ -35,6 +35,8 @@ class RedisAddress:
     :ivar db: The database number, selected on every connection.
     :ivar username: For Redis 6 ACLs, or L{None}.
     :ivar password: Sent with C{AUTH}, or L{None}.
+    :ivar ca_certs: For C{"rediss"}: a PEM file of the certificate
+        authority to trust instead of the system's (a private CA).
     """
 
     scheme: str
@@ -43,6 +45,7 @@ class RedisAddress:
     db: int = 0
     username: str | None = attrs.field(default=None, repr=False)
     password: str | None = attrs.field(default=None, repr=False)
+    ca_certs: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -56,7 +59,11 @@ class RedisAddress:
             return UNIXClientEndpoint(reactor, self.host, timeout=CONNECT_TIMEOUT)
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
         if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            trust = None
+            if self.ca_certs is not None:
+                with open(self.ca_certs, "rb") as pem:
+                    trust = Certificate.loadPEM(pem.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), endpoint)
         return endpoint
 
     def describe(self) -> str:
@@ -71,8 +78,10 @@ class RedisAddress:
 def parse_redis_url(url: str) -> RedisAddress:
     """
     Parse C{redis://[[user]:password@]host[:port][/db]},
-    C{rediss://...} (TLS) or C{unix://path[?db=N]} (C{unix:///run/redis.sock}
-    or C{unix:/run/redis.sock}; a password as C{?password=...}).
+    C{rediss://...[?ssl_ca_certs=/path/ca.pem]} (TLS, the server's
+    certificate checked against the system's authorities or that file's) or
+    C{unix://path[?db=N]} (C{unix:///run/redis.sock} or
+    C{unix:/run/redis.sock}; a password as C{?password=...}).
 
     :raises InvalidRedisURL: The URL is none of these.
     """
@@ -105,6 +114,7 @@ def parse_redis_url(url: str) -> RedisAddress:
         _db(url, db),
         username=urllib.parse.unquote(parts.username) if parts.username else None,
         password=urllib.parse.unquote(parts.password) if parts.password else None,
+        ca_certs=(query.get("ssl_ca_certs") or [None])[0] if scheme == "rediss" else None,
     )
 
 

@@ -206,7 +206,61 @@ class _Holding:
     user: tuple[str, str, bool] | None = None
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Handshake:
+    """
+    A connection's AUTH and SELECT, done before txredisapi's own
+    C{connectionMade} marks it ready.
+
+    txredisapi stops reconnecting for good when either fails, even when
+    the connection was merely lost meanwhile (Redis restarting); here only
+    a refusal stops it, and a lost connection is retried. A PING when
+    there is nothing to send waits for TLS's handshake, so a connection is
+    ready only once it works.
+    """
+
+    def connectionMade(self):
+        return defer.ensureDeferred(self._handshake())
+
+    async def _handshake(self) -> None:
+        password, dbid = self.password, self.dbid
+        # Done here; txredisapi's connectionMade then only marks it ready.
+        self.password = self.dbid = None
+        bus = self.factory.bus
+        try:
+            if password is not None:
+                await self.auth(password, self.username)
+            if dbid:
+                await self.select(dbid)
+            if password is None and not dbid:
+                await self.ping()
+        except txredisapi.ConnectionError:
+            return
+        except txredisapi.ResponseError as error:
+            bus._log.error(
+                "redis at {address} refused this node: {error}",
+                address=bus.address.describe(),
+                error=str(error),
+            )
+            self.factory.stopTrying()
+            self.transport.loseConnection()
+            self.factory.connectionError(f"redis refused: {error}")
+            return
+        bus._connected()
+        await super().connectionMade()
+
+    def connectionLost(self, reason):
+        if not self._ready:
+            self.factory.bus._connection_failed(reason)
+        super().connectionLost(reason)
+
+
+class _Command(_Handshake, txredisapi.RedisProtocol):
+    """
+    A connection for commands and publishing.
+    """
+
+
+class _Subscriber(_Handshake, txredisapi.SubscriberProtocol):
     """
     The connection this node receives its channel on. Redis forgets
     subscriptions when it restarts, so every (re)connection subscribes.
@@ -260,6 +314,7 @@ class RedisBus:
     _dead_callbacks: list = attrs.Factory(list)
     _heartbeat: LoopingCall | None = None
     _beating: bool = False
+    _connect_failure_logged: bool = False
     #: Whether Redis answered the last heartbeat.
     available: bool = True
     _ready: defer.Deferred | None = None
@@ -285,8 +340,8 @@ class RedisBus:
         self._pool = self._factory(txredisapi.RedisFactory, self.settings.pool_size)
         self._publisher = self._factory(txredisapi.RedisFactory, 1)
         self._subscriber = self._factory(txredisapi.SubscriberFactory, 1)
+        self._pool.protocol = self._publisher.protocol = _Command
         self._subscriber.protocol = _Subscriber
-        self._subscriber.bus = self
         self._ready = defer.Deferred()
         for factory in (self._pool, self._publisher, self._subscriber):
             factory.startConnecting(self.address.endpoint(self.reactor))
@@ -305,7 +360,8 @@ class RedisBus:
         else:
             factory = kind(
                 address.describe(),
-                address.db,
+                # Database 0 needs no SELECT.
+                address.db or None,
                 size,
                 charset=None,
                 password=address.password,
@@ -319,6 +375,7 @@ class RedisBus:
         factory.convertNumbers = False
         factory.password = address.password
         factory.username = address.username
+        factory.bus = self
         factory.initialDelay = min(0.1, self.settings.reconnect_max_delay)
         factory.maxDelay = self.settings.reconnect_max_delay
         return factory
@@ -492,6 +549,22 @@ class RedisBus:
                 callback(death)
             except Exception:
                 self._log.failure("handling the death of node {node} failed", node=death.node)
+
+    def _connected(self) -> None:
+        self._connect_failure_logged = False
+
+    def _connection_failed(self, reason: Failure) -> None:
+        """
+        A connection was lost before it became usable: say why once, not
+        at every retry (a certificate Redis's name does not match, ...).
+        """
+        if not self._connect_failure_logged:
+            self._connect_failure_logged = True
+            self._log.warn(
+                "could not connect to redis at {address}: {error}; retrying",
+                address=self.address.describe(),
+                error=reason.getErrorMessage(),
+            )
 
     def _subscribed(self) -> None:
         if self._ready is not None and not self._ready.called:
