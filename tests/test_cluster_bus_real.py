@@ -436,3 +436,51 @@ async def test_tls(tmp_path_factory, log_events):
         await trusted.stop()
         await untrusted.stop()
         redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_from_the_bus(redis, buses, log_events):
+    """
+    Bytes on a node's channel that are no envelope (another version, a
+    malformed node death) are dropped with a warning; the envelopes after
+    them still arrive.
+    """
+    node_a, node_b = await buses("node-a"), await buses("node-b")
+    received: list[Envelope] = []
+    node_b.on_envelope(received.append)
+    deaths: list = []
+    node_b.on_node_dead(deaths.append)
+    channel = node_b.channel("node-b")
+    assert redis.command("PUBLISH", channel, "\x02future") == b":1\r\n"
+    death = '\x01["bus:node-dead", null, null, [], {"node": "x"}, null]'
+    assert redis.command("PUBLISH", channel, death) == b":1\r\n"
+    envelope = Envelope("message", None, None, ("bob",), "after")
+    assert await node_a.send("node-b", envelope)
+    await until(lambda: received)
+    assert received == [envelope] and deaths == []
+    warnings = [event["log_format"] for event in log_events if event["log_level"].name == "warn"]
+    assert warnings == [
+        "dropped a message from the bus: {error}",
+        "dropped a malformed node death: {error}",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_refusing_writes(redis, buses, log_events):
+    """
+    Redis out of memory refuses the heartbeat's writes: the node says so
+    once, with Redis's reason, and no traceback; it goes on when Redis
+    takes writes again.
+    """
+    node_a = await buses("node-a")
+    assert redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction") == b"+OK\r\n"
+    assert redis.command("CONFIG", "SET", "maxmemory", "1") == b"+OK\r\n"
+    await until(lambda: not node_a.available)
+    await sleep(3 * SETTINGS.heartbeat_interval)
+    assert redis.command("CONFIG", "SET", "maxmemory", "0") == b"+OK\r\n"
+    await until(lambda: node_a.available)
+    assert [event for event in log_events if "log_failure" in event] == []
+    [warning] = [
+        event for event in log_events if event.get("log_format", "").startswith("redis unreachable")
+    ]
+    assert "OOM" in warning["error"]

@@ -462,7 +462,7 @@ class RedisBus:
         if envelope.kind == NODE_DEAD:
             try:
                 death = _death_from_payload(envelope.payload)
-            except (InvalidEnvelope, TypeError, ValueError) as error:
+            except (InvalidEnvelope, KeyError, TypeError, ValueError) as error:
                 self._log.warn("dropped a malformed node death: {error}", error=str(error))
                 return
             self._tell_dead(death)
@@ -494,7 +494,9 @@ class RedisBus:
                 )
             for death in deaths:
                 yield self._announce_death(death)
-        except (BusUnavailable, txredisapi.ConnectionError) as error:
+        except (BusUnavailable, txredisapi.RedisError) as error:
+            # Lost, timed out, or refused by Redis itself (out of memory,
+            # a read-only replica, ...): said once, tried again next beat.
             if self.available:
                 self.available = False
                 self._log.warn(
@@ -522,7 +524,7 @@ class RedisBus:
                 NodeDeath(
                     node=_decode(node),
                     peers=tuple(_decode(peer) for peer in peers),
-                    left=tuple((_decode(room), decode_member(blob)) for room, blob in left),
+                    left=self._left(left),
                     user_ids=tuple(_decode(user) for user in users),
                 )
             )
@@ -682,10 +684,7 @@ class RedisBus:
             scripts.RELEASE, peer_id, int(settings.hold_seconds * 1000), settings.max_held
         )
         self._unreleased.discard(peer_id)
-        return Released(
-            left=tuple((_decode(room), decode_member(blob)) for room, blob in left),
-            user_id=_decode(user) or None,
-        )
+        return Released(left=self._left(left), user_id=_decode(user) or None)
 
     @defer.inlineCallbacks
     def join(
@@ -719,7 +718,7 @@ class RedisBus:
             raise _ERRORS[code](f"{code}: room {room!r}")
         holding = self._holdings.setdefault(member.peer_id, _Holding())
         holding.rooms[room] = (blob, verified, meta)
-        return [RemoteMember(_decode(node), decode_member(blob)) for node, blob in detail]
+        return self._remote_members(detail)
 
     @defer.inlineCallbacks
     def leave(self, room: str, peer_id: str):
@@ -732,7 +731,7 @@ class RedisBus:
         if holding is not None:
             holding.rooms.pop(room, None)
         blob = yield self._eval(scripts.LEAVE, peer_id, room)
-        return None if blob is None else decode_member(blob)
+        return None if blob is None else self._member(blob)
 
     @defer.inlineCallbacks
     def members(self, room: str):
@@ -741,7 +740,23 @@ class RedisBus:
         L{RemoteMember}s (an empty list for no such room).
         """
         reply = yield self._eval(scripts.MEMBERS, room)
-        return [RemoteMember(_decode(node), decode_member(blob)) for node, blob in reply]
+        return self._remote_members(reply)
+
+    def _member(self, blob: bytes) -> Member | None:
+        try:
+            return decode_member(blob)
+        except InvalidEnvelope as error:
+            # Written by a node of another release: left out, not fatal.
+            self._log.warn("ignored a member blob: {error}", error=str(error))
+            return None
+
+    def _remote_members(self, pairs: list) -> list[RemoteMember]:
+        members = [(node, self._member(blob)) for node, blob in pairs]
+        return [RemoteMember(_decode(node), member) for node, member in members if member]
+
+    def _left(self, pairs: list) -> tuple[tuple[str, Member], ...]:
+        left = [(room, self._member(blob)) for room, blob in pairs]
+        return tuple((_decode(room), member) for room, member in left if member)
 
     @defer.inlineCallbacks
     def node_of(self, peer_id: str):
