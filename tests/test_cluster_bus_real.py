@@ -484,3 +484,19 @@ async def test_redis_refusing_writes(redis, buses, log_events):
         event for event in log_events if event.get("log_format", "").startswith("redis unreachable")
     ]
     assert "OOM" in warning["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopped_node_is_reaped_at_once(buses):
+    """
+    A node that stops cleanly is reaped by the next heartbeat of another
+    node, well before its timeout, with the peers it still held.
+    """
+    node_a, node_b = await buses("node-a"), await buses("node-b")
+    deaths: list = []
+    node_a.on_node_dead(deaths.append)
+    assert await node_b.claim_peer("bob")
+    await node_b.stop()
+    took = await until(lambda: deaths)
+    assert took < SETTINGS.node_timeout
+    assert [(death.node, death.peers) for death in deaths] == [("node-b", ("bob",))]

@@ -313,7 +313,8 @@ class RedisBus:
     _envelope_callbacks: list = attrs.Factory(list)
     _dead_callbacks: list = attrs.Factory(list)
     _heartbeat: LoopingCall | None = None
-    _beating: bool = False
+    #: The heartbeat under way, if any; one at a time.
+    _beating: defer.Deferred | None = None
     _connect_failure_logged: bool = False
     #: Whether Redis answered the last heartbeat.
     available: bool = True
@@ -402,6 +403,9 @@ class RedisBus:
         whatever peers it still held gone.
         """
         self.stop_heartbeat()
+        if self._beating is not None:
+            # Its score must not land after the one that marks us dead.
+            yield self._beating
         connection = self._connection(self._pool)
         if connection is not None:
             try:
@@ -475,11 +479,17 @@ class RedisBus:
 
     # heartbeat and reaping
 
+    def _beat(self) -> defer.Deferred:
+        if self._beating is None:
+            self._beating = self._beat_once()
+            self._beating.addBoth(self._beat_done)
+        return self._beating
+
+    def _beat_done(self, _) -> None:
+        self._beating = None
+
     @defer.inlineCallbacks
-    def _beat(self):
-        if self._beating:
-            return
-        self._beating = True
+    def _beat_once(self):
         try:
             known, _now = yield self._eval(scripts.HEARTBEAT)
             if not known and self._holdings:
@@ -506,8 +516,6 @@ class RedisBus:
                 )
         except Exception:
             self._log.failure("heartbeat failed")
-        finally:
-            self._beating = False
 
     @defer.inlineCallbacks
     def _reap(self):
