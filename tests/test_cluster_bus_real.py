@@ -18,6 +18,7 @@ from twisted.logger import globalLogPublisher
 from signaling.cluster import (
     BusSettings,
     BusUnavailable,
+    ClusterStats,
     DirectoryRefused,
     Envelope,
     RedisBus,
@@ -151,6 +152,7 @@ async def test_room_capacity_is_cluster_wide(buses):
     winner = members_a[0]
     assert winner.node == peers[winner.member.peer_id].node_id
     assert winner.member == member(winner.member.peer_id)
+    assert await node_b.stats() == ClusterStats(nodes=2, peers=20, rooms=1)
 
     await node_a.join("verified", member("peer-0", verified_user="alice"))
     with pytest.raises(VerifiedOnly):
@@ -214,6 +216,7 @@ async def test_dead_node_is_reaped_and_dropped(buses):
     assert await node_a.node_of("bob") is None
     assert await node_a.lookup_user("bob@example.org") is None
     assert "node-b" not in await node_a.nodes()
+    assert await node_a.stats() == ClusterStats(nodes=2, peers=1, rooms=1)
 
     await node_b.stop()
     assert await node_a.send("node-b", Envelope("message", None, None, ("bob",))) is False

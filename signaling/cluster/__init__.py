@@ -8,6 +8,7 @@ from .address import InvalidRedisURL, RedisAddress, parse_redis_url
 from .bus import (
     BusSettings,
     BusUnavailable,
+    ClusterStats,
     DirectoryRefused,
     NodeDeath,
     Registered,
@@ -21,6 +22,7 @@ from .envelope import Envelope, InvalidEnvelope, decode_envelope, encode_envelop
 __all__ = [
     "BusSettings",
     "BusUnavailable",
+    "ClusterStats",
     "DirectoryRefused",
     "Envelope",
     "InvalidEnvelope",

@@ -177,6 +177,17 @@ class Registered:
 
 
 @attrs.frozen
+class ClusterStats:
+    """
+    The whole cluster's counts, as Redis has them now.
+    """
+
+    nodes: int
+    peers: int
+    rooms: int
+
+
+@attrs.frozen
 class UserBinding:
     """
     A userId's entry in the directory.
@@ -634,6 +645,14 @@ class RedisBus:
             raise BusUnavailable("redis is not connected")
         nodes = yield connection.zrange(self.settings.key_prefix + "nodes", 0, -1)
         return [_decode(node) for node in nodes]
+
+    @defer.inlineCallbacks
+    def stats(self):
+        """
+        Fires with the cluster's L{ClusterStats}.
+        """
+        nodes, peers, rooms = yield self._eval(scripts.STATS)
+        return ClusterStats(nodes, peers, rooms)
 
     @defer.inlineCallbacks
     def claim_peer(self, peer_id: str):

@@ -229,6 +229,12 @@ redis.call('SET', link, user)
 return {'ok', went_online, old_node, old_peer, released}
 """
 
+#: ARGV: prefix, node. Returns {live nodes, peers, rooms}, one snapshot.
+STATS = _COMMON + """
+return {redis.call('ZCARD', P .. 'nodes'), redis.call('HLEN', P .. 'peers'),
+  redis.call('SCARD', P .. 'rooms')}
+"""
+
 #: ARGV: prefix, node, peer. Gives up the peer's userId at once, without a
 #: hold. Returns the userId or ''.
 UNREGISTER = _COMMON + """
