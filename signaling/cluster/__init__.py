@@ -5,8 +5,8 @@ dialects uses it yet.
 """
 
 from .address import InvalidRedisURL, RedisAddress, parse_redis_url
-from .bus import (
-    BusSettings,
+from .bus import BusSettings, RedisBus
+from .results import (
     BusUnavailable,
     ClusterStats,
     DirectoryRefused,
@@ -14,7 +14,6 @@ from .bus import (
     Registered,
     Released,
     RemoteMember,
-    RedisBus,
     UserBinding,
 )
 from .envelope import Envelope, InvalidEnvelope, decode_envelope, encode_envelope
