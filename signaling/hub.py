@@ -9,6 +9,7 @@ an injected L{IReactorTime} and ids from an injected L{IdSource}.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Iterator, Mapping
 
 import attrs
@@ -32,9 +33,19 @@ from .metadata import MetadataLimits
 #: Room names are at most this many characters long, in every dialect.
 MAX_ROOM_NAME_LENGTH = 256
 
-#: The reason L{IPeerConnection.close} is given when a delivery to the peer
-#: failed with a bug; a WebSocket closes with 1011 for it.
-RECIPIENT_FAILED = "internal error"
+class CloseReason(str, enum.Enum):
+    """
+    Why the hub removed a peer and closes its connection; each transport
+    closes in its own way for each.
+    """
+
+    #: It did nothing for longer than the stale timeout: a normal close
+    #: (WebSocket 4000, a Socket.IO DISCONNECT).
+    STALE = "stale"
+    #: A delivery to it raised a bug (already logged): the transport's error
+    #: close (WebSocket 1011; on Socket.IO an Engine.IO close with no
+    #: DISCONNECT, so that the client reconnects).
+    FAILED = "internal error"
 
 
 class IPeerConnection(Interface):
@@ -46,14 +57,30 @@ class IPeerConnection(Interface):
         """
         Hand a hub event (L{PeerJoined}, L{PeerLeft}, L{Signal}) to the peer.
 
+        A connection that learns only later whether the peer took the event
+        (a peer on another node, reached over a bus) returns at once; a
+        failure it learns of afterwards is not the sender's to hear of, and
+        the connection reports it to the hub by disconnecting the peer
+        there (L{Hub.disconnect}), as for a peer that went away.
+
+        A bug of the connection's own (rendering the event failed) is the
+        recipient's: the connection logs it, closes itself with
+        L{CloseReason.FAILED} and raises L{DeliveryRefused} C{"closed"}.
+
         :raises DeliveryRefused: The peer cannot take it now (closing, buffer
-            full, too large). Nothing else may be raised.
+            full, too large), which the sender of a L{Signal} is told.
+            Anything else raised is a bug the connection failed to contain:
+            the hub logs it, removes the peer and closes it with
+            L{CloseReason.FAILED}; the other recipients and the sender are
+            unaffected either way.
         """
 
-    def close(reason: str) -> None:
+    def close(reason: CloseReason) -> None:
         """
-        End the peer's connection because the hub removed it (stale, kicked,
-        or L{RECIPIENT_FAILED}: a delivery to it raised a bug).
+        End the peer's connection, in the way its transport has for
+        C{reason}: because the hub removed it, or because of the
+        connection's own bug. Its peer leaves the hub, if it has not yet,
+        as for any connection that ends.
         """
 
 
@@ -366,11 +393,7 @@ class Hub:
         target = self._peers.get(target_id)
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        try:
-            target.connection.deliver(signal)
-        except DeliveryRefused:
-            raise
-        except Exception:
+        if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
 
@@ -404,31 +427,45 @@ class Hub:
             if peer is None:
                 continue
             try:
-                peer.connection.deliver(event)
+                if self._deliver(peer, event):
+                    delivered += 1
+                    continue
             except DeliveryRefused:
                 continue
-            except Exception:
-                # One recipient's bug must not cost the sender its
-                # connection, the others the event, or a leave its end.
-                self._log.failure("delivering to {peer} failed", peer=peer_id)
-                failed = failed or []
-                failed.append(peer)
-                continue
-            delivered += 1
+            failed = failed or []
+            failed.append(peer)
         if failed:
             self._remove_failed(failed)
         return delivered
 
+    def _deliver(self, peer: Peer, event: Any) -> bool:
+        """
+        Hand C{event} to C{peer}'s connection.
+
+        :return: Whether it took it; L{False} when the connection raised
+            what L{IPeerConnection.deliver} may not (a bug, logged here).
+        :raises DeliveryRefused: The connection refused it.
+        """
+        try:
+            peer.connection.deliver(event)
+        except DeliveryRefused:
+            raise
+        except Exception:
+            # One recipient's bug must not cost the sender its connection,
+            # the others the event, or a join or leave its end.
+            self._log.failure("delivering to {peer} failed", peer=peer.id)
+            return False
+        return True
+
     def _remove_failed(self, failed: list[Peer]) -> None:
         """
-        Disconnect peers whose connection raised what L{IPeerConnection.deliver}
-        may not (a bug, already logged), and close their connections with
-        L{RECIPIENT_FAILED}.
+        Disconnect peers whose connection failed on a delivery, and close
+        their connections with L{CloseReason.FAILED}.
         """
         for peer in failed:
             self.disconnect(peer)
             try:
-                peer.connection.close(RECIPIENT_FAILED)
+                peer.connection.close(CloseReason.FAILED)
             except Exception:
                 self._log.failure("closing {peer} failed", peer=peer.id)
 
@@ -446,7 +483,7 @@ class Hub:
                 if now - peer.last_seen >= stale_timeout:
                     self._log.info("removing stale peer {peer}", peer=peer.id)
                     self.disconnect(peer)
-                    peer.connection.close("stale")
+                    peer.connection.close(CloseReason.STALE)
         ttl = self.limits.empty_room_ttl
         for room in list(self._rooms.values()):
             if room.emptied_at is not None and now - room.emptied_at >= ttl:

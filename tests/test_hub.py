@@ -17,7 +17,7 @@ from signaling.errors import (
     TooManyRooms,
     VerifiedOnly,
 )
-from signaling.hub import MAX_ROOM_NAME_LENGTH, RECIPIENT_FAILED, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
+from signaling.hub import MAX_ROOM_NAME_LENGTH, CloseReason, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
 from signaling.ids import IdShape, IdSource, encode_ulid
 from signaling.metadata import MetadataLimits
 
@@ -270,7 +270,7 @@ class RecipientFailureTests(SynchronousTestCase):
     def test_broadcast_reaches_the_others(self):
         """
         A broadcast skips a failing recipient, which is logged, disconnected
-        and closed with L{RECIPIENT_FAILED}; the members after it get the
+        and closed with L{CloseReason.FAILED}; the members after it get the
         signal and the sender is untouched.
         """
         sender = self.hub.connect(RecordingConnection())
@@ -285,7 +285,7 @@ class RecipientFailureTests(SynchronousTestCase):
         self.assertEqual(self.hub.broadcast(sender, "room", signal), 1)
         self.assertEqual(later_connection.events[0], signal)
         self.assertIsInstance(later_connection.events[1], PeerLeft)
-        self.assertEqual(broken_connection.closed, [RECIPIENT_FAILED])
+        self.assertEqual(broken_connection.closed, [CloseReason.FAILED])
         self.assertIsNone(self.hub.find(broken.id))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 

@@ -126,9 +126,10 @@ class IPacketTransport(Interface):
         :raises DeliveryRefused: The WebSocket cannot take it.
         """
 
-    def close_transport() -> None:
+    def close_transport(failed: bool = False) -> None:
         """
-        Close the WebSocket normally.
+        Close the WebSocket: normally, or with 1011 when C{failed} (the
+        server's bug ended the session).
         """
 
 
@@ -461,7 +462,7 @@ class EngineIOSocket:
         else:
             self.probe_failed(websocket)
 
-    def close(self, reason: str, linger: bool = False) -> None:
+    def close(self, reason: str, linger: bool = False, failed: bool = False) -> None:
         """
         End the session: tell the handler, stop the heartbeat, and close the
         transport; a pending poll gets a close packet.
@@ -470,6 +471,8 @@ class EngineIOSocket:
             client's next poll collects what was queued and the close packet
             (for closes the server decides), but no longer than the ping
             timeout.
+        :param failed: A bug on our side ended it: a WebSocket closes with
+            1011 rather than normally.
         """
         if self.state in ("closing", "closed"):
             return
@@ -489,7 +492,7 @@ class EngineIOSocket:
                 self._log.failure("closing the session's handler failed")
         if self._websocket is not None:
             websocket, self._websocket = self._websocket, None
-            websocket.close_transport()
+            websocket.close_transport(failed)
             self._finish_closing()
         elif self._poll is not None or not linger:
             self._finish_closing()

@@ -133,8 +133,13 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
         except PayloadExceededError:
             raise DeliveryRefused("too-large", "the message exceeds the size limit")
 
-    def close_transport(self) -> None:
-        if self.state == _OPEN:
+    def close_transport(self, failed: bool = False) -> None:
+        if self.state != _OPEN:
+            return
+        if failed:
+            # sendClose refuses 1011; the failure path sends it.
+            self._fail_connection(CLOSE_INTERNAL_ERROR, "internal error")
+        else:
             self.sendClose(CLOSE_NORMAL)
 
 

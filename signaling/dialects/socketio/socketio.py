@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
-from ...hub import Hub, IPeerConnection, Peer, Room
+from ...hub import CloseReason, Hub, IPeerConnection, Peer, Room
 from ...logs import Logger
 from ..base import ProtocolError
 from .engineio import EngineIOSocket, IEngineIOHandler
@@ -406,15 +406,27 @@ class SocketIOConnection:
         event_set = self._room_sets.get(room_name) if room_name is not None else None
         if event_set is None:
             return
-        rendered = event_set.render(self, event)
+        try:
+            rendered = event_set.render(self, event)
+        except Exception:
+            # The recipient's bug: it ends the recipient's session, not the
+            # sender's.
+            self._log.failure("rendering a hub event failed")
+            self.close(CloseReason.FAILED)
+            raise DeliveryRefused("closed", "the recipient failed")
         if rendered is None:
             return
         name, payload = rendered
         self.engine.send_message(encode(Packet(EVENT, data=[name, payload])))
 
-    def close(self, reason: str) -> None:
-        # The hub has already forgotten the peer (stale, replaced).
-        self.peer = None
-        self._room_sets.clear()
+    def close(self, reason: CloseReason) -> None:
+        # Usually the hub has already forgotten the peer; after our own
+        # bug (see deliver) it learns of it here.
+        self._disconnect_peer()
+        if reason is CloseReason.FAILED:
+            # No DISCONNECT, which would tell the client not to come back:
+            # our bug is no reason for it to stay away.
+            self.engine.close(reason.value, linger=True, failed=True)
+            return
         self._send(Packet(DISCONNECT))
-        self.engine.close(reason, linger=True)
+        self.engine.close(reason.value, linger=True)
