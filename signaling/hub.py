@@ -127,6 +127,9 @@ class Signal:
         unchanged.
     :ivar extra: Dialect fields that other dialects may carry along
         (C{msgId}, C{sdpMid}, ...), or L{None}.
+    :ivar sender_member: The sender as the members of C{room} see it, set
+        by the hub when it relays the signal in a room, so that a recipient
+        renders it without asking the hub; L{None} for a direct message.
     """
 
     kind: str
@@ -134,6 +137,7 @@ class Signal:
     room: str | None
     payload: Any
     extra: Mapping[str, Any] | None = None
+    sender_member: Member | None = attrs.field(default=None, eq=False)
 
 
 @attrs.define(eq=False)
@@ -292,6 +296,7 @@ class Hub:
         room_name: str,
         metadata: Mapping[str, Any] | None = None,
         room_metadata: Mapping[str, Any] | None = None,
+        instead_of: str | None = None,
     ) -> Room:
         """
         Put C{peer} into C{room_name}, creating the room if needed, and tell
@@ -299,6 +304,8 @@ class Hub:
 
         :param metadata: What the others are told about C{peer}.
         :param room_metadata: The room's metadata, if this join creates it.
+        :param instead_of: A room C{peer} leaves for this one, once the join
+            is sure to succeed: a refused join keeps C{peer} where it was.
         :return: The room; its C{members} include C{peer}.
         :raises InvalidMetadata: C{metadata} or C{room_metadata} is over the
             limits' L{MetadataLimits}.
@@ -310,7 +317,8 @@ class Hub:
             raise AlreadyInRoom(f"already in room {room_name!r}")
         limits = self.limits
         limits.metadata.check(metadata)
-        if 0 < limits.max_rooms_per_peer <= len(peer.rooms):
+        staying = len(peer.rooms) - (instead_of in peer.rooms)
+        if 0 < limits.max_rooms_per_peer <= staying:
             raise TooManyRooms(
                 f"a peer may be in at most {limits.max_rooms_per_peer} rooms"
             )
@@ -318,6 +326,13 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None:
             limits.metadata.check(room_metadata)
+        elif room.verified_only and peer.verified_user is None:
+            raise VerifiedOnly(f"room {room_name!r} admits only verified users")
+        elif 0 < room.max_peers <= len(room.members):
+            raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
+        if instead_of in peer.rooms:
+            self.leave(peer, instead_of)
+        if room is None:
             room = Room(
                 name=room_name,
                 created_at=now,
@@ -329,10 +344,6 @@ class Hub:
                 verified_only=peer.verified_user is not None,
             )
             self._rooms[room_name] = room
-        elif room.verified_only and peer.verified_user is None:
-            raise VerifiedOnly(f"room {room_name!r} admits only verified users")
-        elif 0 < room.max_peers <= len(room.members):
-            raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
         member = Member(
             peer_id=peer.id,
             dialect=peer.dialect,
@@ -388,11 +399,10 @@ class Hub:
         room = sender.rooms.get(room_name) if room_name is not None else None
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
-        if target_id not in room.members:
-            raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        target = self._peers.get(target_id)
+        target = self._peers.get(target_id) if target_id in room.members else None
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
+        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
         if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
@@ -407,6 +417,7 @@ class Hub:
         room = sender.rooms.get(room_name)
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
+        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom, RoomFull
+from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom
 from ..hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ..ids import IdShape
 from ..timefmt import milliseconds
@@ -185,14 +185,8 @@ class EnvelopeSession(Session):
         current = self._current_room()
         if current == room_name:
             raise AlreadyInRoom("already in this room")
-        if current is not None:
-            # Refuse before leaving, so a full room does not cost the
-            # client the room it is in.
-            wanted = self.hub.room(room_name)
-            if wanted is not None and 0 < wanted.max_peers <= len(wanted.members):
-                raise RoomFull(f"room is full ({wanted.max_peers} peers)")
-            self.hub.leave(self.peer, current)
-        room = self.hub.join(self.peer, room_name, metadata)
+        # One room at a time; a refused join keeps the client where it was.
+        room = self.hub.join(self.peer, room_name, metadata, instead_of=current)
         ack = _envelope(
             "ACK",
             peer_id=self.peer.id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ...errors import NotInRoom, PeerNotFound
 from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ...timefmt import iso8601
 from ..base import ProtocolError, require_object, require_string
@@ -176,18 +177,18 @@ def _relay(kind: str):
         if field not in data:
             raise ProtocolError("invalid-field", f"Invalid message: {field} is required")
         peer = connection.peer
-        if room_name not in peer.rooms:
-            raise ProtocolError("not-in-room", "You are not in this call room")
         extra = {name: data[name] for name in _EXTRA_FIELDS if data.get(name) is not None}
         signal = Signal(kind=kind, sender=peer.id, room=room_name, payload=data[field], extra=extra or None)
         target = data.get("targetSocketId")
-        if kind == "candidate" and target is None:
-            connection.hub.broadcast(peer, room_name, signal)
-            return
-        target = _string(data, "targetSocketId")
-        if target not in peer.rooms[room_name].members:
+        try:
+            if kind == "candidate" and target is None:
+                connection.hub.broadcast(peer, room_name, signal)
+            else:
+                connection.hub.relay(peer, room_name, _string(data, "targetSocketId"), signal)
+        except NotInRoom:
+            raise ProtocolError("not-in-room", "You are not in this call room")
+        except PeerNotFound:
             raise ProtocolError("peer-not-found", "Target participant is not in this call room")
-        connection.hub.relay(peer, room_name, target, signal)
 
     return relay
 
@@ -207,12 +208,10 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         if event.kind not in _EVENTS:
             return None
         name, field = _EVENTS[event.kind]
-        room = connection.hub.room(event.room)
-        sender = room.members.get(event.sender) if room is not None else None
         body: dict[str, Any] = {
             "callRoomId": event.room,
             "fromSocketId": event.sender,
-            "fromUserId": shown_user_id(connection, sender),
+            "fromUserId": shown_user_id(connection, event.sender_member),
             field: event.payload,
         }
         for extra in _EXTRA_FIELDS:

@@ -120,12 +120,10 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         if event.kind not in _EVENTS:
             return None
         name, field = _EVENTS[event.kind]
-        room = connection.hub.room(event.room)
-        sender = room.members.get(event.sender) if room is not None else None
         return name, {
             "roomId": event.room,
             "senderId": event.sender,
-            "userId": shown_user_id(connection, sender),
+            "userId": shown_user_id(connection, event.sender_member),
             field: event.payload,
         }
     if type(event) is PeerJoined:
