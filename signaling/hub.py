@@ -85,22 +85,78 @@ class IPeerConnection(Interface):
 
 
 @attrs.frozen
+class Profile:
+    """
+    What a peer says about itself when it joins a room, in no dialect's
+    words: each dialect maps its own fields to these on join, and shows a
+    member of any dialect from them. All of it is the peer's claim.
+
+    :ivar display_name: The name it is shown with (envelope
+        C{display_name}; native C{metadata.display_name}, else C{name}).
+    :ivar username: Its login name (calls C{username}; native
+        C{metadata.username}).
+    :ivar real_name: The person's full name (calls C{realName}; native
+        C{metadata.realName}, else C{name}).
+    :ivar claimed_user_id: A user id it claims without proof (Socket.IO
+        C{auth.userId}, C{join-room}'s C{userId} or an unverified token;
+        native C{metadata.userId}).
+    :ivar registered_user_id: The directory userId it holds: bound to a key
+        on this server, yet no proof of who the user is.
+    :ivar endpoint: Where it can be reached directly (envelope and native
+        C{endpoint}), kept verbatim.
+    :ivar call_type: The media of its call (calls C{callType}).
+    :ivar details: Application data it attached (calls C{metadata}); L{None}
+        when its dialect has none apart from the member's metadata.
+    """
+
+    display_name: str | None = None
+    username: str | None = None
+    real_name: str | None = None
+    claimed_user_id: str | None = None
+    registered_user_id: str | None = None
+    endpoint: Any = None
+    call_type: str | None = None
+    details: Mapping[str, Any] | None = None
+
+    @property
+    def unproved_user_id(self) -> str | None:
+        """
+        The user id it claims, else the directory userId it holds.
+        """
+        if self.claimed_user_id is not None:
+            return self.claimed_user_id
+        return self.registered_user_id
+
+
+@attrs.frozen
 class Member:
     """
     A peer as the other members of one room see it.
 
-    :ivar metadata: What the peer said about itself when it joined
-        (a display name, a user id, an endpoint); dialects render it.
+    :ivar metadata: What the peer said about itself when it joined, in its
+        own dialect's words; native and topic peers are shown it verbatim,
+        the other dialects show a member through C{profile}.
     :ivar joined_at: Seconds since the epoch.
-    :ivar verified_user: The peer's L{Peer.verified_user}; unlike a user id
-        in C{metadata}, which is only what the peer claims, it was proved.
+    :ivar verified_user_id: The peer's L{Peer.verified_user_id}: proved,
+        unlike any user id in C{profile}.
+    :ivar profile: The typed fields every dialect shows of a member.
     """
 
     peer_id: str
     dialect: str
     metadata: Mapping[str, Any]
     joined_at: float
-    verified_user: str | None = None
+    verified_user_id: str | None = None
+    profile: Profile = Profile()
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """
+        The application data the member attached: C{profile.details}, else
+        its metadata as a whole.
+        """
+        details = self.profile.details
+        return self.metadata if details is None else details
 
 
 @attrs.frozen
@@ -167,7 +223,7 @@ class Peer:
 
     :ivar rooms: The rooms it is in, by name.
     :ivar last_seen: When it last did anything, for the stale-peer sweep.
-    :ivar verified_user: The user id its dialect proved at connect (a
+    :ivar verified_user_id: The user id its dialect proved at connect (a
         verified token), or L{None} for a peer that proved nothing.
     """
 
@@ -177,7 +233,7 @@ class Peer:
     connected_at: float
     last_seen: float
     rooms: dict[str, Room] = attrs.Factory(dict)
-    verified_user: str | None = None
+    verified_user_id: str | None = None
 
 
 @attrs.frozen
@@ -227,12 +283,12 @@ class Hub:
         connection: IPeerConnection,
         dialect: str = "native",
         shape: IdShape = IdShape.TOKEN,
-        verified_user: str | None = None,
+        verified_user_id: str | None = None,
     ) -> Peer:
         """
         Register a newly connected peer under a fresh id of C{shape}.
 
-        :param verified_user: The user id the dialect proved (a verified
+        :param verified_user_id: The user id the dialect proved (a verified
             token); L{None} when it proved nothing.
         """
         now = self.clock.seconds()
@@ -245,7 +301,7 @@ class Hub:
             dialect=dialect,
             connected_at=now,
             last_seen=now,
-            verified_user=verified_user,
+            verified_user_id=verified_user_id,
         )
         self._peers[peer_id] = peer
         return peer
@@ -297,12 +353,15 @@ class Hub:
         metadata: Mapping[str, Any] | None = None,
         room_metadata: Mapping[str, Any] | None = None,
         instead_of: str | None = None,
+        profile: Profile = Profile(),
     ) -> Room:
         """
         Put C{peer} into C{room_name}, creating the room if needed, and tell
         the others.
 
-        :param metadata: What the others are told about C{peer}.
+        :param metadata: What C{peer} said about itself, in its dialect's
+            words; the hub bounds its size.
+        :param profile: The same, in the fields every dialect shows.
         :param room_metadata: The room's metadata, if this join creates it.
         :param instead_of: A room C{peer} leaves for this one, once the join
             is sure to succeed: a refused join keeps C{peer} where it was.
@@ -326,7 +385,7 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None:
             limits.metadata.check(room_metadata)
-        elif room.verified_only and peer.verified_user is None:
+        elif room.verified_only and peer.verified_user_id is None:
             raise VerifiedOnly(f"room {room_name!r} admits only verified users")
         elif 0 < room.max_peers <= len(room.members):
             raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
@@ -341,7 +400,7 @@ class Hub:
                 # A verified creator meant its room for verified users: a
                 # peer that proved nothing could otherwise join it and
                 # pass itself off as one of them.
-                verified_only=peer.verified_user is not None,
+                verified_only=peer.verified_user_id is not None,
             )
             self._rooms[room_name] = room
         member = Member(
@@ -349,7 +408,8 @@ class Hub:
             dialect=peer.dialect,
             metadata=dict(metadata or {}),
             joined_at=now,
-            verified_user=peer.verified_user,
+            verified_user_id=peer.verified_user_id,
+            profile=profile,
         )
         # In the room before the others are told: a recipient that fails
         # and is removed meanwhile cannot empty (and delete) it.

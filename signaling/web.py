@@ -44,9 +44,10 @@ def _room_detail(room: Room) -> dict[str, Any]:
     peers = []
     for member in room.members.values():
         peer: dict[str, Any] = {"peer_id": member.peer_id}
-        for field in ("display_name", "endpoint"):
-            if member.metadata.get(field) is not None:
-                peer[field] = member.metadata[field]
+        if member.profile.display_name is not None:
+            peer["display_name"] = member.profile.display_name
+        if member.profile.endpoint is not None:
+            peer["endpoint"] = member.profile.endpoint
         peer["joined_at"] = milliseconds(member.joined_at)
         peer["dialect"] = member.dialect
         peers.append(peer)

@@ -200,12 +200,12 @@ class HubTests(SynchronousTestCase):
         self.hub.join(alice, "x" * MAX_ROOM_NAME_LENGTH)
 
     def test_a_room_created_by_a_verified_peer_admits_only_verified_peers(self):
-        alice, _ = self.peer(verified_user="alice")
-        bob, _ = self.peer(verified_user="bob")
+        alice, _ = self.peer(verified_user_id="alice")
+        bob, _ = self.peer(verified_user_id="bob")
         intruder, _ = self.peer()
         room = self.hub.join(alice, "call")
         self.assertTrue(room.verified_only)
-        self.assertEqual(room.members[alice.id].verified_user, "alice")
+        self.assertEqual(room.members[alice.id].verified_user_id, "alice")
         error = self.assertRaises(VerifiedOnly, self.hub.join, intruder, "call", {"userId": "alice"})
         self.assertEqual(error.code, "forbidden")
         self.assertEqual(list(room.members), [alice.id])
@@ -215,7 +215,7 @@ class HubTests(SynchronousTestCase):
 
     def test_a_room_kept_empty_stays_verified_only(self):
         hub = Hub(clock=self.clock, limits=HubLimits(empty_room_ttl=60))
-        alice, _ = self.peer(hub, verified_user="alice")
+        alice, _ = self.peer(hub, verified_user_id="alice")
         intruder, _ = self.peer(hub)
         hub.join(alice, "call")
         hub.leave(alice, "call")
@@ -223,14 +223,14 @@ class HubTests(SynchronousTestCase):
 
     def test_a_room_created_by_an_unverified_peer_admits_everyone(self):
         guest, _ = self.peer()
-        alice, _ = self.peer(verified_user="alice")
+        alice, _ = self.peer(verified_user_id="alice")
         other, _ = self.peer()
         room = self.hub.join(guest, "open")
         self.hub.join(alice, "open")
         self.hub.join(other, "open")
         self.assertFalse(room.verified_only)
         self.assertEqual(
-            [member.verified_user for member in room.members.values()], [None, "alice", None]
+            [member.verified_user_id for member in room.members.values()], [None, "alice", None]
         )
 
     def test_stats(self):

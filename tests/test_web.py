@@ -7,7 +7,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.hub import Hub, HubLimits
+from signaling.hub import Hub, HubLimits, Profile
 from signaling.ids import IdShape, IdSource
 from signaling.web import SignalingSite
 from signaling.websocket import WebSocketSettings
@@ -50,7 +50,13 @@ class WebTests(SynchronousTestCase):
         alice = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
         bob = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
         self.hub.connect(RecordingConnection())
-        self.hub.join(alice, "room-1", {"display_name": "Alice", "endpoint": {"ip": "203.0.113.1", "port": 12345}})
+        endpoint = {"ip": "203.0.113.1", "port": 12345}
+        self.hub.join(
+            alice,
+            "room-1",
+            {"display_name": "Alice", "endpoint": endpoint},
+            profile=Profile(display_name="Alice", endpoint=endpoint),
+        )
         self.clock.advance(1)
         self.hub.join(bob, "room-1")
         return alice, bob

@@ -21,7 +21,7 @@ from ..directory import (
     validate_user_id,
 )
 from ..errors import DeliveryRefused, HubError
-from ..hub import Hub, Member, PeerJoined, PeerLeft, Signal
+from ..hub import Hub, Member, PeerJoined, PeerLeft, Profile, Signal
 from ..keyproof import UnsupportedKey, challenge_text, load_public_key, verify
 from ..logs import Logger
 from .base import HandshakeInfo, IFrameSink, ProtocolError, Session
@@ -53,10 +53,10 @@ NONCE_BYTES = 32
 
 def _member(member: Member) -> dict[str, Any]:
     entry: dict[str, Any] = {"peerId": member.peer_id}
-    # A directory member's userId is its registration; another dialect's
-    # is shown only when a token proved it, never when merely claimed.
-    user_id = member.verified_user or (member.metadata.get("userId") if member.dialect == NAME else None)
-    if isinstance(user_id, str):
+    # A directory registration, or a user id a token proved; never one
+    # merely claimed.
+    user_id = member.verified_user_id or member.profile.registered_user_id
+    if user_id is not None:
         entry["userId"] = user_id
     return entry
 
@@ -276,7 +276,7 @@ class DirectorySession(Session):
         room_name = self.hub.validate_room_name(message["room"])
         user_id = self.directory.user_of(self.peer)
         metadata = {"userId": user_id} if user_id is not None else {}
-        room = self.hub.join(self.peer, room_name, metadata)
+        room = self.hub.join(self.peer, room_name, metadata, profile=Profile(registered_user_id=user_id))
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
         self.send_json({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers})
 

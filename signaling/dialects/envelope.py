@@ -13,7 +13,7 @@ from typing import Any, Callable
 import orjson
 
 from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom
-from ..hub import Member, PeerJoined, PeerLeft, Room, Signal
+from ..hub import Member, PeerJoined, PeerLeft, Profile, Room, Signal
 from ..ids import IdShape
 from ..timefmt import milliseconds
 from .base import ProtocolError, Session
@@ -63,22 +63,19 @@ def _envelope(message_type: str, **fields: Any) -> dict[str, Any]:
     return body
 
 
-def _display_name(metadata: Any) -> str | None:
-    # Peers of other dialects call it something else.
-    for key in ("display_name", "name", "userId"):
-        value = metadata.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+def _display_name(member: Member) -> str | None:
+    # A peer of another dialect may have no name, only a user id.
+    profile = member.profile
+    return profile.display_name or member.verified_user_id or profile.unproved_user_id or None
 
 
 def _peer_info(member: Member) -> dict[str, Any]:
     info: dict[str, Any] = {"peer_id": member.peer_id}
-    name = _display_name(member.metadata)
+    name = _display_name(member)
     if name is not None:
         info["display_name"] = name
-    if member.metadata.get("endpoint") is not None:
-        info["endpoint"] = member.metadata["endpoint"]
+    if member.profile.endpoint is not None:
+        info["endpoint"] = member.profile.endpoint
     info["joined_at"] = milliseconds(member.joined_at)
     return info
 
@@ -186,7 +183,8 @@ class EnvelopeSession(Session):
         if current == room_name:
             raise AlreadyInRoom("already in this room")
         # One room at a time; a refused join keeps the client where it was.
-        room = self.hub.join(self.peer, room_name, metadata, instead_of=current)
+        profile = Profile(display_name=metadata.get("display_name"), endpoint=metadata.get("endpoint"))
+        room = self.hub.join(self.peer, room_name, metadata, instead_of=current, profile=profile)
         ack = _envelope(
             "ACK",
             peer_id=self.peer.id,

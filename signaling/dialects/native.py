@@ -10,7 +10,7 @@ from typing import Any, Callable
 import orjson
 
 from ..errors import DeliveryRefused, HubError
-from ..hub import Member, PeerJoined, PeerLeft, Signal
+from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
 from .base import ProtocolError, Session, require_string
 
@@ -36,6 +36,29 @@ _DELIVERY_ERRORS = {
 
 def _member(member: Member) -> dict[str, Any]:
     return {"id": member.peer_id, "metadata": member.metadata}
+
+
+def _string(metadata: dict, *keys: str) -> str | None:
+    for key in keys:
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _profile(metadata: dict) -> Profile:
+    """
+    What the other dialects show of a native member: the fields of its
+    free-form metadata that have a meaning of their own.
+    """
+    user_id = metadata.get("userId")
+    return Profile(
+        display_name=_string(metadata, "display_name", "name"),
+        username=_string(metadata, "username"),
+        real_name=_string(metadata, "realName", "name"),
+        claimed_user_id=user_id if isinstance(user_id, str) else None,
+        endpoint=metadata.get("endpoint"),
+    )
 
 
 class NativeSession(Session):
@@ -94,7 +117,7 @@ class NativeSession(Session):
         metadata = message.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise ProtocolError("invalid-field", "'metadata' must be an object")
-        room = self.hub.join(self.peer, room_name, metadata)
+        room = self.hub.join(self.peer, room_name, metadata, profile=_profile(metadata or {}))
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
         joined = self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id)
         self.send_join_reply(room_name, orjson.dumps(joined))

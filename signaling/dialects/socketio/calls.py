@@ -35,10 +35,6 @@ _ERROR_EVENTS = {"webrtc:join-room": JOIN_ERROR, "webrtc:leave-room": LEAVE_ERRO
 #: Token claims naming a participant, in order of preference.
 _USERNAME_CLAIMS = ("username", "preferred_username")
 _REAL_NAME_CLAIMS = ("realName", "name")
-#: Member metadata holding the same (calls members have the first, other
-#: dialects' members may have any), in order.
-_USERNAME_FIELDS = ("username", "display_name")
-_REAL_NAME_FIELDS = ("realName", "name")
 
 
 def _object(payload: Any) -> dict:
@@ -84,21 +80,14 @@ def participant(connection: Any, member: Member) -> dict[str, Any]:
     A member as C{connection}'s client sees it, whatever dialect it joined
     with.
     """
-    metadata = member.metadata
-    if member.dialect == NAME:
-        own = metadata.get("metadata")
-        details = own if isinstance(own, dict) else {}
-        call_type = metadata.get("callType")
-    else:
-        details = dict(metadata)
-        call_type = None
+    profile = member.profile
     return {
         "socketId": member.peer_id,
         **user_fields(connection, member),
-        "username": _first_string(metadata, _USERNAME_FIELDS),
-        "realName": _first_string(metadata, _REAL_NAME_FIELDS),
-        "callType": call_type,
-        "metadata": details,
+        "username": profile.username or profile.display_name,
+        "realName": profile.real_name,
+        "callType": profile.call_type,
+        "metadata": dict(member.details),
         "joinedAt": iso8601(member.joined_at),
     }
 
@@ -136,10 +125,17 @@ def join_room(connection: Any, payload: Any) -> dict:
     names = _names(connection, metadata)
     room = connection.peer.rooms.get(room_name)
     if room is None:
+        profile = connection.profile(
+            username=names["username"],
+            real_name=names["realName"],
+            call_type=call_type,
+            details=metadata,
+        )
         room = connection.join(
             NAME,
             room_name,
             {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
+            profile,
             room_metadata,
         )
     # else: as the original, joining again answers with the room as it is.

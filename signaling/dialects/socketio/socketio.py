@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
-from ...hub import CloseReason, Hub, IPeerConnection, Peer, Room
+from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger
 from ..base import ProtocolError
 from .engineio import EngineIOSocket, IEngineIOHandler
@@ -257,7 +257,7 @@ class SocketIOConnection:
             self._connect_call.cancel()
         self._connect_call = None
         self.peer = self.hub.connect(
-            self, dialect=NAME, verified_user=self.user_id if self.authenticated else None
+            self, dialect=NAME, verified_user_id=self.user_id if self.authenticated else None
         )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
 
@@ -352,10 +352,25 @@ class SocketIOConnection:
         """
         if self.authenticated:
             return {"userId": self.user_id}
-        claim = claimed if claimed is not None else self.user_id
+        claim = self._claim(claimed)
         if claim is None:
             return {}
         return {"claimedUserId" if self.requires_token else "userId": claim}
+
+    def profile(self, claimed: object = None, **fields: Any) -> Profile:
+        """
+        Who this client is, for the other dialects: a user id it merely
+        claims (the verified one is the hub peer's), and the event set's
+        C{fields} of L{Profile}.
+
+        :param claimed: As for L{identity}.
+        """
+        return Profile(claimed_user_id=self._claim(claimed), **fields)
+
+    def _claim(self, claimed: object) -> Any:
+        if self.authenticated:
+            return None
+        return claimed if claimed is not None else self.user_id
 
     def emit(self, name: str, payload: Any) -> None:
         """
@@ -368,17 +383,21 @@ class SocketIOConnection:
         event_set_name: str,
         room_name: str,
         metadata: Mapping[str, Any],
+        profile: Profile,
         room_metadata: Mapping[str, Any] | None = None,
     ) -> Room:
         """
         Join C{room_name}; the hub's events of that room are then rendered by
         the event set named C{event_set_name}.
+
+        :param metadata: As for L{Hub.join}; native and topic peers see it.
+        :param profile: As for L{Hub.join}; from L{profile}.
         """
         event_set = _SETS_BY_NAME[event_set_name]
         peer = self.peer
         # Other members see which event set this peer joined with.
         peer.dialect = event_set_name
-        room = self.hub.join(peer, room_name, metadata, room_metadata)
+        room = self.hub.join(peer, room_name, metadata, room_metadata, profile=profile)
         self._room_sets[room_name] = event_set
         self._joined_now = room_name
         return room
