@@ -207,7 +207,7 @@ class HubTests(SynchronousTestCase):
         self.assertTrue(room.verified_only)
         self.assertEqual(room.members[alice.id].verified_user_id, "alice")
         error = self.assertRaises(VerifiedOnly, self.hub.join, intruder, "call", {"userId": "alice"})
-        self.assertEqual(error.code, "forbidden")
+        self.assertEqual(error.reason, "verified-only")
         self.assertEqual(list(room.members), [alice.id])
         self.assertEqual(intruder.rooms, {})
         self.hub.join(bob, "call")

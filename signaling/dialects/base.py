@@ -12,7 +12,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from ..errors import DeliveryRefused, ReplyTooLarge
+from ..errors import DeliveryRefused, HubError, ReplyTooLarge
 from ..hub import Hub, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
@@ -24,6 +24,32 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 #: Our own: the hub removed the peer (stale, replaced by a newer connection).
 CLOSE_REMOVED = 4000
+
+
+#: The hub's refusal reasons (L{HubError.reason}) as the error codes of the
+#: native protocol, whose vocabulary the directory and Socket.IO dialects
+#: share.
+NATIVE_ERROR_CODES = {
+    "invalid-room-name": "invalid-field",
+    "room-full": "room-full",
+    "too-many-rooms": "too-many-rooms",
+    "already-in-room": "already-in-room",
+    "verified-only": "forbidden",
+    "not-in-room": "not-in-room",
+    "peer-not-found": "peer-not-found",
+    "invalid-metadata": "invalid-metadata",
+    "reply-too-large": "reply-too-large",
+    "closed": "delivery-refused",
+    "buffer-full": "delivery-refused",
+    "too-large": "delivery-refused",
+}
+
+
+def native_error_code(error: HubError) -> str:
+    """
+    C{error}'s code in the native protocol's vocabulary.
+    """
+    return NATIVE_ERROR_CODES.get(error.reason, "internal-error")
 
 
 class ProtocolError(Exception):

@@ -24,7 +24,7 @@ from ..errors import DeliveryRefused, HubError
 from ..hub import Hub, Member, PeerJoined, PeerLeft, Profile, Signal
 from ..keyproof import UnsupportedKey, challenge_text, load_public_key, verify
 from ..logs import Logger
-from .base import HandshakeInfo, IFrameSink, ProtocolError, Session
+from .base import NATIVE_ERROR_CODES, HandshakeInfo, IFrameSink, ProtocolError, Session
 
 NAME = "directory"
 
@@ -46,6 +46,27 @@ _DELIVERY_ERRORS = {
     "buffer-full": ("dropped", "the recipient is not reading; message dropped"),
     "closed": ("user-not-online", "the recipient has gone"),
 }
+
+#: The hub's and the directory's refusal reasons as this dialect's codes.
+_HUB_CODES = {
+    **NATIVE_ERROR_CODES,
+    **{
+        reason: reason
+        for reason in (
+            "invalid-field",
+            "not-registered",
+            "user-not-online",
+            "key-mismatch",
+            "proof-required",
+            "user-id-in-use",
+        )
+    },
+}
+
+
+def _code(error: HubError) -> str:
+    return _HUB_CODES.get(error.reason, "internal-error")
+
 
 #: Random bytes in a proof-of-key nonce.
 NONCE_BYTES = 32
@@ -119,8 +140,10 @@ class DirectorySession(Session):
             return
         try:
             handler(self, message)
-        except (ProtocolError, HubError) as error:
+        except ProtocolError as error:
             self._error(error.code, error.message)
+        except HubError as error:
+            self._error(_code(error), error.message)
         except Exception:
             # A bug: say so in-band, then let the WebSocket layer log it
             # and close with 1011.
@@ -195,13 +218,13 @@ class DirectorySession(Session):
         self._claim = None
         user_id, public_key, verified = claim
         if alive:
-            self._error(in_use.code, in_use.message)
+            self._error(_code(in_use), in_use.message)
             return
         self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
         try:
             self.directory.register(self.peer, user_id, public_key, verified, gone=in_use.holder)
         except HubError as error:
-            self._error(error.code, error.message)
+            self._error(_code(error), error.message)
             return
         self._registered(user_id, verified)
 

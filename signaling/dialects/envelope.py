@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom
+from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom, PeerNotFound
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Room, Signal
 from ..ids import IdShape
 from ..timefmt import milliseconds
@@ -30,14 +30,14 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 RATE_LIMITED = "RATE_LIMITED"
 UNAUTHORIZED = "UNAUTHORIZED"
 
-#: The hub's error codes as envelope error codes.
+#: The hub's refusal reasons as envelope error codes; others are
+#: INVALID_MESSAGE.
 _HUB_CODES = {
     "room-full": ROOM_FULL,
     "already-in-room": ALREADY_IN_ROOM,
     "not-in-room": NOT_IN_ROOM,
     "peer-not-found": PEER_NOT_FOUND,
-    "invalid-field": INVALID_MESSAGE,
-    "forbidden": UNAUTHORIZED,
+    "verified-only": UNAUTHORIZED,
 }
 
 _DELIVERY_ERRORS = {
@@ -161,7 +161,7 @@ class EnvelopeSession(Session):
             code, text = _DELIVERY_ERRORS[refused.reason]
             self._error(code, text, request_id, details=refused.reason)
         except HubError as error:
-            self._error(_HUB_CODES.get(error.code, INVALID_MESSAGE), error.message, request_id)
+            self._error(_HUB_CODES.get(error.reason, INVALID_MESSAGE), error.message, request_id)
         except Exception:
             # A bug: tell the client in its own terms, then let the
             # WebSocket layer log it and close with 1011.
@@ -249,10 +249,8 @@ class EnvelopeSession(Session):
         )
         try:
             self.hub.relay(self.peer, room_name, target, signal)
-        except HubError as error:
-            if error.code == "peer-not-found":
-                raise ProtocolError(PEER_NOT_FOUND, "target peer not found")
-            raise
+        except PeerNotFound:
+            raise ProtocolError(PEER_NOT_FOUND, "target peer not found")
 
     def _keep_alive(self, message: dict, request_id: Any) -> None:
         # The WebSocket layer has already marked the peer active.

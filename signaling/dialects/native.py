@@ -12,7 +12,7 @@ import orjson
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
-from .base import ProtocolError, Session, require_string
+from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
 
@@ -102,8 +102,10 @@ class NativeSession(Session):
             return
         try:
             handler(self, message, request_id)
-        except (ProtocolError, HubError) as error:
+        except ProtocolError as error:
             self._error(error.code, error.message, request_id)
+        except HubError as error:
+            self._error(native_error_code(error), error.message, request_id)
         except Exception:
             # A bug: say so in-band, then let the WebSocket layer log it
             # and close with 1011.

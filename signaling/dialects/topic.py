@@ -21,6 +21,14 @@ PREFIX = "/ws/"
 #: Wire type → hub signal kind, and back.
 _KINDS = {"offer": "offer", "answer": "answer", "ice-candidate": "candidate"}
 _WIRE_TYPES = {kind: wire for wire, kind in _KINDS.items()}
+#: Why the hub refused a join, as this dialect's error codes.
+_JOIN_ERRORS = {
+    "room-full": "room_full",
+    "verified-only": "forbidden",
+    "too-many-rooms": "too_many_rooms",
+    "invalid-metadata": "invalid_metadata",
+    "invalid-room-name": "invalid_topic",
+}
 
 
 def _peer(member: Member) -> dict[str, Any]:
@@ -49,7 +57,7 @@ class TopicSession(Session):
         except HubError as error:
             self.hub.disconnect(self.peer)
             self.peer = None
-            self._refuse(error.code.replace("-", "_"), error.message)
+            self._refuse(_JOIN_ERRORS.get(error.reason, "join_refused"), error.message)
             return
         self.send_json({"type": "welcome", "selfId": self.peer.id})
         others = [_peer(m) for m in room.members.values() if m.peer_id != self.peer.id]

@@ -20,7 +20,7 @@ from ...auth import InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger
-from ..base import ProtocolError
+from ..base import ProtocolError, native_error_code
 from .engineio import EngineIOSocket, IEngineIOHandler
 from . import calls, rooms
 
@@ -327,7 +327,8 @@ class SocketIOConnection:
                 self.leave(self._joined_now)
                 raise ReplyTooLarge("the room's member list is too large to send; not joined")
         except (ProtocolError, HubError) as error:
-            answer = event_set.error(self, name, payload, error.code, error.message)
+            code = error.code if isinstance(error, ProtocolError) else native_error_code(error)
+            answer = event_set.error(self, name, payload, code, error.message)
             if packet.id is not None:
                 self._ack(packet.id, answer)
             return
