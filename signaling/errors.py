@@ -27,6 +27,15 @@ class InvalidRoomName(HubError):
     reason = "invalid-room-name"
 
 
+class PeerIdInUse(HubError):
+    """
+    A peer registered under an id allocated elsewhere has the id of a peer
+    the hub already has.
+    """
+
+    reason = "peer-id-in-use"
+
+
 class RoomFull(HubError):
     reason = "room-full"
 

@@ -21,6 +21,7 @@ from .errors import (
     DeliveryRefused,
     InvalidRoomName,
     NotInRoom,
+    PeerIdInUse,
     PeerNotFound,
     RoomFull,
     TooManyRooms,
@@ -284,17 +285,26 @@ class Hub:
         dialect: str = "native",
         shape: IdShape = IdShape.TOKEN,
         verified_user_id: str | None = None,
+        peer_id: str | None = None,
     ) -> Peer:
         """
         Register a newly connected peer under a fresh id of C{shape}.
 
         :param verified_user_id: The user id the dialect proved (a verified
             token); L{None} when it proved nothing.
+        :param peer_id: The id of a peer whose id was allocated elsewhere
+            (a peer on another node, reached over a bus), instead of a
+            fresh one.
+        :raises PeerIdInUse: The hub already has a peer with C{peer_id}.
         """
         now = self.clock.seconds()
-        peer_id = self.ids.new_id(shape, now)
-        while peer_id in self._peers:
+        if peer_id is not None:
+            if peer_id in self._peers:
+                raise PeerIdInUse(f"a peer {peer_id!r} is already connected")
+        else:
             peer_id = self.ids.new_id(shape, now)
+            while peer_id in self._peers:
+                peer_id = self.ids.new_id(shape, now)
         peer = Peer(
             id=peer_id,
             connection=connection,

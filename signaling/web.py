@@ -73,12 +73,13 @@ class SignalingSite:
         hub: Hub,
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
-        directory: Directory | None = None,
+        *,
+        directory: Directory,
         root_dialect: str | None = "native",
     ) -> None:
         """
-        :param directory: The userIds of the directory dialect; by default
-            one with the default limits.
+        :param directory: The userIds of the directory dialect, built beside
+            the hub (one directory per hub).
         :param root_dialect: One of L{ROOT_DIALECTS}: the dialect of a
             WebSocket at C{/}, for clients whose server URL has no path (the
             directory dialect's original served any path); L{None} for none.
@@ -88,8 +89,7 @@ class SignalingSite:
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
         self._socketio = SocketIOResource(hub, settings, verifier)
-        #: The userIds of the directory dialect, one directory per hub.
-        self.directory = Directory(hub) if directory is None else directory
+        self.directory = directory
         self._directory = WebSocketResource(
             SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
         )

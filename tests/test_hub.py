@@ -12,6 +12,7 @@ from signaling.errors import (
     InvalidMetadata,
     InvalidRoomName,
     NotInRoom,
+    PeerIdInUse,
     PeerNotFound,
     RoomFull,
     TooManyRooms,
@@ -192,6 +193,25 @@ class HubTests(SynchronousTestCase):
         for index in range(20):
             hub.join(peers[0], f"room-{index}")
         self.assertEqual(len(hub.room("big").members), 150)
+
+    def test_a_peer_with_an_id_allocated_elsewhere(self):
+        """
+        A peer registered with its own id (a peer of another node) is found,
+        joins and is reached under that id; a second one with the same id
+        is refused and the first keeps its place.
+        """
+        remote, remote_connection = self.peer(peer_id="node-b:7")
+        local, _ = self.peer()
+        self.assertIs(self.hub.find("node-b:7"), remote)
+        self.hub.join(remote, "room")
+        self.hub.join(local, "room")
+        signal = Signal(kind="offer", sender=local.id, room="room", payload="o")
+        self.hub.relay(local, "room", "node-b:7", signal)
+        self.assertEqual(remote_connection.events[-1], signal)
+        error = self.assertRaises(PeerIdInUse, self.peer, peer_id="node-b:7")
+        self.assertEqual(error.reason, "peer-id-in-use")
+        self.assertIs(self.hub.find("node-b:7"), remote)
+        self.assertEqual(self.hub.peer_count(), 2)
 
     def test_room_names(self):
         alice, _ = self.peer()

@@ -9,10 +9,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from signaling.hub import Hub, HubLimits, Profile
 from signaling.ids import IdShape, IdSource
+from signaling.directory import Directory
 from signaling.web import SignalingSite
 from signaling.websocket import WebSocketSettings
 
-from .support import RecordingConnection, counting_random_bytes
+from .support import RecordingConnection, counting_random_bytes, make_site
 
 
 class WebTests(SynchronousTestCase):
@@ -25,7 +26,7 @@ class WebTests(SynchronousTestCase):
             limits=HubLimits(max_peers_per_room=5),
         )
         settings = WebSocketSettings(allowed_origins=("http://localhost:3000",))
-        self.treq = StubTreq(SignalingSite(self.hub, settings).resource())
+        self.treq = StubTreq(make_site(self.hub, settings).resource())
 
     def get(self, path, **kwargs):
         response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))
@@ -37,6 +38,14 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(response.code, code, body)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
         return orjson.loads(body)
+
+    def test_the_directory_is_built_beside_the_hub(self):
+        """
+        The site uses the directory it is given and builds none of its own.
+        """
+        directory = Directory(self.hub)
+        self.assertIs(SignalingSite(self.hub, directory=directory).directory, directory)
+        self.assertRaises(TypeError, SignalingSite, self.hub)
 
     def test_health(self):
         self.assertEqual(self.get_json("/health"), {"status": "ok", "timestamp": 1703894400000})
