@@ -99,6 +99,10 @@ class DirectorySession(Session):
     """
 
     _log = Logger()
+    not_json_error = ("invalid-json", "Invalid message format: not JSON")
+    not_object_error = ("invalid-json", "Invalid message format: not a JSON object")
+    too_large_error = ("message-too-large", "the message exceeds the size limit")
+    rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
 
     def __init__(
         self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo, directory: Directory
@@ -117,37 +121,23 @@ class DirectorySession(Session):
             self.directory.disconnected(self.peer)
             self.hub.disconnect(self.peer)
 
-    def too_large(self) -> None:
-        self._error("message-too-large", "the message exceeds the size limit")
-
-    def rate_limited(self) -> None:
-        self._error("rate-limited", "too many messages; this one was discarded")
-
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._error("invalid-json", "Invalid message format: not JSON")
-            return
-        if not isinstance(message, dict):
-            self._error("invalid-json", "Invalid message format: not a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         message_type = message.get("type")
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             shown = message_type if isinstance(message_type, str) else repr(message_type)
-            self._error("unknown-type", f"Unknown message type: {shown[:64]}")
+            self.send_error("unknown-type", f"Unknown message type: {shown[:64]}")
             return
         try:
             handler(self, message)
         except ProtocolError as error:
-            self._error(error.code, error.message)
+            self.send_error(error.code, error.message)
         except HubError as error:
-            self._error(_code(error), error.message)
+            self.send_error(_code(error), error.message)
         except Exception:
             # A bug: say so in-band, then let the WebSocket layer log it
             # and close with 1011.
-            self._error("internal-error", "internal server error")
+            self.send_error("internal-error", "internal server error")
             raise
 
     # requests
@@ -218,13 +208,13 @@ class DirectorySession(Session):
         self._claim = None
         user_id, public_key, verified = claim
         if alive:
-            self._error(_code(in_use), in_use.message)
+            self.send_error(_code(in_use), in_use.message)
             return
         self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
         try:
             self.directory.register(self.peer, user_id, public_key, verified, gone=in_use.holder)
         except HubError as error:
-            self._error(_code(error), error.message)
+            self.send_error(_code(error), error.message)
             return
         self._registered(user_id, verified)
 
@@ -357,5 +347,5 @@ class DirectorySession(Session):
     # output
 
 
-    def _error(self, code: str, text: str) -> None:
+    def send_error(self, code: str, text: str) -> None:
         self.send_json({"type": "error", "message": text, "code": code})

@@ -117,6 +117,12 @@ class EnvelopeSession(Session):
     another leaves the first.
     """
 
+    not_json_error = (INVALID_MESSAGE, "invalid JSON")
+    not_object_error = (INVALID_MESSAGE, "a message must be a JSON object")
+    too_large_error = (INVALID_MESSAGE, "the message exceeds the size limit")
+    # The document has no code for this; ours, in its style.
+    rate_limited_error = (RATE_LIMITED, "too many messages; this one was discarded")
+
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME, shape=IdShape.HEX8)
         self._send(_envelope("ACK", peer_id=self.peer.id, payload={"message": "connected"}))
@@ -125,47 +131,32 @@ class EnvelopeSession(Session):
         if self.peer is not None:
             self.hub.disconnect(self.peer)
 
-    def too_large(self) -> None:
-        self._error(INVALID_MESSAGE, "the message exceeds the size limit")
-
-    def rate_limited(self) -> None:
-        # The document has no code for this; ours, in its style.
-        self._error(RATE_LIMITED, "too many messages; this one was discarded")
-
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._error(INVALID_MESSAGE, "invalid JSON")
-            return
-        if not isinstance(message, dict):
-            self._error(INVALID_MESSAGE, "a message must be a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         request_id = message.get("request_id")
         if request_id is not None and (
             isinstance(request_id, bool) or not isinstance(request_id, (str, int))
         ):
-            self._error(INVALID_MESSAGE, "request_id must be a string or an integer")
+            self.send_error(INVALID_MESSAGE, "request_id must be a string or an integer")
             return
         message_type = message.get("type")
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             shown = repr(message_type)[:64]
-            self._error(INVALID_MESSAGE, f"unknown message type: {shown}", request_id)
+            self.send_error(INVALID_MESSAGE, f"unknown message type: {shown}", request_id)
             return
         try:
             handler(self, message, request_id)
         except ProtocolError as error:
-            self._error(error.code, error.message, request_id)
+            self.send_error(error.code, error.message, request_id)
         except DeliveryRefused as refused:
             code, text = _DELIVERY_ERRORS[refused.reason]
-            self._error(code, text, request_id, details=refused.reason)
+            self.send_error(code, text, request_id, details=refused.reason)
         except HubError as error:
-            self._error(_HUB_CODES.get(error.reason, INVALID_MESSAGE), error.message, request_id)
+            self.send_error(_HUB_CODES.get(error.reason, INVALID_MESSAGE), error.message, request_id)
         except Exception:
             # A bug: tell the client in its own terms, then let the
             # WebSocket layer log it and close with 1011.
-            self._error(INTERNAL_ERROR, "internal error", request_id)
+            self.send_error(INTERNAL_ERROR, "internal error", request_id)
             raise
 
     # requests
@@ -307,7 +298,7 @@ class EnvelopeSession(Session):
     def _send(self, body: dict[str, Any]) -> None:
         self.send_frame(self._frame(body))
 
-    def _error(
+    def send_error(
         self, code: str, text: str, request_id: Any = None, details: str | None = None
     ) -> None:
         payload = {"code": code, "message": text}

@@ -67,6 +67,9 @@ class NativeSession(Session):
     """
 
     _log = Logger()
+    not_json_error = ("invalid-json", "the frame is not valid JSON")
+    too_large_error = ("message-too-large", "the message exceeds the size limit")
+    rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
 
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME)
@@ -76,40 +79,26 @@ class NativeSession(Session):
         if self.peer is not None:
             self.hub.disconnect(self.peer)
 
-    def too_large(self) -> None:
-        self._error("message-too-large", "the message exceeds the size limit")
-
-    def rate_limited(self) -> None:
-        self._error("rate-limited", "too many messages; this one was discarded")
-
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._error("invalid-json", "the frame is not valid JSON")
-            return
-        if not isinstance(message, dict):
-            self._error("invalid-json", "a message must be a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         request_id = message.get("id")
         if request_id is not None and not isinstance(request_id, (str, int)):
-            self._error("invalid-field", "'id' must be a string or a number")
+            self.send_error("invalid-field", "'id' must be a string or a number")
             return
         message_type = message.get("type")
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
-            self._error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            self.send_error("unknown-type", f"unknown message type {message_type!r}", request_id)
             return
         try:
             handler(self, message, request_id)
         except ProtocolError as error:
-            self._error(error.code, error.message, request_id)
+            self.send_error(error.code, error.message, request_id)
         except HubError as error:
-            self._error(native_error_code(error), error.message, request_id)
+            self.send_error(native_error_code(error), error.message, request_id)
         except Exception:
             # A bug: say so in-band, then let the WebSocket layer log it
             # and close with 1011.
-            self._error("internal-error", "internal server error", request_id)
+            self.send_error("internal-error", "internal server error", request_id)
             raise
 
     # requests
@@ -190,5 +179,5 @@ class NativeSession(Session):
         return body
 
 
-    def _error(self, code: str, text: str, request_id: Any = None) -> None:
+    def send_error(self, code: str, text: str, request_id: Any = None) -> None:
         self.send_json(self._reply({"type": "error", "code": code, "message": text}, request_id))
