@@ -73,6 +73,20 @@ class RecordingConnection:
         self.closed.append(reason)
 
 
+class BrokenEventSet:
+    """
+    A Socket.IO event set whose render has a bug, to put into a recipient.
+    """
+
+    @staticmethod
+    def render(connection: Any, event: Any) -> None:
+        raise RuntimeError("a bug in a recipient's render")
+
+
+def broken_render(event: Any) -> bytes:
+    raise RuntimeError("a bug in a recipient's render")
+
+
 class Client(WebSocketClientProtocol):
     """
     A WebSocket client that records decoded frames and how it closed.

@@ -6,25 +6,11 @@ stays, and the hub forgets the failed peer.
 
 from __future__ import annotations
 
-from typing import Any
 
 from signaling.websocket import WebSocketSettings
 
 from .socketio_support import SocketIOCase
-
-
-class BrokenEventSet:
-    """
-    A Socket.IO event set whose render has a bug.
-    """
-
-    @staticmethod
-    def render(connection: Any, event: Any) -> None:
-        raise RuntimeError("a bug in a recipient's render")
-
-
-def broken_render(event: Any) -> bytes:
-    raise RuntimeError("a bug in a recipient's render")
+from .support import BrokenEventSet, broken_render
 
 
 class RecipientFailureTests(SocketIOCase):

@@ -7,7 +7,6 @@ Socket.IO over long-polling clients.
 
 from __future__ import annotations
 
-from typing import Any
 
 import orjson
 import pytest
@@ -22,23 +21,9 @@ from signaling.hub import Hub
 from signaling.websocket import WebSocketSettings
 
 from .realsockets import open_websocket
-from .support import make_site
+from .support import BrokenEventSet, broken_render, make_site
 
 TIMEOUT = 5
-
-
-class BrokenEventSet:
-    """
-    A Socket.IO event set whose render has a bug.
-    """
-
-    @staticmethod
-    def render(connection: Any, event: Any) -> None:
-        raise RuntimeError("a bug in a recipient's render")
-
-
-def broken_render(event: Any) -> bytes:
-    raise RuntimeError("a bug in a recipient's render")
 
 
 class EngineIOClient(WebSocketClientProtocol):
