@@ -6,7 +6,6 @@ stays, and the hub forgets the failed peer.
 
 from __future__ import annotations
 
-
 from signaling.websocket import WebSocketSettings
 
 from .socketio_support import SocketIOCase
