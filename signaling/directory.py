@@ -43,23 +43,23 @@ PROBE_SECONDS = 2.0
 
 
 class InvalidField(HubError):
-    code = "invalid-field"
+    reason = "invalid-field"
 
 
 class NotRegistered(HubError):
-    code = "not-registered"
+    reason = "not-registered"
 
 
 class UserNotOnline(HubError):
-    code = "user-not-online"
+    reason = "user-not-online"
 
 
 class KeyMismatch(HubError):
-    code = "key-mismatch"
+    reason = "key-mismatch"
 
 
 class ProofRequired(HubError):
-    code = "proof-required"
+    reason = "proof-required"
 
 
 class UserIdInUse(HubError):
@@ -70,7 +70,7 @@ class UserIdInUse(HubError):
     :ivar holder: The connection holding it.
     """
 
-    code = "user-id-in-use"
+    reason = "user-id-in-use"
 
     def __init__(self, message: str, holder: Peer) -> None:
         super().__init__(message)

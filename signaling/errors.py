@@ -1,9 +1,9 @@
 """
 Errors the hub raises when a request cannot be carried out.
 
-Each has a C{code}: the native protocol's error code, which other dialects map
-to their own. They are the client's fault, never a bug, and a dialect answers
-them in its own error format.
+Each has a C{reason}, in no dialect's words, which every dialect maps to its
+own error code. They are the client's fault, never a bug, and a dialect
+answers them in its own error format.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ class HubError(Exception):
     """
     A hub operation was refused.
 
-    :cvar code: The native protocol's error code for this refusal.
+    :cvar reason: Why it was refused, in no dialect's words.
     """
 
-    code = "internal-error"
+    reason = "internal"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -24,19 +24,28 @@ class HubError(Exception):
 
 
 class InvalidRoomName(HubError):
-    code = "invalid-field"
+    reason = "invalid-room-name"
+
+
+class PeerIdInUse(HubError):
+    """
+    A peer registered under an id allocated elsewhere has the id of a peer
+    the hub already has.
+    """
+
+    reason = "peer-id-in-use"
 
 
 class RoomFull(HubError):
-    code = "room-full"
+    reason = "room-full"
 
 
 class TooManyRooms(HubError):
-    code = "too-many-rooms"
+    reason = "too-many-rooms"
 
 
 class AlreadyInRoom(HubError):
-    code = "already-in-room"
+    reason = "already-in-room"
 
 
 class VerifiedOnly(HubError):
@@ -44,15 +53,15 @@ class VerifiedOnly(HubError):
     The room was created by a verified peer and admits only verified peers.
     """
 
-    code = "forbidden"
+    reason = "verified-only"
 
 
 class NotInRoom(HubError):
-    code = "not-in-room"
+    reason = "not-in-room"
 
 
 class PeerNotFound(HubError):
-    code = "peer-not-found"
+    reason = "peer-not-found"
 
 
 class InvalidMetadata(HubError):
@@ -60,7 +69,7 @@ class InvalidMetadata(HubError):
     Peer or room metadata exceeds its size, depth or element limit.
     """
 
-    code = "invalid-metadata"
+    reason = "invalid-metadata"
 
 
 class ReplyTooLarge(HubError):
@@ -69,7 +78,7 @@ class ReplyTooLarge(HubError):
     than the client's connection may carry; the join has been undone.
     """
 
-    code = "reply-too-large"
+    reason = "reply-too-large"
 
 
 class DeliveryRefused(HubError):
@@ -79,8 +88,6 @@ class DeliveryRefused(HubError):
 
     :ivar reason: C{"closed"}, C{"buffer-full"} or C{"too-large"}.
     """
-
-    code = "delivery-refused"
 
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)

@@ -9,6 +9,7 @@ an injected L{IReactorTime} and ids from an injected L{IdSource}.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Iterator, Mapping
 
 import attrs
@@ -20,6 +21,7 @@ from .errors import (
     DeliveryRefused,
     InvalidRoomName,
     NotInRoom,
+    PeerIdInUse,
     PeerNotFound,
     RoomFull,
     TooManyRooms,
@@ -32,9 +34,19 @@ from .metadata import MetadataLimits
 #: Room names are at most this many characters long, in every dialect.
 MAX_ROOM_NAME_LENGTH = 256
 
-#: The reason L{IPeerConnection.close} is given when a delivery to the peer
-#: failed with a bug; a WebSocket closes with 1011 for it.
-RECIPIENT_FAILED = "internal error"
+class CloseReason(str, enum.Enum):
+    """
+    Why the hub removed a peer and closes its connection; each transport
+    closes in its own way for each.
+    """
+
+    #: It did nothing for longer than the stale timeout: a normal close
+    #: (WebSocket 4000, a Socket.IO DISCONNECT).
+    STALE = "stale"
+    #: A delivery to it raised a bug (already logged): the transport's error
+    #: close (WebSocket 1011; on Socket.IO an Engine.IO close with no
+    #: DISCONNECT, so that the client reconnects).
+    FAILED = "internal error"
 
 
 class IPeerConnection(Interface):
@@ -46,15 +58,75 @@ class IPeerConnection(Interface):
         """
         Hand a hub event (L{PeerJoined}, L{PeerLeft}, L{Signal}) to the peer.
 
+        A connection that learns only later whether the peer took the event
+        (a peer on another node, reached over a bus) returns at once; a
+        failure it learns of afterwards is not the sender's to hear of, and
+        the connection reports it to the hub by disconnecting the peer
+        there (L{Hub.disconnect}), as for a peer that went away.
+
+        A bug of the connection's own (rendering the event failed) is the
+        recipient's: the connection logs it, closes itself with
+        L{CloseReason.FAILED} and raises L{DeliveryRefused} C{"closed"}.
+
         :raises DeliveryRefused: The peer cannot take it now (closing, buffer
-            full, too large). Nothing else may be raised.
+            full, too large), which the sender of a L{Signal} is told.
+            Anything else raised is a bug the connection failed to contain:
+            the hub logs it, removes the peer and closes it with
+            L{CloseReason.FAILED}; the other recipients and the sender are
+            unaffected either way.
         """
 
-    def close(reason: str) -> None:
+    def close(reason: CloseReason) -> None:
         """
-        End the peer's connection because the hub removed it (stale, kicked,
-        or L{RECIPIENT_FAILED}: a delivery to it raised a bug).
+        End the peer's connection, in the way its transport has for
+        C{reason}: because the hub removed it, or because of the
+        connection's own bug. Its peer leaves the hub, if it has not yet,
+        as for any connection that ends.
         """
+
+
+@attrs.frozen
+class Profile:
+    """
+    What a peer says about itself when it joins a room, in no dialect's
+    words: each dialect maps its own fields to these on join, and shows a
+    member of any dialect from them. All of it is the peer's claim.
+
+    :ivar display_name: The name it is shown with (envelope
+        C{display_name}; native C{metadata.display_name}, else C{name}).
+    :ivar username: Its login name (calls C{username}; native
+        C{metadata.username}).
+    :ivar real_name: The person's full name (calls C{realName}; native
+        C{metadata.realName}, else C{name}).
+    :ivar claimed_user_id: A user id it claims without proof (Socket.IO
+        C{auth.userId}, C{join-room}'s C{userId} or an unverified token;
+        native C{metadata.userId}).
+    :ivar registered_user_id: The directory userId it holds: bound to a key
+        on this server, yet no proof of who the user is.
+    :ivar endpoint: Where it can be reached directly (envelope and native
+        C{endpoint}), kept verbatim.
+    :ivar call_type: The media of its call (calls C{callType}).
+    :ivar details: Application data it attached (calls C{metadata}); L{None}
+        when its dialect has none apart from the member's metadata.
+    """
+
+    display_name: str | None = None
+    username: str | None = None
+    real_name: str | None = None
+    claimed_user_id: str | None = None
+    registered_user_id: str | None = None
+    endpoint: Any = None
+    call_type: str | None = None
+    details: Mapping[str, Any] | None = None
+
+    @property
+    def unproved_user_id(self) -> str | None:
+        """
+        The user id it claims, else the directory userId it holds.
+        """
+        if self.claimed_user_id is not None:
+            return self.claimed_user_id
+        return self.registered_user_id
 
 
 @attrs.frozen
@@ -62,18 +134,30 @@ class Member:
     """
     A peer as the other members of one room see it.
 
-    :ivar metadata: What the peer said about itself when it joined
-        (a display name, a user id, an endpoint); dialects render it.
+    :ivar metadata: What the peer said about itself when it joined, in its
+        own dialect's words; native and topic peers are shown it verbatim,
+        the other dialects show a member through C{profile}.
     :ivar joined_at: Seconds since the epoch.
-    :ivar verified_user: The peer's L{Peer.verified_user}; unlike a user id
-        in C{metadata}, which is only what the peer claims, it was proved.
+    :ivar verified_user_id: The peer's L{Peer.verified_user_id}: proved,
+        unlike any user id in C{profile}.
+    :ivar profile: The typed fields every dialect shows of a member.
     """
 
     peer_id: str
     dialect: str
     metadata: Mapping[str, Any]
     joined_at: float
-    verified_user: str | None = None
+    verified_user_id: str | None = None
+    profile: Profile = Profile()
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """
+        The application data the member attached: C{profile.details}, else
+        its metadata as a whole.
+        """
+        details = self.profile.details
+        return self.metadata if details is None else details
 
 
 @attrs.frozen
@@ -100,6 +184,9 @@ class Signal:
         unchanged.
     :ivar extra: Dialect fields that other dialects may carry along
         (C{msgId}, C{sdpMid}, ...), or L{None}.
+    :ivar sender_member: The sender as the members of C{room} see it, set
+        by the hub when it relays the signal in a room, so that a recipient
+        renders it without asking the hub; L{None} for a direct message.
     """
 
     kind: str
@@ -107,6 +194,7 @@ class Signal:
     room: str | None
     payload: Any
     extra: Mapping[str, Any] | None = None
+    sender_member: Member | None = attrs.field(default=None, eq=False)
 
 
 @attrs.define(eq=False)
@@ -136,7 +224,7 @@ class Peer:
 
     :ivar rooms: The rooms it is in, by name.
     :ivar last_seen: When it last did anything, for the stale-peer sweep.
-    :ivar verified_user: The user id its dialect proved at connect (a
+    :ivar verified_user_id: The user id its dialect proved at connect (a
         verified token), or L{None} for a peer that proved nothing.
     """
 
@@ -146,7 +234,7 @@ class Peer:
     connected_at: float
     last_seen: float
     rooms: dict[str, Room] = attrs.Factory(dict)
-    verified_user: str | None = None
+    verified_user_id: str | None = None
 
 
 @attrs.frozen
@@ -196,25 +284,34 @@ class Hub:
         connection: IPeerConnection,
         dialect: str = "native",
         shape: IdShape = IdShape.TOKEN,
-        verified_user: str | None = None,
+        verified_user_id: str | None = None,
+        peer_id: str | None = None,
     ) -> Peer:
         """
         Register a newly connected peer under a fresh id of C{shape}.
 
-        :param verified_user: The user id the dialect proved (a verified
+        :param verified_user_id: The user id the dialect proved (a verified
             token); L{None} when it proved nothing.
+        :param peer_id: The id of a peer whose id was allocated elsewhere
+            (a peer on another node, reached over a bus), instead of a
+            fresh one.
+        :raises PeerIdInUse: The hub already has a peer with C{peer_id}.
         """
         now = self.clock.seconds()
-        peer_id = self.ids.new_id(shape, now)
-        while peer_id in self._peers:
+        if peer_id is not None:
+            if peer_id in self._peers:
+                raise PeerIdInUse(f"a peer {peer_id!r} is already connected")
+        else:
             peer_id = self.ids.new_id(shape, now)
+            while peer_id in self._peers:
+                peer_id = self.ids.new_id(shape, now)
         peer = Peer(
             id=peer_id,
             connection=connection,
             dialect=dialect,
             connected_at=now,
             last_seen=now,
-            verified_user=verified_user,
+            verified_user_id=verified_user_id,
         )
         self._peers[peer_id] = peer
         return peer
@@ -265,13 +362,19 @@ class Hub:
         room_name: str,
         metadata: Mapping[str, Any] | None = None,
         room_metadata: Mapping[str, Any] | None = None,
+        instead_of: str | None = None,
+        profile: Profile = Profile(),
     ) -> Room:
         """
         Put C{peer} into C{room_name}, creating the room if needed, and tell
         the others.
 
-        :param metadata: What the others are told about C{peer}.
+        :param metadata: What C{peer} said about itself, in its dialect's
+            words; the hub bounds its size.
+        :param profile: The same, in the fields every dialect shows.
         :param room_metadata: The room's metadata, if this join creates it.
+        :param instead_of: A room C{peer} leaves for this one, once the join
+            is sure to succeed: a refused join keeps C{peer} where it was.
         :return: The room; its C{members} include C{peer}.
         :raises InvalidMetadata: C{metadata} or C{room_metadata} is over the
             limits' L{MetadataLimits}.
@@ -283,7 +386,8 @@ class Hub:
             raise AlreadyInRoom(f"already in room {room_name!r}")
         limits = self.limits
         limits.metadata.check(metadata)
-        if 0 < limits.max_rooms_per_peer <= len(peer.rooms):
+        staying = len(peer.rooms) - (instead_of in peer.rooms)
+        if 0 < limits.max_rooms_per_peer <= staying:
             raise TooManyRooms(
                 f"a peer may be in at most {limits.max_rooms_per_peer} rooms"
             )
@@ -291,6 +395,13 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None:
             limits.metadata.check(room_metadata)
+        elif room.verified_only and peer.verified_user_id is None:
+            raise VerifiedOnly(f"room {room_name!r} admits only verified users")
+        elif 0 < room.max_peers <= len(room.members):
+            raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
+        if instead_of in peer.rooms:
+            self.leave(peer, instead_of)
+        if room is None:
             room = Room(
                 name=room_name,
                 created_at=now,
@@ -299,19 +410,16 @@ class Hub:
                 # A verified creator meant its room for verified users: a
                 # peer that proved nothing could otherwise join it and
                 # pass itself off as one of them.
-                verified_only=peer.verified_user is not None,
+                verified_only=peer.verified_user_id is not None,
             )
             self._rooms[room_name] = room
-        elif room.verified_only and peer.verified_user is None:
-            raise VerifiedOnly(f"room {room_name!r} admits only verified users")
-        elif 0 < room.max_peers <= len(room.members):
-            raise RoomFull(f"room {room_name!r} is full ({room.max_peers} peers)")
         member = Member(
             peer_id=peer.id,
             dialect=peer.dialect,
             metadata=dict(metadata or {}),
             joined_at=now,
-            verified_user=peer.verified_user,
+            verified_user_id=peer.verified_user_id,
+            profile=profile,
         )
         # In the room before the others are told: a recipient that fails
         # and is removed meanwhile cannot empty (and delete) it.
@@ -361,16 +469,11 @@ class Hub:
         room = sender.rooms.get(room_name) if room_name is not None else None
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
-        if target_id not in room.members:
-            raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        target = self._peers.get(target_id)
+        target = self._peers.get(target_id) if target_id in room.members else None
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        try:
-            target.connection.deliver(signal)
-        except DeliveryRefused:
-            raise
-        except Exception:
+        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
 
@@ -384,6 +487,7 @@ class Hub:
         room = sender.rooms.get(room_name)
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
+        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:
@@ -404,31 +508,45 @@ class Hub:
             if peer is None:
                 continue
             try:
-                peer.connection.deliver(event)
+                if self._deliver(peer, event):
+                    delivered += 1
+                    continue
             except DeliveryRefused:
                 continue
-            except Exception:
-                # One recipient's bug must not cost the sender its
-                # connection, the others the event, or a leave its end.
-                self._log.failure("delivering to {peer} failed", peer=peer_id)
-                failed = failed or []
-                failed.append(peer)
-                continue
-            delivered += 1
+            failed = failed or []
+            failed.append(peer)
         if failed:
             self._remove_failed(failed)
         return delivered
 
+    def _deliver(self, peer: Peer, event: Any) -> bool:
+        """
+        Hand C{event} to C{peer}'s connection.
+
+        :return: Whether it took it; L{False} when the connection raised
+            what L{IPeerConnection.deliver} may not (a bug, logged here).
+        :raises DeliveryRefused: The connection refused it.
+        """
+        try:
+            peer.connection.deliver(event)
+        except DeliveryRefused:
+            raise
+        except Exception:
+            # One recipient's bug must not cost the sender its connection,
+            # the others the event, or a join or leave its end.
+            self._log.failure("delivering to {peer} failed", peer=peer.id)
+            return False
+        return True
+
     def _remove_failed(self, failed: list[Peer]) -> None:
         """
-        Disconnect peers whose connection raised what L{IPeerConnection.deliver}
-        may not (a bug, already logged), and close their connections with
-        L{RECIPIENT_FAILED}.
+        Disconnect peers whose connection failed on a delivery, and close
+        their connections with L{CloseReason.FAILED}.
         """
         for peer in failed:
             self.disconnect(peer)
             try:
-                peer.connection.close(RECIPIENT_FAILED)
+                peer.connection.close(CloseReason.FAILED)
             except Exception:
                 self._log.failure("closing {peer} failed", peer=peer.id)
 
@@ -446,7 +564,7 @@ class Hub:
                 if now - peer.last_seen >= stale_timeout:
                     self._log.info("removing stale peer {peer}", peer=peer.id)
                     self.disconnect(peer)
-                    peer.connection.close("stale")
+                    peer.connection.close(CloseReason.STALE)
         ttl = self.limits.empty_room_ttl
         for room in list(self._rooms.values()):
             if room.emptied_at is not None and now - room.emptied_at >= ttl:

@@ -53,9 +53,10 @@ def _room_detail(room: Room) -> dict[str, Any]:
     peers = []
     for member in room.members.values():
         peer: dict[str, Any] = {"peer_id": member.peer_id}
-        for field in ("display_name", "endpoint"):
-            if member.metadata.get(field) is not None:
-                peer[field] = member.metadata[field]
+        if member.profile.display_name is not None:
+            peer["display_name"] = member.profile.display_name
+        if member.profile.endpoint is not None:
+            peer["endpoint"] = member.profile.endpoint
         peer["joined_at"] = milliseconds(member.joined_at)
         peer["dialect"] = member.dialect
         peers.append(peer)
@@ -81,15 +82,16 @@ class SignalingSite:
         hub: Hub,
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
-        directory: Directory | None = None,
+        *,
+        directory: Directory,
         root_dialect: str | None = "native",
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
     ) -> None:
         """
-        :param directory: The userIds of the directory dialect; by default
-            one with the default limits.
+        :param directory: The userIds of the directory dialect, built beside
+            the hub (one directory per hub).
         :param root_dialect: One of L{ROOT_DIALECTS}: the dialect of a
             WebSocket at C{/}, for clients whose server URL has no path (the
             directory dialect's original served any path); L{None} for none.
@@ -105,8 +107,7 @@ class SignalingSite:
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
         self._socketio = SocketIOResource(hub, settings, verifier, limiter)
-        #: The userIds of the directory dialect, one directory per hub.
-        self.directory = Directory(hub) if directory is None else directory
+        self.directory = directory
         self._directory = WebSocketResource(
             SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
         )

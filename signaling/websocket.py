@@ -27,7 +27,7 @@ from .dialects.base import (
     Session,
 )
 from .errors import DeliveryRefused
-from .hub import RECIPIENT_FAILED, Hub, IPeerConnection
+from .hub import CloseReason, Hub, IPeerConnection
 from .logs import Logger
 from .ratelimit import RateLimit
 
@@ -358,18 +358,18 @@ class SignalingProtocol(LimitedProtocol):
             # The recipient's bug: it ends the recipient's connection, not
             # the sender's.
             self._log.failure("rendering a hub event failed")
-            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+            self.close(CloseReason.FAILED)
             raise DeliveryRefused("closed", "the recipient failed")
         if frame is not None:
             self.send(frame)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         if self.state != _OPEN:
             return
-        if reason == RECIPIENT_FAILED:
-            self.fail(CLOSE_INTERNAL_ERROR, reason)
+        if reason is CloseReason.FAILED:
+            self.fail(CLOSE_INTERNAL_ERROR, "internal error")
         else:
-            self.sendClose(CLOSE_REMOVED, reason)
+            self.sendClose(CLOSE_REMOVED, reason.value)
 
 
 class FastSignalingProtocol(fastpath.FastPaths, SignalingProtocol):

@@ -16,10 +16,9 @@ from twisted.web.server import Site
 
 from signaling.auth import TokenVerifier
 from signaling.hub import HubLimits
-from signaling.web import SignalingSite
 from signaling.websocket import WebSocketSettings
 
-from .support import Client, Harness
+from .support import Client, Harness, make_site
 
 URL = "http://localhost:8080/socket.io/"
 SECRET = "a test secret that is long enough for HS256"
@@ -80,7 +79,7 @@ class SocketIOCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.harness = Harness(self.limits, self.settings)
         self.addCleanup(self.harness.restore)
-        self.site = SignalingSite(self.harness.hub, self.settings, verifier=self.verifier)
+        self.site = make_site(self.harness.hub, self.settings, verifier=self.verifier)
         self.harness.site = self.site
         self.harness.web = Site(self.site.resource())
         self.stub = StubTreq(self.site.resource())

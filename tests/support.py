@@ -21,12 +21,21 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from signaling.errors import DeliveryRefused
+from signaling.directory import Directory
 from signaling.hub import Hub, HubLimits, IPeerConnection
 from signaling.ids import IdSource
 from signaling.web import SignalingSite
 from signaling.websocket import WebSocketSettings
 
 txaio.use_twisted()
+
+
+def make_site(hub: Hub, settings: WebSocketSettings = WebSocketSettings(), **kwargs: Any) -> SignalingSite:
+    """
+    A site of C{hub} with a directory of the default limits, as
+    L{signaling.tap} builds one beside the hub.
+    """
+    return SignalingSite(hub, settings, directory=Directory(hub), **kwargs)
 
 
 def counting_random_bytes():
@@ -62,6 +71,20 @@ class RecordingConnection:
 
     def close(self, reason: str) -> None:
         self.closed.append(reason)
+
+
+class BrokenEventSet:
+    """
+    A Socket.IO event set whose render has a bug, to put into a recipient.
+    """
+
+    @staticmethod
+    def render(connection: Any, event: Any) -> None:
+        raise RuntimeError("a bug in a recipient's render")
+
+
+def broken_render(event: Any) -> bytes:
+    raise RuntimeError("a bug in a recipient's render")
 
 
 class Client(WebSocketClientProtocol):
@@ -121,7 +144,7 @@ class Harness:
         self.hub = Hub(
             clock=self.clock, ids=IdSource(counting_random_bytes()), limits=limits
         )
-        self.site = SignalingSite(self.hub, settings)
+        self.site = make_site(self.hub, settings)
         self.web = Site(self.site.resource())
         self.pumps: list[IOPump] = []
         self._ports = itertools.count(40000)

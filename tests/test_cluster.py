@@ -24,7 +24,7 @@ from signaling.cluster import (
     parse_redis_url,
 )
 from signaling.cluster.envelope import decode_member, encode_member
-from signaling.hub import Member
+from signaling.hub import Member, Profile
 
 
 class RedisURLTests(SynchronousTestCase):
@@ -84,7 +84,14 @@ class RedisURLTests(SynchronousTestCase):
 
 
 class EnvelopeTests(SynchronousTestCase):
-    member = Member("ab12cd34", "envelope", {"name": "Ann", "tags": [1, 2]}, 1700000000.25, "ann")
+    member = Member(
+        "ab12cd34",
+        "envelope",
+        {"name": "Ann", "tags": [1, 2]},
+        1700000000.25,
+        "ann",
+        Profile(display_name="Ann", endpoint={"host": "10.0.0.1"}, details={"a": 1}),
+    )
 
     def test_round_trip(self):
         """

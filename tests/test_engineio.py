@@ -13,6 +13,7 @@ from signaling.dialects.socketio.engineio import (
     decode_payload,
     encode_payload,
 )
+from signaling.hub import CloseReason
 from signaling.websocket import WebSocketSettings
 
 from .socketio_support import SocketIOCase, events
@@ -178,7 +179,7 @@ class PollingTests(SocketIOCase):
         socket_id = client.connect()
         peer = self.hub.find(socket_id)
         self.hub.disconnect(peer)
-        peer.connection.close("stale")
+        peer.connection.close(CloseReason.STALE)
         self.assertEqual(client.get(), ["41", "1"])
         self.assertEngineError(self.http("GET", client.query), 1)
 

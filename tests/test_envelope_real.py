@@ -210,3 +210,24 @@ async def test_bad_input_leaves_others_unaffected(twistd):
     assert (await alice.next())["request_id"] == 1
     alice.sendClose()
     await alice.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_join_keeps_the_room_one_is_in(twistd):
+    """
+    A JOIN of another room that the hub refuses (here: its metadata is over
+    --max-metadata-size) leaves the client in the room it was in.
+    """
+    server = twistd("--port", "tcp:0:interface=127.0.0.1", "--max-metadata-size", "200")
+    alice = await connect(envelope_url(server))
+    alice.send_json({"type": "JOIN", "room_id": "home", "payload": {"display_name": "Alice"}})
+    assert (await alice.next())["type"] == "ACK"
+    alice.send_json({"type": "JOIN", "room_id": "away", "payload": {"display_name": "A" * 300}, "request_id": 2})
+    refused = await alice.next()
+    assert (refused["type"], refused["request_id"], refused["payload"]["code"]) == ("ERROR", 2, "INVALID_MESSAGE")
+    alice.send_json({"type": "DISCOVER", "request_id": 3})
+    listing = await alice.next()
+    assert (listing["type"], listing["room_id"]) == ("PEER_LIST", "home")
+    assert [peer["peer_id"] for peer in listing["payload"]["peers"]] == [alice.peer_id]
+    alice.sendClose()
+    await alice.closed

@@ -12,12 +12,13 @@ from signaling.errors import (
     InvalidMetadata,
     InvalidRoomName,
     NotInRoom,
+    PeerIdInUse,
     PeerNotFound,
     RoomFull,
     TooManyRooms,
     VerifiedOnly,
 )
-from signaling.hub import MAX_ROOM_NAME_LENGTH, RECIPIENT_FAILED, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
+from signaling.hub import MAX_ROOM_NAME_LENGTH, CloseReason, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
 from signaling.ids import IdShape, IdSource, encode_ulid
 from signaling.metadata import MetadataLimits
 
@@ -193,6 +194,25 @@ class HubTests(SynchronousTestCase):
             hub.join(peers[0], f"room-{index}")
         self.assertEqual(len(hub.room("big").members), 150)
 
+    def test_a_peer_with_an_id_allocated_elsewhere(self):
+        """
+        A peer registered with its own id (a peer of another node) is found,
+        joins and is reached under that id; a second one with the same id
+        is refused and the first keeps its place.
+        """
+        remote, remote_connection = self.peer(peer_id="node-b:7")
+        local, _ = self.peer()
+        self.assertIs(self.hub.find("node-b:7"), remote)
+        self.hub.join(remote, "room")
+        self.hub.join(local, "room")
+        signal = Signal(kind="offer", sender=local.id, room="room", payload="o")
+        self.hub.relay(local, "room", "node-b:7", signal)
+        self.assertEqual(remote_connection.events[-1], signal)
+        error = self.assertRaises(PeerIdInUse, self.peer, peer_id="node-b:7")
+        self.assertEqual(error.reason, "peer-id-in-use")
+        self.assertIs(self.hub.find("node-b:7"), remote)
+        self.assertEqual(self.hub.peer_count(), 2)
+
     def test_room_names(self):
         alice, _ = self.peer()
         for bad in ("", None, 5, "x" * (MAX_ROOM_NAME_LENGTH + 1)):
@@ -200,14 +220,14 @@ class HubTests(SynchronousTestCase):
         self.hub.join(alice, "x" * MAX_ROOM_NAME_LENGTH)
 
     def test_a_room_created_by_a_verified_peer_admits_only_verified_peers(self):
-        alice, _ = self.peer(verified_user="alice")
-        bob, _ = self.peer(verified_user="bob")
+        alice, _ = self.peer(verified_user_id="alice")
+        bob, _ = self.peer(verified_user_id="bob")
         intruder, _ = self.peer()
         room = self.hub.join(alice, "call")
         self.assertTrue(room.verified_only)
-        self.assertEqual(room.members[alice.id].verified_user, "alice")
+        self.assertEqual(room.members[alice.id].verified_user_id, "alice")
         error = self.assertRaises(VerifiedOnly, self.hub.join, intruder, "call", {"userId": "alice"})
-        self.assertEqual(error.code, "forbidden")
+        self.assertEqual(error.reason, "verified-only")
         self.assertEqual(list(room.members), [alice.id])
         self.assertEqual(intruder.rooms, {})
         self.hub.join(bob, "call")
@@ -215,7 +235,7 @@ class HubTests(SynchronousTestCase):
 
     def test_a_room_kept_empty_stays_verified_only(self):
         hub = Hub(clock=self.clock, limits=HubLimits(empty_room_ttl=60))
-        alice, _ = self.peer(hub, verified_user="alice")
+        alice, _ = self.peer(hub, verified_user_id="alice")
         intruder, _ = self.peer(hub)
         hub.join(alice, "call")
         hub.leave(alice, "call")
@@ -223,14 +243,14 @@ class HubTests(SynchronousTestCase):
 
     def test_a_room_created_by_an_unverified_peer_admits_everyone(self):
         guest, _ = self.peer()
-        alice, _ = self.peer(verified_user="alice")
+        alice, _ = self.peer(verified_user_id="alice")
         other, _ = self.peer()
         room = self.hub.join(guest, "open")
         self.hub.join(alice, "open")
         self.hub.join(other, "open")
         self.assertFalse(room.verified_only)
         self.assertEqual(
-            [member.verified_user for member in room.members.values()], [None, "alice", None]
+            [member.verified_user_id for member in room.members.values()], [None, "alice", None]
         )
 
     def test_stats(self):
@@ -270,7 +290,7 @@ class RecipientFailureTests(SynchronousTestCase):
     def test_broadcast_reaches_the_others(self):
         """
         A broadcast skips a failing recipient, which is logged, disconnected
-        and closed with L{RECIPIENT_FAILED}; the members after it get the
+        and closed with L{CloseReason.FAILED}; the members after it get the
         signal and the sender is untouched.
         """
         sender = self.hub.connect(RecordingConnection())
@@ -285,7 +305,7 @@ class RecipientFailureTests(SynchronousTestCase):
         self.assertEqual(self.hub.broadcast(sender, "room", signal), 1)
         self.assertEqual(later_connection.events[0], signal)
         self.assertIsInstance(later_connection.events[1], PeerLeft)
-        self.assertEqual(broken_connection.closed, [RECIPIENT_FAILED])
+        self.assertEqual(broken_connection.closed, [CloseReason.FAILED])
         self.assertIsNone(self.hub.find(broken.id))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 

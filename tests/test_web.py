@@ -7,12 +7,14 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.hub import Hub, HubLimits
+from signaling.hub import Hub, HubLimits, Profile
 from signaling.ids import IdShape, IdSource
 from signaling.web import DEFAULT_ROOMS_PAGE, MAX_ROOMS_PAGE, SignalingSite
+from signaling.directory import Directory
+from signaling.web import SignalingSite
 from signaling.websocket import WebSocketSettings
 
-from .support import RecordingConnection, counting_random_bytes
+from .support import RecordingConnection, counting_random_bytes, make_site
 
 
 class WebTests(SynchronousTestCase):
@@ -25,7 +27,7 @@ class WebTests(SynchronousTestCase):
             limits=HubLimits(max_peers_per_room=5),
         )
         settings = WebSocketSettings(allowed_origins=("http://localhost:3000",))
-        self.treq = StubTreq(SignalingSite(self.hub, settings).resource())
+        self.treq = StubTreq(make_site(self.hub, settings).resource())
 
     def get(self, path, **kwargs):
         response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))
@@ -37,6 +39,14 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(response.code, code, body)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
         return orjson.loads(body)
+
+    def test_the_directory_is_built_beside_the_hub(self):
+        """
+        The site uses the directory it is given and builds none of its own.
+        """
+        directory = Directory(self.hub)
+        self.assertIs(SignalingSite(self.hub, directory=directory).directory, directory)
+        self.assertRaises(TypeError, SignalingSite, self.hub)
 
     def test_health(self):
         self.assertEqual(self.get_json("/health"), {"status": "ok", "timestamp": 1703894400000})
@@ -50,7 +60,13 @@ class WebTests(SynchronousTestCase):
         alice = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
         bob = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
         self.hub.connect(RecordingConnection())
-        self.hub.join(alice, "room-1", {"display_name": "Alice", "endpoint": {"ip": "203.0.113.1", "port": 12345}})
+        endpoint = {"ip": "203.0.113.1", "port": 12345}
+        self.hub.join(
+            alice,
+            "room-1",
+            {"display_name": "Alice", "endpoint": endpoint},
+            profile=Profile(display_name="Alice", endpoint=endpoint),
+        )
         self.clock.advance(1)
         self.hub.join(bob, "room-1")
         return alice, bob
@@ -136,7 +152,7 @@ class RoomAPITests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()), limits=HubLimits(max_rooms_per_peer=0))
-        self.treq = StubTreq(SignalingSite(self.hub, WebSocketSettings(), api_token="t0ken").resource())
+        self.treq = StubTreq(make_site(self.hub, WebSocketSettings(), api_token="t0ken").resource())
 
     def get(self, path, **kwargs):
         response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))

@@ -633,7 +633,7 @@ class RedisBus:
             hub's join would.
         """
         blob = encode_member(member)
-        verified = member.verified_user is not None
+        verified = member.verified_user_id is not None
         meta = orjson.dumps(dict(room_metadata or {}))
         reply = yield self._eval(
             scripts.JOIN, member.peer_id, room, blob, max_peers, int(verified), meta

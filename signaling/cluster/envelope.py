@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import attrs
 import orjson
 
-from ..hub import Member
+from ..hub import Member, Profile
 
 VERSION = 1
 _PREFIX = bytes([VERSION])
@@ -58,21 +58,31 @@ def member_to_list(member: Member) -> list:
         member.dialect,
         dict(member.metadata),
         member.joined_at,
-        member.verified_user,
+        member.verified_user_id,
+        attrs.asdict(member.profile, recurse=False),
     ]
 
 
+_PROFILE_FIELDS = frozenset(field.name for field in attrs.fields(Profile))
+
+
 def member_from_list(fields: Any) -> Member:
-    if not isinstance(fields, list) or len(fields) != 5:
-        raise InvalidEnvelope("a member has five fields")
-    peer_id, dialect, metadata, joined_at, verified_user = fields
+    if not isinstance(fields, list) or len(fields) != 6:
+        raise InvalidEnvelope("a member has six fields")
+    peer_id, dialect, metadata, joined_at, verified_user_id, profile = fields
     if not isinstance(peer_id, str) or not isinstance(dialect, str):
         raise InvalidEnvelope("a member's peer id and dialect are strings")
     if not isinstance(metadata, dict) or not isinstance(joined_at, (int, float)):
         raise InvalidEnvelope("a member's metadata is an object, joined_at a number")
-    if verified_user is not None and not isinstance(verified_user, str):
-        raise InvalidEnvelope("a member's verified user is a string or null")
-    return Member(peer_id, dialect, metadata, float(joined_at), verified_user)
+    if verified_user_id is not None and not isinstance(verified_user_id, str):
+        raise InvalidEnvelope("a member's verified user id is a string or null")
+    if not isinstance(profile, dict) or not _PROFILE_FIELDS.issuperset(profile):
+        raise InvalidEnvelope("a member's profile is an object of Profile's fields")
+    try:
+        typed_profile = Profile(**profile)
+    except (TypeError, ValueError) as error:
+        raise InvalidEnvelope(f"a member's profile is not valid: {error}")
+    return Member(peer_id, dialect, metadata, float(joined_at), verified_user_id, typed_profile)
 
 
 def encode_member(member: Member) -> bytes:

@@ -12,7 +12,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from ..errors import DeliveryRefused, ReplyTooLarge
+from ..errors import DeliveryRefused, HubError, ReplyTooLarge
 from ..hub import Hub, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
@@ -24,6 +24,32 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 #: Our own: the hub removed the peer (stale, replaced by a newer connection).
 CLOSE_REMOVED = 4000
+
+
+#: The hub's refusal reasons (L{HubError.reason}) as the error codes of the
+#: native protocol, whose vocabulary the directory and Socket.IO dialects
+#: share.
+NATIVE_ERROR_CODES = {
+    "invalid-room-name": "invalid-field",
+    "room-full": "room-full",
+    "too-many-rooms": "too-many-rooms",
+    "already-in-room": "already-in-room",
+    "verified-only": "forbidden",
+    "not-in-room": "not-in-room",
+    "peer-not-found": "peer-not-found",
+    "invalid-metadata": "invalid-metadata",
+    "reply-too-large": "reply-too-large",
+    "closed": "delivery-refused",
+    "buffer-full": "delivery-refused",
+    "too-large": "delivery-refused",
+}
+
+
+def native_error_code(error: HubError) -> str:
+    """
+    C{error}'s code in the native protocol's vocabulary.
+    """
+    return NATIVE_ERROR_CODES.get(error.reason, "internal-error")
 
 
 class ProtocolError(Exception):
@@ -114,11 +140,27 @@ class Session:
     The WebSocket layer calls L{opened}, L{text_received},
     L{binary_received}, L{too_large} and L{closed}; it asks L{render} for the
     frame of each hub event delivered to the peer.
+
+    A dialect of JSON objects implements L{message_received} and
+    L{send_error} and names its errors for what every such dialect answers
+    alike; L{text_received} decodes each frame.
     """
 
     #: The hub peer, once the dialect has connected one; the WebSocket layer
     #: marks it active on every frame and pong, for the stale-peer sweep.
     peer: Peer | None = None
+
+    #: The code and text of the error for a frame that is not JSON; L{None}
+    #: closes the connection with 1007 instead.
+    not_json_error: tuple[str, str] | None = None
+    #: The code and text of the error for JSON that is not an object.
+    not_object_error: tuple[str, str] = ("invalid-json", "a message must be a JSON object")
+    #: The code and text of the error sent before a frame over the size
+    #: limit closes the connection; L{None} sends none.
+    too_large_error: tuple[str, str] | None = None
+    #: The code and text of the error for a frame over the rate limit;
+    #: L{None} sends none.
+    rate_limited_error: tuple[str, str] | None = None
 
     def __init__(self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo) -> None:
         self.hub = hub
@@ -129,6 +171,34 @@ class Session:
         raise NotImplementedError()
 
     def text_received(self, data: bytes) -> None:
+        """
+        Decode a text frame as one JSON object for L{message_received},
+        answering what is not one with the dialect's error.
+        """
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if self.not_json_error is None:
+                self.sink.fail(CLOSE_INVALID_PAYLOAD, "invalid JSON")
+            else:
+                self.send_error(*self.not_json_error)
+            return
+        if not isinstance(message, dict):
+            self.send_error(*self.not_object_error)
+            return
+        self.message_received(message)
+
+    def message_received(self, message: dict) -> None:
+        """
+        One JSON object arrived.
+        """
+        raise NotImplementedError()
+
+    def send_error(self, code: str, text: str) -> None:
+        """
+        Tell the client, in the dialect's error form, that what it sent
+        cannot be accepted.
+        """
         raise NotImplementedError()
 
     def binary_received(self, data: bytes) -> None:
@@ -143,12 +213,16 @@ class Session:
         A frame over the size limit is arriving; the connection closes with
         1009 right after this, so a dialect may send its error first.
         """
+        if self.too_large_error is not None:
+            self.send_error(*self.too_large_error)
 
     def rate_limited(self) -> None:
         """
         A frame arrived over the message rate limit and was discarded; a
         dialect may tell its client. Persistent excess closes with 1008.
         """
+        if self.rate_limited_error is not None:
+            self.send_error(*self.rate_limited_error)
 
     def render(self, event: Any) -> bytes | None:
         raise NotImplementedError()

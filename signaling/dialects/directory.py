@@ -21,10 +21,10 @@ from ..directory import (
     validate_user_id,
 )
 from ..errors import DeliveryRefused, HubError
-from ..hub import Hub, Member, PeerJoined, PeerLeft, Signal
+from ..hub import Hub, Member, PeerJoined, PeerLeft, Profile, Signal
 from ..keyproof import UnsupportedKey, challenge_text, load_public_key, verify
 from ..logs import Logger
-from .base import HandshakeInfo, IFrameSink, ProtocolError, Session
+from .base import NATIVE_ERROR_CODES, HandshakeInfo, IFrameSink, ProtocolError, Session
 
 NAME = "directory"
 
@@ -47,16 +47,37 @@ _DELIVERY_ERRORS = {
     "closed": ("user-not-online", "the recipient has gone"),
 }
 
+#: The hub's and the directory's refusal reasons as this dialect's codes.
+_HUB_CODES = {
+    **NATIVE_ERROR_CODES,
+    **{
+        reason: reason
+        for reason in (
+            "invalid-field",
+            "not-registered",
+            "user-not-online",
+            "key-mismatch",
+            "proof-required",
+            "user-id-in-use",
+        )
+    },
+}
+
+
+def _code(error: HubError) -> str:
+    return _HUB_CODES.get(error.reason, "internal-error")
+
+
 #: Random bytes in a proof-of-key nonce.
 NONCE_BYTES = 32
 
 
 def _member(member: Member) -> dict[str, Any]:
     entry: dict[str, Any] = {"peerId": member.peer_id}
-    # A directory member's userId is its registration; another dialect's
-    # is shown only when a token proved it, never when merely claimed.
-    user_id = member.verified_user or (member.metadata.get("userId") if member.dialect == NAME else None)
-    if isinstance(user_id, str):
+    # A directory registration, or a user id a token proved; never one
+    # merely claimed.
+    user_id = member.verified_user_id or member.profile.registered_user_id
+    if user_id is not None:
         entry["userId"] = user_id
     return entry
 
@@ -78,6 +99,10 @@ class DirectorySession(Session):
     """
 
     _log = Logger()
+    not_json_error = ("invalid-json", "Invalid message format: not JSON")
+    not_object_error = ("invalid-json", "Invalid message format: not a JSON object")
+    too_large_error = ("message-too-large", "the message exceeds the size limit")
+    rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
 
     def __init__(
         self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo, directory: Directory
@@ -96,35 +121,23 @@ class DirectorySession(Session):
             self.directory.disconnected(self.peer)
             self.hub.disconnect(self.peer)
 
-    def too_large(self) -> None:
-        self._error("message-too-large", "the message exceeds the size limit")
-
-    def rate_limited(self) -> None:
-        self._error("rate-limited", "too many messages; this one was discarded")
-
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._error("invalid-json", "Invalid message format: not JSON")
-            return
-        if not isinstance(message, dict):
-            self._error("invalid-json", "Invalid message format: not a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         message_type = message.get("type")
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             shown = message_type if isinstance(message_type, str) else repr(message_type)
-            self._error("unknown-type", f"Unknown message type: {shown[:64]}")
+            self.send_error("unknown-type", f"Unknown message type: {shown[:64]}")
             return
         try:
             handler(self, message)
-        except (ProtocolError, HubError) as error:
-            self._error(error.code, error.message)
+        except ProtocolError as error:
+            self.send_error(error.code, error.message)
+        except HubError as error:
+            self.send_error(_code(error), error.message)
         except Exception:
             # A bug: say so in-band, then let the WebSocket layer log it
             # and close with 1011.
-            self._error("internal-error", "internal server error")
+            self.send_error("internal-error", "internal server error")
             raise
 
     # requests
@@ -195,13 +208,13 @@ class DirectorySession(Session):
         self._claim = None
         user_id, public_key, verified = claim
         if alive:
-            self._error(in_use.code, in_use.message)
+            self.send_error(_code(in_use), in_use.message)
             return
         self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
         try:
             self.directory.register(self.peer, user_id, public_key, verified, gone=in_use.holder)
         except HubError as error:
-            self._error(error.code, error.message)
+            self.send_error(_code(error), error.message)
             return
         self._registered(user_id, verified)
 
@@ -276,7 +289,7 @@ class DirectorySession(Session):
         room_name = self.hub.validate_room_name(message["room"])
         user_id = self.directory.user_of(self.peer)
         metadata = {"userId": user_id} if user_id is not None else {}
-        room = self.hub.join(self.peer, room_name, metadata)
+        room = self.hub.join(self.peer, room_name, metadata, profile=Profile(registered_user_id=user_id))
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
         self.send_json({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers})
 
@@ -334,5 +347,5 @@ class DirectorySession(Session):
     # output
 
 
-    def _error(self, code: str, text: str) -> None:
+    def send_error(self, code: str, text: str) -> None:
         self.send_json({"type": "error", "message": text, "code": code})

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import orjson
 
-from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom, RoomFull
-from ..hub import Member, PeerJoined, PeerLeft, Room, Signal
+from ..errors import AlreadyInRoom, DeliveryRefused, HubError, NotInRoom, PeerNotFound
+from ..hub import Member, PeerJoined, PeerLeft, Profile, Room, Signal
 from ..ids import IdShape
 from ..timefmt import milliseconds
 from .base import ProtocolError, Session
@@ -30,14 +30,14 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 RATE_LIMITED = "RATE_LIMITED"
 UNAUTHORIZED = "UNAUTHORIZED"
 
-#: The hub's error codes as envelope error codes.
+#: The hub's refusal reasons as envelope error codes; others are
+#: INVALID_MESSAGE.
 _HUB_CODES = {
     "room-full": ROOM_FULL,
     "already-in-room": ALREADY_IN_ROOM,
     "not-in-room": NOT_IN_ROOM,
     "peer-not-found": PEER_NOT_FOUND,
-    "invalid-field": INVALID_MESSAGE,
-    "forbidden": UNAUTHORIZED,
+    "verified-only": UNAUTHORIZED,
 }
 
 _DELIVERY_ERRORS = {
@@ -63,22 +63,19 @@ def _envelope(message_type: str, **fields: Any) -> dict[str, Any]:
     return body
 
 
-def _display_name(metadata: Any) -> str | None:
-    # Peers of other dialects call it something else.
-    for key in ("display_name", "name", "userId"):
-        value = metadata.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+def _display_name(member: Member) -> str | None:
+    # A peer of another dialect may have no name, only a user id.
+    profile = member.profile
+    return profile.display_name or member.verified_user_id or profile.unproved_user_id or None
 
 
 def _peer_info(member: Member) -> dict[str, Any]:
     info: dict[str, Any] = {"peer_id": member.peer_id}
-    name = _display_name(member.metadata)
+    name = _display_name(member)
     if name is not None:
         info["display_name"] = name
-    if member.metadata.get("endpoint") is not None:
-        info["endpoint"] = member.metadata["endpoint"]
+    if member.profile.endpoint is not None:
+        info["endpoint"] = member.profile.endpoint
     info["joined_at"] = milliseconds(member.joined_at)
     return info
 
@@ -120,6 +117,12 @@ class EnvelopeSession(Session):
     another leaves the first.
     """
 
+    not_json_error = (INVALID_MESSAGE, "invalid JSON")
+    not_object_error = (INVALID_MESSAGE, "a message must be a JSON object")
+    too_large_error = (INVALID_MESSAGE, "the message exceeds the size limit")
+    # The document has no code for this; ours, in its style.
+    rate_limited_error = (RATE_LIMITED, "too many messages; this one was discarded")
+
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME, shape=IdShape.HEX8)
         self._send(_envelope("ACK", peer_id=self.peer.id, payload={"message": "connected"}))
@@ -128,47 +131,32 @@ class EnvelopeSession(Session):
         if self.peer is not None:
             self.hub.disconnect(self.peer)
 
-    def too_large(self) -> None:
-        self._error(INVALID_MESSAGE, "the message exceeds the size limit")
-
-    def rate_limited(self) -> None:
-        # The document has no code for this; ours, in its style.
-        self._error(RATE_LIMITED, "too many messages; this one was discarded")
-
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._error(INVALID_MESSAGE, "invalid JSON")
-            return
-        if not isinstance(message, dict):
-            self._error(INVALID_MESSAGE, "a message must be a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         request_id = message.get("request_id")
         if request_id is not None and (
             isinstance(request_id, bool) or not isinstance(request_id, (str, int))
         ):
-            self._error(INVALID_MESSAGE, "request_id must be a string or an integer")
+            self.send_error(INVALID_MESSAGE, "request_id must be a string or an integer")
             return
         message_type = message.get("type")
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             shown = repr(message_type)[:64]
-            self._error(INVALID_MESSAGE, f"unknown message type: {shown}", request_id)
+            self.send_error(INVALID_MESSAGE, f"unknown message type: {shown}", request_id)
             return
         try:
             handler(self, message, request_id)
         except ProtocolError as error:
-            self._error(error.code, error.message, request_id)
+            self.send_error(error.code, error.message, request_id)
         except DeliveryRefused as refused:
             code, text = _DELIVERY_ERRORS[refused.reason]
-            self._error(code, text, request_id, details=refused.reason)
+            self.send_error(code, text, request_id, details=refused.reason)
         except HubError as error:
-            self._error(_HUB_CODES.get(error.code, INVALID_MESSAGE), error.message, request_id)
+            self.send_error(_HUB_CODES.get(error.reason, INVALID_MESSAGE), error.message, request_id)
         except Exception:
             # A bug: tell the client in its own terms, then let the
             # WebSocket layer log it and close with 1011.
-            self._error(INTERNAL_ERROR, "internal error", request_id)
+            self.send_error(INTERNAL_ERROR, "internal error", request_id)
             raise
 
     # requests
@@ -185,14 +173,9 @@ class EnvelopeSession(Session):
         current = self._current_room()
         if current == room_name:
             raise AlreadyInRoom("already in this room")
-        if current is not None:
-            # Refuse before leaving, so a full room does not cost the
-            # client the room it is in.
-            wanted = self.hub.room(room_name)
-            if wanted is not None and 0 < wanted.max_peers <= len(wanted.members):
-                raise RoomFull(f"room is full ({wanted.max_peers} peers)")
-            self.hub.leave(self.peer, current)
-        room = self.hub.join(self.peer, room_name, metadata)
+        # One room at a time; a refused join keeps the client where it was.
+        profile = Profile(display_name=metadata.get("display_name"), endpoint=metadata.get("endpoint"))
+        room = self.hub.join(self.peer, room_name, metadata, instead_of=current, profile=profile)
         ack = _envelope(
             "ACK",
             peer_id=self.peer.id,
@@ -257,10 +240,8 @@ class EnvelopeSession(Session):
         )
         try:
             self.hub.relay(self.peer, room_name, target, signal)
-        except HubError as error:
-            if error.code == "peer-not-found":
-                raise ProtocolError(PEER_NOT_FOUND, "target peer not found")
-            raise
+        except PeerNotFound:
+            raise ProtocolError(PEER_NOT_FOUND, "target peer not found")
 
     def _keep_alive(self, message: dict, request_id: Any) -> None:
         # The WebSocket layer has already marked the peer active.
@@ -317,7 +298,7 @@ class EnvelopeSession(Session):
     def _send(self, body: dict[str, Any]) -> None:
         self.send_frame(self._frame(body))
 
-    def _error(
+    def send_error(
         self, code: str, text: str, request_id: Any = None, details: str | None = None
     ) -> None:
         payload = {"code": code, "message": text}

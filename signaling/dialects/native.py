@@ -10,9 +10,9 @@ from typing import Any, Callable
 import orjson
 
 from ..errors import DeliveryRefused, HubError
-from ..hub import Member, PeerJoined, PeerLeft, Signal
+from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
-from .base import ProtocolError, Session, require_string
+from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
 
@@ -38,12 +38,38 @@ def _member(member: Member) -> dict[str, Any]:
     return {"id": member.peer_id, "metadata": member.metadata}
 
 
+def _string(metadata: dict, *keys: str) -> str | None:
+    for key in keys:
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _profile(metadata: dict) -> Profile:
+    """
+    What the other dialects show of a native member: the fields of its
+    free-form metadata that have a meaning of their own.
+    """
+    user_id = metadata.get("userId")
+    return Profile(
+        display_name=_string(metadata, "display_name", "name"),
+        username=_string(metadata, "username"),
+        real_name=_string(metadata, "realName", "name"),
+        claimed_user_id=user_id if isinstance(user_id, str) else None,
+        endpoint=metadata.get("endpoint"),
+    )
+
+
 class NativeSession(Session):
     """
     A client of the native protocol.
     """
 
     _log = Logger()
+    not_json_error = ("invalid-json", "the frame is not valid JSON")
+    too_large_error = ("message-too-large", "the message exceeds the size limit")
+    rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
 
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME)
@@ -53,38 +79,26 @@ class NativeSession(Session):
         if self.peer is not None:
             self.hub.disconnect(self.peer)
 
-    def too_large(self) -> None:
-        self._error("message-too-large", "the message exceeds the size limit")
-
-    def rate_limited(self) -> None:
-        self._error("rate-limited", "too many messages; this one was discarded")
-
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._error("invalid-json", "the frame is not valid JSON")
-            return
-        if not isinstance(message, dict):
-            self._error("invalid-json", "a message must be a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         request_id = message.get("id")
         if request_id is not None and not isinstance(request_id, (str, int)):
-            self._error("invalid-field", "'id' must be a string or a number")
+            self.send_error("invalid-field", "'id' must be a string or a number")
             return
         message_type = message.get("type")
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
-            self._error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            self.send_error("unknown-type", f"unknown message type {message_type!r}", request_id)
             return
         try:
             handler(self, message, request_id)
-        except (ProtocolError, HubError) as error:
-            self._error(error.code, error.message, request_id)
+        except ProtocolError as error:
+            self.send_error(error.code, error.message, request_id)
+        except HubError as error:
+            self.send_error(native_error_code(error), error.message, request_id)
         except Exception:
             # A bug: say so in-band, then let the WebSocket layer log it
             # and close with 1011.
-            self._error("internal-error", "internal server error", request_id)
+            self.send_error("internal-error", "internal server error", request_id)
             raise
 
     # requests
@@ -94,7 +108,7 @@ class NativeSession(Session):
         metadata = message.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise ProtocolError("invalid-field", "'metadata' must be an object")
-        room = self.hub.join(self.peer, room_name, metadata)
+        room = self.hub.join(self.peer, room_name, metadata, profile=_profile(metadata or {}))
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
         joined = self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id)
         self.send_join_reply(room_name, orjson.dumps(joined))
@@ -165,5 +179,5 @@ class NativeSession(Session):
         return body
 
 
-    def _error(self, code: str, text: str, request_id: Any = None) -> None:
+    def send_error(self, code: str, text: str, request_id: Any = None) -> None:
         self.send_json(self._reply({"type": "error", "code": code, "message": text}, request_id))

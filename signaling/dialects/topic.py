@@ -13,7 +13,7 @@ import orjson
 from ..errors import DeliveryRefused, HubError, PeerNotFound
 from ..hub import Member, PeerJoined, PeerLeft, Signal
 from ..ids import IdShape
-from .base import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY_VIOLATION, Session
+from .base import CLOSE_POLICY_VIOLATION, Session
 
 NAME = "topic"
 PREFIX = "/ws/"
@@ -21,6 +21,14 @@ PREFIX = "/ws/"
 #: Wire type → hub signal kind, and back.
 _KINDS = {"offer": "offer", "answer": "answer", "ice-candidate": "candidate"}
 _WIRE_TYPES = {kind: wire for wire, kind in _KINDS.items()}
+#: Why the hub refused a join, as this dialect's error codes.
+_JOIN_ERRORS = {
+    "room-full": "room_full",
+    "verified-only": "forbidden",
+    "too-many-rooms": "too_many_rooms",
+    "invalid-metadata": "invalid_metadata",
+    "invalid-room-name": "invalid_topic",
+}
 
 
 def _peer(member: Member) -> dict[str, Any]:
@@ -36,6 +44,10 @@ class TopicSession(Session):
     """
 
     topic: str = ""
+    # As the original server: a frame that is not JSON ends the connection
+    # with 1007 (not_json_error stays None).
+    not_object_error = ("invalid_type", "a message must be a JSON object")
+    rate_limited_error = ("rate_limited", "too many messages; this one was discarded")
 
     def opened(self) -> None:
         try:
@@ -49,7 +61,7 @@ class TopicSession(Session):
         except HubError as error:
             self.hub.disconnect(self.peer)
             self.peer = None
-            self._refuse(error.code.replace("-", "_"), error.message)
+            self._refuse(_JOIN_ERRORS.get(error.reason, "join_refused"), error.message)
             return
         self.send_json({"type": "welcome", "selfId": self.peer.id})
         others = [_peer(m) for m in room.members.values() if m.peer_id != self.peer.id]
@@ -59,26 +71,16 @@ class TopicSession(Session):
         if self.peer is not None:
             self.hub.disconnect(self.peer)
 
-    def text_received(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            # As the original server: a frame that is not JSON ends the
-            # connection with 1007.
-            self.sink.fail(CLOSE_INVALID_PAYLOAD, "invalid JSON")
-            return
-        if not isinstance(message, dict):
-            self._error("invalid_type", "a message must be a JSON object")
-            return
+    def message_received(self, message: dict) -> None:
         msg_id = message.get("msgId")
         wire_type = message.get("type")
         kind = _KINDS.get(wire_type) if isinstance(wire_type, str) else None
         if kind is None:
-            self._error("invalid_type", "type must be offer, answer or ice-candidate", msg_id)
+            self.send_error("invalid_type", "type must be offer, answer or ice-candidate", msg_id)
             return
         target = message.get("to")
         if not isinstance(target, str) or not target:
-            self._error("missing_target", "'to' must name a peer of the topic", msg_id)
+            self.send_error("missing_target", "'to' must name a peer of the topic", msg_id)
             return
         signal = Signal(
             kind=kind,
@@ -90,17 +92,14 @@ class TopicSession(Session):
         try:
             self.hub.relay(self.peer, self.topic, target, signal)
         except PeerNotFound:
-            self._error("target_not_found", "peer not found", msg_id)
+            self.send_error("target_not_found", "peer not found", msg_id)
         except DeliveryRefused as refused:
-            self._error("dropped", f"message not delivered ({refused.reason})", msg_id)
+            self.send_error("dropped", f"message not delivered ({refused.reason})", msg_id)
 
     def binary_received(self, data: bytes) -> None:
         # The original never looks at the frame type: JSON in a binary
         # frame is a message, anything else closes with 1007.
         self.text_received(data)
-
-    def rate_limited(self) -> None:
-        self._error("rate_limited", "too many messages; this one was discarded")
 
     def render(self, event: Any) -> bytes | None:
         if type(event) is Signal:
@@ -126,12 +125,12 @@ class TopicSession(Session):
         return None
 
 
-    def _error(self, code: str, text: str, msg_id: Any = None) -> None:
+    def send_error(self, code: str, text: str, msg_id: Any = None) -> None:
         body = {"type": "error", "code": code, "message": text}
         if msg_id is not None:
             body["msgId"] = msg_id
         self.send_json(body)
 
     def _refuse(self, code: str, text: str) -> None:
-        self._error(code, text)
+        self.send_error(code, text)
         self.sink.fail(CLOSE_POLICY_VIOLATION, text)

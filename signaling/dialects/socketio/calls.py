@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ...errors import NotInRoom, PeerNotFound
 from ...hub import Member, PeerJoined, PeerLeft, Room, Signal
 from ...timefmt import iso8601
 from ..base import ProtocolError, require_object, require_string
@@ -34,10 +35,6 @@ _ERROR_EVENTS = {"webrtc:join-room": JOIN_ERROR, "webrtc:leave-room": LEAVE_ERRO
 #: Token claims naming a participant, in order of preference.
 _USERNAME_CLAIMS = ("username", "preferred_username")
 _REAL_NAME_CLAIMS = ("realName", "name")
-#: Member metadata holding the same (calls members have the first, other
-#: dialects' members may have any), in order.
-_USERNAME_FIELDS = ("username", "display_name")
-_REAL_NAME_FIELDS = ("realName", "name")
 
 
 def _object(payload: Any) -> dict:
@@ -83,21 +80,14 @@ def participant(connection: Any, member: Member) -> dict[str, Any]:
     A member as C{connection}'s client sees it, whatever dialect it joined
     with.
     """
-    metadata = member.metadata
-    if member.dialect == NAME:
-        own = metadata.get("metadata")
-        details = own if isinstance(own, dict) else {}
-        call_type = metadata.get("callType")
-    else:
-        details = dict(metadata)
-        call_type = None
+    profile = member.profile
     return {
         "socketId": member.peer_id,
         **user_fields(connection, member),
-        "username": _first_string(metadata, _USERNAME_FIELDS),
-        "realName": _first_string(metadata, _REAL_NAME_FIELDS),
-        "callType": call_type,
-        "metadata": details,
+        "username": profile.username or profile.display_name,
+        "realName": profile.real_name,
+        "callType": profile.call_type,
+        "metadata": dict(member.details),
         "joinedAt": iso8601(member.joined_at),
     }
 
@@ -135,10 +125,17 @@ def join_room(connection: Any, payload: Any) -> dict:
     names = _names(connection, metadata)
     room = connection.peer.rooms.get(room_name)
     if room is None:
+        profile = connection.profile(
+            username=names["username"],
+            real_name=names["realName"],
+            call_type=call_type,
+            details=metadata,
+        )
         room = connection.join(
             NAME,
             room_name,
             {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
+            profile,
             room_metadata,
         )
     # else: as the original, joining again answers with the room as it is.
@@ -158,9 +155,11 @@ def leave_room(connection: Any, payload: Any) -> dict:
     _authenticated(connection)
     data = _object(payload)
     room_name = _string(data, "callRoomId")
-    # As the original: leaving a room one is not in is no failure.
-    if room_name in connection.peer.rooms:
+    try:
         connection.leave(room_name)
+    except NotInRoom:
+        # As the original: leaving a room one is not in is no failure.
+        pass
     reply = {"callRoomId": room_name, "timestamp": iso8601(connection.now())}
     connection.emit("webrtc:room-left", reply)
     return reply
@@ -176,18 +175,18 @@ def _relay(kind: str):
         if field not in data:
             raise ProtocolError("invalid-field", f"Invalid message: {field} is required")
         peer = connection.peer
-        if room_name not in peer.rooms:
-            raise ProtocolError("not-in-room", "You are not in this call room")
         extra = {name: data[name] for name in _EXTRA_FIELDS if data.get(name) is not None}
         signal = Signal(kind=kind, sender=peer.id, room=room_name, payload=data[field], extra=extra or None)
         target = data.get("targetSocketId")
-        if kind == "candidate" and target is None:
-            connection.hub.broadcast(peer, room_name, signal)
-            return
-        target = _string(data, "targetSocketId")
-        if target not in peer.rooms[room_name].members:
+        try:
+            if kind == "candidate" and target is None:
+                connection.hub.broadcast(peer, room_name, signal)
+            else:
+                connection.hub.relay(peer, room_name, _string(data, "targetSocketId"), signal)
+        except NotInRoom:
+            raise ProtocolError("not-in-room", "You are not in this call room")
+        except PeerNotFound:
             raise ProtocolError("peer-not-found", "Target participant is not in this call room")
-        connection.hub.relay(peer, room_name, target, signal)
 
     return relay
 
@@ -207,12 +206,10 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         if event.kind not in _EVENTS:
             return None
         name, field = _EVENTS[event.kind]
-        room = connection.hub.room(event.room)
-        sender = room.members.get(event.sender) if room is not None else None
         body: dict[str, Any] = {
             "callRoomId": event.room,
             "fromSocketId": event.sender,
-            "fromUserId": shown_user_id(connection, sender),
+            "fromUserId": shown_user_id(connection, event.sender_member),
             field: event.payload,
         }
         for extra in _EXTRA_FIELDS:

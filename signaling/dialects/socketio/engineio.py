@@ -142,7 +142,8 @@ class IPacketTransport(Interface):
     def close_transport(code: int = CLOSE_NORMAL) -> None:
         """
         Close the WebSocket: normally, or with C{code}
-        (L{CLOSE_POLICY_VIOLATION} for a client over the message rate).
+        (L{CLOSE_POLICY_VIOLATION} for a client over the message rate,
+        L{CLOSE_INTERNAL_ERROR} when the server's bug ended the session).
         """
 
 
@@ -543,7 +544,8 @@ class EngineIOSocket:
             client's next poll collects what was queued and the close packet
             (for closes the server decides), but no longer than the ping
             timeout.
-        :param code: The close code of the WebSockets.
+        :param code: The close code of the WebSockets: 1000, or 1008 or 1011
+            (a bug on our side ended it).
         """
         if self.state in ("closing", "closed"):
             return

@@ -30,7 +30,7 @@ from ...ids import IdShape
 from ...logs import Logger
 from ...site import set_cors_headers
 from ...websocket import LimitedProtocol, WebSocketSettings, handshake_info
-from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, HandshakeInfo
+from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
 from .engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
@@ -46,6 +46,10 @@ from .engineio import (
 from .socketio import SocketIOConnection, SocketIOContext
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSE_REASONS = {
+    CLOSE_POLICY_VIOLATION: "message rate limit exceeded",
+    CLOSE_INTERNAL_ERROR: "internal error",
+}
 _TEXT = "text/plain; charset=UTF-8"
 
 
@@ -152,9 +156,9 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
         if code == CLOSE_NORMAL:
             self.sendClose(CLOSE_NORMAL)
         else:
-            # sendClose() takes only 1000 and 3000-4999; 1008 comes from
-            # Autobahn's failure path.
-            fastpath.fail_connection(self, code, "message rate limit exceeded")
+            # sendClose() takes only 1000 and 3000-4999; 1008 and 1011 come
+            # from Autobahn's failure path.
+            fastpath.fail_connection(self, code, _CLOSE_REASONS.get(code, "closed"))
 
 
 class EngineIOWebSocketFactory(WebSocketServerFactory):

@@ -23,18 +23,6 @@ def _object(payload: Any) -> dict:
     return require_object(payload, "the event data must be an object")
 
 
-def claimed_user_id(member: Member) -> str | None:
-    """
-    The user id a member said it had when it joined, in any dialect that
-    records one; proved or not.
-    """
-    for key in ("userId", "claimedUserId"):
-        value = member.metadata.get(key)
-        if isinstance(value, str):
-            return value
-    return None
-
-
 def shown_user_id(connection: Any, member: Member | None) -> str | None:
     """
     What C{connection}'s client is shown as C{member}'s C{userId}: the id
@@ -43,11 +31,11 @@ def shown_user_id(connection: Any, member: Member | None) -> str | None:
     """
     if member is None:
         return None
-    if member.verified_user is not None:
-        return member.verified_user
+    if member.verified_user_id is not None:
+        return member.verified_user_id
     if connection.requires_token:
         return None
-    return claimed_user_id(member)
+    return member.profile.unproved_user_id
 
 
 def user_fields(connection: Any, member: Member) -> dict[str, Any]:
@@ -57,7 +45,7 @@ def user_fields(connection: Any, member: Member) -> dict[str, Any]:
     """
     fields: dict[str, Any] = {"userId": shown_user_id(connection, member)}
     if fields["userId"] is None:
-        claim = claimed_user_id(member)
+        claim = member.profile.unproved_user_id
         if claim is not None:
             fields["claimedUserId"] = claim
     return fields
@@ -75,7 +63,7 @@ def join_room(connection: Any, payload: Any) -> dict:
         claimed = data["userId"]
         if not isinstance(claimed, str) or len(claimed) > MAX_USER_ID_LENGTH:
             raise ProtocolError("invalid-field", "'userId' must be a string of at most 256 characters")
-    room = connection.join(NAME, room_name, connection.identity(claimed))
+    room = connection.join(NAME, room_name, connection.identity(claimed), connection.profile(claimed))
     users = [_user(connection, m) for m in room.members.values() if m.peer_id != connection.peer.id]
     reply = {"roomId": room_name, "users": users}
     connection.emit("room-users", reply)
@@ -120,12 +108,10 @@ def render(connection: Any, event: Any) -> tuple[str, dict] | None:
         if event.kind not in _EVENTS:
             return None
         name, field = _EVENTS[event.kind]
-        room = connection.hub.room(event.room)
-        sender = room.members.get(event.sender) if room is not None else None
         return name, {
             "roomId": event.room,
             "senderId": event.sender,
-            "userId": shown_user_id(connection, sender),
+            "userId": shown_user_id(connection, event.sender_member),
             field: event.payload,
         }
     if type(event) is PeerJoined:

@@ -18,9 +18,9 @@ from zope.interface import implementer
 
 from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
-from ...hub import Hub, IPeerConnection, Peer, Room
+from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger
-from ..base import ProtocolError
+from ..base import CLOSE_INTERNAL_ERROR, ProtocolError, native_error_code
 from .engineio import EngineIOSocket, IEngineIOHandler
 from . import calls, rooms
 
@@ -258,7 +258,7 @@ class SocketIOConnection:
             self._connect_call.cancel()
         self._connect_call = None
         self.peer = self.hub.connect(
-            self, dialect=NAME, verified_user=self.user_id if self.authenticated else None
+            self, dialect=NAME, verified_user_id=self.user_id if self.authenticated else None
         )
         if expires is not None:
             self._expiry_call = self.engine.clock.callLater(
@@ -356,7 +356,8 @@ class SocketIOConnection:
                 self.leave(self._joined_now)
                 raise ReplyTooLarge("the room's member list is too large to send; not joined")
         except (ProtocolError, HubError) as error:
-            answer = event_set.error(self, name, payload, error.code, error.message)
+            code = error.code if isinstance(error, ProtocolError) else native_error_code(error)
+            answer = event_set.error(self, name, payload, code, error.message)
             if packet.id is not None:
                 self._ack(packet.id, answer)
             return
@@ -381,10 +382,25 @@ class SocketIOConnection:
         """
         if self.authenticated:
             return {"userId": self.user_id}
-        claim = claimed if claimed is not None else self.user_id
+        claim = self._claim(claimed)
         if claim is None:
             return {}
         return {"claimedUserId" if self.requires_token else "userId": claim}
+
+    def profile(self, claimed: object = None, **fields: Any) -> Profile:
+        """
+        Who this client is, for the other dialects: a user id it merely
+        claims (the verified one is the hub peer's), and the event set's
+        C{fields} of L{Profile}.
+
+        :param claimed: As for L{identity}.
+        """
+        return Profile(claimed_user_id=self._claim(claimed), **fields)
+
+    def _claim(self, claimed: object) -> Any:
+        if self.authenticated:
+            return None
+        return claimed if claimed is not None else self.user_id
 
     def emit(self, name: str, payload: Any) -> None:
         """
@@ -397,17 +413,21 @@ class SocketIOConnection:
         event_set_name: str,
         room_name: str,
         metadata: Mapping[str, Any],
+        profile: Profile,
         room_metadata: Mapping[str, Any] | None = None,
     ) -> Room:
         """
         Join C{room_name}; the hub's events of that room are then rendered by
         the event set named C{event_set_name}.
+
+        :param metadata: As for L{Hub.join}; native and topic peers see it.
+        :param profile: As for L{Hub.join}; from L{profile}.
         """
         event_set = _SETS_BY_NAME[event_set_name]
         peer = self.peer
         # Other members see which event set this peer joined with.
         peer.dialect = event_set_name
-        room = self.hub.join(peer, room_name, metadata, room_metadata)
+        room = self.hub.join(peer, room_name, metadata, room_metadata, profile=profile)
         self._room_sets[room_name] = event_set
         self._joined_now = room_name
         return room
@@ -435,15 +455,27 @@ class SocketIOConnection:
         event_set = self._room_sets.get(room_name) if room_name is not None else None
         if event_set is None:
             return
-        rendered = event_set.render(self, event)
+        try:
+            rendered = event_set.render(self, event)
+        except Exception:
+            # The recipient's bug: it ends the recipient's session, not the
+            # sender's.
+            self._log.failure("rendering a hub event failed")
+            self.close(CloseReason.FAILED)
+            raise DeliveryRefused("closed", "the recipient failed")
         if rendered is None:
             return
         name, payload = rendered
         self.engine.send_message(encode(Packet(EVENT, data=[name, payload])))
 
-    def close(self, reason: str) -> None:
-        # The hub has already forgotten the peer (stale, replaced).
-        self.peer = None
+    def close(self, reason: CloseReason) -> None:
+        # Usually the hub has already forgotten the peer; after our own
+        # bug (see deliver) it learns of it here.
         self._disconnect_peer()
+        if reason is CloseReason.FAILED:
+            # No DISCONNECT, which would tell the client not to come back:
+            # our bug is no reason for it to stay away.
+            self.engine.close(reason.value, linger=True, code=CLOSE_INTERNAL_ERROR)
+            return
         self._send(Packet(DISCONNECT))
-        self.engine.close(reason, linger=True)
+        self.engine.close(reason.value, linger=True)
