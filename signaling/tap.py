@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import Any, Mapping
 
 import attrs
@@ -20,6 +21,8 @@ from twisted.python import usage
 from . import logs
 from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
+from .cluster.bus import RedisBus
+from .cluster.link import ClusterHub, ClusterLink
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
@@ -112,6 +115,8 @@ class Options(usage.Options):
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
+        ["redis", None, None, "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst)."],
+        ["node-id", None, None, "This node's id in the cluster, unique among its nodes (default: host name and process id)."],
     ]
 
     optFlags = [
@@ -182,6 +187,26 @@ class Options(usage.Options):
         for description in self["ports"]:
             if _TLS_SHORTHAND.match(description) and not self["tls-cert"]:
                 raise usage.UsageError(f"--port {description} needs --tls-cert")
+        self["redis-address"] = self._redis_address()
+
+    def _redis_address(self):
+        if self["redis"] is None:
+            if self["node-id"] is not None:
+                raise usage.UsageError("--node-id needs --redis")
+            return None
+        from .cluster import InvalidRedisURL, parse_redis_url
+
+        try:
+            address = parse_redis_url(self["redis"])
+        except InvalidRedisURL as error:
+            raise usage.UsageError(f"--redis: {error}")
+        if self["node-id"] is None:
+            self["node-id"] = f"{socket.gethostname()}-{os.getpid()}"
+        elif not re.match(r"^[A-Za-z0-9._:-]{1,128}$", self["node-id"]):
+            raise usage.UsageError(
+                "--node-id takes 1 to 128 letters, digits, '.', '_', ':' or '-'"
+            )
+        return address
 
     def _token_verifier(self) -> TokenVerifier | None:
         secret = self["jwt-secret"] or self.environ.get("JWT_SECRET") or None
@@ -323,7 +348,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     Build the service tree for C{options} on C{reactor}.
     """
     logs.set_level(options["log-level"])
-    hub = Hub(
+    address = options.get("redis-address")
+    hub = (Hub if address is None else ClusterHub)(
         clock=reactor,
         limits=HubLimits(
             max_peers_per_room=options["max-peers-per-room"],
@@ -390,12 +416,66 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     cleanup.clock = reactor
     cleanup.setName("cleanup")
     cleanup.setServiceParent(top)
+    listeners = top
+    if address is not None:
+        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor))
+        listeners = ClusterService(link)
+        listeners.setServiceParent(top)
     for description in options["ports"]:
         listener = ListeningService(
             endpoint_for(reactor, description, options), web, description
         )
-        listener.setServiceParent(top)
+        listener.setServiceParent(listeners)
     return top
+
+
+class ClusterService(MultiService):
+    """
+    Joins the cluster, then listens: a peer must not connect before this
+    node has read the cluster's rooms and can reach the other nodes.
+    """
+
+    _log = Logger()
+
+    def __init__(self, link: ClusterLink) -> None:
+        super().__init__()
+        self.link = link
+
+    def privilegedStartService(self) -> None:
+        # The ports are opened once the bus is up, in startService.
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        bus = self.link.bus
+        self._log.info(
+            "joining the cluster at {address} as node {node}",
+            address=bus.address.describe(),
+            node=bus.node_id,
+        )
+        started = self.link.start()
+        started.addCallbacks(self._joined, self._refused)
+
+    def _joined(self, _) -> None:
+        if not self.running:
+            return
+        self._log.info("joined the cluster as node {node}", node=self.link.bus.node_id)
+        for service in self:
+            service.privilegedStartService()
+            service.startService()
+
+    def _refused(self, failure) -> None:
+        from twisted.internet import reactor
+
+        self._log.error("cannot join the cluster: {error}", error=failure.getErrorMessage())
+        reactor.stop()
+
+    def stopService(self):
+        # Stop listening, then leave the cluster: the other nodes reap this
+        # one at once and announce its peers gone.
+        stopped = MultiService.stopService(self)
+        stopped.addBoth(lambda _: self.link.stop())
+        return stopped
 
 
 def makeService(options: Options) -> MultiService:
