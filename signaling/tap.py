@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from typing import Any, Mapping
 
 import attrs
@@ -18,7 +19,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
 
-from . import logs
+from . import logs, workers
 from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .cluster.bus import RedisBus
@@ -66,6 +67,17 @@ def _whole(option: str):
 
 def _seconds(option: str):
     return _number(option, float, "seconds, 0 or more")
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--workers takes a number of processes, 1 or more, or auto, not {value!r}")
+    return int(value)
+
+
+_workers.coerceDoc = "A number of processes, or auto."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -117,6 +129,7 @@ class Options(usage.Options):
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
         ["redis", None, None, "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst)."],
         ["node-id", None, None, "This node's id in the cluster, unique among its nodes (default: host name and process id)."],
+        ["workers", None, 1, "Worker processes sharing the ports, on a Redis bus (--redis, else a private redis-server on a unix socket); 'auto' for one per core.", _workers],
     ]
 
     optFlags = [
@@ -201,7 +214,7 @@ class Options(usage.Options):
         except InvalidRedisURL as error:
             raise usage.UsageError(f"--redis: {error}")
         if self["node-id"] is None:
-            self["node-id"] = f"{socket.gethostname()}-{os.getpid()}"
+            self["node-id"] = default_node_id()
         elif not re.match(r"^[A-Za-z0-9._:-]{1,128}$", self["node-id"]):
             raise usage.UsageError(
                 "--node-id takes 1 to 128 letters, digits, '.', '_', ':' or '-'"
@@ -230,10 +243,16 @@ class Options(usage.Options):
     def parseOptions(self, options=None) -> None:
         # twistd prints its whole usage text above an option error; one line
         # saying what is wrong is easier to read in a journal.
+        # --workers hands the workers the same arguments.
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
             raise SystemExit(f"twistd signaling: {error} (see twistd signaling --help)")
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _tls_context(cert_path: str, key_path: str | None):
@@ -348,6 +367,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     Build the service tree for C{options} on C{reactor}.
     """
     logs.set_level(options["log-level"])
+    adopted = workers.worker_ports(os.environ)
+    if options["workers"] > 1 and adopted is None:
+        return _workers_parent(options, reactor)
     address = options.get("redis-address")
     hub = (Hub if address is None else ClusterHub)(
         clock=reactor,
@@ -421,11 +443,49 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor))
         listeners = ClusterService(link)
         listeners.setServiceParent(top)
+    if adopted is not None:
+        for fd, family in adopted:
+            workers.AdoptedPortService(reactor, fd, family, web).setServiceParent(listeners)
+        top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
+        return top
     for description in options["ports"]:
         listener = ListeningService(
             endpoint_for(reactor, description, options), web, description
         )
         listener.setServiceParent(listeners)
+    return top
+
+
+def _stop(reactor: Any):
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    return stop
+
+
+def _workers_parent(options: Options, reactor: Any) -> MultiService:
+    """
+    The service tree of C{--workers N}'s parent: the ports and the workers,
+    no hub.
+    """
+    top = MultiService()
+    top.hub = Hub(clock=reactor)  # type: ignore[attr-defined]
+    if options.get("redis-address") is None and workers.redis_server_binary() is None:
+        raise SystemExit(
+            "twistd signaling: --workers needs a Redis: install redis-server, or give --redis"
+        )
+    for description in options["ports"]:
+        if _TLS_SHORTHAND.match(description) or description.startswith(("ssl:", "tls:", "unix:")):
+            raise SystemExit(f"twistd signaling: --workers takes tcp ports only, not {description!r}")
+    workers.WorkersService(
+        reactor,
+        [(description, endpoint_for(reactor, description, options)) for description in options["ports"]],
+        workers.child_arguments(getattr(options, "argv", [])),
+        options["workers"],
+        options["redis"],
+        options["node-id"] or default_node_id(),
+    ).setServiceParent(top)
     return top
 
 

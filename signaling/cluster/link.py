@@ -52,6 +52,8 @@ from .results import BusUnavailable, NodeDeath
 #: Envelope kinds of room events; no dialect's signal kind has a colon.
 JOINED = "hub:joined"
 LEFT = "hub:left"
+#: A node that just joined the cluster, to be told of joins from now on.
+HELLO = "hub:hello"
 
 
 @implementer(IPeerConnection)
@@ -238,6 +240,14 @@ class ClusterLink:
         yield self.bus.start()
         self.bus.on_reconnected(self._reconnected)
         yield self._refresh_stats()
+        # The others learn of this node at their next refresh; until then
+        # they would not tell it of their joins.
+        yield defer.gatherResults(
+            [
+                self.bus.send(node, Envelope(HELLO, None, None, (), self.bus.node_id))
+                for node in self._other_nodes()
+            ]
+        )
         yield self.resync()
         self._refresh = LoopingCall(self._refresh_stats)
         self._refresh.clock = self.bus.reactor
@@ -469,7 +479,10 @@ class ClusterLink:
 
     def _received(self, envelope: Envelope) -> None:
         kind = envelope.kind
-        if kind == JOINED:
+        if kind == HELLO:
+            if isinstance(envelope.payload, str):
+                self._nodes.add(envelope.payload)
+        elif kind == JOINED:
             extra = envelope.extra or {}
             if envelope.sender is None or envelope.room is None:
                 return
