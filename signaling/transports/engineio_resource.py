@@ -23,7 +23,12 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from .. import fastpath, gcpolicy
-from ..dialects.base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
+from ..dialects.base import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    HandshakeInfo,
+)
 from ..errors import DeliveryRefused
 from ..logs import Logger
 from .addresses import AddressLimiter
