@@ -20,7 +20,6 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
 
 from . import logs, workers
-from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .cluster.bus import RedisBus
 from .cluster.link import ClusterHub, ClusterLink
@@ -29,9 +28,10 @@ from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
-from .site import GuardedSite, HTTPLimits
+from .transports.addresses import AddressLimiter, AddressLimits
+from .transports.site import GuardedSite, HTTPLimits
+from .transports.websocket import WebSocketSettings
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
-from .websocket import WebSocketSettings
 
 DEFAULT_PORT = 8080
 #: Twisted's default of 50 stalls WebSocket handshakes under a burst.
@@ -485,6 +485,7 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
         options["workers"],
         options["redis"],
         options["node-id"] or default_node_id(),
+        describe_port=lambda port: url_for(port, False),
     ).setServiceParent(top)
     return top
 

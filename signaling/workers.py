@@ -153,6 +153,8 @@ class WorkersService(Service):
 
     :param listeners: (description, endpoint) of every C{--port}.
     :param arguments: The workers' C{twistd signaling} arguments.
+    :param describe_port: How a listening port is named in the log line
+        that says the server listens.
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class WorkersService(Service):
         redis_url: str | None,
         node_base: str,
         restart_delay: float = RESTART_DELAY,
+        describe_port: Callable[[Any], str] = str,
     ) -> None:
         self.reactor = reactor
         self.listeners = listeners
@@ -172,6 +175,7 @@ class WorkersService(Service):
         self.redis_url = redis_url
         self.node_base = node_base
         self.restart_delay = restart_delay
+        self.describe_port = describe_port
         self.ports: list = []
         self.workers: dict[int, _Worker] = {}
         self.generation = 0
@@ -180,8 +184,6 @@ class WorkersService(Service):
         self.stopping = False
 
     def privilegedStartService(self) -> None:
-        from .tap import url_for
-
         Service.privilegedStartService(self)
         for description, endpoint in self.listeners:
             outcome: list = []
@@ -193,7 +195,7 @@ class WorkersService(Service):
             # The parent only holds it; the workers accept.
             port.stopReading()
             self.ports.append(port)
-            _log.info("signaling listening on {url}", url=url_for(port, False))
+            _log.info("signaling listening on {url}", url=self.describe_port(port))
 
     def startService(self) -> None:
         Service.startService(self)
