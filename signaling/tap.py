@@ -21,8 +21,6 @@ from twisted.python import usage
 
 from . import logs, workers
 from .auth import TokenVerifier, UnusableKey
-from .cluster.bus import RedisBus
-from .cluster.link import ClusterHub, ClusterLink
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
@@ -207,7 +205,12 @@ class Options(usage.Options):
             if self["node-id"] is not None:
                 raise usage.UsageError("--node-id needs --redis")
             return None
-        from .cluster import InvalidRedisURL, parse_redis_url
+        try:
+            from .cluster import InvalidRedisURL, parse_redis_url
+        except ImportError as error:
+            raise usage.UsageError(
+                f"--redis needs the cluster extra (pip install 'signaling[cluster]'): {error}"
+            )
 
         try:
             address = parse_redis_url(self["redis"])
@@ -368,9 +371,14 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     """
     logs.set_level(options["log-level"])
     adopted = workers.worker_ports(os.environ)
+    route = workers.worker_route_of(os.environ, reactor)
     if options["workers"] > 1 and adopted is None:
         return _workers_parent(options, reactor)
     address = options.get("redis-address")
+    if address is not None:
+        # Only with --redis: the cluster extra (txredisapi) is optional.
+        from .cluster.bus import RedisBus
+        from .cluster.link import ClusterHub, ClusterLink
     hub = (Hub if address is None else ClusterHub)(
         clock=reactor,
         limits=HubLimits(
@@ -419,6 +427,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limiter=limiter,
         api_token=options.get("api-token"),
         max_rooms_page=options["max-rooms-page"],
+        worker_route=route,
     )
     web = GuardedSite(
         site.resource(),
@@ -446,6 +455,12 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     if adopted is not None:
         for fd, family in adopted:
             workers.AdoptedPortService(reactor, fd, family, web).setServiceParent(listeners)
+        if route is not None:
+            from twisted.web.server import Site
+
+            # The other workers' passed-on polls: limits were applied where
+            # the request arrived.
+            workers.LocalSocketService(reactor, route.socket_path(), Site(site.resource())).setServiceParent(listeners)
         top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
         return top
     for description in options["ports"]:
@@ -475,6 +490,12 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
         raise SystemExit(
             "twistd signaling: --workers needs a Redis: install redis-server, or give --redis"
         )
+    try:
+        import signaling.cluster  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            f"twistd signaling: --workers needs the cluster extra (pip install 'signaling[cluster]'): {error}"
+        )
     for description in options["ports"]:
         if _TLS_SHORTHAND.match(description) or description.startswith(("ssl:", "tls:", "unix:")):
             raise SystemExit(f"twistd signaling: --workers takes tcp ports only, not {description!r}")
@@ -498,7 +519,10 @@ class ClusterService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, link: ClusterLink) -> None:
+    def __init__(self, link: Any) -> None:
+        """
+        :param link: The node's L{signaling.cluster.link.ClusterLink}.
+        """
         super().__init__()
         self.link = link
 

@@ -90,6 +90,7 @@ class SignalingSite:
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
+        worker_route: Any = None,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -101,6 +102,10 @@ class SignalingSite:
         :param api_token: The bearer token C{/api/rooms/{id}} requires; None
             leaves it open.
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
+        :param worker_route: Under C{--workers}, this worker's
+            L{signaling.transports.worker_route.WorkerRoute}: Engine.IO
+            session ids name their worker, and polls for another worker's
+            sessions are passed on to it.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
@@ -110,12 +115,14 @@ class SignalingSite:
         #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
         socketio = SocketIOContext(hub=hub, verifier=verifier)
         self._socketio_stats = socketio.stats
+        sid_prefix = worker_route.sid_prefix if worker_route is not None else ""
         self._socketio = EngineIOResource(
             hub.clock,
-            lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
+            lambda: sid_prefix + hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
             lambda engine: SocketIOConnection(engine, socketio),
             settings,
             limiter,
+            worker_route,
         )
         self.directory = directory
         self._directory = WebSocketResource(

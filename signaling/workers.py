@@ -32,6 +32,9 @@ from .logs import Logger
 #: The environment variable that tells a worker which inherited file
 #: descriptors are listening sockets: C{fd:family,...}.
 WORKER_FDS_ENV = "SIGNALING_WORKER_FDS"
+#: The workers' private directory (their unix sockets) and a worker's index.
+WORKER_DIR_ENV = "SIGNALING_WORKER_DIR"
+WORKER_INDEX_ENV = "SIGNALING_WORKER_INDEX"
 #: The file descriptor of the pipe from the parent; end of file: it died.
 PARENT_PIPE_FD = 0
 #: Seconds before a dead worker is started again.
@@ -66,6 +69,44 @@ def child_arguments(argv: list[str]) -> list[str]:
             continue
         out.append(arg)
     return out
+
+
+def worker_route_of(environ, reactor: Any):
+    """
+    This worker's L{WorkerRoute}, or L{None} in a process that is no worker.
+    """
+    from .transports.worker_route import WorkerRoute
+
+    if not environ.get(WORKER_DIR_ENV):
+        return None
+    return WorkerRoute(int(environ[WORKER_INDEX_ENV]), environ[WORKER_DIR_ENV], reactor)
+
+
+class LocalSocketService(Service):
+    """
+    A worker's unix socket, where the other workers pass on requests for
+    its Engine.IO sessions.
+    """
+
+    def __init__(self, reactor: Any, path: str, factory: Any) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.factory = factory
+        self.port = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        # Left by this worker's predecessor, if it died.
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.port = self.reactor.listenUNIX(self.path, self.factory, mode=0o600)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
 
 
 def worker_ports(environ) -> list[tuple[int, int]] | None:
@@ -181,6 +222,7 @@ class WorkersService(Service):
         self.generation = 0
         self.redis: subprocess.Popen | None = None
         self.redis_directory: str | None = None
+        self.directory: str | None = None
         self.stopping = False
 
     def privilegedStartService(self) -> None:
@@ -199,6 +241,7 @@ class WorkersService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        self.directory = tempfile.mkdtemp(prefix="signaling-workers-")
         if self.redis_url is None:
             self.redis_url = self._start_redis()
         for index in range(self.count):
@@ -236,7 +279,12 @@ class WorkersService(Service):
             child_fds[fd] = port.fileno()
             family = "inet6" if port.getHost().type == "TCP" and ":" in port.getHost().host else "inet"
             described.append(f"{fd}:{family}")
-        environ = {**os.environ, WORKER_FDS_ENV: ",".join(described)}
+        environ = {
+            **os.environ,
+            WORKER_FDS_ENV: ",".join(described),
+            WORKER_DIR_ENV: self.directory,
+            WORKER_INDEX_ENV: str(index),
+        }
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "signaling", *self.arguments,
@@ -296,9 +344,10 @@ class WorkersService(Service):
                 os.kill(self.redis.pid, signal.SIGKILL)
                 self.redis.wait()
             self.redis = None
-        if self.redis_directory is not None:
-            shutil.rmtree(self.redis_directory, ignore_errors=True)
-            self.redis_directory = None
+        for directory in (self.redis_directory, self.directory):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+        self.redis_directory = self.directory = None
 
 
 def _die_with_parent() -> None:

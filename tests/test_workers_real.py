@@ -158,3 +158,47 @@ def test_workers_need_a_redis(tmp_path):
     )
     assert done.returncode != 0
     assert "--workers needs a Redis: install redis-server, or give --redis" in (done.stdout + done.stderr).decode()
+
+
+def test_polling_sessions_across_workers(tmp_path):
+    """
+    Socket.IO clients on long-polling only: each request lands on either
+    worker, and reaches the session wherever it is held (a request for
+    another worker's session is passed on to it).
+    """
+    import queue
+
+    import socketio
+
+    server = start_workers(tmp_path / "twistd.log")
+    clients = []
+    try:
+        for name in ("left", "right"):
+            inbox: queue.Queue = queue.Queue()
+            client = socketio.Client(reconnection=False)
+            for event in ("room-users", "user-joined", "offer"):
+                client.on(event, lambda data, event=event, inbox=inbox: inbox.put((event, data)))
+            client.connect(server.http, transports=["polling"], auth={"userId": name}, wait_timeout=10)
+            client.emit("join-room", {"roomId": "polled", "userId": name})
+            event, _ = inbox.get(timeout=10)
+            assert event == "room-users"
+            clients.append((client, inbox))
+        wait_room([server], "polled", 2)
+        (left, left_inbox), (right, right_inbox) = clients
+        # Many requests, so that both workers see some of each session's.
+        for n in range(10):
+            left.emit("offer", {"roomId": "polled", "targetId": right.get_sid(), "offer": {"n": n}})
+            event, data = right_inbox.get(timeout=10)
+            while event == "user-joined":
+                event, data = right_inbox.get(timeout=10)
+            assert (event, data["offer"], data["senderId"]) == ("offer", {"n": n}, left.get_sid())
+            right.emit("offer", {"roomId": "polled", "targetId": left.get_sid(), "offer": {"n": -n}})
+            event, data = left_inbox.get(timeout=10)
+            while event == "user-joined":
+                event, data = left_inbox.get(timeout=10)
+            assert (event, data["offer"]) == ("offer", {"n": -n})
+        assert "Traceback" not in server.log()
+    finally:
+        for client, _ in clients:
+            client.disconnect()
+        server.stop()
