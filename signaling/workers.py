@@ -82,24 +82,24 @@ def worker_route_of(environ, reactor: Any):
     return WorkerRoute(int(environ[WORKER_INDEX_ENV]), environ[WORKER_DIR_ENV], reactor)
 
 
-class LocalSocketService(Service):
+class _PortService(Service):
     """
-    A worker's unix socket, where the other workers pass on requests for
-    its Engine.IO sessions.
+    Listens once started (a worker starts its listeners once it has joined
+    the cluster) and stops listening when stopped.
     """
 
-    def __init__(self, reactor: Any, path: str, factory: Any) -> None:
+    port: Any = None
+
+    def __init__(self, reactor: Any, factory: Any) -> None:
         self.reactor = reactor
-        self.path = path
         self.factory = factory
-        self.port = None
+
+    def listen(self) -> Any:
+        raise NotImplementedError()
 
     def startService(self) -> None:
         Service.startService(self)
-        # Left by this worker's predecessor, if it died.
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self.port = self.reactor.listenUNIX(self.path, self.factory, mode=0o600)
+        self.port = self.listen()
 
     def stopService(self):
         Service.stopService(self)
@@ -107,6 +107,23 @@ class LocalSocketService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class LocalSocketService(_PortService):
+    """
+    A worker's unix socket, where the other workers pass on requests for
+    its Engine.IO sessions.
+    """
+
+    def __init__(self, reactor: Any, path: str, factory: Any) -> None:
+        super().__init__(reactor, factory)
+        self.path = path
+
+    def listen(self) -> Any:
+        # Left by this worker's predecessor, if it died.
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        return self.reactor.listenUNIX(self.path, self.factory, mode=0o600)
 
 
 def worker_ports(environ) -> list[tuple[int, int]] | None:
@@ -124,30 +141,21 @@ def worker_ports(environ) -> list[tuple[int, int]] | None:
     return ports
 
 
-class AdoptedPortService(Service):
+class AdoptedPortService(_PortService):
     """
     A worker's listener: serves a listening socket its parent opened.
     """
 
     def __init__(self, reactor: Any, fd: int, family: int, factory: Any) -> None:
-        self.reactor = reactor
+        super().__init__(reactor, factory)
         self.fd = fd
         self.family = family
-        self.factory = factory
-        self.port = None
 
-    def startService(self) -> None:
-        Service.startService(self)
-        self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+    def listen(self) -> Any:
+        port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
         # adoptStreamPort took a copy of it.
         os.close(self.fd)
-
-    def stopService(self):
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        return port
 
 
 class ParentWatch(abstract.FileDescriptor):
