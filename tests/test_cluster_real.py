@@ -18,6 +18,8 @@ import websocket
 from .realsockets import TwistdServer
 from .redis_support import RedisServer
 from .test_one_namespace_real import every_dialect_in_one_room
+from .test_verified_rooms_real import SECRET, make_token
+from .realsockets import SocketIOQueueClient
 
 TIMEOUT = 10
 
@@ -73,9 +75,10 @@ def cluster(tmp_path_factory):
 @pytest.fixture
 def faulty(tmp_path):
     """
-    A cluster of its own, for tests that kill a node or Redis.
+    A cluster of its own, for tests that kill a node or Redis (and verify
+    tokens).
     """
-    cluster = Cluster(tmp_path)
+    cluster = Cluster(tmp_path, "--jwt-secret", SECRET)
     try:
         yield cluster.start(2)
     finally:
@@ -158,6 +161,34 @@ def test_capacity_is_cluster_wide(cluster):
     finally:
         for peer in peers:
             peer.close()
+
+
+def test_a_verified_room_is_verified_only_on_every_node(faulty):
+    """
+    A room a verified user created on one node refuses a tokenless peer on
+    the other, and admits a verified one there.
+    """
+    cluster = faulty
+    one, two = cluster.nodes
+    alice = SocketIOQueueClient(one.http, {"token": make_token("alice")}, TIMEOUT)
+    bob = SocketIOQueueClient(two.http, {"token": make_token("bob")}, TIMEOUT)
+    intruder = NativePeer(two)
+    try:
+        alice.emit("webrtc:join-room", {"callRoomId": "vip", "callType": "video"})
+        assert alice.next()[0] == "webrtc:room-joined"
+        wait_room(cluster.nodes, "vip", 1)
+        refused = intruder.join("vip")
+        assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
+        bob.emit("webrtc:join-room", {"callRoomId": "vip", "callType": "video"})
+        event, data = bob.next()
+        assert event == "webrtc:room-joined", (event, data)
+        assert [p["socketId"] for p in data["existingParticipants"]] == [alice.id]
+        event, data = alice.next()
+        assert (event, data["participant"]["socketId"]) == ("webrtc:participant-joined", bob.id)
+        wait_room(cluster.nodes, "vip", 2)
+    finally:
+        for client in (alice, bob, intruder):
+            client.close()
 
 
 def test_concurrent_joins_never_overfill_a_room(cluster):
