@@ -264,6 +264,7 @@ def test_redis_restart(faulty):
     """
     one, two = faulty.nodes
     first, second, remote = NativePeer(one), NativePeer(one), NativePeer(two)
+    peers = [first, second, remote]
     try:
         for peer in (first, second, remote):
             peer.join("steady")
@@ -275,6 +276,10 @@ def test_redis_restart(faulty):
         first.offer("steady", remote.id, {"n": 2})
         refused = _next_of_type(first, "error")
         assert refused["code"] == "peer-not-found", refused
+        # A peer that comes and joins while Redis is away.
+        late = NativePeer(two)
+        peers.append(late)
+        assert late.join("steady")["type"] == "joined"
         faulty.redis.start()
         restarted = time.monotonic()
 
@@ -288,10 +293,12 @@ def test_redis_restart(faulty):
 
         assert wait_for(relayed, timeout=5, interval=0.1)["payload"] == {"n": 3}
         assert time.monotonic() - restarted < 5
-        wait_room(faulty.nodes, "steady", 3)
+        # The late peer is put in the directory and announced to node one.
+        wait_room(faulty.nodes, "steady", 4)
+        assert b"node2" in faulty.redis.command("HGET", "signaling:peers", late.id)
         assert "Traceback" not in one.log() + two.log()
     finally:
-        for peer in (first, second, remote):
+        for peer in peers:
             peer.close()
 
 

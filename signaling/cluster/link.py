@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from ..errors import DeliveryRefused, HubError, PeerIdInUse, RoomFull, VerifiedOnly
+from ..errors import AlreadyInRoom, DeliveryRefused, HubError, PeerNotFound, RoomFull, VerifiedOnly
 from ..hub import (
     CloseReason,
     Hub,
@@ -221,6 +221,8 @@ class ClusterLink:
     _batch: dict[str, list[str]] | None = None
     _batch_signal: Signal | None = None
     _refresh: LoopingCall | None = None
+    #: This node's peers whose claim or joins Redis missed.
+    _unsynced: set[str] = attrs.Factory(set)
     #: The live nodes, as of the last refresh, and any heard from since.
     _nodes: set[str] = attrs.Factory(set)
     _log = Logger()
@@ -278,6 +280,7 @@ class ClusterLink:
         # after a Redis restart: read the directory once they have.
         delay = 2 * self.bus.settings.heartbeat_interval
         self.bus.reactor.callLater(delay, self._resync_logged)
+        self.bus.reactor.callLater(delay, self._register_again)
 
     def _resync_logged(self) -> defer.Deferred:
         return self.resync().addErrback(
@@ -337,14 +340,44 @@ class ClusterLink:
         tail.addBoth(forget)
 
     def _failed(self, failure, peer_id: str) -> None:
-        if failure.check(BusUnavailable):
-            # Redis is away: the bus said so once; it puts back what it
-            # knows when Redis returns.
+        if failure.check(BusUnavailable, PeerNotFound):
+            # Redis is away (the bus said so once), or lost the peer's
+            # claim while it was: the peer is registered again once Redis
+            # is back.
+            self._unsynced.add(peer_id)
             return None
-        if failure.check(RoomFull, VerifiedOnly, PeerIdInUse):
+        if failure.check(RoomFull, VerifiedOnly):
             return None
         self._log.failure("a cluster operation for {peer} failed", failure, peer=peer_id)
         return None
+
+    def _register_again(self) -> None:
+        """
+        Put the peers whose claim or joins failed while Redis was away into
+        the directory, with their rooms, as admitted then.
+        """
+        unsynced, self._unsynced = self._unsynced, set()
+        for peer_id in unsynced:
+            peer = self.hub.find(peer_id)
+            if peer is not None and not is_remote(peer):
+                self._then(peer_id, lambda peer=peer: self._reregister(peer))
+
+    @defer.inlineCallbacks
+    def _reregister(self, peer: Peer):
+        free = yield self.bus.claim_peer(peer.id)
+        if not free and (yield self.bus.node_of(peer.id)) != self.bus.node_id:
+            self._claimed(False, peer)
+            return
+        for room in list(peer.rooms.values()):
+            member = room.members.get(peer.id)
+            if member is None:
+                continue
+            try:
+                yield self.bus.join(room.name, member, 0, room.metadata)
+            except AlreadyInRoom:
+                pass
+            # The other nodes missed its join too.
+            self._publish_all(self._joined_envelope(room, member))
 
     def connected(self, peer: Peer) -> None:
         """
@@ -372,14 +405,17 @@ class ClusterLink:
     def disconnected(self, peer: Peer) -> None:
         self._then(peer.id, lambda: self.bus.release_peer(peer.id))
 
-    def joined(self, peer: Peer, room: Room) -> None:
-        member = room.members[peer.id]
+    def _joined_envelope(self, room: Room, member: Member) -> Envelope:
         extra = {
             "node": self.bus.node_id,
             "verified_only": room.verified_only,
             "room_metadata": dict(room.metadata),
         }
-        self._publish_all(Envelope(JOINED, room.name, member, (), None, extra))
+        return Envelope(JOINED, room.name, member, (), None, extra)
+
+    def joined(self, peer: Peer, room: Room) -> None:
+        member = room.members[peer.id]
+        self._publish_all(self._joined_envelope(room, member))
 
         def join():
             joining = self.bus.join(room.name, member, room.max_peers, room.metadata)
@@ -545,6 +581,10 @@ class ClusterLink:
 
     def _node_dead(self, death: NodeDeath) -> None:
         self._nodes.discard(death.node)
+        # Its peers Redis never heard of (joined while it was away) too.
+        for peer in list(self.hub._peers.values()):
+            if is_remote(peer) and peer.connection.node == death.node:
+                self.hub.disconnect(peer)
         for peer_id in death.peers:
             peer = self.hub.find(peer_id)
             if peer is not None and is_remote(peer):
