@@ -307,3 +307,54 @@ def _next_of_type(peer: NativePeer, kind: str):
         message = peer.next()
         if message["type"] == kind:
             return message
+
+
+def test_a_stalled_node_is_cut_off_and_comes_back(tmp_path):
+    """
+    A node that stops reading (SIGSTOP) while messages pile up for it is
+    cut off by Redis's pub/sub output-buffer limit instead of growing
+    Redis's memory, and reaped; resumed, it reconnects, registers its peers
+    again and they are announced back, and relays reach it again.
+    """
+    cluster = Cluster(tmp_path)
+    cluster.redis.options = ("--client-output-buffer-limit", "pubsub 256kb 64kb 1")
+    cluster.start(2)
+    one, two = cluster.nodes
+    # Past the nodes' second reading of the directory after they start,
+    # which would bring the peer back by itself.
+    time.sleep(1.6)
+    here, there = NativePeer(one), NativePeer(two)
+    try:
+        here.join("stall")
+        there.join("stall")
+        assert here.next()["type"] == "peer-joined"
+        os.kill(two.process.pid, signal.SIGSTOP)
+        try:
+            blob = "x" * 8000
+            for n in range(100):
+                here.offer("stall", there.id, {"n": n, "blob": blob})
+            here.ws.settimeout(5)
+            assert _next_of_type(here, "peer-left")["peer"]["id"] == there.id
+        finally:
+            os.kill(two.process.pid, signal.SIGCONT)
+        assert _next_of_type(here, "peer-joined")["peer"]["id"] == there.id
+        # Redis cut the stalled subscriber off rather than buffer for it.
+        assert "output buffer limits" in cluster.redis.log()
+
+        def relayed():
+            here.offer("stall", there.id, {"n": "after"})
+            try:
+                there.ws.settimeout(0.3)
+                message = there.next()
+                while message.get("payload", {}).get("n") != "after":
+                    message = there.next()
+                return message
+            except websocket.WebSocketTimeoutException:
+                return None
+
+        assert wait_for(relayed, timeout=5, interval=0.1)["payload"] == {"n": "after"}
+        assert "Traceback" not in one.log() + two.log()
+    finally:
+        here.close()
+        there.close()
+        cluster.stop()

@@ -223,6 +223,7 @@ class RedisBus:
     _envelope_callbacks: list = attrs.Factory(list)
     _dead_callbacks: list = attrs.Factory(list)
     _reconnected_callbacks: list = attrs.Factory(list)
+    _restored_callbacks: list = attrs.Factory(list)
     _heartbeat: LoopingCall | None = None
     #: The heartbeat under way, if any; one at a time.
     _beating: defer.Deferred | None = None
@@ -352,6 +353,15 @@ class RedisBus:
         """
         self._reconnected_callbacks.append(callback)
 
+    def on_restored(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} each time this node put back what it registered
+        because Redis had lost it (Redis restarted empty, or this node was
+        reaped while it stalled): the other nodes may have announced its
+        peers gone meanwhile.
+        """
+        self._restored_callbacks.append(callback)
+
     def send(self, node_id: str, envelope: Envelope) -> defer.Deferred:
         """
         Publish C{envelope} to C{node_id}'s channel.
@@ -413,6 +423,11 @@ class RedisBus:
             known, _now = yield self._eval(scripts.HEARTBEAT)
             if not known and self._holdings:
                 yield self._restore()
+                for callback in self._restored_callbacks:
+                    try:
+                        callback()
+                    except Exception:
+                        self._log.failure("handling a re-registration failed")
             for peer_id in list(self._unreleased):
                 yield self._release(peer_id)
             deaths = yield self._reap()

@@ -241,6 +241,7 @@ class ClusterLink:
         """
         yield self.bus.start()
         self.bus.on_reconnected(self._reconnected)
+        self.bus.on_restored(self._announce_all)
         yield self._refresh_stats()
         # The others learn of this node at their next refresh; until then
         # they would not tell it of their joins.
@@ -281,6 +282,9 @@ class ClusterLink:
         delay = 2 * self.bus.settings.heartbeat_interval
         self.bus.reactor.callLater(delay, self._resync_logged)
         self.bus.reactor.callLater(delay, self._register_again)
+        # What others sent meanwhile was dropped, and they took this node's
+        # peers for gone: tell them again.
+        self.bus.reactor.callLater(delay, self._announce_all)
 
     def _resync_logged(self) -> defer.Deferred:
         return self.resync().addErrback(
@@ -350,6 +354,20 @@ class ClusterLink:
             return None
         self._log.failure("a cluster operation for {peer} failed", failure, peer=peer_id)
         return None
+
+    def _announce_all(self) -> None:
+        """
+        Tell every other node again of every room member of this node: it
+        was reaped (it stalled) or Redis restarted, and the others may have
+        announced its peers gone.
+        """
+        for peer in list(self.hub._peers.values()):
+            if is_remote(peer):
+                continue
+            for room in list(peer.rooms.values()):
+                member = room.members.get(peer.id)
+                if member is not None:
+                    self._publish_all(self._joined_envelope(room, member))
 
     def _register_again(self) -> None:
         """
