@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from . import logs
 from .addresses import AddressLimiter, AddressLimits
-from .auth import TokenVerifier, UnusableKey
+from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
@@ -112,6 +112,10 @@ class Options(usage.Options):
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
+        ["auth", None, "off", "Tokens in every dialect: off (only Socket.IO checks one, with a key), optional (a token presented must be valid) or required (no valid token, no connection); optional and required need a key."],
+        ["jwt-audience", None, None, "The 'aud' a token must name (default: not checked)."],
+        ["jwt-issuer", None, None, "The 'iss' a token must have (default: not checked)."],
+        ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
     ]
 
     optFlags = [
@@ -166,7 +170,23 @@ class Options(usage.Options):
                 f"--stale-timeout ({self['stale-timeout']:g}) must be above "
                 f"--ping-interval ({self['ping-interval']:g}), or 0"
             )
-        self["token-verifier"] = self._token_verifier()
+        verifier = self._token_verifier()
+        if verifier is not None:
+            verifier = attrs.evolve(
+                verifier, audience=self["jwt-audience"], issuer=self["jwt-issuer"]
+            )
+        self["token-verifier"] = verifier
+        if self["auth"] not in AUTH_MODES:
+            raise usage.UsageError(
+                f"--auth must be one of {', '.join(AUTH_MODES)}, not {self['auth']!r}"
+            )
+        if self["auth"] != "off" and verifier is None:
+            raise usage.UsageError(f"--auth {self['auth']} needs --jwt-secret or --jwt-public-key")
+        if not self["auth-timeout"]:
+            raise usage.UsageError("--auth-timeout must be above 0")
+        self["auth-policy"] = AuthPolicy(
+            mode=self["auth"], verifier=verifier, message_deadline=self["auth-timeout"]
+        )
         if not self["directory-probe-timeout"]:
             # A holder could never answer in time: any registration would
             # take any userId registered without proof.
@@ -371,6 +391,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limiter=limiter,
         api_token=options.get("api-token"),
         max_rooms_page=options["max-rooms-page"],
+        auth=options.get("auth-policy", AuthPolicy()),
     )
     web = GuardedSite(
         site.resource(),

@@ -17,7 +17,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .addresses import AddressLimiter
-from .auth import TokenVerifier
+from .auth import AuthPolicy, TokenVerifier
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
@@ -88,6 +88,7 @@ class SignalingSite:
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
+        auth: AuthPolicy = AuthPolicy(),
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -99,20 +100,26 @@ class SignalingSite:
         :param api_token: The bearer token C{/api/rooms/{id}} requires; None
             leaves it open.
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
+        :param auth: What every dialect does with tokens.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
-        self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        self.auth = auth
+        self._native = WebSocketResource(
+            SignalingFactory(hub, NativeSession, settings, auth, token_in_message=True)
+        )
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
-        self._socketio = SocketIOResource(hub, settings, verifier, limiter)
+        self._socketio = SocketIOResource(hub, settings, verifier, limiter, auth)
         self.directory = directory
         self._directory = WebSocketResource(
-            SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
+            SignalingFactory(
+                hub, functools.partial(DirectorySession, directory=self.directory), settings, auth
+            )
         )
-        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings))
-        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
+        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings, auth))
+        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings, auth))
         self._root = {
             "native": self._native,
             "directory": self._directory,

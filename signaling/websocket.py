@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
 from . import fastpath, gcpolicy
+from .auth import AuthPolicy, InvalidToken, MissingToken, presented_token
 from .dialects.base import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -139,14 +140,17 @@ class SendBuffer:
         pass
 
 
-def handshake_info(request) -> HandshakeInfo:
+def handshake_info(request, auth: AuthPolicy = AuthPolicy()) -> HandshakeInfo:
     """
     What a session may know of an Autobahn C{ConnectionRequest}.
     """
+    params = {name: values[0] for name, values in request.params.items() if values}
     return HandshakeInfo(
         path=unquote(request.path),
-        params={name: values[0] for name, values in request.params.items() if values},
+        params=params,
         origin=request.headers.get("origin"),
+        token=presented_token(params, request.headers.get("authorization")),
+        auth=auth,
     )
 
 
@@ -256,11 +260,31 @@ class SignalingProtocol(LimitedProtocol):
     _probe_timeout: IDelayedCall | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(request)
+        auth = self.factory.auth
+        handshake = handshake_info(request, auth)
         if not self.factory.settings.allows_origin(handshake.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        if auth.checks_tokens:
+            handshake = attrs.evolve(handshake, identity=self._identify(handshake))
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
         return None
+
+    def _identify(self, handshake: HandshakeInfo):
+        """
+        What the token of the opening handshake proves, refusing the
+        handshake with 401 when it is invalid, or missing where one is
+        required (except at a path whose dialect takes it in a message).
+        """
+        try:
+            return handshake.auth.identify(handshake.token, self.factory.clock.seconds())
+        except MissingToken:
+            if self.factory.token_in_message:
+                return None
+            raise ConnectionDeny(401, "a token is required")
+        except InvalidToken as error:
+            # The reason, never the token: it is the client's own.
+            self._log.info("refused a WebSocket: {error}", error=str(error))
+            raise ConnectionDeny(401, str(error))
 
     def onOpen(self) -> None:
         self._guarded(self.session.opened)
@@ -294,6 +318,7 @@ class SignalingProtocol(LimitedProtocol):
             self._end_probes(False)
         if self.session is not None:
             session, self.session = self.session, None
+            session.stop_watching_expiry()
             try:
                 session.closed()
             except Exception:
@@ -392,8 +417,18 @@ class SignalingFactory(WebSocketServerFactory):
         hub: Hub,
         session_factory: SessionFactory,
         settings: WebSocketSettings = WebSocketSettings(),
+        auth: AuthPolicy = AuthPolicy(),
+        token_in_message: bool = False,
     ) -> None:
+        """
+        :param auth: What is done with the tokens clients present.
+        :param token_in_message: Whether the dialect takes a token in a
+            message after the handshake (native C{auth}), so that a
+            handshake without one is let through where one is required.
+        """
         super().__init__()
+        self.auth = auth
+        self.token_in_message = token_in_message
         self.fast_paths = fastpath.install(enabled=settings.fast_paths)
         if self.fast_paths:
             self.protocol = FastSignalingProtocol

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import orjson
 
+from ..auth import InvalidToken
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
@@ -35,7 +36,11 @@ _DELIVERY_ERRORS = {
 
 
 def _member(member: Member) -> dict[str, Any]:
-    return {"id": member.peer_id, "metadata": member.metadata}
+    entry = {"id": member.peer_id, "metadata": member.metadata}
+    if member.verified_user_id is not None:
+        # Only a token proves a user id; metadata.userId is a claim.
+        entry["userId"] = member.verified_user_id
+    return entry
 
 
 def _string(metadata: dict, *keys: str) -> str | None:
@@ -72,8 +77,22 @@ class NativeSession(Session):
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
 
     def opened(self) -> None:
-        self.peer = self.hub.connect(self.sink, dialect=NAME)
-        self.send_json({"type": "welcome", "peerId": self.peer.id})
+        self.connect_peer(dialect=NAME)
+        welcome: dict[str, Any] = {"type": "welcome", "peerId": self.peer.id}
+        if self.peer.verified_user_id is not None:
+            welcome["userId"] = self.peer.verified_user_id
+        self.send_json(welcome)
+        if self._awaiting_token:
+            self._expiry_call = self.hub.clock.callLater(
+                self.handshake.auth.message_deadline,
+                self.end_unauthenticated,
+                "unauthenticated",
+                "no token was presented in time",
+            )
+
+    @property
+    def _awaiting_token(self) -> bool:
+        return self.handshake.auth.required and self.peer.verified_user_id is None
 
     def closed(self) -> None:
         if self.peer is not None:
@@ -88,6 +107,9 @@ class NativeSession(Session):
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             self.send_error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            return
+        if self._awaiting_token and handler not in (NativeSession._auth, NativeSession._ping):
+            self.send_error("unauthenticated", "send an auth message with a token first", request_id)
             return
         try:
             handler(self, message, request_id)
@@ -141,10 +163,37 @@ class NativeSession(Session):
     def _ping(self, message: dict, request_id: Any) -> None:
         self.send_json(self._reply({"type": "pong"}, request_id))
 
+    def _auth(self, message: dict, request_id: Any) -> None:
+        """
+        Present a token, or a fresh one before the last expires; the user
+        it names cannot change within a connection.
+        """
+        auth = self.handshake.auth
+        if not auth.checks_tokens:
+            raise ProtocolError("unsupported", "this server does not check tokens (--auth off)")
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("invalid-field", "'token' must be a non-empty string")
+        try:
+            identity = auth.identify(token, self.hub.clock.seconds())
+        except InvalidToken as error:
+            raise ProtocolError("invalid-token", str(error))
+        peer = self.peer
+        if peer.verified_user_id is not None and peer.verified_user_id != identity.user_id:
+            raise ProtocolError("forbidden", "the token is for another user than this connection's")
+        peer.verified_user_id = identity.user_id
+        peer.room_grants = identity.room_grants
+        self.watch_expiry(identity)
+        reply: dict[str, Any] = {"type": "authenticated", "userId": identity.user_id}
+        if identity.expires is not None:
+            reply["expiresAt"] = identity.claims["exp"]
+        self.send_json(self._reply(reply, request_id))
+
     _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
         "join": _join,
         "leave": _leave,
         "ping": _ping,
+        "auth": _auth,
         **dict.fromkeys(_RELAY_KINDS, _relay),
     }
 

@@ -25,6 +25,7 @@ _WIRE_TYPES = {kind: wire for wire, kind in _KINDS.items()}
 _JOIN_ERRORS = {
     "room-full": "room_full",
     "verified-only": "forbidden",
+    "not-granted": "forbidden",
     "too-many-rooms": "too_many_rooms",
     "invalid-metadata": "invalid_metadata",
     "invalid-room-name": "invalid_topic",
@@ -48,6 +49,7 @@ class TopicSession(Session):
     # with 1007 (not_json_error stays None).
     not_object_error = ("invalid_type", "a message must be a JSON object")
     rate_limited_error = ("rate_limited", "too many messages; this one was discarded")
+    token_expired_error = ("token_expired", "the token has expired")
 
     def opened(self) -> None:
         try:
@@ -55,7 +57,7 @@ class TopicSession(Session):
         except HubError as error:
             self._refuse("invalid_topic", error.message)
             return
-        self.peer = self.hub.connect(self.sink, dialect=NAME, shape=IdShape.ULID)
+        self.connect_peer(dialect=NAME, shape=IdShape.ULID)
         try:
             room = self.hub.join(self.peer, self.topic)
         except HubError as error:

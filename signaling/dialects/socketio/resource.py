@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from ... import gcpolicy
 from ...addresses import AddressLimiter
-from ...auth import TokenVerifier
+from ...auth import AuthPolicy, TokenVerifier, presented_token
 from ... import fastpath
 from ...errors import DeliveryRefused
 from ...hub import Hub
@@ -197,12 +197,13 @@ class SocketIOResource(Resource):
         settings: WebSocketSettings = WebSocketSettings(),
         verifier: TokenVerifier | None = None,
         limiter: AddressLimiter | None = None,
+        auth: AuthPolicy = AuthPolicy(),
     ) -> None:
         super().__init__()
         self.hub = hub
         self.settings = settings
         self.engine_settings = EngineIOSettings.from_websocket(settings)
-        context = SocketIOContext(hub=hub, verifier=verifier)
+        context = SocketIOContext(hub=hub, verifier=verifier or auth.verifier, auth=auth)
         #: Counters of its connections, for C{/api/stats}.
         self.stats = context.stats
         self.server = EngineIOServer(
@@ -245,6 +246,7 @@ class SocketIOResource(Resource):
                 params=params,
                 origin=origin,
                 address=getattr(request.getClientAddress(), "host", None),
+                token=presented_token(params, request.getHeader("authorization")),
             )
             socket = self.server.open(handshake)
             return self._poll(request, socket)

@@ -16,7 +16,15 @@ import orjson
 from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
-from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user_id_of
+from ...auth import (
+    AuthPolicy,
+    Identity,
+    InvalidToken,
+    MissingToken,
+    TokenVerifier,
+    unverified_claims,
+    user_id_of,
+)
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger
@@ -143,10 +151,13 @@ class SocketIOContext:
     What every connection of one site shares.
 
     :ivar verifier: Checks tokens; L{None} when no key is configured.
+    :ivar auth: What is done with tokens; with C{required}, a CONNECT
+        without one is refused.
     """
 
     hub: Hub
     verifier: TokenVerifier | None = None
+    auth: AuthPolicy = AuthPolicy()
     stats: SocketIOStats = attrs.Factory(SocketIOStats)
 
 
@@ -174,6 +185,7 @@ class SocketIOConnection:
         self.user_id: str | None = None
         self.authenticated = False
         self.claims: Mapping[str, Any] = {}
+        self.room_grants: tuple[str, ...] | None = None
         self._room_sets: dict[str, Any] = {}
         self._skip_attachments = 0
         # What the event being handled did: the room it joined, and whether
@@ -248,6 +260,7 @@ class SocketIOConnection:
             self._send(Packet(CONNECT, data={"sid": self.peer.id}))
             return
         self.user_id, self.authenticated, self.claims = None, False, {}
+        self.room_grants = None
         try:
             self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
@@ -258,7 +271,10 @@ class SocketIOConnection:
             self._connect_call.cancel()
         self._connect_call = None
         self.peer = self.hub.connect(
-            self, dialect=NAME, verified_user_id=self.user_id if self.authenticated else None
+            self,
+            dialect=NAME,
+            verified_user_id=self.user_id if self.authenticated else None,
+            room_grants=self.room_grants,
         )
         if expires is not None:
             self._expiry_call = self.engine.clock.callLater(
@@ -273,26 +289,26 @@ class SocketIOConnection:
         allows; L{None} when nothing was verified or it has no C{exp}).
 
         :raises InvalidToken: A key is configured and the client presented a
-            token that is not valid for it, or names no user.
+            token that is not valid for it, or names no user; or it
+            presented none and C{--auth required}.
         """
         token = auth.get("token")
         if token is None:
-            token = self.engine.handshake.params.get("token")
+            token = self.engine.handshake.token
         if isinstance(token, str) and token.lower().startswith("bearer "):
             token = token[7:].strip()
         verifier = self.context.verifier
         if token is not None and token != "":
             if verifier is not None:
-                claims = verifier.verify(token, self.now())
-                user_id = user_id_of(claims)
-                if user_id is None:
-                    raise InvalidToken("the token names no user")
-                self.claims = claims
-                expires = claims["exp"] + LEEWAY if "exp" in claims else None
-                return user_id, True, expires
+                identity = Identity.from_claims(verifier.verify(token, self.now()))
+                self.claims = identity.claims
+                self.room_grants = identity.room_grants
+                return identity.user_id, True, identity.expires
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
                 return user_id, False, None
+        elif self.context.auth.required:
+            raise MissingToken("a token is required")
         claimed = auth.get("userId")
         if isinstance(claimed, str) and 0 < len(claimed) <= 256:
             return claimed, False, None
