@@ -37,6 +37,17 @@ class MissingToken(InvalidToken):
     """
 
 
+class UnknownKey(InvalidToken):
+    """
+    A token names a key id that a key set (C{--jwt-jwks-url}) lacks.
+
+    :ivar refreshed: A L{Deferred} that fires once the key set has been
+        fetched again (or was fetched too recently to be).
+    """
+
+    refreshed: Any = None
+
+
 class UnusableKey(ValueError):
     """
     A configured key cannot be used.
@@ -81,6 +92,16 @@ class TokenVerifier:
             key = load_pem_public_key(pem)
         except (ValueError, TypeError) as error:
             raise UnusableKey(f"not a PEM public key: {error}")
+        return cls.for_key(key)
+
+    @classmethod
+    def for_key(cls, key: Any) -> "TokenVerifier":
+        """
+        A verifier of C{key}, a public key object, pinned to the one
+        algorithm its type signs with.
+
+        :raises UnusableKey: It is not an RSA, EC or Ed25519/Ed448 public key.
+        """
         if isinstance(key, rsa.RSAPublicKey):
             return cls(key=key, algorithms=("RS256",))
         if isinstance(key, ec.EllipticCurvePublicKey):
@@ -246,6 +267,25 @@ class AuthPolicy:
         if self.verifier is None:
             raise InvalidToken("no key to check tokens with")
         return Identity.from_claims(self.verifier.verify(token, now))
+
+    def identify_later(self, token: object, clock: Any) -> Any:
+        """
+        As L{identify}, but a token whose key a key set lacks is checked
+        again once the set has been fetched again.
+
+        :param clock: An C{IReactorTime}.
+        :return: A L{Deferred} of the L{Identity} or L{None}.
+        """
+        from twisted.internet.defer import fail, succeed
+
+        try:
+            return succeed(self.identify(token, clock.seconds()))
+        except UnknownKey as unknown:
+            if unknown.refreshed is None:
+                return fail(unknown)
+            return unknown.refreshed.addCallback(lambda _: self.identify(token, clock.seconds()))
+        except InvalidToken:
+            return fail()
 
 
 def bearer_token(authorization: str | None) -> str | None:

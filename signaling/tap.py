@@ -22,6 +22,7 @@ from .addresses import AddressLimiter, AddressLimits
 from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
+from .jwks import JWKSKeys, JWKSRefresher, treq_fetch
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
@@ -115,6 +116,7 @@ class Options(usage.Options):
         ["auth", None, "off", "Tokens in every dialect: off (only Socket.IO checks one, with a key), optional (a token presented must be valid) or required (no valid token, no connection); optional and required need a key."],
         ["jwt-audience", None, None, "The 'aud' a token must name (default: not checked)."],
         ["jwt-issuer", None, None, "The 'iss' a token must have (default: not checked)."],
+        ["jwt-jwks-url", None, None, "URL of a JSON Web Key Set to check tokens with (instead of --jwt-secret/--jwt-public-key): fetched at start, every 5 minutes, and on an unknown kid (at most every 10 s)."],
         ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
     ]
 
@@ -180,8 +182,15 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--auth must be one of {', '.join(AUTH_MODES)}, not {self['auth']!r}"
             )
-        if self["auth"] != "off" and verifier is None:
-            raise usage.UsageError(f"--auth {self['auth']} needs --jwt-secret or --jwt-public-key")
+        if self["jwt-jwks-url"]:
+            if verifier is not None:
+                raise usage.UsageError("give --jwt-jwks-url or a JWT key, not both")
+            if not self["jwt-jwks-url"].startswith(("http://", "https://")):
+                raise usage.UsageError("--jwt-jwks-url must be an http:// or https:// URL")
+        elif self["auth"] != "off" and verifier is None:
+            raise usage.UsageError(
+                f"--auth {self['auth']} needs --jwt-secret, --jwt-public-key or --jwt-jwks-url"
+            )
         if not self["auth-timeout"]:
             raise usage.UsageError("--auth-timeout must be above 0")
         self["auth-policy"] = AuthPolicy(
@@ -375,6 +384,19 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         probe_seconds=options["directory-probe-timeout"],
     )
     root_dialect = options["root-dialect"]
+    auth = options.get("auth-policy", AuthPolicy())
+    verifier = options.get("token-verifier")
+    key_set = None
+    if options.get("jwt-jwks-url"):
+        key_set = JWKSKeys(
+            options["jwt-jwks-url"],
+            reactor,
+            treq_fetch(reactor),
+            audience=options["jwt-audience"],
+            issuer=options["jwt-issuer"],
+        )
+        verifier = key_set
+        auth = attrs.evolve(auth, verifier=key_set)
     limiter = AddressLimiter(
         reactor,
         AddressLimits(
@@ -385,13 +407,13 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     site = SignalingSite(
         hub,
         settings,
-        verifier=options.get("token-verifier"),
+        verifier=verifier,
         directory=directory,
         root_dialect=None if root_dialect == "none" else root_dialect,
         limiter=limiter,
         api_token=options.get("api-token"),
         max_rooms_page=options["max-rooms-page"],
-        auth=options.get("auth-policy", AuthPolicy()),
+        auth=auth,
     )
     web = GuardedSite(
         site.resource(),
@@ -411,6 +433,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     cleanup.clock = reactor
     cleanup.setName("cleanup")
     cleanup.setServiceParent(top)
+    if key_set is not None:
+        JWKSRefresher(key_set).setServiceParent(top)
     for description in options["ports"]:
         listener = ListeningService(
             endpoint_for(reactor, description, options), web, description

@@ -264,27 +264,34 @@ class SignalingProtocol(LimitedProtocol):
         handshake = handshake_info(request, auth)
         if not self.factory.settings.allows_origin(handshake.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        if auth.checks_tokens:
-            handshake = attrs.evolve(handshake, identity=self._identify(handshake))
-        self.session = self.factory.session_factory(self.factory.hub, self, handshake)
-        return None
+        if not auth.checks_tokens:
+            self.session = self.factory.session_factory(self.factory.hub, self, handshake)
+            return None
+        # A token whose key a key set lacks waits for the set to be fetched
+        # again; Autobahn holds the handshake until this fires.
+        identified = auth.identify_later(handshake.token, self.factory.clock)
+        identified.addErrback(self._refuse)
+        identified.addCallback(self._identified, handshake)
+        return identified
 
-    def _identify(self, handshake: HandshakeInfo):
+    def _refuse(self, failure):
         """
-        What the token of the opening handshake proves, refusing the
-        handshake with 401 when it is invalid, or missing where one is
-        required (except at a path whose dialect takes it in a message).
+        Refuse the handshake with 401 when the token is invalid, or missing
+        where one is required (except at a path whose dialect takes it in a
+        message).
         """
-        try:
-            return handshake.auth.identify(handshake.token, self.factory.clock.seconds())
-        except MissingToken:
+        failure.trap(InvalidToken)
+        if failure.check(MissingToken):
             if self.factory.token_in_message:
                 return None
             raise ConnectionDeny(401, "a token is required")
-        except InvalidToken as error:
-            # The reason, never the token: it is the client's own.
-            self._log.info("refused a WebSocket: {error}", error=str(error))
-            raise ConnectionDeny(401, str(error))
+        # The reason, never the token: it is the client's own.
+        self._log.info("refused a WebSocket: {error}", error=failure.getErrorMessage())
+        raise ConnectionDeny(401, failure.getErrorMessage())
+
+    def _identified(self, identity, handshake: HandshakeInfo) -> None:
+        handshake = attrs.evolve(handshake, identity=identity)
+        self.session = self.factory.session_factory(self.factory.hub, self, handshake)
 
     def onOpen(self) -> None:
         self._guarded(self.session.opened)
