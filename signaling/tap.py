@@ -23,6 +23,7 @@ from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .jwks import JWKSKeys, JWKSRefresher, treq_fetch
+from .turn import DEFAULT_TTL, IceServers
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
@@ -117,6 +118,9 @@ class Options(usage.Options):
         ["jwt-audience", None, None, "The 'aud' a token must name (default: not checked)."],
         ["jwt-issuer", None, None, "The 'iss' a token must have (default: not checked)."],
         ["jwt-jwks-url", None, None, "URL of a JSON Web Key Set to check tokens with (instead of --jwt-secret/--jwt-public-key): fetched at start, every 5 minutes, and on an unknown kid (at most every 10 s)."],
+        ["turn-secret", None, None, "coturn's static-auth-secret (use-auth-secret): TURN credentials handed out are signed with it (env TURN_SECRET)."],
+        ["turn-secret-file", None, None, "A file holding --turn-secret (its first line)."],
+        ["turn-ttl", None, DEFAULT_TTL, "Seconds TURN credentials are valid; clients get fresh ones before they expire.", _seconds("turn-ttl")],
         ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
     ]
 
@@ -130,12 +134,28 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
         self["ports"] = []
         self["allowed-origins"] = []
+        self["turn-uris"] = []
+        self["stun-uris"] = []
 
     def opt_port(self, description: str) -> None:
         """Listen on this Twisted endpoint (repeatable; default tcp:8080:interface=127.0.0.1, or env PORT's port)."""
         self["ports"].append(description)
 
     opt_p = opt_port
+
+    def opt_turn_uri(self, uri: str) -> None:
+        """A TURN server for clients, e.g. turn:turn.example:3478?transport=tcp or turns:... (repeatable; needs --turn-secret)."""
+        if not uri.startswith(("turn:", "turns:")):
+            raise usage.UsageError(f"--turn-uri must start with turn: or turns:, not {uri!r}")
+        self["turn-uris"].append(uri)
+
+    opt_turn_url = opt_turn_uri
+
+    def opt_stun_uri(self, uri: str) -> None:
+        """A STUN server for clients, e.g. stun:stun.example:3478 (repeatable)."""
+        if not uri.startswith("stun:"):
+            raise usage.UsageError(f"--stun-uri must start with stun:, not {uri!r}")
+        self["stun-uris"].append(uri)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """Allow browsers from this origin, e.g. https://app.example (repeatable; env CLIENT_URL; default: any)."""
@@ -191,6 +211,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--auth {self['auth']} needs --jwt-secret, --jwt-public-key or --jwt-jwks-url"
             )
+        self["ice-servers"] = self._ice_servers()
         if not self["auth-timeout"]:
             raise usage.UsageError("--auth-timeout must be above 0")
         self["auth-policy"] = AuthPolicy(
@@ -230,6 +251,31 @@ class Options(usage.Options):
         except UnusableKey as error:
             raise usage.UsageError(f"unusable JWT key: {error}")
         return None
+
+    def _ice_servers(self) -> IceServers:
+        secret = self["turn-secret"] or self.environ.get("TURN_SECRET") or None
+        if self["turn-secret-file"]:
+            if secret:
+                raise usage.UsageError("give --turn-secret or --turn-secret-file, not both")
+            try:
+                with open(self["turn-secret-file"], encoding="utf-8") as secret_file:
+                    secret = secret_file.readline().strip()
+            except OSError as error:
+                raise usage.UsageError(f"cannot read --turn-secret-file: {error.strerror}")
+            if not secret:
+                raise usage.UsageError("--turn-secret-file is empty")
+        if self["turn-uris"] and not secret:
+            raise usage.UsageError("--turn-uri needs --turn-secret or --turn-secret-file")
+        if secret and not self["turn-uris"]:
+            raise usage.UsageError("--turn-secret needs at least one --turn-uri")
+        if not self["turn-ttl"]:
+            raise usage.UsageError("--turn-ttl must be above 0")
+        return IceServers(
+            secret=secret.encode("utf-8") if secret else None,
+            turn_uris=tuple(self["turn-uris"]),
+            stun_uris=tuple(self["stun-uris"]),
+            ttl=self["turn-ttl"],
+        )
 
     def parseOptions(self, options=None) -> None:
         # twistd prints its whole usage text above an option error; one line
@@ -414,6 +460,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         api_token=options.get("api-token"),
         max_rooms_page=options["max-rooms-page"],
         auth=auth,
+        ice_servers=options.get("ice-servers", IceServers()),
     )
     web = GuardedSite(
         site.resource(),

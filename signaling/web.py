@@ -17,7 +17,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .addresses import AddressLimiter
-from .auth import AuthPolicy, TokenVerifier
+from .auth import AuthPolicy, InvalidToken, TokenVerifier, presented_token
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
@@ -27,6 +27,7 @@ from .directory import Directory
 from .hub import Hub, Room
 from .site import set_cors_headers
 from .timefmt import iso8601, milliseconds
+from .turn import IceServers
 from .websocket import SignalingFactory, WebSocketSettings
 
 
@@ -89,6 +90,7 @@ class SignalingSite:
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
         auth: AuthPolicy = AuthPolicy(),
+        ice_servers: IceServers = IceServers(),
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -101,17 +103,20 @@ class SignalingSite:
             leaves it open.
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
         :param auth: What every dialect does with tokens.
+        :param ice_servers: The STUN and TURN servers clients are told of.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
         self.auth = auth
+        self.ice_servers = ice_servers
+        native = functools.partial(NativeSession, ice_servers=ice_servers)
         self._native = WebSocketResource(
-            SignalingFactory(hub, NativeSession, settings, auth, token_in_message=True)
+            SignalingFactory(hub, native, settings, auth, token_in_message=True)
         )
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
-        self._socketio = SocketIOResource(hub, settings, verifier, limiter, auth)
+        self._socketio = SocketIOResource(hub, settings, verifier, limiter, auth, ice_servers)
         self.directory = directory
         self._directory = WebSocketResource(
             SignalingFactory(
@@ -217,9 +222,40 @@ class SignalingSite:
             return self._json(request, {"error": "room not found", "id": room_id}, 404)
         return self._json(request, _room_detail(room))
 
+    @app.route("/api/ice-servers", methods=["GET"])
+    def ice_servers_route(self, request: IRequest) -> bytes:
+        """
+        STUN and TURN servers with fresh credentials; with C{--auth} on,
+        only for a valid token (C{Authorization: Bearer} or C{?token=}).
+        """
+        if not self.ice_servers.configured:
+            return self._json(request, {"error": "no STUN or TURN servers are configured"}, 404)
+        user = "anonymous"
+        if self.auth.checks_tokens:
+            params = {
+                name.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+                for name, values in request.args.items()
+                if values
+            }
+            token = presented_token(params, request.getHeader("authorization"))
+            try:
+                identity = self.auth.identify(token, self.hub.clock.seconds())
+            except InvalidToken as error:
+                request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+                return self._json(request, {"error": f"a valid token is needed: {error}"}, 401)
+            if identity is None:
+                request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+                return self._json(request, {"error": "a valid token is needed"}, 401)
+            user = identity.user_id
+        now = self.hub.clock.seconds()
+        servers = self.ice_servers.for_user(user, now)
+        request.setHeader("Cache-Control", "no-store")
+        return self._json(request, {"iceServers": servers, "ttl": int(self.ice_servers.ttl)})
+
     # Only the API's own paths: a preflight route for any path under /api/
     # would turn every unknown path there into a 405.
     @app.route("/api/stats", methods=["OPTIONS"])
+    @app.route("/api/ice-servers", methods=["OPTIONS"])
     @app.route("/api/rooms", methods=["OPTIONS"])
     @app.route("/api/rooms/<path:room_id>", methods=["OPTIONS"])
     def preflight(self, request: IRequest, room_id: str = "") -> bytes:

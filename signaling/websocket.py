@@ -325,7 +325,7 @@ class SignalingProtocol(LimitedProtocol):
             self._end_probes(False)
         if self.session is not None:
             session, self.session = self.session, None
-            session.stop_watching_expiry()
+            session.stop_timers()
             try:
                 session.closed()
             except Exception:

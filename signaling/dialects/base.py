@@ -211,7 +211,7 @@ class Session:
         End the connection when C{identity}'s token expires (replacing any
         earlier watch).
         """
-        self.stop_watching_expiry()
+        self._cancel_expiry()
         if identity is not None and identity.expires is not None:
             clock = self.hub.clock
             self._expiry_call = clock.callLater(
@@ -220,7 +220,13 @@ class Session:
                 *self.token_expired_error,
             )
 
-    def stop_watching_expiry(self) -> None:
+    def stop_timers(self) -> None:
+        """
+        The connection has closed: cancel what this session had scheduled.
+        """
+        self._cancel_expiry()
+
+    def _cancel_expiry(self) -> None:
         call, self._expiry_call = self._expiry_call, None
         if call is not None and call.active():
             call.cancel()

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import orjson
+from twisted.internet.interfaces import IDelayedCall
 
 from ..auth import InvalidToken
+from ..turn import IceServers
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
@@ -75,12 +77,22 @@ class NativeSession(Session):
     not_json_error = ("invalid-json", "the frame is not valid JSON")
     too_large_error = ("message-too-large", "the message exceeds the size limit")
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
+    _ice_call: IDelayedCall | None = None
+
+    def __init__(self, *args: Any, ice_servers: IceServers = IceServers(), **kwargs: Any) -> None:
+        """
+        :param ice_servers: The STUN and TURN servers clients are told of.
+        """
+        super().__init__(*args, **kwargs)
+        self.ice_servers = ice_servers
 
     def opened(self) -> None:
         self.connect_peer(dialect=NAME)
         welcome: dict[str, Any] = {"type": "welcome", "peerId": self.peer.id}
         if self.peer.verified_user_id is not None:
             welcome["userId"] = self.peer.verified_user_id
+        if self.ice_servers.configured:
+            welcome["iceServers"] = self._fresh_ice_servers()
         self.send_json(welcome)
         if self._awaiting_token:
             self._expiry_call = self.hub.clock.callLater(
@@ -97,6 +109,28 @@ class NativeSession(Session):
     def closed(self) -> None:
         if self.peer is not None:
             self.hub.disconnect(self.peer)
+
+    def stop_timers(self) -> None:
+        super().stop_timers()
+        call, self._ice_call = self._ice_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fresh_ice_servers(self) -> list[dict[str, Any]]:
+        """
+        Credentials for this peer, and a push of fresh ones before they
+        expire.
+        """
+        clock = self.hub.clock
+        if self._ice_call is not None and self._ice_call.active():
+            self._ice_call.cancel()
+        self._ice_call = clock.callLater(self.ice_servers.refresh_in(), self._push_ice_servers)
+        user = self.peer.verified_user_id or self.peer.id
+        return self.ice_servers.for_user(user, clock.seconds())
+
+    def _push_ice_servers(self) -> None:
+        self._ice_call = None
+        self.send_json({"type": "ice-servers", "iceServers": self._fresh_ice_servers()})
 
     def message_received(self, message: dict) -> None:
         request_id = message.get("id")
@@ -163,6 +197,12 @@ class NativeSession(Session):
     def _ping(self, message: dict, request_id: Any) -> None:
         self.send_json(self._reply({"type": "pong"}, request_id))
 
+    def _ice_servers(self, message: dict, request_id: Any) -> None:
+        if not self.ice_servers.configured:
+            raise ProtocolError("unsupported", "this server has no STUN or TURN servers configured")
+        reply = {"type": "ice-servers", "iceServers": self._fresh_ice_servers()}
+        self.send_json(self._reply(reply, request_id))
+
     def _auth(self, message: dict, request_id: Any) -> None:
         """
         Present a token, or a fresh one before the last expires; the user
@@ -194,6 +234,7 @@ class NativeSession(Session):
         "leave": _leave,
         "ping": _ping,
         "auth": _auth,
+        "ice-servers": _ice_servers,
         **dict.fromkeys(_RELAY_KINDS, _relay),
     }
 

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from ... import gcpolicy
 from ...addresses import AddressLimiter
 from ...auth import AuthPolicy, TokenVerifier, presented_token
+from ...turn import IceServers
 from ... import fastpath
 from ...errors import DeliveryRefused
 from ...hub import Hub
@@ -198,12 +199,15 @@ class SocketIOResource(Resource):
         verifier: TokenVerifier | None = None,
         limiter: AddressLimiter | None = None,
         auth: AuthPolicy = AuthPolicy(),
+        ice_servers: IceServers = IceServers(),
     ) -> None:
         super().__init__()
         self.hub = hub
         self.settings = settings
         self.engine_settings = EngineIOSettings.from_websocket(settings)
-        context = SocketIOContext(hub=hub, verifier=verifier or auth.verifier, auth=auth)
+        context = SocketIOContext(
+            hub=hub, verifier=verifier or auth.verifier, auth=auth, ice_servers=ice_servers
+        )
         #: Counters of its connections, for C{/api/stats}.
         self.stats = context.stats
         self.server = EngineIOServer(

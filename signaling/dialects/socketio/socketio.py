@@ -28,6 +28,7 @@ from ...auth import (
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger
+from ...turn import IceServers
 from ..base import CLOSE_INTERNAL_ERROR, ProtocolError, native_error_code
 from .engineio import EngineIOSocket, IEngineIOHandler
 from . import calls, rooms
@@ -153,11 +154,14 @@ class SocketIOContext:
     :ivar verifier: Checks tokens; L{None} when no key is configured.
     :ivar auth: What is done with tokens; with C{required}, a CONNECT
         without one is refused.
+    :ivar ice_servers: The STUN and TURN servers clients are told of, in an
+        C{ice-servers} event after CONNECT and again before they expire.
     """
 
     hub: Hub
     verifier: TokenVerifier | None = None
     auth: AuthPolicy = AuthPolicy()
+    ice_servers: IceServers = IceServers()
     stats: SocketIOStats = attrs.Factory(SocketIOStats)
 
 
@@ -196,6 +200,7 @@ class SocketIOConnection:
             engine.settings.connect_timeout, self._connect_missing
         )
         self._expiry_call: IDelayedCall | None = None
+        self._ice_call: IDelayedCall | None = None
 
     @property
     def requires_token(self) -> bool:
@@ -281,6 +286,18 @@ class SocketIOConnection:
                 max(0.0, expires - self.now()), self._token_expired
             )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
+        if self.context.ice_servers.configured:
+            self._push_ice_servers()
+
+    def _push_ice_servers(self) -> None:
+        """
+        Send credentials for this peer, and again before they expire.
+        """
+        ice_servers = self.context.ice_servers
+        clock = self.engine.clock
+        self._ice_call = clock.callLater(ice_servers.refresh_in(), self._push_ice_servers)
+        user = self.peer.verified_user_id or self.peer.id
+        self.emit("ice-servers", {"iceServers": ice_servers.for_user(user, self.now())})
 
     def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool, float | None]:
         """
@@ -333,9 +350,10 @@ class SocketIOConnection:
     def _disconnect_peer(self) -> None:
         # The token's expiry concerns this connection only: a client that
         # disconnects and connects again brings its token again.
-        if self._expiry_call is not None and self._expiry_call.active():
-            self._expiry_call.cancel()
-        self._expiry_call = None
+        for call in (self._expiry_call, self._ice_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiry_call = self._ice_call = None
         if self.peer is not None:
             peer, self.peer = self.peer, None
             self.hub.disconnect(peer)
