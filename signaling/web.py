@@ -16,19 +16,21 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .addresses import AddressLimiter
 from .auth import AuthPolicy, InvalidToken, TokenVerifier, presented_token
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
-from .dialects.socketio import SocketIOResource
+from .dialects.socketio import SocketIOConnection, SocketIOContext
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
-from .site import set_cors_headers
+from .ids import IdShape
 from .timefmt import iso8601, milliseconds
 from .turn import IceServers
-from .websocket import SignalingFactory, WebSocketSettings
+from .transports.addresses import AddressLimiter
+from .transports.engineio_resource import EngineIOResource
+from .transports.site import set_cors_headers
+from .transports.websocket import SignalingFactory, WebSocketSettings
 
 
 #: The dialects a WebSocket at "/" may speak (the topic dialect needs its
@@ -115,8 +117,18 @@ class SignalingSite:
         self._native = WebSocketResource(
             SignalingFactory(hub, native, settings, auth, token_in_message=True)
         )
-        #: Engine.IO and Socket.IO, for the rooms and calls dialects.
-        self._socketio = SocketIOResource(hub, settings, verifier, limiter, auth, ice_servers)
+        #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
+        socketio = SocketIOContext(
+            hub=hub, verifier=verifier or auth.verifier, auth=auth, ice_servers=ice_servers
+        )
+        self._socketio_stats = socketio.stats
+        self._socketio = EngineIOResource(
+            hub.clock,
+            lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
+            lambda engine: SocketIOConnection(engine, socketio),
+            settings,
+            limiter,
+        )
         self.directory = directory
         self._directory = WebSocketResource(
             SignalingFactory(
@@ -182,7 +194,7 @@ class SignalingSite:
                     "total": stats.rooms_total,
                     "total_peers": stats.peers_in_rooms,
                 },
-                "socketio": {"unhandled_events": self._socketio.stats.unhandled_events},
+                "socketio": {"unhandled_events": self._socketio_stats.unhandled_events},
                 "timestamp": self._now_ms(),
             },
         )
