@@ -192,6 +192,44 @@ def _room_grants(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 @attrs.frozen
+class TokenLimits:
+    """
+    Limits a token sets for its holder instead of the server's (its
+    C{limits} claim); L{None} keeps the server's. 0 is unlimited, as for
+    the options.
+
+    :ivar max_rooms_per_peer: C{maxRoomsPerPeer}, for C{--max-rooms-per-peer}.
+    :ivar max_message_rate: C{maxMessageRate}, for C{--max-message-rate}
+        (WebSocket dialects).
+    """
+
+    max_rooms_per_peer: int | None = None
+    max_message_rate: float | None = None
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any]) -> "TokenLimits":
+        """
+        :raises InvalidToken: C{limits} is there but not an object of
+            numbers, 0 or more.
+        """
+        limits = claims.get("limits", {})
+        if not isinstance(limits, dict):
+            raise InvalidToken("invalid token: 'limits' must be an object")
+        values = {}
+        for claim, field, kind in (
+            ("maxRoomsPerPeer", "max_rooms_per_peer", int),
+            ("maxMessageRate", "max_message_rate", float),
+        ):
+            value = limits.get(claim)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidToken(f"invalid token: limits.{claim} must be a number, 0 or more")
+            values[field] = kind(value)
+        return cls(**values)
+
+
+@attrs.frozen
 class Identity:
     """
     What a valid token proved.
@@ -201,12 +239,14 @@ class Identity:
         L{None} when it has no C{exp}.
     :ivar room_grants: The rooms it may join (exact names, or prefixes
         ending in C{*}); L{None} when the token does not limit them.
+    :ivar limits: The limits it sets for its holder.
     """
 
     user_id: str
     claims: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     expires: float | None = None
     room_grants: tuple[str, ...] | None = None
+    limits: TokenLimits = TokenLimits()
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any]) -> "Identity":
@@ -218,7 +258,13 @@ class Identity:
         if user_id is None:
             raise InvalidToken("the token names no user")
         expires = claims["exp"] + LEEWAY if "exp" in claims else None
-        return cls(user_id=user_id, claims=claims, expires=expires, room_grants=_room_grants(claims))
+        return cls(
+            user_id=user_id,
+            claims=claims,
+            expires=expires,
+            room_grants=_room_grants(claims),
+            limits=TokenLimits.from_claims(claims),
+        )
 
 
 @attrs.frozen

@@ -229,6 +229,8 @@ class Peer:
         verified token), or L{None} for a peer that proved nothing.
     :ivar room_grants: The rooms its token lets it join: exact names, or
         prefixes ending in C{*}; L{None} for any room.
+    :ivar max_rooms: The rooms it may be in at once, when its token says
+        (0 for unlimited); L{None} for the hub's C{max_rooms_per_peer}.
     """
 
     id: str
@@ -239,6 +241,7 @@ class Peer:
     rooms: dict[str, Room] = attrs.Factory(dict)
     verified_user_id: str | None = None
     room_grants: tuple[str, ...] | None = None
+    max_rooms: int | None = None
 
     def may_enter(self, room_name: str) -> bool:
         """
@@ -303,6 +306,7 @@ class Hub:
         verified_user_id: str | None = None,
         peer_id: str | None = None,
         room_grants: tuple[str, ...] | None = None,
+        max_rooms: int | None = None,
     ) -> Peer:
         """
         Register a newly connected peer under a fresh id of C{shape}.
@@ -314,6 +318,7 @@ class Hub:
             fresh one.
         :param room_grants: The rooms its token lets it join (see
             L{Peer.room_grants}).
+        :param max_rooms: See L{Peer.max_rooms}.
         :raises PeerIdInUse: The hub already has a peer with C{peer_id}.
         """
         now = self.clock.seconds()
@@ -332,6 +337,7 @@ class Hub:
             last_seen=now,
             verified_user_id=verified_user_id,
             room_grants=room_grants,
+            max_rooms=max_rooms,
         )
         self._peers[peer_id] = peer
         return peer
@@ -410,10 +416,9 @@ class Hub:
         limits = self.limits
         limits.metadata.check(metadata)
         staying = len(peer.rooms) - (instead_of in peer.rooms)
-        if 0 < limits.max_rooms_per_peer <= staying:
-            raise TooManyRooms(
-                f"a peer may be in at most {limits.max_rooms_per_peer} rooms"
-            )
+        most = limits.max_rooms_per_peer if peer.max_rooms is None else peer.max_rooms
+        if 0 < most <= staying:
+            raise TooManyRooms(f"a peer may be in at most {most} rooms")
         now = self.clock.seconds()
         room = self._rooms.get(room_name)
         if room is None:

@@ -146,7 +146,7 @@ class KeySetTests(SynchronousTestCase):
         self._answer(_jwk(self.private, "k1"), {"kty": "oct", "k": "c2VjcmV0", "kid": "k2"})
         self.assertTrue(raised.exception.refreshed.called)
         self.assertEqual(self.keys.verify(token, NOW)["sub"], "a")
-        forged = jwt.encode({"sub": "a"}, "secret", algorithm="HS256", headers={"kid": "k2"})
+        forged = jwt.encode({"sub": "a"}, SECRET, algorithm="HS256", headers={"kid": "k2"})
         self.assertRaises(UnknownKey, self.keys.verify, forged, NOW)
         self.assertEqual(len(self.requests), 1)
         self.clock.advance(10)

@@ -313,3 +313,44 @@ def test_optional_checks_presented_tokens_only(optional):
         token(aud="signaling", iss="https://issuer.example", exp=int(time.time()) - 60),
     ):
         assert refused_status(optional.base + "/ws?token=" + bad) == 401
+
+
+def test_a_token_sets_its_holders_limits(tmp_path_factory):
+    """
+    On a server allowing one room per peer and 5 messages a second, a token
+    with C{limits: {maxRoomsPerPeer: 3, maxMessageRate: 0}} joins three
+    rooms and sends 40 pings at once unhindered; one with
+    C{maxRoomsPerPeer: 1} and no rate of its own is held to the server's.
+    """
+    server = start(
+        tmp_path_factory, "limits", "--auth", "required",
+        "--max-rooms-per-peer", "1", "--max-message-rate", "5",
+    )
+    try:
+        raised = Raw(server.base + "/signal?token=" + token(limits={"maxRoomsPerPeer": 3, "maxMessageRate": 0}))
+        raised.next()
+        for room in ("one", "two", "three"):
+            raised.send({"type": "join", "room": room})
+            assert raised.next()["type"] == "joined"
+        for number in range(40):
+            raised.send({"type": "ping", "id": number})
+        assert [raised.next()["type"] for _ in range(40)] == ["pong"] * 40
+
+        held = Raw(server.base + "/signal?token=" + token("bob", limits={"maxRoomsPerPeer": 1}))
+        held.next()
+        held.send({"type": "join", "room": "one"})
+        assert held.next()["type"] == "joined"
+        held.send({"type": "join", "room": "two"})
+        assert held.next()["code"] == "too-many-rooms"
+        # The server's burst is 10, two of them spent on the joins.
+        for number in range(14):
+            held.send({"type": "ping", "id": number})
+        answers = [held.next() for _ in range(14)]
+        assert [a.get("code") for a in answers if a["type"] == "error"][:1] == ["rate-limited"]
+        assert sum(a["type"] == "pong" for a in answers) < 14
+        raised.close()
+        held.close()
+        refused = token(limits={"maxRoomsPerPeer": -1})
+        assert refused_status(server.base + "/ws?token=" + refused) == 401
+    finally:
+        server.stop()

@@ -256,6 +256,7 @@ class Session:
             self.sink,
             verified_user_id=identity.user_id if identity is not None else None,
             room_grants=identity.room_grants if identity is not None else None,
+            max_rooms=identity.limits.max_rooms_per_peer if identity is not None else None,
             **kwargs,
         )
         self.watch_expiry(identity)

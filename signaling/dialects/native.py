@@ -223,6 +223,7 @@ class NativeSession(Session):
             raise ProtocolError("forbidden", "the token is for another user than this connection's")
         peer.verified_user_id = identity.user_id
         peer.room_grants = identity.room_grants
+        peer.max_rooms = identity.limits.max_rooms_per_peer
         self.watch_expiry(identity)
         reply: dict[str, Any] = {"type": "authenticated", "userId": identity.user_id}
         if identity.expires is not None:

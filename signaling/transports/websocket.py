@@ -30,7 +30,7 @@ from ..dialects.base import (
 from ..errors import DeliveryRefused
 from ..hub import CloseReason, Hub, IPeerConnection
 from ..logs import Logger
-from .limits import LimitedProtocol
+from .limits import LimitedProtocol, RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 
@@ -148,6 +148,10 @@ class SignalingProtocol(LimitedProtocol):
         raise ConnectionDeny(401, failure.getErrorMessage())
 
     def _identified(self, identity, handshake: HandshakeInfo) -> None:
+        if identity is not None and identity.limits.max_message_rate is not None:
+            # The token's rate instead of --max-message-rate.
+            rate = identity.limits.max_message_rate
+            self.rate_limit = RateLimit(rate, self.factory.clock.seconds()) if rate else None
         handshake = attrs.evolve(handshake, identity=identity)
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
 

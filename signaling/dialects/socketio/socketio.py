@@ -195,6 +195,7 @@ class SocketIOConnection:
         self.authenticated = False
         self.claims: Mapping[str, Any] = {}
         self.room_grants: tuple[str, ...] | None = None
+        self.max_rooms: int | None = None
         self._room_sets: dict[str, Any] = {}
         self._skip_attachments = 0
         # What the event being handled did: the room it joined, and whether
@@ -270,7 +271,7 @@ class SocketIOConnection:
             self._send(Packet(CONNECT, data={"sid": self.peer.id}))
             return
         self.user_id, self.authenticated, self.claims = None, False, {}
-        self.room_grants = None
+        self.room_grants = self.max_rooms = None
         try:
             self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
@@ -285,6 +286,7 @@ class SocketIOConnection:
             dialect=NAME,
             verified_user_id=self.user_id if self.authenticated else None,
             room_grants=self.room_grants,
+            max_rooms=self.max_rooms,
         )
         if expires is not None:
             self._expiry_call = self.engine.clock.callLater(
@@ -325,6 +327,7 @@ class SocketIOConnection:
                 identity = Identity.from_claims(verifier.verify(token, self.now()))
                 self.claims = identity.claims
                 self.room_grants = identity.room_grants
+                self.max_rooms = identity.limits.max_rooms_per_peer
                 return identity.user_id, True, identity.expires
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
