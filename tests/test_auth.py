@@ -174,3 +174,42 @@ class IceServerTests(SynchronousTestCase):
         self.assertEqual(turn["credential"], base64.b64encode(digest).decode())
         self.assertEqual(servers.refresh_in(), 540)
         self.assertFalse(IceServers().configured)
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    The token and TURN options refuse what cannot work, in one line.
+    """
+
+    def parse(self, *argv: str, environ: dict | None = None):
+        from signaling import tap
+
+        options = tap.Options(environ=environ or {})
+        options.parseOptions(list(argv))
+        return options
+
+    def refused(self, *argv: str) -> str:
+        with self.assertRaises(SystemExit) as raised:
+            self.parse(*argv)
+        return str(raised.exception)
+
+    def test_auth_needs_a_key(self) -> None:
+        self.assertIn("--auth required needs", self.refused("--auth", "required"))
+        self.assertIn("--auth must be one of", self.refused("--auth", "always", "--jwt-secret", SECRET))
+        self.assertIn("not both", self.refused("--jwt-jwks-url", "http://k.test/", "--jwt-secret", SECRET))
+        options = self.parse("--auth", "optional", "--jwt-secret", SECRET, "--jwt-audience", "sig")
+        self.assertEqual(options["auth-policy"].mode, "optional")
+        self.assertEqual(options["auth-policy"].verifier.audience, "sig")
+        self.assertEqual(self.parse()["auth-policy"], AuthPolicy())
+
+    def test_turn_options(self) -> None:
+        self.assertIn("needs --turn-secret", self.refused("--turn-uri", "turn:t.test"))
+        self.assertIn("needs at least one --turn-uri", self.refused("--turn-secret", "s"))
+        self.assertIn("must start with turn:", self.refused("--turn-uri", "http://t.test"))
+        options = self.parse(
+            "--turn-url", "turn:t.test", "--turn-uri", "turns:t.test:5349?transport=tcp",
+            "--stun-uri", "stun:t.test", environ={"TURN_SECRET": "s"},
+        )
+        servers = options["ice-servers"]
+        self.assertEqual(servers.turn_uris, ("turn:t.test", "turns:t.test:5349?transport=tcp"))
+        self.assertEqual((servers.secret, servers.ttl), (b"s", 86400.0))
