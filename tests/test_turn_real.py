@@ -121,6 +121,8 @@ def coturn(tmp_path_factory):
             # Each Allocate holds a relay port until its lifetime ends.
             f"--min-port={relay_port}", f"--max-port={min(relay_port + 32, 65535)}",
             "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}", f"--realm={REALM}",
+            # Both aiortc peers and their relay addresses are on loopback.
+            "--allow-loopback-peers",
             f"--db={directory / 'turndb'}", f"--pidfile={directory / 'turn.pid'}",
             f"--log-file={directory / 'turn.log'}", "--simple-log",
         ],
@@ -235,3 +237,56 @@ def test_socketio_clients_get_an_ice_servers_event(server, coturn):
         assert allocate(coturn, entry["username"], entry["credential"]) == 200
     finally:
         client.close()
+
+
+async def _data_channel_through(ice_servers: list) -> tuple[str, set[str]]:
+    """
+    Connect two aiortc peers that may use only relay candidates (the
+    offer and answer are handed over directly); what the answerer's data
+    channel receives, and the candidate types of the offer.
+    """
+    import asyncio
+
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+    configuration = RTCConfiguration(
+        iceServers=[RTCIceServer(**server) for server in ice_servers],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+    )
+    caller, callee = RTCPeerConnection(configuration), RTCPeerConnection(configuration)
+    received: asyncio.Future = asyncio.get_running_loop().create_future()
+    try:
+        channel = caller.createDataChannel("chat")
+        channel.on("open", lambda: channel.send("through coturn"))
+
+        @callee.on("datachannel")
+        def on_datachannel(incoming) -> None:
+            incoming.on("message", lambda message: received.done() or received.set_result(message))
+
+        await caller.setLocalDescription(await caller.createOffer())
+        offer = caller.localDescription
+        kinds = {line.split()[7] for line in offer.sdp.splitlines() if line.startswith("a=candidate:")}
+        await callee.setRemoteDescription(offer)
+        await callee.setLocalDescription(await callee.createAnswer())
+        await caller.setRemoteDescription(callee.localDescription)
+        return await asyncio.wait_for(received, 10), kinds
+    finally:
+        await caller.close()
+        await callee.close()
+
+
+def test_two_relay_only_peers_connect_a_data_channel(server, coturn):
+    """
+    Two aiortc peers with the ICE servers of C{GET /api/ice-servers},
+    allowed only relay candidates, open a data channel through coturn.
+    """
+    import asyncio
+
+    answer = requests.get(
+        server.http + "/api/ice-servers", headers={"Authorization": "Bearer " + token("dave")}, timeout=TIMEOUT
+    )
+    ice_servers = [s for s in answer.json()["iceServers"] if "username" in s]
+    message, kinds = asyncio.run(_data_channel_through(ice_servers))
+    assert message == "through coturn"
+    assert kinds == {"relay"}
