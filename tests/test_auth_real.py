@@ -354,3 +354,29 @@ def test_a_token_sets_its_holders_limits(tmp_path_factory):
         assert refused_status(server.base + "/ws?token=" + refused) == 401
     finally:
         server.stop()
+
+
+def test_every_dialect_shows_a_verified_user_id(server):
+    """
+    In one room, a native peer verified as Judy is listed with her user id
+    by the topic dialect (C{userId}) and the envelope dialect
+    (C{user_id}); their own verified ids reach her as C{userId}.
+    """
+    judy = Raw(server.base + "/signal?token=" + token("judy"))
+    judy.next()
+    judy.send({"type": "join", "room": "shown", "metadata": {"userId": "not-judy"}})
+    assert judy.next()["type"] == "joined"
+    topic = Raw(server.base + "/ws/shown?token=" + token("ken"))
+    topic.next()
+    assert [p.get("userId") for p in topic.next()["peers"]] == ["judy"]
+    assert judy.next()["peer"]["userId"] == "ken"
+    envelope = Raw(server.base + "/ws?token=" + token("lee"))
+    envelope.next()
+    envelope.send({"type": "JOIN", "room_id": "shown"})
+    peers = envelope.next()["payload"]["peers"]
+    assert sorted(p.get("user_id") for p in peers) == ["judy", "ken", "lee"]
+    assert judy.next()["peer"]["userId"] == "lee"
+    joined = topic.next()
+    assert (joined["type"], joined["userId"]) == ("peer-joined", "lee")
+    for client in (judy, topic, envelope):
+        client.close()

@@ -77,6 +77,9 @@ def _peer_info(member: Member) -> dict[str, Any]:
         info["display_name"] = name
     if member.profile.endpoint is not None:
         info["endpoint"] = member.profile.endpoint
+    if member.verified_user_id is not None:
+        # Only a token proves it; a display_name is what the peer says.
+        info["user_id"] = member.verified_user_id
     info["joined_at"] = milliseconds(member.joined_at)
     return info
 

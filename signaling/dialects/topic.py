@@ -36,6 +36,9 @@ def _peer(member: Member) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": member.peer_id}
     if member.metadata:
         entry["metadata"] = member.metadata
+    if member.verified_user_id is not None:
+        # Only a token proves it; metadata is what the peer says.
+        entry["userId"] = member.verified_user_id
     return entry
 
 
@@ -130,6 +133,8 @@ class TopicSession(Session):
             frame = {"type": "peer-joined", "peerId": event.member.peer_id}
             if event.member.metadata:
                 frame["metadata"] = event.member.metadata
+            if event.member.verified_user_id is not None:
+                frame["userId"] = event.member.verified_user_id
             return orjson.dumps(frame)
         if type(event) is PeerLeft:
             return orjson.dumps({"type": "peer-left", "peerId": event.member.peer_id})
