@@ -290,3 +290,23 @@ def test_two_relay_only_peers_connect_a_data_channel(server, coturn):
     message, kinds = asyncio.run(_data_channel_through(ice_servers))
     assert message == "through coturn"
     assert kinds == {"relay"}
+
+
+def test_no_credentials_before_a_token(server, coturn):
+    """
+    A native client that connected without a token gets no C{iceServers}
+    in its welcome, and C{unauthenticated} for an C{ice-servers} request,
+    until its C{auth} succeeds; then they are pushed.
+    """
+    client = websocket.create_connection(server.base + "/signal", timeout=TIMEOUT)
+    try:
+        assert "iceServers" not in json.loads(client.recv())
+        client.send(json.dumps({"type": "ice-servers"}))
+        assert json.loads(client.recv())["code"] == "unauthenticated"
+        client.send(json.dumps({"type": "auth", "token": token("erin")}))
+        assert json.loads(client.recv())["type"] == "authenticated"
+        pushed = json.loads(client.recv())
+        assert pushed["type"] == "ice-servers"
+        assert turn_entry(pushed["iceServers"])["username"].endswith(":erin")
+    finally:
+        client.close()

@@ -15,9 +15,8 @@ from typing import Any, Mapping
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
-from zope.interface import Attribute, Interface
-
 from twisted.internet.interfaces import IDelayedCall
+from zope.interface import Attribute, Interface
 
 from ..auth import AuthPolicy, Identity
 from ..errors import DeliveryRefused, HubError, ReplyTooLarge

@@ -11,10 +11,10 @@ import orjson
 from twisted.internet.interfaces import IDelayedCall
 
 from ..auth import InvalidToken
-from ..turn import IceServers
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
+from ..turn import IceServers
 from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
@@ -91,7 +91,7 @@ class NativeSession(Session):
         welcome: dict[str, Any] = {"type": "welcome", "peerId": self.peer.id}
         if self.peer.verified_user_id is not None:
             welcome["userId"] = self.peer.verified_user_id
-        if self.ice_servers.configured:
+        if self._gets_ice_servers:
             welcome["iceServers"] = self._fresh_ice_servers()
         self.send_json(welcome)
         if self._awaiting_token:
@@ -105,6 +105,13 @@ class NativeSession(Session):
     @property
     def _awaiting_token(self) -> bool:
         return self.handshake.auth.required and self.peer.verified_user_id is None
+
+    @property
+    def _gets_ice_servers(self) -> bool:
+        # With --auth on, TURN credentials only for a valid token, as at
+        # GET /api/ice-servers: they let their holder relay any traffic.
+        unverified = self.peer.verified_user_id is None
+        return self.ice_servers.configured and not (self.handshake.auth.checks_tokens and unverified)
 
     def closed(self) -> None:
         if self.peer is not None:
@@ -200,6 +207,8 @@ class NativeSession(Session):
     def _ice_servers(self, message: dict, request_id: Any) -> None:
         if not self.ice_servers.configured:
             raise ProtocolError("unsupported", "this server has no STUN or TURN servers configured")
+        if not self._gets_ice_servers:
+            raise ProtocolError("unauthenticated", "send an auth message with a token first")
         reply = {"type": "ice-servers", "iceServers": self._fresh_ice_servers()}
         self.send_json(self._reply(reply, request_id))
 
@@ -221,6 +230,7 @@ class NativeSession(Session):
         peer = self.peer
         if peer.verified_user_id is not None and peer.verified_user_id != identity.user_id:
             raise ProtocolError("forbidden", "the token is for another user than this connection's")
+        first = not self._gets_ice_servers
         peer.verified_user_id = identity.user_id
         peer.room_grants = identity.room_grants
         peer.max_rooms = identity.limits.max_rooms_per_peer
@@ -229,6 +239,8 @@ class NativeSession(Session):
         if identity.expires is not None:
             reply["expiresAt"] = identity.claims["exp"]
         self.send_json(self._reply(reply, request_id))
+        if first and self._gets_ice_servers:
+            self._push_ice_servers()
 
     _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
         "join": _join,

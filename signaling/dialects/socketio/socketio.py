@@ -293,7 +293,11 @@ class SocketIOConnection:
                 max(0.0, expires - self.now()), self._token_expired
             )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
-        if self.context.ice_servers.configured:
+        # With --auth on, TURN credentials only for a valid token, as at
+        # GET /api/ice-servers.
+        if self.context.ice_servers.configured and (
+            self.authenticated or not self.context.auth.checks_tokens
+        ):
             self._push_ice_servers()
 
     def _push_ice_servers(self) -> None:
