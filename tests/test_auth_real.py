@@ -380,3 +380,23 @@ def test_every_dialect_shows_a_verified_user_id(server):
     assert (joined["type"], joined["userId"]) == ("peer-joined", "lee")
     for client in (judy, topic, envelope):
         client.close()
+
+
+def test_socketio_polling_takes_a_bearer_header(server):
+    """
+    Under C{--auth required}, an Engine.IO polling session opened with
+    C{Authorization: Bearer} connects to Socket.IO without C{auth.token};
+    one without the header is refused.
+    """
+    import requests
+
+    def connect(headers: dict) -> str:
+        url = server.http + "/socket.io/?EIO=4&transport=polling"
+        opened = requests.get(url, headers=headers, timeout=TIMEOUT)
+        sid = json.loads(opened.text[1:])["sid"]
+        session = f"{url}&sid={sid}"
+        assert requests.post(session, data="40", headers=headers, timeout=TIMEOUT).text == "ok"
+        return requests.get(session, headers=headers, timeout=TIMEOUT).text
+
+    assert connect({"Authorization": "Bearer " + token("mia")}).startswith('40{"sid":')
+    assert connect({}) == '44{"message":"Authentication failed: a token is required"}'
