@@ -121,6 +121,8 @@ class Options(usage.Options):
         ["turn-secret", None, None, "coturn's static-auth-secret (use-auth-secret): TURN credentials handed out are signed with it (env TURN_SECRET)."],
         ["turn-secret-file", None, None, "A file holding --turn-secret (its first line)."],
         ["turn-ttl", None, DEFAULT_TTL, "Seconds TURN credentials are valid; clients get fresh ones before they expire.", _seconds("turn-ttl")],
+        ["jwt-jwks-min-interval", None, 10.0, "Seconds between two fetches of --jwt-jwks-url that tokens with unknown key ids may cause.", _seconds("jwt-jwks-min-interval")],
+        ["jwt-jwks-max-age", None, 300.0, "Seconds after which --jwt-jwks-url is fetched again anyway.", _seconds("jwt-jwks-max-age")],
         ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
     ]
 
@@ -202,6 +204,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--auth must be one of {', '.join(AUTH_MODES)}, not {self['auth']!r}"
             )
+        if not self["jwt-jwks-max-age"]:
+            raise usage.UsageError("--jwt-jwks-max-age must be above 0")
         if self["jwt-jwks-url"]:
             if verifier is not None:
                 raise usage.UsageError("give --jwt-jwks-url or a JWT key, not both")
@@ -440,6 +444,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             treq_fetch(reactor),
             audience=options["jwt-audience"],
             issuer=options["jwt-issuer"],
+            min_interval=options["jwt-jwks-min-interval"],
+            max_age=options["jwt-jwks-max-age"],
         )
         verifier = key_set
         auth = attrs.evolve(auth, verifier=key_set)

@@ -140,12 +140,13 @@ def test_jwks_keys_are_fetched_again_on_an_unknown_kid(tmp_path, key_set):
     Tokens signed with a key of the set open a WebSocket; after the set
     rotates to a new key, a token with the new C{kid} still does (the set is
     fetched again); a flood of tokens with a C{kid} nobody publishes costs
-    at most one more fetch, and each is refused with 401.
+    at most one more fetch per C{--jwt-jwks-min-interval}, and each is
+    refused with 401.
     """
     one = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     two = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_set.publish(one=one)
-    server = start(tmp_path, "--jwt-jwks-url", key_set.url)
+    server = start(tmp_path, "--jwt-jwks-url", key_set.url, "--jwt-jwks-min-interval", "1")
     try:
         url = server.base + "/ws?token="
         assert status_of(url + jwt.encode(claims(), one, algorithm="RS256", headers={"kid": "one"})) == 101
@@ -156,6 +157,11 @@ def test_jwks_keys_are_fetched_again_on_an_unknown_kid(tmp_path, key_set):
         unknown = jwt.encode(claims(), two, algorithm="RS256", headers={"kid": "three"})
         assert [status_of(url + unknown) for _ in range(5)] == [401] * 5
         assert key_set.fetches <= fetched + 1
+        # Past --jwt-jwks-min-interval an unknown kid may fetch again.
+        time.sleep(1.1)
+        flooded = key_set.fetches
+        assert status_of(url + unknown) == 401
+        assert key_set.fetches == flooded + 1
         # The old key is gone from the set.
         assert status_of(url + jwt.encode(claims(), one, algorithm="RS256", headers={"kid": "one"})) == 401
     finally:
