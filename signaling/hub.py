@@ -173,10 +173,12 @@ class PeerLeft:
     member: Member
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class Signal:
     """
-    A message relayed from one peer to another.
+    A message relayed from one peer to another: made by the sender's dialect
+    for this one relay, then completed by the hub (C{sender_member}), which
+    sets the field rather than copying the signal on the relay's hot path.
 
     :ivar kind: C{"offer"}, C{"answer"}, C{"candidate"} or C{"message"}.
     :ivar sender: The sender's peer id, always set by the hub.
@@ -500,7 +502,7 @@ class Hub:
         target = self._peers.get(target_id) if target_id in room.members else None
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        signal.sender_member = room.members[sender.id]
         if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
@@ -515,7 +517,7 @@ class Hub:
         room = sender.rooms.get(room_name)
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
-        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        signal.sender_member = room.members[sender.id]
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:
