@@ -43,7 +43,6 @@ from ..hub import (
     Room,
     Signal,
 )
-from ..ids import IdShape
 from ..logs import Logger
 from .bus import RedisBus
 from .envelope import Envelope
@@ -94,15 +93,8 @@ class ClusterHub(Hub):
 
     link: ClusterLink | None = None
 
-    def connect(
-        self,
-        connection: IPeerConnection,
-        dialect: str = "native",
-        shape: IdShape = IdShape.TOKEN,
-        verified_user_id: str | None = None,
-        peer_id: str | None = None,
-    ) -> Peer:
-        peer = super().connect(connection, dialect, shape, verified_user_id, peer_id)
+    def connect(self, connection: IPeerConnection, *args: Any, **kwargs: Any) -> Peer:
+        peer = super().connect(connection, *args, **kwargs)
         if self.link is not None and not is_remote(peer):
             self.link.connected(peer)
         return peer
