@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from signaling.cluster.envelope import Envelope, decode_envelope, encode_envelope
-from signaling.cluster.link import JOINED, LEFT, ClusterHub, ClusterLink, RemotePeerConnection
+from signaling.cluster.envelope import envelope_to_fields
+from signaling.cluster.link import BATCH, JOINED, LEFT, ClusterHub, ClusterLink, RemotePeerConnection
 from signaling.cluster.results import NodeDeath
 from signaling.errors import DeliveryRefused
 from signaling.hub import IPeerConnection, Member, PeerJoined, PeerLeft, Signal
@@ -28,6 +29,7 @@ class FakeBus:
     node_id = "here"
 
     def __init__(self) -> None:
+        self.reactor = Clock()
         self.sent: list[tuple[str, Envelope]] = []
         self.reachable = True
         self.envelope_callbacks: list = []
@@ -39,6 +41,9 @@ class FakeBus:
 
     def on_node_dead(self, callback) -> None:
         self.dead_callbacks.append(callback)
+
+    def can_publish(self) -> bool:
+        return self.reachable
 
     def send(self, node_id, envelope) -> defer.Deferred:
         return self.send_bytes(node_id, encode_envelope(envelope))
@@ -64,6 +69,14 @@ class FakeBus:
 
 def remote_member(peer_id: str) -> Member:
     return Member(peer_id=peer_id, dialect="native", metadata={"name": peer_id}, joined_at=5.0)
+
+
+def batch_for(target: str, payloads: list) -> Envelope:
+    sender = remote_member("far")
+    return Envelope(
+        BATCH, None, None, (),
+        [envelope_to_fields(Envelope("offer", "lobby", sender, (target,), p)) for p in payloads],
+    )
 
 
 class ClusterLinkTests(SynchronousTestCase):
@@ -99,6 +112,8 @@ class ClusterLinkTests(SynchronousTestCase):
         self.remote_joins("far")
         del self.bus.sent[:]
         self.hub.relay(self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", {"sdp": "x"}))
+        self.assertEqual(self.bus.sent, [])
+        self.bus.reactor.advance(0)
         [(node, envelope)] = self.bus.sent
         self.assertEqual((node, envelope.kind, envelope.targets, envelope.payload), ("there", "offer", ("far",), {"sdp": "x"}))
         self.assertEqual(envelope.sender.peer_id, self.peer.id)
@@ -109,6 +124,7 @@ class ClusterLinkTests(SynchronousTestCase):
         del self.bus.sent[:]
         delivered = self.hub.broadcast(self.peer, "lobby", Signal("message", self.peer.id, "lobby", "hi"))
         self.assertEqual(delivered, 3)
+        self.bus.reactor.advance(0)
         self.assertEqual(
             sorted((node, envelope.targets) for node, envelope in self.bus.sent),
             [("there", ("far1", "far2")), ("yonder", ("far3",))],
@@ -127,9 +143,30 @@ class ClusterLinkTests(SynchronousTestCase):
         self.remote_joins("far")
         self.bus.pending = defer.Deferred()
         self.hub.relay(self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", None))
+        self.bus.reactor.advance(0)
         self.bus.pending.callback(False)
         self.assertIsNone(self.hub.find("far"))
         self.assertEqual(self.local.events[-1], PeerLeft("lobby", remote_member("far")))
+
+    def test_signals_of_one_turn_go_out_as_one_message_in_order(self):
+        """
+        Signals for one node queued in one reactor turn are one message; a
+        join published after them goes out after them; the receiving side
+        delivers a batch's signals in order.
+        """
+        self.remote_joins("far")
+        del self.bus.sent[:]
+        for n in range(3):
+            self.hub.relay(self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", n))
+        other = self.hub.connect(RecordingConnection())
+        self.hub.join(other, "lobby")
+        [(node, batch), *joins] = self.bus.sent
+        self.assertEqual((node, batch.kind), ("there", BATCH))
+        self.assertEqual([fields[4] for fields in batch.payload], [0, 1, 2])
+        self.assertEqual({envelope.kind for _, envelope in joins}, {JOINED})
+        del self.local.events[:]
+        self.bus.receive(batch_for(self.peer.id, [0, 1, 2]))
+        self.assertEqual([event.payload for event in self.local.events], [0, 1, 2])
 
     def test_a_signal_from_the_bus_reaches_its_local_target(self):
         sender = remote_member("far")

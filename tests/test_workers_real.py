@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -44,6 +45,22 @@ def private_redis_pid(server: TwistdServer) -> int:
     return int(re.search(r"private redis-server for the workers \(pid (\d+)\)", server.log()).group(1))
 
 
+def node_of(server: TwistdServer, peer_id: str) -> str | None:
+    """
+    The node holding C{peer_id}, from the workers' private Redis.
+    """
+    path = re.search(r"joining the cluster at unix://(\S+) as node", server.log()).group(1)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(path)
+        key = b"signaling:peers"
+        client.sendall(b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(peer_id), peer_id.encode()))
+        reply = client.recv(4096)
+    if reply.startswith(b"$-1"):
+        return None
+    return reply.split(b"\r\n")[1].decode()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -73,12 +90,16 @@ def test_a_dead_worker_is_restarted_and_its_peers_announced_gone(tmp_path):
     """
     server = start_workers(tmp_path / "twistd.log")
     try:
-        peers = [NativePeer(server) for _ in range(10)]
+        # Peers until both workers hold some (the kernel decides which).
+        peers, held_by = [], set()
+        while len(held_by) < 2 and len(peers) < 40:
+            peers.append(NativePeer(server))
+            held_by.add(wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0])
         known = {}
         for peer in peers:
             joined = peer.join("w")
             known[peer.id] = {member["id"] for member in joined["peers"]}
-        wait_room([server], "w", 10)
+        wait_room([server], "w", len(peers))
         # Joins on two workers in quick succession: each peer ends up told
         # of every other once, in its join's list or in a notice.
         for peer in peers:

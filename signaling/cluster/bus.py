@@ -376,6 +376,12 @@ class RedisBus:
         """
         return self.send_bytes(node_id, encode_envelope(envelope))
 
+    def can_publish(self) -> bool:
+        """
+        Whether L{send} can reach Redis now (else it drops at once).
+        """
+        return self._connection(self._publisher) is not None
+
     def send_bytes(self, node_id: str, data: bytes) -> defer.Deferred:
         """
         Like L{send}, for an envelope encoded once for several nodes.

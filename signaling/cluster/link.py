@@ -45,7 +45,13 @@ from ..hub import (
 )
 from ..logs import Logger
 from .bus import RedisBus
-from .envelope import Envelope
+from .envelope import (
+    Envelope,
+    InvalidEnvelope,
+    encode_envelope,
+    envelope_from_fields,
+    envelope_to_fields,
+)
 from .results import BusUnavailable, NodeDeath
 
 #: Envelope kinds of room events; no dialect's signal kind has a colon.
@@ -53,6 +59,8 @@ JOINED = "hub:joined"
 LEFT = "hub:left"
 #: A node that just joined the cluster, to be told of joins from now on.
 HELLO = "hub:hello"
+#: Several envelopes for one node in one message (their fields, in order).
+BATCH = "hub:batch"
 
 
 @implementer(IPeerConnection)
@@ -213,6 +221,9 @@ class ClusterLink:
     _batch: dict[str, list[str]] | None = None
     _batch_signal: Signal | None = None
     _refresh: LoopingCall | None = None
+    #: Signals waiting for the end of this reactor turn, by node.
+    _outbox: dict[str, list[Envelope]] = attrs.Factory(dict)
+    _flushing: Any = None
     #: This node's peers whose claim or joins Redis missed.
     _unsynced: set[str] = attrs.Factory(set)
     #: The live nodes, as of the last refresh, and any heard from since.
@@ -253,6 +264,7 @@ class ClusterLink:
 
     @defer.inlineCallbacks
     def stop(self):
+        self.flush()
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         yield self.bus.stop()
@@ -459,8 +471,8 @@ class ClusterLink:
             self._then(peer.id, lambda: self.bus.leave(room_name, peer.id))
 
     def _publish_all(self, envelope: Envelope) -> None:
-        from .envelope import encode_envelope
-
+        # After the signals queued before it, on the same connection.
+        self.flush()
         data = encode_envelope(envelope)
         for node in self._other_nodes():
             self.bus.send_bytes(node, data)
@@ -496,21 +508,40 @@ class ClusterLink:
             raise DeliveryRefused("closed", "the bus to the peer's node is down")
 
     def _send(self, node: str, targets: tuple[str, ...], signal: Signal) -> bool:
+        """
+        Queue C{signal} for C{node}; what is queued for a node in one turn
+        of the reactor goes out as one message (one C{PUBLISH}, one read on
+        the other side), in order.
+
+        :return: L{False} if Redis cannot be reached now.
+        """
+        if not self.bus.can_publish():
+            return False
         envelope = Envelope(
             signal.kind, signal.room, signal.sender_member, targets, signal.payload, signal.extra
         )
-        outcome: list[bool] = []
-        sent = self.bus.send(node, envelope)
-
-        def note(delivered: bool) -> bool:
-            outcome.append(delivered)
-            return delivered
-
-        sent.addCallback(note)
-        if outcome:
-            return outcome[0]
-        sent.addCallback(self._sent, targets)
+        self._outbox.setdefault(node, []).append(envelope)
+        if self._flushing is None:
+            self._flushing = self.bus.reactor.callLater(0, self.flush)
         return True
+
+    def flush(self) -> None:
+        """
+        Publish what is queued, one message per node.
+        """
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
+        outbox, self._outbox = self._outbox, {}
+        for node, envelopes in outbox.items():
+            if len(envelopes) == 1:
+                message = envelopes[0]
+            else:
+                message = Envelope(
+                    BATCH, None, None, (), [envelope_to_fields(e) for e in envelopes], None
+                )
+            targets = tuple(target for envelope in envelopes for target in envelope.targets)
+            self.bus.send(node, message).addCallback(self._sent, targets)
 
     def _sent(self, delivered: bool, targets: tuple[str, ...]) -> None:
         if delivered:
@@ -525,7 +556,13 @@ class ClusterLink:
 
     def _received(self, envelope: Envelope) -> None:
         kind = envelope.kind
-        if kind == HELLO:
+        if kind == BATCH:
+            for fields in envelope.payload if isinstance(envelope.payload, list) else ():
+                try:
+                    self._received(envelope_from_fields(fields))
+                except InvalidEnvelope as error:
+                    self._log.warn("dropped a message from the bus: {error}", error=str(error))
+        elif kind == HELLO:
             if isinstance(envelope.payload, str):
                 self._nodes.add(envelope.payload)
         elif kind == JOINED:
