@@ -25,6 +25,7 @@ from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
+from .resume import ResumeSettings
 from .site import GuardedSite, HTTPLimits
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
 from .websocket import WebSocketSettings
@@ -112,6 +113,9 @@ class Options(usage.Options):
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
+        ["resume-grace", None, 30.0, "Seconds a native peer whose socket died keeps its id and rooms, waiting for a resume; 0 turns resume off.", _seconds("resume-grace")],
+        ["resume-max-messages", None, 256, "Events kept for one native peer until it acknowledges them (and queued while it is away); beyond, senders are told 'dropped'.", _whole("resume-max-messages")],
+        ["resume-max-bytes", None, 256 * 1024, "Bytes of those events per native peer.", _whole("resume-max-bytes")],
     ]
 
     optFlags = [
@@ -177,6 +181,12 @@ class Options(usage.Options):
                 f"not {self['root-dialect']!r}"
             )
         self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
+        if self["resume-grace"] and not (self["resume-max-messages"] and self["resume-max-bytes"]):
+            # A peer away could be sent nothing at all: turn resume off instead.
+            raise usage.UsageError(
+                "--resume-max-messages and --resume-max-bytes must be above 0 "
+                "(or --resume-grace 0)"
+            )
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
@@ -371,6 +381,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limiter=limiter,
         api_token=options.get("api-token"),
         max_rooms_page=options["max-rooms-page"],
+        resume=ResumeSettings(
+            grace=options["resume-grace"],
+            max_messages=options["resume-max-messages"],
+            max_bytes=options["resume-max-bytes"],
+        ),
     )
     web = GuardedSite(
         site.resource(),

@@ -20,11 +20,12 @@ from .addresses import AddressLimiter
 from .auth import TokenVerifier
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
-from .dialects.native import NativeSession
+from .dialects.native import NativeSession, Resume
 from .dialects.socketio import SocketIOResource
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
+from .resume import ISessionStore, MemorySessionStore, ResumeSettings
 from .site import set_cors_headers
 from .timefmt import iso8601, milliseconds
 from .websocket import SignalingFactory, WebSocketSettings
@@ -88,6 +89,8 @@ class SignalingSite:
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
+        resume: ResumeSettings | None = None,
+        session_store: ISessionStore | None = None,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -99,12 +102,19 @@ class SignalingSite:
         :param api_token: The bearer token C{/api/rooms/{id}} requires; None
             leaves it open.
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
+        :param resume: Session resume for native peers; L{None} for none.
+        :param session_store: Where resumable sessions wait; by default in
+            this process.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
-        self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        native = NativeSession
+        if resume is not None and resume.grace > 0:
+            store = session_store or MemorySessionStore(ids=hub.ids)
+            native = functools.partial(NativeSession, resume=Resume(resume, store))
+        self._native = WebSocketResource(SignalingFactory(hub, native, settings))
         #: Engine.IO and Socket.IO, for the rooms and calls dialects.
         self._socketio = SocketIOResource(hub, settings, verifier, limiter)
         self.directory = directory

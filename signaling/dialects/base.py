@@ -121,6 +121,14 @@ class IFrameSink(Interface):
         protocol-level ones (1003, 1007, 1009, 1011).
         """
 
+    def lost() -> bool:
+        """
+        Whether the connection, now closed, was lost (the network or the
+        client's process went away) rather than closed: the client sent no
+        close frame and the server did not fail it (a protocol error, a
+        frame too large, a bug).
+        """
+
     def probe(timeout: float) -> Deferred:
         """
         Ask the client whether it is still there (a WebSocket ping).

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
 import orjson
 
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
-from .base import ProtocolError, Session, native_error_code, require_string
+from ..resume import ISessionStore, ResumableConnection, ResumeSettings
+from .base import (
+    HandshakeInfo,
+    IFrameSink,
+    ProtocolError,
+    Session,
+    native_error_code,
+    require_string,
+)
 
 NAME = "native"
 
@@ -61,22 +70,93 @@ def _profile(metadata: dict) -> Profile:
     )
 
 
+def _event_body(event: Any) -> dict | None:
+    """
+    The body of the frame that shows a hub event to a native client.
+    """
+    if type(event) is Signal:
+        return {
+            "type": event.kind,
+            "room": event.room,
+            "from": event.sender,
+            "payload": event.payload,
+        }
+    if type(event) is PeerJoined:
+        return {"type": "peer-joined", "room": event.room, "peer": _member(event.member)}
+    if type(event) is PeerLeft:
+        return {"type": "peer-left", "room": event.room, "peer": _member(event.member)}
+    return None
+
+
+def _last_seen(params: Any) -> int | None:
+    value = params.get("last", "")
+    return int(value) if value.isdigit() else None
+
+
+@attrs.frozen
+class Resume:
+    """
+    What a native session needs to offer session resume.
+    """
+
+    settings: ResumeSettings
+    store: ISessionStore
+
+
 class NativeSession(Session):
     """
     A client of the native protocol.
+
+    :ivar resumable: The peer's hub connection across resumes, when resume
+        is on; else the socket itself is the hub connection.
     """
 
     _log = Logger()
     not_json_error = ("invalid-json", "the frame is not valid JSON")
     too_large_error = ("message-too-large", "the message exceeds the size limit")
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
+    resumable: ResumableConnection | None = None
+
+    def __init__(
+        self, hub: Any, sink: IFrameSink, handshake: HandshakeInfo, resume: Resume | None = None
+    ) -> None:
+        super().__init__(hub, sink, handshake)
+        self.resume = resume
 
     def opened(self) -> None:
-        self.peer = self.hub.connect(self.sink, dialect=NAME)
-        self.send_json({"type": "welcome", "peerId": self.peer.id})
+        if self.resume is None:
+            self.peer = self.hub.connect(self.sink, dialect=NAME)
+            self.send_json({"type": "welcome", "peerId": self.peer.id})
+            return
+        store = self.resume.store
+        token = self.handshake.params.get("resume")
+        resumable = store.claim(token) if token else None
+        resumed = resumable is not None
+        if resumable is None:
+            resumable = ResumableConnection(self.hub, store, self.resume.settings, _event_body)
+            resumable.peer = self.hub.connect(resumable, dialect=NAME)
+        self.resumable = resumable
+        self.peer = resumable.peer
+        resumable.attach(self.sink, _last_seen(self.handshake.params) if resumed else None)
+        welcome = {
+            "type": "welcome",
+            "peerId": self.peer.id,
+            "resumeToken": store.issue(resumable),
+            "resumed": resumed,
+        }
+        if resumed:
+            welcome["rooms"] = sorted(self.peer.rooms)
+            self._log.info("{peer} resumed its session", peer=self.peer.id)
+        self.send_json(welcome)
+        if resumed:
+            resumable.replay()
 
     def closed(self) -> None:
-        if self.peer is not None:
+        if self.resumable is not None:
+            # Only a lost socket is waited for: a client that closed it
+            # meant to go, and one the server failed is not to come back.
+            self.resumable.detach(self.sink, hold=self.sink.lost())
+        elif self.peer is not None:
             self.hub.disconnect(self.peer)
 
     def message_received(self, message: dict) -> None:
@@ -141,34 +221,26 @@ class NativeSession(Session):
     def _ping(self, message: dict, request_id: Any) -> None:
         self.send_json(self._reply({"type": "pong"}, request_id))
 
+    def _ack(self, message: dict, request_id: Any) -> None:
+        seq = message.get("seq")
+        if type(seq) is not int or seq < 0:
+            raise ProtocolError("invalid-field", "'seq' must be a whole number")
+        if self.resumable is not None:
+            self.resumable.acknowledge(seq)
+
     _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
         "join": _join,
         "leave": _leave,
         "ping": _ping,
+        "ack": _ack,
         **dict.fromkeys(_RELAY_KINDS, _relay),
     }
 
     # events
 
     def render(self, event: Any) -> bytes | None:
-        if type(event) is Signal:
-            return orjson.dumps(
-                {
-                    "type": event.kind,
-                    "room": event.room,
-                    "from": event.sender,
-                    "payload": event.payload,
-                }
-            )
-        if type(event) is PeerJoined:
-            return orjson.dumps(
-                {"type": "peer-joined", "room": event.room, "peer": _member(event.member)}
-            )
-        if type(event) is PeerLeft:
-            return orjson.dumps(
-                {"type": "peer-left", "room": event.room, "peer": _member(event.member)}
-            )
-        return None
+        body = _event_body(event)
+        return None if body is None else orjson.dumps(body)
 
     # output
 
