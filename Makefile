@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,speedups,cluster]'
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,speedups,cluster,examples]'
 	touch $(STAMP)
 
 run: $(STAMP)
