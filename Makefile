@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,speedups,cluster,examples]'
 	touch $(STAMP)
 
+# The log's "demo page:" line says where to point a browser.
 run: $(STAMP)
+	@echo "demo: open http://localhost:$${PORT:-8080}/ in two tabs (the log below says the exact URL)"
 	$(BIN)/twistd -n --pidfile= signaling $(ARGS)
 
 test: $(STAMP)

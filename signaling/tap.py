@@ -304,6 +304,9 @@ class ListeningService(Service):
         except AttributeError:
             url = self.description
         self._log.info("signaling listening on {url}", url=url)
+        if url.endswith("/signal"):
+            page = url[: -len("signal")].replace("ws", "http", 1)
+            self._log.info("demo page: open {page} in two tabs", page=page)
 
     def stopService(self) -> Deferred | None:
         Service.stopService(self)

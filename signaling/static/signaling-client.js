@@ -187,7 +187,9 @@ class ReconnectingSocket extends Emitter {
  * Events: `state` {state}, `welcome` {peerId, resumed}, `peer-joined`
  * {room, peer}, `peer-left` {room, peer}, `offer` / `answer` / `candidate`
  * / `message` {room, from, payload, seq}, `reconnecting` {delay, attempt},
- * `session-lost` {peerId, previousPeerId}, `error` {code, message}.
+ * `session-lost` {peerId, previousPeerId} (the rooms are then joined
+ * again, each with a `rejoined` event carrying the `joined` reply),
+ * `error` {code, message}.
  */
 export class SignalingClient extends ReconnectingSocket {
   /**
@@ -378,7 +380,10 @@ export class SignalingClient extends ReconnectingSocket {
       this.rooms.clear();
       this.emit("session-lost", { peerId: message.peerId, previousPeerId: previous });
       for (const [room, metadata] of rooms) {
-        this.join(room, metadata).catch((error) => this.emit("error", { code: error.code, message: error.message, room }));
+        this.join(room, metadata).then(
+          (reply) => this.emit("rejoined", reply),
+          (error) => this.emit("error", { code: error.code, message: error.message, room }),
+        );
       }
     }
     this._flush();
