@@ -1,0 +1,60 @@
+"""
+The Python client (signaling.client) and the aiortc example against
+C{twistd -n signaling}, each in a process of its own: Autobahn picks its
+async framework per process, and these run on asyncio while the tests run
+on Twisted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .realsockets import ROOT, TwistdServer
+
+FLOWS = Path(__file__).resolve().parent / "python_client_flows.py"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
+    )
+    server.start(tmp_path_factory.mktemp("python-client") / "twistd.log")
+    yield server
+    server.stop()
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("flow", ["backoff", "resume"])
+def test_python_client(server, flow):
+    """
+    The client backs off as documented (its delays, then state closed
+    after max_tries), and resumes after its TCP connection is aborted with
+    the same peer id and every message exactly once, the other peer seeing
+    no leave.
+    """
+    result = run(str(FLOWS), server.urls[0], flow)
+    assert result.returncode == 0, result.stdout + result.stderr + server.log()[-3000:]
+    assert result.stdout.strip().endswith(f"ok {flow}")
+
+
+def test_aiortc_example(server):
+    """
+    examples/aiortc_datachannel.py: two aiortc peers meet through the
+    server and a message crosses a real data channel, and its echo back.
+    """
+    result = run("examples/aiortc_datachannel.py", server.urls[0], "--timeout", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "callee received over the data channel: hello over WebRTC",
+        "caller received over the data channel: echo: hello over WebRTC",
+    ]
