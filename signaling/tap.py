@@ -18,7 +18,6 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
 
 from . import logs
-from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
@@ -26,9 +25,10 @@ from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
 from .resume import ResumeSettings
-from .site import GuardedSite, HTTPLimits
+from .transports.addresses import AddressLimiter, AddressLimits
+from .transports.site import GuardedSite, HTTPLimits
+from .transports.websocket import WebSocketSettings
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
-from .websocket import WebSocketSettings
 
 DEFAULT_PORT = 8080
 #: Twisted's default of 50 stalls WebSocket handshakes under a burst.

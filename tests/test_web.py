@@ -12,7 +12,7 @@ from signaling.ids import IdShape, IdSource
 from signaling.web import DEFAULT_ROOMS_PAGE, MAX_ROOMS_PAGE, SignalingSite
 from signaling.directory import Directory
 from signaling.web import SignalingSite
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import RecordingConnection, counting_random_bytes, make_site
 
