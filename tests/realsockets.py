@@ -256,3 +256,36 @@ class CuttableProxy:
     def close(self) -> None:
         self._listener.close()
         self.cut()
+
+
+#: The npm packages the Node-driven tests use (tests/node/package.json).
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def node_with_packages(what: str) -> str:
+    """
+    The node binary, with tests/node's packages installed into its ignored
+    node_modules on first use; fails on CI and skips elsewhere without Node.
+
+    :param what: What cannot run without Node, for the skip message.
+    """
+    import shutil
+
+    import pytest
+
+    node_binary = shutil.which("node")
+    npm = shutil.which("npm")
+    if node_binary is None or npm is None:
+        if os.environ.get("CI"):
+            pytest.fail("node and npm are required on CI (see .ci/run)")
+        pytest.skip(f"node and npm are not installed: {what} cannot run")
+    installed = [NODE_DIR / "node_modules" / name for name in ("socket.io-client", "ws")]
+    if not all(path.is_dir() for path in installed):
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
+            cwd=NODE_DIR,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return node_binary

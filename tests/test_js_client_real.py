@@ -8,35 +8,20 @@ proxy, and the directory operations.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from .realsockets import TwistdServer
+from .realsockets import NODE_DIR, TwistdServer, node_with_packages
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 @pytest.fixture(scope="module")
 def node():
     """
-    The node binary, with tests/node's packages installed on first use.
+    The node binary, with tests/node's ws installed.
     """
-    node_binary = shutil.which("node")
-    npm = shutil.which("npm")
-    if node_binary is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("node and npm are required on CI (see .ci/run)")
-        pytest.skip("node and npm are not installed: the JavaScript client cannot run")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
-            cwd=NODE_DIR, check=True, capture_output=True, timeout=300,
-        )
-    return node_binary
+    return node_with_packages("the JavaScript client's tests")
 
 
 @pytest.fixture(scope="module")
