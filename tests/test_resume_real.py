@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+import requests
 
 from .realsockets import TwistdServer, open_websocket, sleep
 
@@ -23,6 +24,7 @@ def server(tmp_path_factory):
     server = TwistdServer(
         "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0",
         "--resume-grace", str(GRACE), "--resume-max-messages", str(MAX_MESSAGES),
+        "--access-log",
     )
     server.start(tmp_path_factory.mktemp("resume") / "twistd.log")
     yield server
@@ -111,6 +113,13 @@ async def test_resume_keeps_id_rooms_and_missed_messages(server):
     assert (await alice.next())["payload"] == "back"
     await quiet(bob)
     await close(alice, bob)
+    # The access log never shows a token (a WebSocket is not logged; a
+    # plain GET with one is, redacted).
+    http_url = url.replace("ws://", "http://")
+    assert requests.get(f"{http_url}?resume={token}&last=1", timeout=5).status_code == 426
+    await sleep(0.1)
+    assert "/signal?resume=REDACTED&last=1" in server.log()
+    assert token not in server.log()
 
 
 @pytest_twisted.ensureDeferred
