@@ -109,6 +109,8 @@ class SignalingClient:
         url: str,
         *,
         backoff: Backoff = Backoff(),
+        ping_interval: float = 15,
+        ping_timeout: float = 5,
         ack_delay: float = 0.1,
         request_timeout: float = 10,
         random_fraction: Callable[[], float] = random.random,
@@ -116,12 +118,18 @@ class SignalingClient:
     ) -> None:
         """
         :param url: C{ws://host:port/signal} or C{wss://…}.
+        :param ping_interval: Seconds between the client's WebSocket pings;
+            a socket whose network went away unnoticed is given up when
+            one goes unanswered for C{ping_timeout}, and the client resumes
+            on a new one. 0 turns them off.
         :param ack_delay: Seconds to gather acknowledgements into one.
         :param random_fraction: The jitter's source of randomness.
         :param sleep: Waits between attempts (a fake clock in tests).
         """
         self.url = url
         self.backoff = backoff
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.ack_delay = ack_delay
         self.request_timeout = request_timeout
         self._random = random_fraction
@@ -249,7 +257,13 @@ class SignalingClient:
         factory = WebSocketClientFactory(url)
         factory.protocol = _Protocol
         factory.client = self
-        factory.setProtocolOptions(autoPingInterval=0, failByDrop=False)
+        # A ping timeout drops the TCP connection without a close frame, so
+        # that a server still holding it keeps the session for the resume.
+        factory.setProtocolOptions(
+            autoPingInterval=self.ping_interval,
+            autoPingTimeout=self.ping_timeout if self.ping_interval else 0,
+            failByDrop=False,
+        )
         loop = asyncio.get_running_loop()
         await loop.create_connection(
             factory, parsed.hostname, parsed.port or (443 if secure else 80), ssl=secure or None

@@ -8,7 +8,9 @@ picks its async framework per process; the tests run on Twisted).
 FLOW is backoff (a refused port and a recording sleep: the delays, then
 state closed) or resume (two clients; one's TCP connection is aborted; it
 comes back with the same id and every message exactly once, and the other
-never sees it leave). Prints "ok FLOW" and exits 0, or raises.
+never sees it leave) or heartbeat (a proxy between one client and the server
+goes silent; the client's pings go unanswered and it resumes on a new
+socket). Prints "ok FLOW" and exits 0, or raises.
 """
 
 from __future__ import annotations
@@ -98,7 +100,82 @@ async def resume(url: str) -> None:
     await alice.close()
 
 
+class SilentProxy:
+    """
+    A TCP proxy to the server that can go silent: nothing more passes
+    either way, and neither end hears of it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers = getattr(self, "writers", []) + [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            self.tasks.append(asyncio.ensure_future(self._pipe(source, sink)))
+
+    @staticmethod
+    async def _pipe(reader, writer) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    def go_silent(self) -> None:
+        # The sockets stay open, unread: the tasks stop moving bytes.
+        for task in self.tasks:
+            task.cancel()
+        self.tasks = []
+
+    def close(self) -> None:
+        self.go_silent()
+        self.server.close()
+        for writer in getattr(self, "writers", []):
+            writer.transport.abort()
+
+
+async def heartbeat(url: str) -> None:
+    fast = Backoff(base=0.05, cap=0.2, jitter=0)
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = SilentProxy(port)
+    proxy_port = await proxy.start()
+    alice = SignalingClient(url, backoff=fast, ping_interval=0)
+    bob = SignalingClient(
+        url.replace(f":{port}/", f":{proxy_port}/"), backoff=fast, ping_interval=0.5, ping_timeout=1
+    )
+    await alice.connect()
+    bob_welcome = await bob.connect()
+    await alice.join("py-silent", {})
+    bob_joins = alice.wait_for("peer-joined")
+    await bob.join("py-silent", {})
+    await asyncio.wait_for(bob_joins, 2)
+    await asyncio.sleep(1.6)
+    equal(bob.state, State.OPEN, "pings answered")
+    left: list[dict] = []
+    alice.on("peer-left", left.append)
+    received: list[str] = []
+    bob.on("message", lambda event: received.append(event["payload"]))
+
+    back = bob.wait_for("welcome")
+    proxy.go_silent()
+    alice.send("py-silent", "while silent", to=bob_welcome["peerId"])
+    welcome = await asyncio.wait_for(back, 5)
+    equal((welcome["resumed"], welcome["peerId"]), (True, bob_welcome["peerId"]), "same session")
+    await asyncio.sleep(0.1)
+    equal(received, ["while silent"], "the message, once")
+    equal(left, [], "alice saw no leave")
+    await bob.close()
+    await alice.close()
+    proxy.close()
+
+
 if __name__ == "__main__":
     ws_url, flow = sys.argv[1:3]
-    asyncio.run({"backoff": backoff, "resume": resume}[flow](ws_url))
+    asyncio.run({"backoff": backoff, "resume": resume, "heartbeat": heartbeat}[flow](ws_url))
     print(f"ok {flow}")

@@ -3,7 +3,7 @@ The JavaScript client (signaling/static/signaling-client.js) in Node,
 fetched from a running C{twistd -n signaling} at its served URL and driven
 by tests/node/client-flows.mjs with the npm C{ws} package as its WebSocket:
 its backoff on a fake clock, a resume through a connection cut by a TCP
-proxy, and the directory operations.
+proxy or gone silent there, and the directory operations.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ def server(tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize("flow", ["backoff", "resume", "directory"])
+@pytest.mark.parametrize("flow", ["backoff", "resume", "heartbeat", "directory"])
 def test_javascript_client(node, server, flow):
     """
     The served client backs off as documented (delays on a fake clock, a
     state of closed after maxTries), resumes after its connection is cut
     with the same peer id and every message exactly once while the other
-    peer sees no leave, and keeps a directory registration across a cut.
+    peer sees no leave, resumes the same way when its socket goes silent
+    (its heartbeat unanswered), and keeps a directory registration across
+    a cut.
     """
     result = subprocess.run(
         [node, str(NODE_DIR / "client-flows.mjs"), server.http_url, flow],

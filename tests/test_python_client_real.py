@@ -34,13 +34,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("flow", ["backoff", "resume"])
+@pytest.mark.parametrize("flow", ["backoff", "resume", "heartbeat"])
 def test_python_client(server, flow):
     """
     The client backs off as documented (its delays, then state closed
     after max_tries), and resumes after its TCP connection is aborted with
     the same peer id and every message exactly once, the other peer seeing
-    no leave.
+    no leave; and when its socket goes silent, its unanswered ping makes it
+    resume the same way.
     """
     result = run(str(FLOWS), server.urls[0], flow)
     assert result.returncode == 0, result.stdout + result.stderr + server.log()[-3000:]

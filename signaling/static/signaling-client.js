@@ -122,6 +122,7 @@ class ReconnectingSocket extends Emitter {
       } catch {
         return;
       }
+      this._heard = true;
       this._received(message);
     };
     socket.onclose = (event) => {
@@ -195,11 +196,14 @@ export class SignalingClient extends ReconnectingSocket {
   /**
    * @param {string} url ws(s)://host:port/signal
    * @param {object} options WebSocket, backoff {base, factor, cap, maxTries,
-   *   jitter}, ackDelay (ms, default 100), requestTimeout (ms, default
-   *   10000), random, setTimeout, clearTimeout.
+   *   jitter}, heartbeat {interval, timeout} (ms, default 15000 and 5000;
+   *   interval 0 turns it off), ackDelay (ms, default 100), requestTimeout
+   *   (ms, default 10000), random, setTimeout, clearTimeout.
    */
   constructor(url, options = {}) {
     super(url, options);
+    this.heartbeat = { interval: 15000, timeout: 5000, ...(options.heartbeat || {}) };
+    this._heartbeatTimer = null;
     this.ackDelay = options.ackDelay ?? 100;
     this.requestTimeout = options.requestTimeout ?? 10000;
     this.peerId = null;
@@ -237,6 +241,7 @@ export class SignalingClient extends ReconnectingSocket {
   close() {
     this._sendAck();
     this._setState(States.CLOSED, { code: 1000, reason: "closed by the client" });
+    this._stopHeartbeat();
     this._stop();
     this._failPending(new Error("the client was closed"));
   }
@@ -314,6 +319,7 @@ export class SignalingClient extends ReconnectingSocket {
   }
 
   _socketClosed(code, reason) {
+    this._stopHeartbeat();
     if (this.state === States.CLOSED) return;
     if (code === 4000 && reason.startsWith("taken over")) {
       // Another socket resumed this session: it is that one's now.
@@ -387,7 +393,43 @@ export class SignalingClient extends ReconnectingSocket {
       }
     }
     this._flush();
+    this._startHeartbeat(this._socket);
     if (this._connected && first) this._connected.resolve(message);
+  }
+
+  /**
+   * A page cannot see WebSocket pings, and a socket whose network went
+   * away may stay "open" for minutes: every `interval` the client pings,
+   * and a socket that then stays silent for `timeout` is given up. The
+   * client resumes on a new socket at once, without closing the old one
+   * (a close frame that reached the server would end the session); the
+   * server closes the old one when the resume takes over.
+   */
+  _startHeartbeat(socket) {
+    this._stopHeartbeat();
+    const { interval, timeout } = this.heartbeat;
+    if (!interval || !socket) return;
+    const tick = () => {
+      if (this._socket !== socket) return;
+      this._heard = false;
+      socket.send(JSON.stringify({ type: "ping" }));
+      this._heartbeatTimer = this._setTimeout(() => {
+        if (this._socket !== socket) return;
+        if (this._heard) {
+          this._heartbeatTimer = this._setTimeout(tick, Math.max(0, interval - timeout));
+          return;
+        }
+        this._socket = null;
+        this._heartbeatTimer = null;
+        this._socketClosed(4100, "heartbeat timeout");
+      }, timeout);
+    };
+    this._heartbeatTimer = this._setTimeout(tick, interval);
+  }
+
+  _stopHeartbeat() {
+    if (this._heartbeatTimer !== null) this._clearTimeout(this._heartbeatTimer);
+    this._heartbeatTimer = null;
   }
 
   _scheduleAck() {

@@ -7,7 +7,9 @@
 // FLOW is backoff (no server needed: a fake clock and a fake WebSocket),
 // resume (two clients; a TCP proxy between one of them and the server cuts
 // its connection; it comes back with the same id and the messages sent
-// meanwhile, exactly once, and the other never sees it leave), or directory
+// meanwhile, exactly once, and the other never sees it leave), heartbeat
+// (the proxy goes silent instead: the client's pings go unanswered and it
+// resumes on a new socket, taking its session over), or directory
 // (register, discover, relay, re-register after the cut). Prints
 // "ok FLOW" and exits 0, or prints why and exits 1.
 import net from "node:net";
@@ -50,6 +52,7 @@ async function loadClient() {
 /** A TCP proxy to the server whose connections can be cut at once. */
 function proxy(port) {
   const sockets = new Set();
+  const pairs = [];
   const server = net.createServer((client) => {
     const upstream = net.connect(port, "127.0.0.1");
     for (const [a, b] of [[client, upstream], [upstream, client]]) {
@@ -57,12 +60,22 @@ function proxy(port) {
       a.on("error", () => b.destroy());
       a.on("close", () => b.destroy());
       sockets.add(a);
+      pairs.push([a, b]);
     }
   });
   return new Promise((resolve) => {
     server.listen(0, "127.0.0.1", () => {
       resolve({
         port: server.address().port,
+        freeze() {
+          // The network goes silent: nothing more passes either way, and
+          // neither end hears of it.
+          for (const [a, b] of pairs.splice(0)) {
+            a.unpipe(b);
+            a.pause();
+          }
+          sockets.clear();
+        },
         cut() {
           // A reset both ways, as when Wi-Fi goes: no close frame.
           for (const socket of sockets) socket.resetAndDestroy ? socket.resetAndDestroy() : socket.destroy();
@@ -194,7 +207,43 @@ async function directory(module, serverPort) {
   cutter.close();
 }
 
-const flows = { backoff, resume, directory };
+async function heartbeat(module, serverPort) {
+  const { SignalingClient } = module;
+  const cutter = await proxy(serverPort);
+  const fast = { base: 50, factor: 2, cap: 200, jitter: 0 };
+  const alice = new SignalingClient(`ws://127.0.0.1:${serverPort}/signal`, { WebSocket, backoff: fast, heartbeat: { interval: 0 } });
+  const bob = new SignalingClient(`ws://127.0.0.1:${cutter.port}/signal`, {
+    WebSocket,
+    backoff: fast,
+    heartbeat: { interval: 300, timeout: 200 },
+  });
+  await alice.connect();
+  const bobWelcome = await bob.connect();
+  await alice.join("silent-room", {});
+  const bobJoins = within(alice.once("peer-joined"), 2000, "alice sees bob");
+  await bob.join("silent-room", {});
+  await bobJoins;
+  await sleep(400);
+  equal(bob.state, "open", "heartbeats answered");
+  const left = [];
+  alice.on("peer-left", (event) => left.push(event));
+  const received = [];
+  bob.on("message", (event) => received.push(event.payload));
+
+  const back = bob.once("welcome");
+  cutter.freeze();
+  alice.send("silent-room", "while silent", bobWelcome.peerId);
+  const welcome = await within(back, 3000, "resume after a silent socket");
+  equal([welcome.resumed, welcome.peerId], [true, bobWelcome.peerId], "same session");
+  await sleep(100);
+  equal(received, ["while silent"], "the message, once");
+  equal(left, [], "alice saw no leave");
+  bob.close();
+  alice.close();
+  cutter.close();
+}
+
+const flows = { backoff, resume, directory, heartbeat };
 
 try {
   const module = await loadClient();
