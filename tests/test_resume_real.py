@@ -17,6 +17,7 @@ from .realsockets import TwistdServer, open_websocket, sleep
 
 GRACE = 1.0
 MAX_MESSAGES = 4
+MAX_BYTES = 3000
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def server(tmp_path_factory):
     server = TwistdServer(
         "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0",
         "--resume-grace", str(GRACE), "--resume-max-messages", str(MAX_MESSAGES),
-        "--access-log",
+        "--resume-max-bytes", str(MAX_BYTES), "--access-log",
     )
     server.start(tmp_path_factory.mktemp("resume") / "twistd.log")
     yield server
@@ -184,6 +185,29 @@ async def test_queue_bound_tells_the_sender_dropped(server):
     assert [(await bob.next())["payload"] for _ in range(MAX_MESSAGES)] == [
         f"q{index}" for index in range(MAX_MESSAGES)
     ]
+    await quiet(bob)
+    await close(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_byte_bound_tells_the_sender_dropped(server):
+    """
+    While a peer is away at most --resume-max-bytes of events wait for it,
+    however few they are.
+    """
+    [url] = server.urls
+    alice = await joined(url, "r8")
+    bob = await joined(url, "r8")
+    await alice.next()
+    await lose(bob)
+    big = "x" * 1200
+    alice.send_json(message("r8", bob.peer_id, big))
+    alice.send_json(message("r8", bob.peer_id, big))
+    alice.send_json({**message("r8", bob.peer_id, big), "id": 3})
+    refused = await alice.next()
+    assert (refused["code"], refused["id"]) == ("dropped", 3)
+    bob = await connect(url, bob.welcome["resumeToken"], last=0)
+    assert [len((await bob.next())["payload"]) for _ in range(2)] == [1200, 1200]
     await quiet(bob)
     await close(alice, bob)
 
