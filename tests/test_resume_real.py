@@ -255,6 +255,10 @@ async def test_replayed_and_unknown_tokens_get_a_fresh_session(server):
     assert thief.peer_id != bob.peer_id
     stranger = await connect(url, "A" * 43, last=5)
     assert stranger.welcome["resumed"] is False
+    # A last that is no number counts as none.
+    await lose(bob)
+    bob = await connect(url, bob.welcome["resumeToken"] + "&last=%C2%B2")
+    assert bob.welcome["resumed"] is True
     await quiet(alice)
     bob.send_json({"type": "ping", "id": 1})
     assert await bob.next() == {"type": "pong", "id": 1}

@@ -11,7 +11,7 @@ import attrs
 import orjson
 
 from ..errors import DeliveryRefused, HubError
-from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
+from ..hub import Hub, Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
 from ..resume import ISessionStore, ResumableConnection, ResumeSettings
 from .base import (
@@ -89,8 +89,12 @@ def _event_body(event: Any) -> dict | None:
 
 
 def _last_seen(params: Any) -> int | None:
+    """
+    The C{last} of a resume: the highest C{seq} the client processed, or
+    L{None} when it names none (or nonsense).
+    """
     value = params.get("last", "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 @attrs.frozen
@@ -118,7 +122,7 @@ class NativeSession(Session):
     resumable: ResumableConnection | None = None
 
     def __init__(
-        self, hub: Any, sink: IFrameSink, handshake: HandshakeInfo, resume: Resume | None = None
+        self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo, resume: Resume | None = None
     ) -> None:
         super().__init__(hub, sink, handshake)
         self.resume = resume
