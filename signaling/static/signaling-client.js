@@ -138,6 +138,7 @@ class ReconnectingSocket extends Emitter {
   _scheduleReconnect(code, reason) {
     if (this.attempt >= this.backoff.maxTries) {
       this._setState(States.CLOSED, { code, reason: "gave up reconnecting" });
+      this._gaveUp();
       return;
     }
     const delay = backoffDelay(this.attempt, this.backoff, this._random);
@@ -149,6 +150,9 @@ class ReconnectingSocket extends Emitter {
       if (this.state === States.RECONNECTING) this._open(this._reconnectUrl());
     }, delay);
   }
+
+  /** Called once the client stopped reconnecting after maxTries. */
+  _gaveUp() {}
 
   /** Send now if open, else once the session is back. */
   _send(message) {
@@ -310,6 +314,12 @@ export class SignalingClient extends ReconnectingSocket {
     });
   }
 
+  _gaveUp() {
+    const error = new Error("gave up reconnecting");
+    this._failPending(error);
+    if (this._connected && this.peerId === null) this._connected.reject(error);
+  }
+
   _failPending(error) {
     for (const [id, pending] of this._pending) {
       this._clearTimeout(pending.timer);
@@ -465,13 +475,23 @@ export class DirectoryClient extends ReconnectingSocket {
     this._waiters = [];
   }
 
+  /** Connect; resolves once open, retrying meanwhile; rejects if it gives up. */
   connect() {
     this.attempt = 0;
+    const settled = new Promise((resolve, reject) => {
+      const off = this.on("state", ({ state, reason }) => {
+        if (state === States.OPEN) {
+          off();
+          resolve();
+        } else if (state === States.CLOSED) {
+          off();
+          reject(new Error(`not connected: ${reason || state}`));
+        }
+      });
+    });
     this._setState(States.CONNECTING);
     this._open(this.url);
-    return this.once("state").then((event) => {
-      if (event.state !== States.OPEN) throw new Error(`not connected: ${event.state}`);
-    });
+    return settled;
   }
 
   close() {

@@ -115,7 +115,8 @@ async function backoff(module) {
   });
   const states = [];
   client.on("state", (event) => states.push(event.state));
-  client.connect().catch(() => {});
+  let refused = null;
+  client.connect().catch((error) => (refused = error.message));
   const delays = [];
   for (let attempt = 0; attempt < 6; attempt += 1) {
     await sleep(0);
@@ -128,6 +129,8 @@ async function backoff(module) {
   equal(delays, [75, 225, 675, 750, 750], "delays");
   equal(client.state, States.CLOSED, "state after maxTries");
   equal(states, ["connecting", "reconnecting", "closed"], "states");
+  await sleep(0);
+  equal(refused, "gave up reconnecting", "connect() rejects");
   equal(backoffDelay(0, {}, () => 0), 500, "default base");
   equal(backoffDelay(20, {}, () => 0), 30000, "default cap");
   equal(backoffDelay(1, {}, () => 1), 500, "default factor and jitter");
