@@ -20,7 +20,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .auth import TokenVerifier
+from .auth import AuthPolicy, InvalidToken, TokenVerifier, presented_token
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession, Resume
@@ -31,6 +31,7 @@ from .hub import Hub, Room
 from .ids import IdShape
 from .resume import ISessionStore, MemorySessionStore, ResumeSettings
 from .timefmt import iso8601, milliseconds
+from .turn import IceServers
 from .transports.addresses import AddressLimiter
 from .transports.engineio_resource import EngineIOResource
 from .transports.site import set_cors_headers
@@ -117,6 +118,8 @@ class SignalingSite:
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
+        auth: AuthPolicy = AuthPolicy(),
+        ice_servers: IceServers = IceServers(),
         resume: ResumeSettings | None = None,
         session_store: ISessionStore | None = None,
     ) -> None:
@@ -130,6 +133,8 @@ class SignalingSite:
         :param api_token: The bearer token C{/api/rooms/{id}} requires; None
             leaves it open.
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
+        :param auth: What every dialect does with tokens.
+        :param ice_servers: The STUN and TURN servers clients are told of.
         :param resume: Session resume for native peers; L{None} for none.
         :param session_store: Where resumable sessions wait; by default in
             this process.
@@ -138,13 +143,19 @@ class SignalingSite:
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
-        native = NativeSession
+        self.auth = auth
+        self.ice_servers = ice_servers
+        native = functools.partial(NativeSession, ice_servers=ice_servers)
         if resume is not None and resume.grace > 0:
             store = session_store or MemorySessionStore(ids=hub.ids)
-            native = functools.partial(NativeSession, resume=Resume(resume, store))
-        self._native = WebSocketResource(SignalingFactory(hub, native, settings))
+            native = functools.partial(native, resume=Resume(resume, store))
+        self._native = WebSocketResource(
+            SignalingFactory(hub, native, settings, auth, token_in_message=True)
+        )
         #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
-        socketio = SocketIOContext(hub=hub, verifier=verifier)
+        socketio = SocketIOContext(
+            hub=hub, verifier=verifier or auth.verifier, auth=auth, ice_servers=ice_servers
+        )
         self._socketio_stats = socketio.stats
         self._socketio = EngineIOResource(
             hub.clock,
@@ -155,10 +166,12 @@ class SignalingSite:
         )
         self.directory = directory
         self._directory = WebSocketResource(
-            SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
+            SignalingFactory(
+                hub, functools.partial(DirectorySession, directory=self.directory), settings, auth
+            )
         )
-        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings))
-        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
+        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings, auth))
+        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings, auth))
         self._client_js = StaticFile.load("signaling-client.js", "text/javascript; charset=utf-8")
         self._demo_page = StaticFile.load("index.html", "text/html; charset=utf-8")
         self._root = {
@@ -258,9 +271,40 @@ class SignalingSite:
             return self._json(request, {"error": "room not found", "id": room_id}, 404)
         return self._json(request, _room_detail(room))
 
+    @app.route("/api/ice-servers", methods=["GET"])
+    def ice_servers_route(self, request: IRequest) -> bytes:
+        """
+        STUN and TURN servers with fresh credentials; with C{--auth} on,
+        only for a valid token (C{Authorization: Bearer} or C{?token=}).
+        """
+        if not self.ice_servers.configured:
+            return self._json(request, {"error": "no STUN or TURN servers are configured"}, 404)
+        user = "anonymous"
+        if self.auth.checks_tokens:
+            params = {
+                name.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+                for name, values in request.args.items()
+                if values
+            }
+            token = presented_token(params, request.getHeader("authorization"))
+            try:
+                identity = self.auth.identify(token, self.hub.clock.seconds())
+            except InvalidToken as error:
+                request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+                return self._json(request, {"error": f"a valid token is needed: {error}"}, 401)
+            if identity is None:
+                request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+                return self._json(request, {"error": "a valid token is needed"}, 401)
+            user = identity.user_id
+        now = self.hub.clock.seconds()
+        servers = self.ice_servers.for_user(user, now)
+        request.setHeader("Cache-Control", "no-store")
+        return self._json(request, {"iceServers": servers, "ttl": int(self.ice_servers.ttl)})
+
     # Only the API's own paths: a preflight route for any path under /api/
     # would turn every unknown path there into a 405.
     @app.route("/api/stats", methods=["OPTIONS"])
+    @app.route("/api/ice-servers", methods=["OPTIONS"])
     @app.route("/api/rooms", methods=["OPTIONS"])
     @app.route("/api/rooms/<path:room_id>", methods=["OPTIONS"])
     def preflight(self, request: IRequest, room_id: str = "") -> bytes:

@@ -9,19 +9,15 @@ from typing import Any, Callable
 
 import attrs
 import orjson
+from twisted.internet.interfaces import IDelayedCall
 
+from ..auth import Identity, InvalidToken
 from ..errors import DeliveryRefused, HubError
-from ..hub import Hub, Member, PeerJoined, PeerLeft, Profile, Signal
+from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
 from ..resume import ISessionStore, ResumableConnection, ResumeSettings
-from .base import (
-    HandshakeInfo,
-    IFrameSink,
-    ProtocolError,
-    Session,
-    native_error_code,
-    require_string,
-)
+from ..turn import IceServers
+from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
 
@@ -44,7 +40,11 @@ _DELIVERY_ERRORS = {
 
 
 def _member(member: Member) -> dict[str, Any]:
-    return {"id": member.peer_id, "metadata": member.metadata}
+    entry = {"id": member.peer_id, "metadata": member.metadata}
+    if member.verified_user_id is not None:
+        # Only a token proves a user id; metadata.userId is a claim.
+        entry["userId"] = member.verified_user_id
+    return entry
 
 
 def _string(metadata: dict, *keys: str) -> str | None:
@@ -119,41 +119,113 @@ class NativeSession(Session):
     not_json_error = ("invalid-json", "the frame is not valid JSON")
     too_large_error = ("message-too-large", "the message exceeds the size limit")
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
+    _ice_call: IDelayedCall | None = None
     resumable: ResumableConnection | None = None
 
     def __init__(
-        self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo, resume: Resume | None = None
+        self,
+        *args: Any,
+        ice_servers: IceServers = IceServers(),
+        resume: Resume | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(hub, sink, handshake)
+        """
+        :param ice_servers: The STUN and TURN servers clients are told of.
+        :param resume: Session resume, or L{None} for none.
+        """
+        super().__init__(*args, **kwargs)
+        self.ice_servers = ice_servers
         self.resume = resume
 
     def opened(self) -> None:
+        resumed = False
         if self.resume is None:
-            self.peer = self.hub.connect(self.sink, dialect=NAME)
-            self.send_json({"type": "welcome", "peerId": self.peer.id})
-            return
+            self.connect_peer(dialect=NAME)
+        else:
+            resumed = self._open_resumable()
+        welcome: dict[str, Any] = {"type": "welcome", "peerId": self.peer.id}
+        if self.peer.verified_user_id is not None:
+            welcome["userId"] = self.peer.verified_user_id
+        if self._gets_ice_servers:
+            welcome["iceServers"] = self._fresh_ice_servers()
+        if self.resumable is not None:
+            welcome["resumeToken"] = self.resume.store.issue(self.resumable)
+            welcome["resumed"] = resumed
+            if resumed:
+                welcome["rooms"] = sorted(self.peer.rooms)
+                self._log.info("{peer} resumed its session", peer=self.peer.id)
+        self.send_json(welcome)
+        if resumed:
+            self.resumable.replay()
+        if self._awaiting_token:
+            self._expiry_call = self.hub.clock.callLater(
+                self.handshake.auth.message_deadline,
+                self.end_unauthenticated,
+                "unauthenticated",
+                "no token was presented in time",
+            )
+
+    def _open_resumable(self) -> bool:
+        """
+        Take over the session the handshake's C{resume} token names, or
+        start a new one.
+
+        :return: Whether a session was resumed.
+        """
         store = self.resume.store
         token = self.handshake.params.get("resume")
         resumable = store.claim(token) if token else None
-        resumed = resumable is not None
+        if resumable is not None and not self._may_resume(resumable):
+            resumable = None
         if resumable is None:
-            resumable = ResumableConnection(self.hub, store, self.resume.settings, _event_body)
-            resumable.peer = self.hub.connect(resumable, dialect=NAME)
+            self.resumable = ResumableConnection(self.hub, store, self.resume.settings, _event_body)
+            self.resumable.peer = self.connect_peer(connection=self.resumable, dialect=NAME)
+            self.resumable.attach(self.sink)
+            return False
         self.resumable = resumable
         self.peer = resumable.peer
-        resumable.attach(self.sink, _last_seen(self.handshake.params) if resumed else None)
-        welcome = {
-            "type": "welcome",
-            "peerId": self.peer.id,
-            "resumeToken": store.issue(resumable),
-            "resumed": resumed,
-        }
-        if resumed:
-            welcome["rooms"] = sorted(self.peer.rooms)
-            self._log.info("{peer} resumed its session", peer=self.peer.id)
-        self.send_json(welcome)
-        if resumed:
-            resumable.replay()
+        resumable.attach(self.sink, _last_seen(self.handshake.params))
+        identity = self.handshake.identity
+        if identity is not None:
+            self.watch_expiry(identity)
+        elif resumable.expires is not None:
+            # The proof the session was made with still ends it.
+            clock = self.hub.clock
+            self._expiry_call = clock.callLater(
+                max(0.0, resumable.expires - clock.seconds()),
+                self.end_unauthenticated,
+                *self.token_expired_error,
+            )
+        return True
+
+    def _may_resume(self, resumable: ResumableConnection) -> bool:
+        """
+        Whether this connection may take C{resumable} over: not with a
+        token for another user, nor once the token the session was proved
+        with has expired.
+        """
+        identity = self.handshake.identity
+        if identity is not None and identity.user_id != resumable.peer.verified_user_id:
+            return False
+        expires = resumable.expires
+        return expires is None or expires > self.hub.clock.seconds()
+
+    def watch_expiry(self, identity: Identity | None) -> None:
+        super().watch_expiry(identity)
+        if self.resumable is not None:
+            # A resume of the session is bound by the same expiry.
+            self.resumable.expires = identity.expires if identity is not None else None
+
+    @property
+    def _awaiting_token(self) -> bool:
+        return self.handshake.auth.required and self.peer.verified_user_id is None
+
+    @property
+    def _gets_ice_servers(self) -> bool:
+        # With --auth on, TURN credentials only for a valid token, as at
+        # GET /api/ice-servers: they let their holder relay any traffic.
+        unverified = self.peer.verified_user_id is None
+        return self.ice_servers.configured and not (self.handshake.auth.checks_tokens and unverified)
 
     def closed(self) -> None:
         if self.resumable is not None:
@@ -162,6 +234,28 @@ class NativeSession(Session):
             self.resumable.detach(self.sink, hold=self.sink.lost())
         elif self.peer is not None:
             self.hub.disconnect(self.peer)
+
+    def stop_timers(self) -> None:
+        super().stop_timers()
+        call, self._ice_call = self._ice_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fresh_ice_servers(self) -> list[dict[str, Any]]:
+        """
+        Credentials for this peer, and a push of fresh ones before they
+        expire.
+        """
+        clock = self.hub.clock
+        if self._ice_call is not None and self._ice_call.active():
+            self._ice_call.cancel()
+        self._ice_call = clock.callLater(self.ice_servers.refresh_in(), self._push_ice_servers)
+        user = self.peer.verified_user_id or self.peer.id
+        return self.ice_servers.for_user(user, clock.seconds())
+
+    def _push_ice_servers(self) -> None:
+        self._ice_call = None
+        self.send_json({"type": "ice-servers", "iceServers": self._fresh_ice_servers()})
 
     def message_received(self, message: dict) -> None:
         request_id = message.get("id")
@@ -172,6 +266,9 @@ class NativeSession(Session):
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             self.send_error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            return
+        if self._awaiting_token and handler not in (NativeSession._auth, NativeSession._ping):
+            self.send_error("unauthenticated", "send an auth message with a token first", request_id)
             return
         try:
             handler(self, message, request_id)
@@ -232,11 +329,51 @@ class NativeSession(Session):
         if self.resumable is not None:
             self.resumable.acknowledge(seq)
 
+    def _ice_servers(self, message: dict, request_id: Any) -> None:
+        if not self.ice_servers.configured:
+            raise ProtocolError("unsupported", "this server has no STUN or TURN servers configured")
+        if not self._gets_ice_servers:
+            raise ProtocolError("unauthenticated", "send an auth message with a token first")
+        reply = {"type": "ice-servers", "iceServers": self._fresh_ice_servers()}
+        self.send_json(self._reply(reply, request_id))
+
+    def _auth(self, message: dict, request_id: Any) -> None:
+        """
+        Present a token, or a fresh one before the last expires; the user
+        it names cannot change within a connection.
+        """
+        auth = self.handshake.auth
+        if not auth.checks_tokens:
+            raise ProtocolError("unsupported", "this server does not check tokens (--auth off)")
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("invalid-field", "'token' must be a non-empty string")
+        try:
+            identity = auth.identify(token, self.hub.clock.seconds())
+        except InvalidToken as error:
+            raise ProtocolError("invalid-token", str(error))
+        peer = self.peer
+        if peer.verified_user_id is not None and peer.verified_user_id != identity.user_id:
+            raise ProtocolError("forbidden", "the token is for another user than this connection's")
+        first = not self._gets_ice_servers
+        peer.verified_user_id = identity.user_id
+        peer.room_grants = identity.room_grants
+        peer.max_rooms = identity.limits.max_rooms_per_peer
+        self.watch_expiry(identity)
+        reply: dict[str, Any] = {"type": "authenticated", "userId": identity.user_id}
+        if identity.expires is not None:
+            reply["expiresAt"] = identity.claims["exp"]
+        self.send_json(self._reply(reply, request_id))
+        if first and self._gets_ice_servers:
+            self._push_ice_servers()
+
     _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
         "join": _join,
         "leave": _leave,
         "ping": _ping,
         "ack": _ack,
+        "auth": _auth,
+        "ice-servers": _ice_servers,
         **dict.fromkeys(_RELAY_KINDS, _relay),
     }
 

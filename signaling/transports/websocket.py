@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
 from .. import fastpath, gcpolicy
+from ..auth import AuthPolicy, InvalidToken, MissingToken, presented_token
 from ..dialects.base import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -29,7 +30,7 @@ from ..dialects.base import (
 from ..errors import DeliveryRefused
 from ..hub import CloseReason, Hub, IPeerConnection
 from ..logs import Logger
-from .limits import LimitedProtocol
+from .limits import LimitedProtocol, RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 
@@ -90,14 +91,17 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
-def handshake_info(request) -> HandshakeInfo:
+def handshake_info(request, auth: AuthPolicy = AuthPolicy()) -> HandshakeInfo:
     """
     What a session may know of an Autobahn C{ConnectionRequest}.
     """
+    params = {name: values[0] for name, values in request.params.items() if values}
     return HandshakeInfo(
         path=unquote(request.path),
-        params={name: values[0] for name, values in request.params.items() if values},
+        params=params,
         origin=request.headers.get("origin"),
+        token=presented_token(params, request.headers.get("authorization")),
+        auth=auth,
     )
 
 
@@ -114,11 +118,42 @@ class SignalingProtocol(LimitedProtocol):
     _probe_timeout: IDelayedCall | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(request)
+        auth = self.factory.auth
+        handshake = handshake_info(request, auth)
         if not self.factory.settings.allows_origin(handshake.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        if not auth.checks_tokens:
+            self.session = self.factory.session_factory(self.factory.hub, self, handshake)
+            return None
+        # A token whose key a key set lacks waits for the set to be fetched
+        # again; Autobahn holds the handshake until this fires.
+        identified = auth.identify_later(handshake.token, self.factory.clock)
+        identified.addErrback(self._refuse)
+        identified.addCallback(self._identified, handshake)
+        return identified
+
+    def _refuse(self, failure):
+        """
+        Refuse the handshake with 401 when the token is invalid, or missing
+        where one is required (except at a path whose dialect takes it in a
+        message).
+        """
+        failure.trap(InvalidToken)
+        if failure.check(MissingToken):
+            if self.factory.token_in_message:
+                return None
+            raise ConnectionDeny(401, "a token is required")
+        # The reason, never the token: it is the client's own.
+        self._log.info("refused a WebSocket: {error}", error=failure.getErrorMessage())
+        raise ConnectionDeny(401, failure.getErrorMessage())
+
+    def _identified(self, identity, handshake: HandshakeInfo) -> None:
+        if identity is not None and identity.limits.max_message_rate is not None:
+            # The token's rate instead of --max-message-rate.
+            rate = identity.limits.max_message_rate
+            self.rate_limit = RateLimit(rate, self.factory.clock.seconds()) if rate else None
+        handshake = attrs.evolve(handshake, identity=identity)
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
-        return None
 
     def onOpen(self) -> None:
         self._guarded(self.session.opened)
@@ -152,6 +187,7 @@ class SignalingProtocol(LimitedProtocol):
             self._end_probes(False)
         if self.session is not None:
             session, self.session = self.session, None
+            session.stop_timers()
             try:
                 session.closed()
             except Exception:
@@ -253,8 +289,18 @@ class SignalingFactory(WebSocketServerFactory):
         hub: Hub,
         session_factory: SessionFactory,
         settings: WebSocketSettings = WebSocketSettings(),
+        auth: AuthPolicy = AuthPolicy(),
+        token_in_message: bool = False,
     ) -> None:
+        """
+        :param auth: What is done with the tokens clients present.
+        :param token_in_message: Whether the dialect takes a token in a
+            message after the handshake (native C{auth}), so that a
+            handshake without one is let through where one is required.
+        """
         super().__init__()
+        self.auth = auth
+        self.token_in_message = token_in_message
         self.fast_paths = fastpath.install(enabled=settings.fast_paths)
         if self.fast_paths:
             self.protocol = FastSignalingProtocol
