@@ -322,3 +322,53 @@ async def test_resume_off(tmp_path):
         await close(alice)
     finally:
         server.stop()
+
+
+AUTH_SECRET = "the resume test secret, long enough for HS256 keys"
+
+
+def jwt_token(sub: str, lifetime: float = 600) -> str:
+    import time
+
+    import jwt
+
+    # The server accepts a token up to 30 s (its leeway) past its exp.
+    return jwt.encode({"sub": sub, "exp": int(time.time() + lifetime)}, AUTH_SECRET, algorithm="HS256")
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_keeps_the_verified_user_and_its_token_expiry(tmp_path):
+    """
+    Under --auth a resumed session keeps the user its token proved, needs
+    no token again, is not taken over with another user's token, and is not
+    resumed once that token has expired.
+    """
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--auth", "optional",
+        "--jwt-secret", AUTH_SECRET, "--resume-grace", "10",
+    )
+    server.start(tmp_path / "twistd.log")
+    try:
+        [url] = server.urls
+        bob = await connect(url + f"?token={jwt_token('bob')}")
+        assert bob.welcome["userId"] == "bob"
+        await lose(bob)
+        mallory = await connect(url + f"?token={jwt_token('mallory')}&resume={bob.welcome['resumeToken']}")
+        assert (mallory.welcome["resumed"], mallory.welcome["userId"]) == (False, "mallory")
+
+        bob = await connect(url + f"?token={jwt_token('bob')}")
+        await lose(bob)
+        again = await connect(url, bob.welcome["resumeToken"])
+        assert (again.welcome["resumed"], again.welcome["peerId"]) == (True, bob.peer_id)
+        assert again.welcome["userId"] == "bob"
+
+        # Accepted for about 1.5 s more (exp plus the leeway).
+        brief = await connect(url + f"?token={jwt_token('carol', lifetime=-28.5)}")
+        assert brief.welcome["userId"] == "carol"
+        await lose(brief)
+        await sleep(2.5)
+        late = await connect(url, brief.welcome["resumeToken"])
+        assert late.welcome["resumed"] is False and "userId" not in late.welcome
+        await close(mallory, again, late)
+    finally:
+        server.stop()
