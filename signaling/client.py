@@ -108,6 +108,7 @@ class SignalingClient:
         self,
         url: str,
         *,
+        token: str | Callable[[], str] | None = None,
         backoff: Backoff = Backoff(),
         ping_interval: float = 15,
         ping_timeout: float = 5,
@@ -118,6 +119,8 @@ class SignalingClient:
     ) -> None:
         """
         :param url: C{ws://host:port/signal} or C{wss://…}.
+        :param token: A JWT for a server with C{--auth}, or a function
+            returning a fresh one, sent as C{?token=} on every connection.
         :param ping_interval: Seconds between the client's WebSocket pings;
             a socket whose network went away unnoticed is given up when
             one goes unanswered for C{ping_timeout}, and the client resumes
@@ -127,6 +130,7 @@ class SignalingClient:
         :param sleep: Waits between attempts (a fake clock in tests).
         """
         self.url = url
+        self.token = token
         self.backoff = backoff
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -270,10 +274,20 @@ class SignalingClient:
         )
 
     def _resume_url(self) -> str:
-        if self._token is None:
+        """
+        The URL of the next connection: with the token, and the resume
+        token once there is one.
+        """
+        params = {}
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            params["token"] = token
+        if self._token is not None:
+            params.update(resume=self._token, last=str(self._last_seq))
+        if not params:
             return self.url
-        separator = "&" if "?" in self.url else "?"
-        return f"{self.url}{separator}resume={quote(self._token)}&last={self._last_seq}"
+        query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
+        return f"{self.url}{'&' if '?' in self.url else '?'}{query}"
 
     # rooms and signals
 

@@ -175,7 +175,32 @@ async def heartbeat(url: str) -> None:
     proxy.close()
 
 
+async def auth(url: str) -> None:
+    """
+    The server runs with --auth required; TOKEN is a JWT for "alice".
+    """
+    import os
+
+    issued: list[str] = []
+
+    def fresh_token() -> str:
+        issued.append(os.environ["TOKEN"])
+        return issued[-1]
+
+    alice = SignalingClient(url, token=fresh_token, backoff=Backoff(base=0.05, jitter=0))
+    welcome = await alice.connect()
+    equal(welcome.get("userId"), "alice", "verified user")
+    await alice.join("py-auth", {})
+    back = alice.wait_for("welcome")
+    alice._protocol.transport.abort()
+    resumed = await asyncio.wait_for(back, 3)
+    equal((resumed["resumed"], resumed["peerId"], resumed.get("userId")), (True, welcome["peerId"], "alice"), "same verified session")
+    equal(len(issued), 2, "a token for each connection")
+    equal((await alice.ping())["type"], "pong", "requests work")
+    await alice.close()
+
+
 if __name__ == "__main__":
     ws_url, flow = sys.argv[1:3]
-    asyncio.run({"backoff": backoff, "resume": resume, "heartbeat": heartbeat}[flow](ws_url))
+    asyncio.run({"backoff": backoff, "resume": resume, "heartbeat": heartbeat, "auth": auth}[flow](ws_url))
     print(f"ok {flow}")

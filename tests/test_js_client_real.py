@@ -8,11 +8,16 @@ proxy or gone silent there, and the directory operations.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 
+import jwt
 import pytest
 
 from .realsockets import NODE_DIR, TwistdServer, node_with_packages
+
+AUTH_SECRET = "the JavaScript client's test secret, long enough for HS256"
 
 
 
@@ -33,6 +38,34 @@ def server(tmp_path_factory):
     server.http_url = server.urls[0].replace("ws://", "http://").rsplit("/", 1)[0]
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
+        "--auth", "required", "--jwt-secret", AUTH_SECRET,
+    )
+    server.start(tmp_path_factory.mktemp("js-client-auth") / "twistd.log")
+    server.http_url = server.urls[0].replace("ws://", "http://").rsplit("/", 1)[0]
+    yield server
+    server.stop()
+
+
+def test_javascript_client_with_a_token(node, auth_server):
+    """
+    On a server with --auth required, the client's token (a function, asked
+    again for every connection) makes it a verified peer, and it resumes
+    its verified session after a cut.
+    """
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, AUTH_SECRET, algorithm="HS256")
+    result = subprocess.run(
+        [node, str(NODE_DIR / "client-flows.mjs"), auth_server.http_url, "auth"],
+        cwd=NODE_DIR, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TOKEN": token},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr + auth_server.log()[-3000:]
+    assert result.stdout.strip().endswith("ok auth")
 
 
 @pytest.mark.parametrize("flow", ["backoff", "resume", "heartbeat", "directory"])

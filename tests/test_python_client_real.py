@@ -7,15 +7,19 @@ on Twisted.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from .realsockets import ROOT, TwistdServer
 
 FLOWS = Path(__file__).resolve().parent / "python_client_flows.py"
+AUTH_SECRET = "the Python client's test secret, long enough for HS256"
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +32,31 @@ def server(tmp_path_factory):
     server.stop()
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
     )
+
+
+def test_python_client_with_a_token(tmp_path):
+    """
+    On a server with --auth required, the client's token (a function, asked
+    again for every connection) makes it a verified peer, and it resumes
+    its verified session after its connection is aborted.
+    """
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
+        "--auth", "required", "--jwt-secret", AUTH_SECRET,
+    )
+    server.start(tmp_path / "twistd.log")
+    try:
+        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, AUTH_SECRET, algorithm="HS256")
+        result = run(str(FLOWS), server.urls[0], "auth", env={"TOKEN": token})
+        assert result.returncode == 0, result.stdout + result.stderr + server.log()[-3000:]
+        assert result.stdout.strip().endswith("ok auth")
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("flow", ["backoff", "resume", "heartbeat"])

@@ -151,6 +151,19 @@ class ReconnectingSocket extends Emitter {
     }, delay);
   }
 
+  /**
+   * The URL of the next connection: `url`, with `options.token` (a string
+   * or a function returning one, called for every connection) as
+   * `?token=` and `extra` parameters.
+   */
+  _connectUrl(extra = {}) {
+    const token = typeof this.options.token === "function" ? this.options.token() : this.options.token;
+    const params = Object.entries({ ...(token ? { token } : {}), ...extra });
+    if (params.length === 0) return this.url;
+    const query = params.map(([name, value]) => `${name}=${encodeURIComponent(value)}`).join("&");
+    return `${this.url}${this.url.includes("?") ? "&" : "?"}${query}`;
+  }
+
   /** Called once the client stopped reconnecting after maxTries. */
   _gaveUp() {}
 
@@ -199,8 +212,9 @@ class ReconnectingSocket extends Emitter {
 export class SignalingClient extends ReconnectingSocket {
   /**
    * @param {string} url ws(s)://host:port/signal
-   * @param {object} options WebSocket, backoff {base, factor, cap, maxTries,
-   *   jitter}, heartbeat {interval, timeout} (ms, default 15000 and 5000;
+   * @param {object} options token (a JWT, or a function returning a fresh
+   *   one, sent as ?token= on every connection, for servers with --auth),
+   *   WebSocket, backoff {base, factor, cap, maxTries, jitter}, heartbeat {interval, timeout} (ms, default 15000 and 5000;
    *   interval 0 turns it off), ackDelay (ms, default 100), requestTimeout
    *   (ms, default 10000), random, setTimeout, clearTimeout.
    */
@@ -237,7 +251,7 @@ export class SignalingClient extends ReconnectingSocket {
     this._connected = { promise, resolve, reject };
     this.attempt = 0;
     this._setState(States.CONNECTING);
-    this._open(this.url);
+    this._open(this._connectUrl());
     return promise;
   }
 
@@ -297,9 +311,7 @@ export class SignalingClient extends ReconnectingSocket {
   // internals
 
   _reconnectUrl() {
-    if (!this._token) return this.url;
-    const separator = this.url.includes("?") ? "&" : "?";
-    return `${this.url}${separator}resume=${encodeURIComponent(this._token)}&last=${this._lastSeq}`;
+    return this._connectUrl(this._token ? { resume: this._token, last: this._lastSeq } : {});
   }
 
   _request(message) {
@@ -490,7 +502,7 @@ export class DirectoryClient extends ReconnectingSocket {
       });
     });
     this._setState(States.CONNECTING);
-    this._open(this.url);
+    this._open(this._connectUrl());
     return settled;
   }
 
@@ -542,7 +554,7 @@ export class DirectoryClient extends ReconnectingSocket {
   // internals
 
   _reconnectUrl() {
-    return this.url;
+    return this._connectUrl();
   }
 
   _wait(matches) {

@@ -246,7 +246,33 @@ async function heartbeat(module, serverPort) {
   cutter.close();
 }
 
-const flows = { backoff, resume, directory, heartbeat };
+async function auth(module, serverPort) {
+  // The server runs with --auth required; TOKEN is a JWT for "alice".
+  const { SignalingClient } = module;
+  const cutter = await proxy(serverPort);
+  let issued = 0;
+  const alice = new SignalingClient(`ws://127.0.0.1:${cutter.port}/signal`, {
+    WebSocket,
+    backoff: { base: 50, jitter: 0 },
+    token: () => {
+      issued += 1;
+      return process.env.TOKEN;
+    },
+  });
+  const welcome = await alice.connect();
+  equal(welcome.userId, "alice", "verified user");
+  await alice.join("auth-room", {});
+  const back = alice.once("welcome");
+  cutter.cut();
+  const resumed = await within(back, 3000, "resumed welcome");
+  equal([resumed.resumed, resumed.peerId, resumed.userId], [true, welcome.peerId, "alice"], "same verified session");
+  equal(issued, 2, "a token for each connection");
+  equal((await alice.ping()).type, "pong", "requests work");
+  alice.close();
+  cutter.close();
+}
+
+const flows = { backoff, resume, directory, heartbeat, auth };
 
 try {
   const module = await loadClient();
