@@ -101,6 +101,18 @@ async def caller(url: str, room: str, joined: asyncio.Event, text: str) -> str:
     return echo
 
 
+def use_loopback_only() -> None:
+    """
+    Make aioice gather 127.0.0.1 as the only host candidate: for a machine
+    (a test run, a sandbox) whose traffic must stay on loopback. aioice
+    leaves loopback out of its own list, so without this the peers meet
+    on the host's network addresses.
+    """
+    from aioice import ice
+
+    ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
 async def main(url: str, room: str, text: str, timeout: float) -> None:
     joined = asyncio.Event()
     received, echo = await asyncio.wait_for(
@@ -116,5 +128,12 @@ if __name__ == "__main__":
     parser.add_argument("--room", default=f"aiortc-{secrets.token_hex(4)}")
     parser.add_argument("--message", default="hello over WebRTC")
     parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument(
+        "--loopback",
+        action="store_true",
+        help="meet over 127.0.0.1 only (aioice offers no loopback candidate of its own)",
+    )
     arguments = parser.parse_args()
+    if arguments.loopback:
+        use_loopback_only()
     asyncio.run(main(arguments.url, arguments.room, arguments.message, arguments.timeout))
