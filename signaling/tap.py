@@ -28,6 +28,7 @@ from .turn import DEFAULT_TTL, IceServers
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
+from .resume import ResumeSettings
 from .transports.addresses import AddressLimiter, AddressLimits
 from .transports.site import GuardedSite, HTTPLimits
 from .transports.websocket import WebSocketSettings
@@ -137,6 +138,9 @@ class Options(usage.Options):
         ["jwt-jwks-min-interval", None, 10.0, "Seconds between two fetches of --jwt-jwks-url that tokens with unknown key ids may cause.", _seconds("jwt-jwks-min-interval")],
         ["jwt-jwks-max-age", None, 300.0, "Seconds after which --jwt-jwks-url is fetched again anyway.", _seconds("jwt-jwks-max-age")],
         ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
+        ["resume-grace", None, 30.0, "Seconds a native peer whose socket died keeps its id and rooms, waiting for a resume; 0 turns resume off.", _seconds("resume-grace")],
+        ["resume-max-messages", None, 256, "Events kept for one native peer until it acknowledges them (and queued while it is away); beyond, senders are told 'dropped'.", _whole("resume-max-messages")],
+        ["resume-max-bytes", None, 256 * 1024, "Bytes of those events per native peer.", _whole("resume-max-bytes")],
         ["redis", None, None, "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst)."],
         ["node-id", None, None, "This node's id in the cluster, unique among its nodes (default: host name and process id)."],
         ["workers", None, 1, "Worker processes sharing the ports, on a Redis bus (--redis, else a private redis-server on a unix socket); 'auto' for one per core.", _workers],
@@ -247,6 +251,12 @@ class Options(usage.Options):
                 f"not {self['root-dialect']!r}"
             )
         self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
+        if self["resume-grace"] and not (self["resume-max-messages"] and self["resume-max-bytes"]):
+            # A peer away could be sent nothing at all: turn resume off instead.
+            raise usage.UsageError(
+                "--resume-max-messages and --resume-max-bytes must be above 0 "
+                "(or --resume-grace 0)"
+            )
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         for description in self["ports"]:
@@ -420,6 +430,9 @@ class ListeningService(Service):
         except AttributeError:
             url = self.description
         self._log.info("signaling listening on {url}", url=url)
+        if url.endswith("/signal"):
+            page = url[: -len("signal")].replace("ws", "http", 1)
+            self._log.info("demo page: open {page} in two tabs", page=page)
 
     def stopService(self) -> Deferred | None:
         Service.stopService(self)
@@ -523,6 +536,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_rooms_page=options["max-rooms-page"],
         auth=auth,
         ice_servers=options.get("ice-servers", IceServers()),
+        resume=ResumeSettings(
+            grace=options["resume-grace"],
+            max_messages=options["resume-max-messages"],
+            max_bytes=options["resume-max-bytes"],
+        ),
         worker_route=route,
     )
     web = GuardedSite(
