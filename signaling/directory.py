@@ -171,6 +171,9 @@ class Directory:
     #: Whether the holds are full, so that a flood is logged once.
     _full: bool = False
     _log = Logger()
+    #: Whether registrations and lookups go through a cluster (asynchronous
+    #: ones, in L{signaling.cluster.users.ClusterDirectory}).
+    clustered = False
 
     # registration
 

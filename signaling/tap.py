@@ -469,8 +469,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     address = options.get("redis-address")
     if address is not None:
         # Only with --redis: the cluster extra (txredisapi) is optional.
-        from .cluster.bus import RedisBus
+        from .cluster.bus import BusSettings, RedisBus
         from .cluster.link import ClusterHub, ClusterLink
+        from .cluster.users import ClusterDirectory
     hub = (Hub if address is None else ClusterHub)(
         clock=reactor,
         limits=HubLimits(
@@ -496,12 +497,20 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         upgrade_timeout=options["upgrade-timeout"],
         fast_paths=not options["no-fast-paths"],
     )
-    directory = Directory(
-        hub,
+    directory_settings = dict(
         hold_seconds=options["directory-hold"],
         max_held=options["directory-max-held"],
         probe_seconds=options["directory-probe-timeout"],
     )
+    if address is None:
+        directory = Directory(hub, **directory_settings)
+    else:
+        # Holds of offline userIds are kept by Redis, for the cluster.
+        bus_settings = BusSettings(
+            hold_seconds=options["directory-hold"], max_held=options["directory-max-held"]
+        )
+        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor, bus_settings))
+        directory = ClusterDirectory(hub, **directory_settings, link=link)
     root_dialect = options["root-dialect"]
     auth = options.get("auth-policy", AuthPolicy())
     verifier = options.get("token-verifier")
@@ -565,7 +574,6 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         JWKSRefresher(key_set).setServiceParent(top)
     listeners = top
     if address is not None:
-        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor))
         listeners = ClusterService(link)
         listeners.setServiceParent(top)
     if adopted is not None:

@@ -10,6 +10,7 @@ import base64
 from typing import Any, Callable
 
 import orjson
+from twisted.internet.defer import Deferred
 
 from ..directory import (
     Directory,
@@ -192,6 +193,9 @@ class DirectorySession(Session):
         cannot take it over, ping that holder and take it only if the
         holder does not answer within the directory's C{probe_seconds}.
         """
+        if self.directory.clustered:
+            self._take_in_cluster(user_id, public_key, verified)
+            return
         try:
             self.directory.register(self.peer, user_id, public_key, verified)
         except UserIdInUse as in_use:
@@ -222,6 +226,54 @@ class DirectorySession(Session):
             return
         self._registered(user_id, verified)
 
+    def _take_in_cluster(
+        self, user_id: str, public_key: str, verified: bool, gone: str | None = None
+    ) -> None:
+        """
+        L{_take} across a cluster: Redis decides; a holder that may be gone
+        is pinged by its own node.
+        """
+        claim = self._claim = (user_id, public_key, verified)
+        registering = self.directory.register_in_cluster(
+            self.peer, user_id, public_key, verified, gone
+        )
+        registering.addCallbacks(
+            lambda _: self._registered(user_id, verified),
+            self._refused_in_cluster,
+            errbackArgs=(claim,),
+        )
+        registering.addErrback(self._claim_failed)
+
+    def _refused_in_cluster(self, failure, claim: tuple[str, str, bool]) -> None:
+        failure.trap(HubError)
+        in_use = failure.value
+        if not isinstance(in_use, UserIdInUse) or self._claim is not claim:
+            if self._claim is claim:
+                self._claim = None
+            self.send_error(_code(in_use), in_use.message)
+            return
+        holder = in_use.holder
+        if holder is not None and IFrameSink.providedBy(holder.connection):
+            probing = holder.connection.probe(self.directory.probe_seconds)
+        elif holder is None and in_use.node != self.directory.link.bus.node_id:
+            probing = self.directory.probe_remote(in_use.node, in_use.peer_id)
+        else:
+            self._claim = None
+            self.send_error(_code(in_use), in_use.message)
+            return
+        probing.addCallback(self._probed_in_cluster, claim, in_use).addErrback(self._claim_failed)
+
+    def _probed_in_cluster(self, alive: bool, claim: tuple[str, str, bool], in_use) -> None:
+        if self._claim is not claim:
+            return
+        if alive:
+            self._claim = None
+            self.send_error(_code(in_use), in_use.message)
+            return
+        user_id, public_key, verified = claim
+        self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
+        self._take_in_cluster(user_id, public_key, verified, gone=in_use.peer_id)
+
     def _claim_failed(self, failure) -> None:
         self._log.failure("deciding a userId claim failed", failure=failure)
 
@@ -244,19 +296,39 @@ class DirectorySession(Session):
         watch = message.get("watch")
         if watch is not None and not isinstance(watch, bool):
             raise InvalidField("'watch' must be a boolean")
-        registration = self.directory.lookup(user_id)
-        online = registration is not None and registration.online
-        reply: dict[str, Any] = {"type": "discover-response", "userId": user_id, "online": online}
-        if registration is not None:
-            reply["publicKey"] = registration.public_key
-            if registration.verified:
-                reply["verified"] = True
         # Presence notices only for those who ask: the original's client
         # warns about every message type it does not know.
         if watch:
             self.directory.watch(self.peer, user_id)
         elif watch is False:
             self.directory.unwatch(self.peer, user_id)
+        if self.directory.clustered:
+            looking = self.directory.lookup_in_cluster(user_id)
+            looking.addCallback(
+                lambda binding: self._discovered(
+                    user_id,
+                    binding is not None and binding.online,
+                    binding and binding.public_key,
+                    binding is not None and binding.proven,
+                )
+            ).addErrback(self._claim_failed)
+            return
+        registration = self.directory.lookup(user_id)
+        self._discovered(
+            user_id,
+            registration is not None and registration.online,
+            registration and registration.public_key,
+            registration is not None and registration.verified,
+        )
+
+    def _discovered(
+        self, user_id: str, online: bool, public_key: str | None, verified: bool
+    ) -> None:
+        reply: dict[str, Any] = {"type": "discover-response", "userId": user_id, "online": online}
+        if public_key is not None:
+            reply["publicKey"] = public_key
+            if verified:
+                reply["verified"] = True
         self.send_json(reply)
 
     def _relay(self, message: dict) -> None:
@@ -269,7 +341,9 @@ class DirectorySession(Session):
         room_name = message.get("room")
         try:
             if room_name is None:
-                self.directory.relay(self.peer, target, kind, payload)
+                relaying = self.directory.relay(self.peer, target, kind, payload)
+                if isinstance(relaying, Deferred):
+                    relaying.addErrback(self._relay_failed).addErrback(self._claim_failed)
                 return
             if not isinstance(room_name, str):
                 raise InvalidField("'room' must be a string")
@@ -287,6 +361,14 @@ class DirectorySession(Session):
         except DeliveryRefused as refused:
             code, text = _DELIVERY_ERRORS[refused.reason]
             raise ProtocolError(code, text)
+
+    def _relay_failed(self, failure) -> None:
+        failure.trap(HubError)
+        error = failure.value
+        if isinstance(error, DeliveryRefused):
+            self.send_error(*_DELIVERY_ERRORS[error.reason])
+        else:
+            self.send_error(_code(error), error.message)
 
     def _join(self, message: dict) -> None:
         _required(message, "room")
