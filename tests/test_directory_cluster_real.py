@@ -9,7 +9,9 @@ import base64
 import json
 import os
 import queue
+import re
 import signal
+import socket
 import threading
 import time
 
@@ -18,8 +20,9 @@ import websocket
 
 from signaling.keyproof import challenge_text
 
-from .test_cluster_real import Cluster
+from .test_cluster_real import Cluster, wait_for
 from .test_directory_real import ed25519_identity
+from .test_workers_real import start_workers
 
 TIMEOUT = 5
 PROBE = 0.5
@@ -215,3 +218,52 @@ def test_a_killed_node_frees_and_holds_its_user_ids(tmp_path):
     finally:
         watcher.close()
         cluster.stop()
+
+
+def user_node(server, user_id: str) -> str | None:
+    """
+    The node holding C{user_id}, from the workers' private Redis.
+    """
+    path = re.search(r"joining the cluster at unix://(\S+) as node", server.log()).group(1)
+    key = f"signaling:user:{user_id}".encode()
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(path)
+        client.sendall(b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$4\r\nnode\r\n" % (len(key), key))
+        reply = client.recv(4096)
+    return None if reply.startswith(b"$-1") else reply.split(b"\r\n")[1].decode()
+
+
+def test_user_ids_across_workers(tmp_path):
+    """
+    With C{--workers 2}, users registered on different workers discover
+    each other and exchange offers by userId; the userId of a live user on
+    the other worker cannot be taken.
+    """
+    server = start_workers(tmp_path / "twistd.log", "--directory-probe-timeout", str(PROBE))
+    users: list[User] = []
+    try:
+        # Users until both workers hold one (the kernel decides which).
+        first = User(server)
+        users.append(first)
+        assert first.register("u0", "key-0") == registered("u0")
+        home = wait_for(lambda: user_node(server, "u0"))
+        for index in range(1, 20):
+            other = User(server)
+            users.append(other)
+            assert other.register(f"u{index}", "key") == registered(f"u{index}")
+            if user_node(server, f"u{index}") != home:
+                break
+        else:
+            raise AssertionError("every user landed on one worker")
+        assert other.request({"type": "discover", "userId": "u0"}) == {
+            "type": "discover-response", "userId": "u0", "online": True, "publicKey": "key-0",
+        }
+        other.send({"type": "offer", "to": "u0", "offer": OFFER})
+        assert first.next() == {"type": "offer", "from": f"u{index}", "to": "u0", "offer": OFFER}
+        refused = other.register("u0", "stolen")
+        assert (refused["type"], refused["code"]) == ("error", "user-id-in-use"), refused
+    finally:
+        for user in users:
+            user.close()
+        server.stop()
