@@ -303,7 +303,10 @@ class ClusterDirectory(Directory):
         peer = self.hub.find(str(payload["peer"]))
         probe = getattr(peer.connection, "probe", None) if peer is not None else None
         asked_by, number = str(payload["node"]), payload["probe"]
-        answer = lambda alive: self._send(asked_by, PROBED, {"probe": number, "alive": bool(alive)})
+
+        def answer(alive: bool) -> None:
+            self._send(asked_by, PROBED, {"probe": number, "alive": bool(alive)})
+
         if peer is None or is_remote(peer) or probe is None:
             answer(False)
             return

@@ -10,6 +10,7 @@ import base64
 from typing import Any, Callable
 
 import orjson
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from ..directory import (
@@ -257,6 +258,9 @@ class DirectorySession(Session):
             probing = holder.connection.probe(self.directory.probe_seconds)
         elif holder is None and in_use.node != self.directory.link.bus.node_id:
             probing = self.directory.probe_remote(in_use.node, in_use.peer_id)
+        elif holder is None:
+            # A peer of this node that has gone: its release is on its way.
+            probing = defer.succeed(False)
         else:
             self._claim = None
             self.send_error(_code(in_use), in_use.message)
