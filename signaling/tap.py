@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import tempfile
 from typing import Any, Mapping
 
 import attrs
@@ -17,7 +19,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
 
-from . import logs
+from . import logs, tlsconfig
 from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
@@ -74,7 +76,10 @@ class Options(usage.Options):
     longdesc = (
         "A WebRTC signaling server speaking several dialects over one hub of "
         "rooms. --port takes Twisted endpoint strings and may be repeated; "
-        "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key. "
+        "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key, or "
+        "else cert.pem + key.pem or fullchain.pem + privkey.pem from "
+        "$CREDENTIALS_DIRECTORY, then /etc/signaling/tls/, or else (on "
+        "loopback or with --dev-tls) a self-signed one; SIGHUP re-reads them. "
         "Environment: PORT (default port), CLIENT_URL (allowed origins, "
         "comma-separated), LOG_LEVEL, API_TOKEN (--api-token)."
     )
@@ -112,11 +117,13 @@ class Options(usage.Options):
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
+        ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
     ]
 
     optFlags = [
         ["access-log", None, "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated)."],
         ["no-fast-paths", None, "Run on plain Autobahn, without the relay's shortcuts past its private names (they are also off outside the Autobahn and Twisted versions they were verified against, or without wsaccel)."],
+        ["dev-tls", None, "Let 'tls:PORT' without a certificate found use a self-signed one for localhost on any interface (it always may on loopback)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -179,9 +186,32 @@ class Options(usage.Options):
         self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
-        for description in self["ports"]:
-            if _TLS_SHORTHAND.match(description) and not self["tls-cert"]:
-                raise usage.UsageError(f"--port {description} needs --tls-cert")
+        self["tls-self-signed"] = False
+        shorthands = [port for port in self["ports"] if _TLS_SHORTHAND.match(port)]
+        if shorthands and not self["tls-cert"]:
+            self._find_certificate(shorthands)
+
+    def _find_certificate(self, shorthands: list[str]) -> None:
+        directories = tlsconfig.search_directories(self.environ, self.tls_directory)
+        found = tlsconfig.find_certificate(directories)
+        if found is not None:
+            self["tls-cert"], self["tls-key"] = found
+            return
+        public = [
+            port for port in shorthands
+            if not tlsconfig.is_loopback(_shorthand_arguments(port).get("interface", ""))
+        ]
+        if public and not self["dev-tls"]:
+            pairs = " or ".join(" + ".join(pair) for pair in tlsconfig.PAIRS)
+            raise usage.UsageError(
+                f"--port {public[0]} needs a certificate: no {pairs} in "
+                f"{', '.join(directories)}; give --tls-cert, or --dev-tls for a "
+                "self-signed one"
+            )
+        self["tls-self-signed"] = True
+
+    #: Searched for the C{tls:PORT} certificate after $CREDENTIALS_DIRECTORY.
+    tls_directory = tlsconfig.DEFAULT_DIRECTORY
 
     def _token_verifier(self) -> TokenVerifier | None:
         secret = self["jwt-secret"] or self.environ.get("JWT_SECRET") or None
@@ -211,35 +241,54 @@ class Options(usage.Options):
             raise SystemExit(f"twistd signaling: {error} (see twistd signaling --help)")
 
 
-def _tls_context(cert_path: str, key_path: str | None):
-    from twisted.internet.ssl import PrivateCertificate
+def _shorthand_arguments(description: str) -> dict[str, str]:
+    shorthand = _TLS_SHORTHAND.match(description)
+    assert shorthand is not None
+    return dict(part.split("=", 1) for part in shorthand.group(2).split(":") if part)
 
+
+def tls_for(options: Mapping[str, Any]) -> tlsconfig.ReloadableTLS:
+    """
+    The context factory of the C{tls:PORT} ports: C{--tls-cert} (or the one
+    found), or a new self-signed certificate whose fingerprint is logged.
+    """
+    cert_path, key_path = options["tls-cert"], options["tls-key"]
+    if options.get("tls-self-signed"):
+        directory = os.environ.get("STATE_DIRECTORY") or tempfile.mkdtemp(prefix="signaling-tls-")
+        cert_path, key_path = tlsconfig.make_self_signed(directory)
     try:
-        with open(cert_path, "rb") as cert_file:
-            cert_pem = cert_file.read()
-        key_pem = cert_pem
-        if key_path:
-            with open(key_path, "rb") as key_file:
-                key_pem = key_file.read()
-        return PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
-    except Exception as error:
+        tls = tlsconfig.ReloadableTLS(cert_path, key_path)
+    except tlsconfig.TLSError as error:
         raise SystemExit(f"twistd signaling: cannot load the TLS certificate: {error}")
+    if options.get("tls-self-signed"):
+        _log.warn(
+            "no TLS certificate found: serving a self-signed one for localhost "
+            "from {path}, SHA-256 {fingerprint} (for development only)",
+            path=cert_path,
+            fingerprint=tlsconfig.fingerprint(tls.options),
+        )
+    return tls
 
 
-def endpoint_for(reactor: Any, description: str, options: Mapping[str, Any]) -> IStreamServerEndpoint:
+def endpoint_for(
+    reactor: Any,
+    description: str,
+    options: Mapping[str, Any],
+    tls: tlsconfig.ReloadableTLS | None = None,
+) -> IStreamServerEndpoint:
     """
     Parse one C{--port}: the C{tls:PORT} shorthand, or any Twisted server
     endpoint string (given a backlog of L{LISTEN_BACKLOG} unless it says one).
+
+    :param tls: The shorthand's context factory (by default, L{tls_for}).
     """
     shorthand = _TLS_SHORTHAND.match(description)
     if shorthand:
-        arguments = dict(
-            part.split("=", 1) for part in shorthand.group(2).split(":") if part
-        )
+        arguments = _shorthand_arguments(description)
         return SSL4ServerEndpoint(
             reactor,
             int(shorthand.group(1)),
-            _tls_context(options["tls-cert"], options["tls-key"]),
+            tls if tls is not None else tls_for(options),
             backlog=int(arguments.get("backlog", LISTEN_BACKLOG)),
             interface=arguments.get("interface", ""),
         )
@@ -301,6 +350,33 @@ class ListeningService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class ReloadOnHangup(Service):
+    """
+    C{SIGHUP} re-reads the C{tls:PORT} certificate (certbot renews it in
+    place); open connections keep theirs.
+    """
+
+    def __init__(self, reactor: Any, tls: tlsconfig.ReloadableTLS) -> None:
+        self.reactor = reactor
+        self.tls = tls
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum, frame) -> None:
+        # A signal handler may run between any two bytecodes: reload from
+        # the reactor's own thread.
+        self.reactor.callFromThread(self.tls.reload)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
 
 
 def _sweeper(hub: Hub):
@@ -390,9 +466,13 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     cleanup.clock = reactor
     cleanup.setName("cleanup")
     cleanup.setServiceParent(top)
+    tls = None
+    if any(_TLS_SHORTHAND.match(description) for description in options["ports"]):
+        tls = tls_for(options)
+    top.tls = tls  # type: ignore[attr-defined]
     for description in options["ports"]:
         listener = ListeningService(
-            endpoint_for(reactor, description, options), web, description
+            endpoint_for(reactor, description, options, tls), web, description
         )
         listener.setServiceParent(top)
     return top
@@ -407,4 +487,6 @@ def makeService(options: Options) -> MultiService:
     CollectionPolicy(
         reactor, top.hub.peer_count, min_growth=options["gc-memory-growth"] * 1024 * 1024
     ).setServiceParent(top)
+    if top.tls is not None:
+        ReloadOnHangup(reactor, top.tls).setServiceParent(top)
     return top

@@ -1,0 +1,171 @@
+"""
+What an operator sees of a real C{twistd signaling}: the C{tls:PORT}
+certificate look-up, its reload on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import orjson
+import pytest
+import trustme
+import websocket
+
+from .realsockets import ROOT, TWISTD, TwistdServer
+
+SERVER_PORT = re.compile(r"wss://127\.0\.0\.1:(\d+)/")
+
+
+@pytest.fixture
+def twistd(tmp_path):
+    servers = []
+
+    def start(*args, env=None):
+        server = TwistdServer(*args, env=env)
+        servers.append(server)
+        server.start(tmp_path / f"twistd-{len(servers)}.log")
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def issue(directory, cert_name="cert.pem", key_name="key.pem"):
+    """
+    A new CA and a certificate for 127.0.0.1 from it in C{directory}; the
+    CA's PEM path.
+    """
+    authority = trustme.CA()
+    issued = authority.issue_cert("localhost", "127.0.0.1")
+    (directory / cert_name).write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    (directory / key_name).write_bytes(issued.private_key_pem.bytes())
+    ca_path = directory.parent / f"ca-{id(authority)}.pem"
+    authority.cert_pem.write_to_path(str(ca_path))
+    return str(ca_path)
+
+
+def port_of(server):
+    return int(SERVER_PORT.match(server.urls[0]).group(1))
+
+
+def peer_fingerprint(port):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            digest = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def health(port, ca_path):
+    """
+    GET /health over TLS, verifying the server against C{ca_path}.
+    """
+    context = ssl.create_default_context(cafile=ca_path)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := tls.recv(65536):
+                response += chunk
+    return response.split(b"\r\n", 1)[0]
+
+
+def wait_for(server, pattern, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, server.log()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in the log:\n{server.log()}")
+
+
+def test_tls_shorthand_finds_the_credentials_directory(twistd, tmp_path):
+    """
+    C{--port tls:PORT} without certificate options serves the certbot-named
+    pair from $CREDENTIALS_DIRECTORY.
+    """
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    ca_path = issue(credentials, "fullchain.pem", "privkey.pem")
+    server = twistd("--port", "tls:0:interface=127.0.0.1", env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert health(port_of(server), ca_path) == b"HTTP/1.1 200 OK"
+    assert "self-signed" not in server.log()
+
+
+def test_tls_shorthand_on_loopback_makes_a_self_signed_certificate(twistd, tmp_path):
+    """
+    With no certificate anywhere, a loopback C{tls:PORT} serves a new
+    self-signed certificate whose fingerprint is in the log.
+    """
+    server = twistd("--port", "tls:0:interface=127.0.0.1", env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    logged = re.search(r"self-signed .* SHA-256 ([0-9A-F:]{95})", server.log()).group(1)
+    assert peer_fingerprint(port_of(server)) == logged
+
+
+def test_tls_shorthand_on_every_interface_needs_a_certificate(tmp_path):
+    """
+    With no certificate anywhere, C{tls:PORT} on every interface stops with
+    one line naming where it looked.
+    """
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "signaling", "--port", "tls:0"],
+        cwd=ROOT, env={**os.environ, "CREDENTIALS_DIRECTORY": str(tmp_path)},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        f"twistd signaling: --port tls:0 needs a certificate: no cert.pem + key.pem "
+        f"or fullchain.pem + privkey.pem in {tmp_path}, /etc/signaling/tls; give "
+        "--tls-cert, or --dev-tls for a self-signed one (see twistd signaling --help)"
+    )
+
+
+def test_sighup_reloads_the_certificate_and_keeps_connections(twistd, tmp_path):
+    """
+    SIGHUP serves a renewed certificate to new connections while an open
+    one goes on; a broken renewal keeps the old certificate and logs one
+    line.
+    """
+    directory = tmp_path / "tls"
+    directory.mkdir()
+    old_ca = issue(directory)
+    server = twistd(
+        "--port", "tls:0:interface=127.0.0.1",
+        "--tls-cert", str(directory / "cert.pem"), "--tls-key", str(directory / "key.pem"),
+    )
+    port = port_of(server)
+    url = f"wss://127.0.0.1:{port}/signal"
+    client = websocket.create_connection(url, sslopt={"ca_certs": old_ca}, timeout=5)
+    try:
+        assert orjson.loads(client.recv())["type"] == "welcome"
+
+        new_ca = issue(directory)
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_for(server, r"TLS certificate reloaded")
+        assert health(port, new_ca) == b"HTTP/1.1 200 OK"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            health(port, old_ca)
+        client.send(orjson.dumps({"type": "join", "room": "r"}))
+        assert orjson.loads(client.recv())["type"] == "joined"
+
+        (directory / "cert.pem").write_text("not a certificate")
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_for(server, r"TLS certificate not reloaded, keeping the old one: no certificate in")
+        assert health(port, new_ca) == b"HTTP/1.1 200 OK"
+        client.send(orjson.dumps({"type": "leave", "room": "r"}))
+        assert orjson.loads(client.recv())["type"] == "left"
+    finally:
+        client.close()
+    assert server.process.poll() is None
