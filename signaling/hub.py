@@ -47,6 +47,10 @@ class CloseReason(str, enum.Enum):
     #: close (WebSocket 1011; on Socket.IO an Engine.IO close with no
     #: DISCONNECT, so that the client reconnects).
     FAILED = "internal error"
+    #: The server is shutting down and the client should come back, to
+    #: this node or another (WebSocket 1001, after a native C{reconnect};
+    #: an Engine.IO close packet with no DISCONNECT).
+    GOING_AWAY = "going away"
 
 
 class IPeerConnection(Interface):
@@ -549,6 +553,19 @@ class Hub:
                 peer.connection.close(CloseReason.FAILED)
             except Exception:
                 self._log.failure("closing {peer} failed", peer=peer.id)
+
+    def close_all(self, reason: CloseReason) -> int:
+        """
+        Close every peer's connection with C{reason}; each peer leaves the
+        hub as its connection ends. Returns how many were asked to go.
+        """
+        peers = list(self._peers.values())
+        for peer in peers:
+            try:
+                peer.connection.close(reason)
+            except Exception:
+                self._log.failure("closing {peer} failed", peer=peer.id)
+        return len(peers)
 
     # housekeeping
 

@@ -25,6 +25,7 @@ from .auth import TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
+from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
 from .metadata import MetadataLimits
 from .site import GuardedSite, HTTPLimits
@@ -475,6 +476,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             endpoint_for(reactor, description, options, tls), web, description
         )
         listener.setServiceParent(top)
+    DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
     return top
 
 
@@ -489,4 +491,6 @@ def makeService(options: Options) -> MultiService:
     ).setServiceParent(top)
     if top.tls is not None:
         ReloadOnHangup(reactor, top.tls).setServiceParent(top)
+    # Last, so that it is stopped first: STOPPING=1 as the drain begins.
+    SystemdNotifier(reactor, os.environ).setServiceParent(top)
     return top

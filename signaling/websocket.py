@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from . import fastpath, gcpolicy
 from .dialects.base import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
@@ -368,6 +369,11 @@ class SignalingProtocol(LimitedProtocol):
             return
         if reason is CloseReason.FAILED:
             self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+        elif reason is CloseReason.GOING_AWAY:
+            if self.session is not None:
+                self._guarded(self.session.going_away)
+            # sendClose() refuses 1001; Autobahn's failure path sends it.
+            self.fail(CLOSE_GOING_AWAY, reason.value)
         else:
             self.sendClose(CLOSE_REMOVED, reason.value)
 

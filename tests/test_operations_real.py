@@ -21,6 +21,9 @@ import websocket
 
 from .realsockets import ROOT, TWISTD, TwistdServer
 
+#: twistd ends by re-raising the signal that stopped it, once the services
+#: have stopped (systemd counts that as a clean stop).
+STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
 SERVER_PORT = re.compile(r"wss://127\.0\.0\.1:(\d+)/")
 
 
@@ -169,3 +172,98 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(twistd, tmp_path):
     finally:
         client.close()
     assert server.process.poll() is None
+
+
+def plain_port(server):
+    return int(re.match(r"ws://127\.0\.0\.1:(\d+)/", server.urls[0]).group(1))
+
+
+def close_code(client):
+    """
+    Read up to the server's close frame; its code.
+    """
+    while True:
+        opcode, data = client.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big")
+
+
+def test_sigterm_drains_every_dialect(twistd):
+    """
+    SIGTERM tells a native peer to reconnect and closes it with 1001, closes
+    a topic peer with 1001, sends a Socket.IO client Engine.IO's close
+    packet, stops accepting, and exits once they have gone.
+    """
+    server = twistd("--port", "tcp:0:interface=127.0.0.1")
+    port = plain_port(server)
+    native = websocket.create_connection(f"ws://127.0.0.1:{port}/signal", timeout=5)
+    assert orjson.loads(native.recv())["type"] == "welcome"
+    topic = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/lobby", timeout=5)
+    assert orjson.loads(topic.recv())["type"] == "welcome"
+    engine = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=5
+    )
+    assert engine.recv().startswith("0{")
+    engine.send("40")
+    assert engine.recv().startswith("40{")
+
+    started = time.monotonic()
+    os.kill(server.process.pid, signal.SIGTERM)
+    assert orjson.loads(native.recv()) == {"type": "reconnect", "reason": "going-away", "delayMs": 1000}
+    assert close_code(native) == 1001
+    assert close_code(topic) == 1001
+    assert engine.recv() == "1"
+    assert close_code(engine) == 1001
+    for client in (native, topic, engine):
+        client.close()
+    assert server.process.wait(5) in STOPPED_BY_SIGTERM
+    assert time.monotonic() - started < 3
+    assert "told 3 peers the server is going away" in server.log()
+    assert re.search(r"drained in \d", server.log())
+
+
+def test_drain_ends_at_its_timeout(twistd):
+    """
+    A peer that never answers the close is dropped at --drain-timeout.
+    """
+    server = twistd("--port", "tcp:0:interface=127.0.0.1", "--drain-timeout", "0.5")
+    port = plain_port(server)
+    silent = websocket.WebSocket()
+    # No reading from here on: the close frame is never answered.
+    silent.connect(f"ws://127.0.0.1:{port}/signal", timeout=5)
+    try:
+        started = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(5) in STOPPED_BY_SIGTERM
+        assert 0.4 < time.monotonic() - started < 3
+        assert "drain timeout: 1 peers still connected are dropped" in server.log()
+    finally:
+        silent.shutdown()
+
+
+def test_systemd_notifications(twistd, tmp_path):
+    """
+    Over $NOTIFY_SOCKET: READY=1 once the port listens, WATCHDOG=1 at half
+    of WatchdogSec, STOPPING=1 when SIGTERM starts the drain.
+    """
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    receiver.settimeout(5)
+    try:
+        server = twistd(
+            "--port", "tcp:0:interface=127.0.0.1",
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"},
+        )
+        assert receiver.recv(256) == b"READY=1"
+        with socket.create_connection(("127.0.0.1", plain_port(server)), timeout=5):
+            pass
+        assert receiver.recv(256) == b"WATCHDOG=1"
+        assert receiver.recv(256) == b"WATCHDOG=1"
+        os.kill(server.process.pid, signal.SIGTERM)
+        messages = []
+        while b"STOPPING=1" not in messages:
+            messages.append(receiver.recv(256))
+        assert set(messages) <= {b"WATCHDOG=1", b"STOPPING=1"}
+        assert server.process.wait(5) in STOPPED_BY_SIGTERM
+    finally:
+        receiver.close()

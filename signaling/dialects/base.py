@@ -17,6 +17,7 @@ from ..hub import Hub, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
@@ -260,6 +261,12 @@ class Session:
                     "the room's member list is too large to send; not joined"
                 )
             raise
+
+    def going_away(self) -> None:
+        """
+        The server is shutting down: say so in the dialect's own words
+        before the WebSocket closes with 1001 (by default, nothing more).
+        """
 
     def closed(self) -> None:
         raise NotImplementedError()

@@ -15,6 +15,8 @@ from ..logs import Logger
 from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
+#: The C{reconnect} message's hint of how long to wait before coming back.
+RECONNECT_DELAY_MS = 1000
 
 #: Incoming relay types and the hub's signal kind for each.
 _RELAY_KINDS = {
@@ -74,6 +76,11 @@ class NativeSession(Session):
     def opened(self) -> None:
         self.peer = self.hub.connect(self.sink, dialect=NAME)
         self.send_json({"type": "welcome", "peerId": self.peer.id})
+
+    def going_away(self) -> None:
+        # A resuming client comes back (to another node, behind a load
+        # balancer) after the hint plus its own jitter.
+        self.send_json({"type": "reconnect", "reason": "going-away", "delayMs": RECONNECT_DELAY_MS})
 
     def closed(self) -> None:
         if self.peer is not None:

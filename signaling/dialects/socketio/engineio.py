@@ -25,7 +25,7 @@ from ...addresses import AddressLimiter, Slot
 from ...errors import DeliveryRefused
 from ...logs import Logger
 from ...ratelimit import RateLimit
-from ..base import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..base import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 
 # Packet types.
 OPEN = "0"
@@ -143,7 +143,8 @@ class IPacketTransport(Interface):
         """
         Close the WebSocket: normally, or with C{code}
         (L{CLOSE_POLICY_VIOLATION} for a client over the message rate,
-        L{CLOSE_INTERNAL_ERROR} when the server's bug ended the session).
+        L{CLOSE_INTERNAL_ERROR} when the server's bug ended the session,
+        L{CLOSE_GOING_AWAY} when the server shuts down).
         """
 
 
@@ -545,7 +546,8 @@ class EngineIOSocket:
             (for closes the server decides), but no longer than the ping
             timeout.
         :param code: The close code of the WebSockets: 1000, or 1008 or 1011
-            (a bug on our side ended it).
+            (a bug on our side ended it), or 1001 (the server shuts down;
+            a WebSocket gets the close packet first).
         """
         if self.state in ("closing", "closed"):
             return
@@ -567,6 +569,13 @@ class EngineIOSocket:
                 self._log.failure("closing the session's handler failed")
         if self._websocket is not None:
             websocket, self._websocket = self._websocket, None
+            if code == CLOSE_GOING_AWAY:
+                # A polling client gets the close packet on its poll; over
+                # a WebSocket it comes before the close frame.
+                try:
+                    websocket.send_packet(CLOSE)
+                except DeliveryRefused:
+                    pass
             websocket.close_transport(code)
             self._finish_closing()
         elif self._poll is not None or not linger:

@@ -30,7 +30,7 @@ from ...ids import IdShape
 from ...logs import Logger
 from ...site import set_cors_headers
 from ...websocket import LimitedProtocol, WebSocketSettings, handshake_info
-from ..base import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
+from ..base import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
 from .engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
@@ -47,6 +47,7 @@ from .socketio import SocketIOConnection, SocketIOContext
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_REASONS = {
+    CLOSE_GOING_AWAY: "going away",
     CLOSE_POLICY_VIOLATION: "message rate limit exceeded",
     CLOSE_INTERNAL_ERROR: "internal error",
 }

@@ -20,7 +20,7 @@ from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger
-from ..base import CLOSE_INTERNAL_ERROR, ProtocolError, native_error_code
+from ..base import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, ProtocolError, native_error_code
 from .engineio import EngineIOSocket, IEngineIOHandler
 from . import calls, rooms
 
@@ -476,6 +476,11 @@ class SocketIOConnection:
             # No DISCONNECT, which would tell the client not to come back:
             # our bug is no reason for it to stay away.
             self.engine.close(reason.value, linger=True, code=CLOSE_INTERNAL_ERROR)
+            return
+        if reason is CloseReason.GOING_AWAY:
+            # No DISCONNECT either: the client is to come back, to another
+            # node. Engine.IO's close packet tells it the server went.
+            self.engine.close(reason.value, linger=True, code=CLOSE_GOING_AWAY)
             return
         self._send(Packet(DISCONNECT))
         self.engine.close(reason.value, linger=True)
