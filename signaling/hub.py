@@ -27,6 +27,7 @@ from .errors import (
     TooManyRooms,
     VerifiedOnly,
 )
+from .counters import Counters
 from .ids import IdShape, IdSource
 from .logs import Logger
 from .metadata import MetadataLimits
@@ -277,6 +278,7 @@ class Hub:
     clock: IReactorTime
     ids: IdSource = attrs.Factory(IdSource)
     limits: HubLimits = attrs.Factory(HubLimits)
+    counters: Counters = attrs.Factory(Counters)
     _peers: dict[str, Peer] = attrs.Factory(dict)
     _rooms: dict[str, Room] = attrs.Factory(dict)
     _log = Logger()
@@ -455,6 +457,9 @@ class Hub:
     def room(self, room_name: str) -> Room | None:
         return self._rooms.get(room_name)
 
+    def peers(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
     def rooms(self) -> Iterator[Room]:
         return iter(list(self._rooms.values()))
 
@@ -477,6 +482,9 @@ class Hub:
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
         signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        relayed = self.counters.relayed
+        key = (signal.kind, sender.dialect)
+        relayed[key] = relayed.get(key, 0) + 1
         if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
@@ -492,6 +500,7 @@ class Hub:
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
         signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        self.counters.count(self.counters.relayed, (signal.kind, sender.dialect))
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:
@@ -533,7 +542,8 @@ class Hub:
         """
         try:
             peer.connection.deliver(event)
-        except DeliveryRefused:
+        except DeliveryRefused as refused:
+            self.counters.count(self.counters.refused, refused.reason)
             raise
         except Exception:
             # One recipient's bug must not cost the sender its connection,

@@ -27,6 +27,7 @@ from .gcpolicy import CollectionPolicy
 from .hub import Hub, HubLimits
 from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
+from .metrics import MetricsService
 from .metadata import MetadataLimits
 from .site import GuardedSite, HTTPLimits
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
@@ -119,6 +120,7 @@ class Options(usage.Options):
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
         ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
+        ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
     ]
 
     optFlags = [
@@ -338,6 +340,9 @@ class ListeningService(Service):
                 f"{outcome[0].getErrorMessage()}"
             )
         self.port = outcome[0]
+        self.announce()
+
+    def announce(self) -> None:
         secure = self.description.startswith(("tls:", "ssl:"))
         try:
             url = url_for(self.port, secure)
@@ -351,6 +356,20 @@ class ListeningService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class MetricsListener(ListeningService):
+    """
+    The C{--metrics-port} listener.
+    """
+
+    def announce(self) -> None:
+        address = self.port.getHost()
+        host = getattr(address, "host", "localhost")
+        port = getattr(address, "port", "")
+        self._log.info(
+            "signaling metrics on http://{host}:{port}/metrics", host=host, port=port
+        )
 
 
 class ReloadOnHangup(Service):
@@ -476,6 +495,14 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             endpoint_for(reactor, description, options, tls), web, description
         )
         listener.setServiceParent(top)
+    if options["metrics-port"]:
+        metrics = MetricsService(reactor, hub)
+        metrics.setServiceParent(top)
+        MetricsListener(
+            endpoint_for(reactor, options["metrics-port"], options),
+            metrics.site(),
+            options["metrics-port"],
+        ).setServiceParent(top)
     DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
     return top
 

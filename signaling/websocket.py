@@ -251,6 +251,8 @@ class SignalingProtocol(LimitedProtocol):
     """
 
     _log = Logger()
+    #: What carries the peer, for C{/metrics}.
+    transport_name = "websocket"
     session: Session | None = None
     #: Deferreds of L{probe}s waiting for the client to answer.
     _probes: list[Deferred] | None = None
@@ -259,6 +261,7 @@ class SignalingProtocol(LimitedProtocol):
     def onConnect(self, request):
         handshake = handshake_info(request)
         if not self.factory.settings.allows_origin(handshake.origin):
+            self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "origin")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
         return None
@@ -267,8 +270,10 @@ class SignalingProtocol(LimitedProtocol):
         self._guarded(self.session.opened)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.hub.counters.bytes_in += len(payload)
         self._mark_active()
         if self.over_rate():
+            self.factory.hub.counters.count(self.factory.hub.counters.refused, "rate")
             if self.state == _OPEN:
                 self._guarded(self.session.rate_limited)
             return
@@ -319,6 +324,7 @@ class SignalingProtocol(LimitedProtocol):
         self.check_send(len(frame))
         try:
             self.sendMessage(frame)
+            self.factory.hub.counters.bytes_out += len(frame)
         except PayloadExceededError:
             raise DeliveryRefused("too-large", "the message exceeds the size limit")
 

@@ -267,3 +267,72 @@ def test_systemd_notifications(twistd, tmp_path):
         assert server.process.wait(5) in STOPPED_BY_SIGTERM
     finally:
         receiver.close()
+
+
+def scrape(server):
+    """
+    The metrics text of C{server}'s --metrics-port, as C{{sample: value}}.
+    """
+    url = re.search(r"signaling metrics on (http://\S+)", server.log()).group(1)
+    import requests
+
+    response = requests.get(url, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_on_their_own_port(twistd):
+    """
+    --metrics-port serves Prometheus text: connections by dialect and
+    transport, peers, rooms, relays by kind and dialect, errors by code,
+    refused handshakes, bytes, GC pauses and reactor lag; the public port
+    has no /metrics.
+    """
+    import requests
+
+    server = twistd(
+        "--port", "tcp:0:interface=127.0.0.1",
+        "--metrics-port", "tcp:0:interface=127.0.0.1",
+        "--allowed-origin", "https://app.example",
+    )
+    port = plain_port(server)
+    alice = websocket.create_connection(f"ws://127.0.0.1:{port}/signal", timeout=5, suppress_origin=True)
+    bob = websocket.create_connection(f"ws://127.0.0.1:{port}/signal", timeout=5, suppress_origin=True)
+    try:
+        alice_id = orjson.loads(alice.recv())["peerId"]
+        orjson.loads(bob.recv())
+        for client in (alice, bob):
+            client.send(orjson.dumps({"type": "join", "room": "r"}))
+            assert orjson.loads(client.recv())["type"] == "joined"
+        assert orjson.loads(alice.recv())["type"] == "peer-joined"
+        bob.send(orjson.dumps({"type": "offer", "room": "r", "to": alice_id, "payload": {"sdp": "x"}}))
+        assert orjson.loads(alice.recv())["type"] == "offer"
+        bob.send("not json")
+        assert orjson.loads(bob.recv())["code"] == "invalid-json"
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(
+                f"ws://127.0.0.1:{port}/signal", timeout=5, origin="https://evil.example"
+            )
+
+        samples = scrape(server)
+        assert samples['signaling_connections{dialect="native",transport="websocket"}'] == 2
+        assert samples["signaling_peers"] == 2
+        assert samples["signaling_rooms"] == 1
+        assert samples['signaling_relayed_total{dialect="native",kind="offer"}'] == 1
+        assert samples['signaling_errors_total{code="invalid-json"}'] == 1
+        assert samples['signaling_handshakes_refused_total{reason="origin"}'] == 1
+        assert samples["signaling_received_bytes_total"] > 0
+        assert samples["signaling_sent_bytes_total"] > samples["signaling_received_bytes_total"]
+        assert samples["signaling_reactor_lag_seconds_count"] >= 1
+        assert any(name.startswith("signaling_gc_pause_seconds_count") for name in samples)
+        assert not any(alice_id in name or '"r"' in name for name in samples)
+    finally:
+        alice.close()
+        bob.close()
+    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404

@@ -202,6 +202,12 @@ class Session:
         """
         raise NotImplementedError()
 
+    def count_error(self, code: str) -> None:
+        """
+        Count an error sent to the client, for C{/metrics}.
+        """
+        self.hub.counters.count(self.hub.counters.errors, code)
+
     def binary_received(self, data: bytes) -> None:
         """
         A binary frame arrived; by default it closes the connection with

@@ -187,4 +187,5 @@ class NativeSession(Session):
 
 
     def send_error(self, code: str, text: str, request_id: Any = None) -> None:
+        self.count_error(code)
         self.send_json(self._reply({"type": "error", "code": code, "message": text}, request_id))

@@ -282,6 +282,13 @@ class EngineIOSocket:
     def is_open(self) -> bool:
         return self.state == "open"
 
+    @property
+    def transport_name(self) -> str:
+        """
+        What carries the session now, for C{/metrics}.
+        """
+        return "websocket" if self._websocket is not None else "polling"
+
     # output
 
     def send(self, packet: str | bytes) -> None:

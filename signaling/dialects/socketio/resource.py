@@ -226,6 +226,7 @@ class SocketIOResource(Resource):
     def _render(self, request: IRequest) -> Any:
         origin = request.getHeader("origin")
         if not self.settings.allows_origin(origin):
+            self.hub.counters.count(self.hub.counters.handshakes_refused, "origin")
             raise EngineIOError(FORBIDDEN)
         if request.method == b"OPTIONS":
             return self._preflight(request)

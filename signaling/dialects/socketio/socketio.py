@@ -186,6 +186,10 @@ class SocketIOConnection:
         self._expiry_call: IDelayedCall | None = None
 
     @property
+    def transport_name(self) -> str:
+        return self.engine.transport_name
+
+    @property
     def requires_token(self) -> bool:
         """
         Whether a key is configured, so that calls events need a verified
@@ -252,6 +256,7 @@ class SocketIOConnection:
             self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
             self._log.info("refused a Socket.IO connection: {error}", error=str(error))
+            self.hub.counters.count(self.hub.counters.handshakes_refused, "auth")
             self._send(Packet(CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}))
             return
         if self._connect_call is not None and self._connect_call.active():
