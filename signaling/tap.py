@@ -17,6 +17,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from . import logs, tlsconfig
@@ -101,7 +102,7 @@ class Options(usage.Options):
         ["cleanup-interval", None, 30.0, "Seconds between sweeps for stale peers and expired empty rooms.", _seconds("cleanup-interval")],
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
-        ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info). Only debug may log message payloads and tokens."],
         ["max-metadata-size", None, 4096, "Largest peer or room metadata in bytes of JSON; 0 for unlimited.", _whole("max-metadata-size")],
         ["max-metadata-depth", None, 4, "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.", _whole("max-metadata-depth")],
         ["max-metadata-values", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-values")],
@@ -121,6 +122,7 @@ class Options(usage.Options):
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
         ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
         ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
+        ["log-format", None, "text", "text, or json: one object per line with the event's fields (for journald and log shippers)."],
     ]
 
     optFlags = [
@@ -163,6 +165,10 @@ class Options(usage.Options):
                 f"log level must be one of {', '.join(logs.LEVEL_NAMES)}, not {level!r}"
             )
         self["log-level"] = level.lower()
+        if self["log-format"] not in logs.FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be one of {', '.join(logs.FORMATS)}, not {self['log-format']!r}"
+            )
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
         if not self["cleanup-interval"]:
@@ -414,6 +420,20 @@ def _sweeper(hub: Hub):
     return sweep
 
 
+class SignalingService(MultiService):
+    """
+    The top of the service tree; it gives twistd's application the log
+    observer of C{--log-format json} (twistd reads it from there).
+    """
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        MultiService.setServiceParent(self, parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+
+
 def make_service(options: Options, reactor: Any) -> MultiService:
     """
     Build the service tree for C{options} on C{reactor}.
@@ -443,6 +463,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_message_fragments=options["max-fragments"],
         upgrade_timeout=options["upgrade-timeout"],
         fast_paths=not options["no-fast-paths"],
+        trusted_hops=options["trust-forwarded"],
     )
     directory = Directory(
         hub,
@@ -480,7 +501,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limiter,
         reactor,
     )
-    top = MultiService()
+    top = SignalingService()
+    if options["log-format"] == "json":
+        top.log_observer = logs.json_observer()
     top.hub = hub  # type: ignore[attr-defined]
     cleanup = TimerService(options["cleanup-interval"], _sweeper(hub))
     cleanup.clock = reactor

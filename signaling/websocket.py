@@ -29,7 +29,8 @@ from .dialects.base import (
 )
 from .errors import DeliveryRefused
 from .hub import CloseReason, Hub, IPeerConnection
-from .logs import Logger
+from .addresses import forwarded_address
+from .logs import Logger, log_connection
 from .ratelimit import RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
@@ -54,6 +55,8 @@ class WebSocketSettings:
         a polling session may take to complete the upgrade.
     :ivar fast_paths: Whether to use L{fastpath}'s shortcuts past Autobahn
         where they were verified; off, plain Autobahn does the same work.
+    :ivar trusted_hops: Reverse proxies in front of the server whose
+        C{Forwarded}/C{X-Forwarded-For} name the client (C{--trust-forwarded}).
     """
 
     max_message_size: int = 64 * 1024
@@ -65,6 +68,7 @@ class WebSocketSettings:
     max_message_fragments: int = 128
     upgrade_timeout: float = 10
     fast_paths: bool = True
+    trusted_hops: int = 0
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -140,14 +144,26 @@ class SendBuffer:
         pass
 
 
-def handshake_info(request) -> HandshakeInfo:
+def handshake_info(request, peer_host: str | None = None, trusted_hops: int = 0) -> HandshakeInfo:
     """
     What a session may know of an Autobahn C{ConnectionRequest}.
+
+    :param peer_host: The socket's peer; the client's address is that, or
+        behind C{trusted_hops} proxies the one their headers name.
     """
+    address = peer_host
+    if peer_host is not None and trusted_hops:
+        address = forwarded_address(
+            peer_host,
+            [request.headers["forwarded"]] if "forwarded" in request.headers else [],
+            [request.headers["x-forwarded-for"]] if "x-forwarded-for" in request.headers else [],
+            trusted_hops,
+        )
     return HandshakeInfo(
         path=unquote(request.path),
         params={name: values[0] for name, values in request.params.items() if values},
         origin=request.headers.get("origin"),
+        address=address,
     )
 
 
@@ -259,7 +275,11 @@ class SignalingProtocol(LimitedProtocol):
     _probe_timeout: IDelayedCall | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(request)
+        handshake = handshake_info(
+            request,
+            getattr(self.transport.getPeer(), "host", None),
+            self.factory.settings.trusted_hops,
+        )
         if not self.factory.settings.allows_origin(handshake.origin):
             self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "origin")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
@@ -268,6 +288,9 @@ class SignalingProtocol(LimitedProtocol):
 
     def onOpen(self) -> None:
         self._guarded(self.session.opened)
+        peer = self.session.peer if self.session is not None else None
+        if peer is not None:
+            log_connection(self._log, "opened", peer.dialect, peer.id, self.session.handshake.address)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.factory.hub.counters.bytes_in += len(payload)
@@ -300,6 +323,11 @@ class SignalingProtocol(LimitedProtocol):
             self._end_probes(False)
         if self.session is not None:
             session, self.session = self.session, None
+            if session.peer is not None:
+                log_connection(
+                    self._log, "closed", session.peer.dialect, session.peer.id,
+                    session.handshake.address, code,
+                )
             try:
                 session.closed()
             except Exception:

@@ -336,3 +336,47 @@ def test_metrics_on_their_own_port(twistd):
         alice.close()
         bob.close()
     assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404
+
+
+def test_connections_are_logged_with_dialect_peer_and_truncated_address(twistd):
+    """
+    A connection's open and close are logged at info with its dialect, peer
+    id and the client's address behind a trusted proxy, truncated.
+    """
+    server = twistd("--port", "tcp:0:interface=127.0.0.1", "--trust-forwarded", "1")
+    port = plain_port(server)
+    client = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/ws/lobby", timeout=5, header=["X-Forwarded-For: 203.0.113.7"]
+    )
+    peer_id = orjson.loads(client.recv())["selfId"]
+    client.close()
+    wait_for(server, rf"topic connection closed: peer {peer_id} from 203\.0\.113\.x")
+    assert f"topic connection opened: peer {peer_id} from 203.0.113.x" in server.log()
+    assert "203.0.113.7" not in server.log()
+
+
+def test_json_log_format(tmp_path):
+    """
+    --log-format json writes one JSON object per line, with each event's
+    fields: the connection events carry dialect, peer and address.
+    """
+    server = TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--log-format", "json")
+    try:
+        server.start(tmp_path / "twistd.log")
+        [listening] = [
+            record for record in map(orjson.loads, server.log().splitlines())
+            if record["message"].startswith("signaling listening on")
+        ]
+        assert listening["level"] == "info"
+        client = websocket.create_connection(listening["url"], timeout=5)
+        peer_id = orjson.loads(client.recv())["peerId"]
+        client.close()
+        wait_for(server, r"native connection closed")
+    finally:
+        server.stop()
+    records = [orjson.loads(line) for line in server.log().splitlines()]
+    [opened] = [record for record in records if record.get("what") == "opened"]
+    assert {key: opened[key] for key in ("dialect", "peer", "address", "level")} == {
+        "dialect": "native", "peer": peer_id, "address": "127.0.0.x", "level": "info",
+    }
+    assert opened["message"] == f"native connection opened: peer {peer_id} from 127.0.0.x"

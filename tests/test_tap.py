@@ -31,6 +31,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-send-buffer"], 262144)
         self.assertEqual(options["allowed-origins"], [])
         self.assertEqual(options["log-level"], "info")
+        self.assertEqual(options["drain-timeout"], 10.0)
+        self.assertEqual(options["metrics-port"], None)
+        self.assertEqual(options["log-format"], "text")
 
     def test_environment(self):
         options = parse(environ={"PORT": "9000", "CLIENT_URL": "http://a.example/, https://b.example", "LOG_LEVEL": "DEBUG"})
@@ -57,6 +60,8 @@ class OptionsTests(SynchronousTestCase):
             (["--directory-hold", "-1"], "--directory-hold takes seconds"),
             (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
             (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
+            (["--drain-timeout", "-1"], "--drain-timeout takes seconds"),
+            (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             message = str(error.code)

@@ -96,6 +96,8 @@ class EngineIOSettings:
         polling and WebSocket alike (bursts of twice that); 0 for unlimited.
     :ivar upgrade_timeout: Seconds a WebSocket opened for an upgrade may
         take to complete it before it is closed.
+    :ivar trusted_hops: Reverse proxies whose forwarding headers name the
+        client of a WebSocket (C{--trust-forwarded}).
     """
 
     ping_interval: float = 25
@@ -107,6 +109,7 @@ class EngineIOSettings:
     max_message_rate: float = 0
     max_message_fragments: int = 128
     upgrade_timeout: float = 10
+    trusted_hops: int = 0
 
     @classmethod
     def from_websocket(cls, settings: Any) -> "EngineIOSettings":
@@ -124,6 +127,7 @@ class EngineIOSettings:
             max_message_rate=settings.max_message_rate,
             max_message_fragments=settings.max_message_fragments,
             upgrade_timeout=settings.upgrade_timeout,
+            trusted_hops=settings.trusted_hops,
         )
 
 
@@ -281,13 +285,6 @@ class EngineIOSocket:
     @property
     def is_open(self) -> bool:
         return self.state == "open"
-
-    @property
-    def transport_name(self) -> str:
-        """
-        What carries the session now, for C{/metrics}.
-        """
-        return "websocket" if self._websocket is not None else "polling"
 
     # output
 

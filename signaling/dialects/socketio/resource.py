@@ -73,7 +73,11 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
     _handshake: HandshakeInfo | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(request)
+        handshake = handshake_info(
+            request,
+            getattr(self.transport.getPeer(), "host", None),
+            self.factory.settings.trusted_hops,
+        )
         sid = handshake.params.get("sid")
         if sid is not None:
             socket = self.factory.server.sessions.get(sid)

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user_id_of
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
-from ...logs import Logger
+from ...logs import Logger, log_connection
 from ..base import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, ProtocolError, native_error_code
 from .engineio import EngineIOSocket, IEngineIOHandler
 from . import calls, rooms
@@ -187,7 +187,7 @@ class SocketIOConnection:
 
     @property
     def transport_name(self) -> str:
-        return self.engine.transport_name
+        return self.engine.transport
 
     @property
     def requires_token(self) -> bool:
@@ -265,6 +265,7 @@ class SocketIOConnection:
         self.peer = self.hub.connect(
             self, dialect=NAME, verified_user_id=self.user_id if self.authenticated else None
         )
+        log_connection(self._log, "opened", NAME, self.peer.id, self._address())
         if expires is not None:
             self._expiry_call = self.engine.clock.callLater(
                 max(0.0, expires - self.now()), self._token_expired
@@ -327,8 +328,12 @@ class SocketIOConnection:
         self._expiry_call = None
         if self.peer is not None:
             peer, self.peer = self.peer, None
+            log_connection(self._log, "closed", NAME, peer.id, self._address())
             self.hub.disconnect(peer)
         self._room_sets.clear()
+
+    def _address(self) -> str | None:
+        return getattr(self.engine.handshake, "address", None)
 
     # events
 
