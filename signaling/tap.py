@@ -137,6 +137,16 @@ class Options(usage.Options):
         self["ports"] = []
         self["allowed-origins"] = []
 
+    def opt_version(self) -> None:
+        """Print the versions of signaling, Twisted and Autobahn, and exit."""
+        import autobahn
+        import twisted
+
+        from . import __version__
+
+        print(f"signaling {__version__} (Twisted {twisted.__version__}, Autobahn {autobahn.__version__})")
+        raise SystemExit(0)
+
     def opt_port(self, description: str) -> None:
         """Listen on this Twisted endpoint (repeatable; default tcp:8080:interface=127.0.0.1, or env PORT's port)."""
         self["ports"].append(description)
