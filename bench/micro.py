@@ -100,7 +100,7 @@ def factory_for(server: str, fast_paths: bool = True):
 
         from signaling.dialects.native import NativeSession
         from signaling.hub import Hub, HubLimits
-        from signaling.websocket import SignalingFactory, WebSocketSettings
+        from signaling.transports.websocket import SignalingFactory, WebSocketSettings
 
         hub = Hub(clock=reactor, limits=HubLimits(max_peers_per_room=0))
         sessions = {"native": NativeSession}

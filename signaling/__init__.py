@@ -1,5 +1,11 @@
 """
 signaling: a WebRTC signaling server for Twisted.
+
+The layers (docs/architecture.rst): L{transports} (where bytes arrive and
+leave) know no dialect; L{dialects} (wire protocols) know no transport beyond
+the frame-sink interface; the hub (L{hub}) knows neither. C{tap} builds the
+service and C{web} the routes; nothing imports C{tap}. C{tests/test_layers.py}
+checks it.
 """
 
 from .errors import HubError

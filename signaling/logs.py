@@ -99,7 +99,7 @@ def log_connection(
     Log a peer's connection C{what} (C{opened} or C{closed}) at info: its
     dialect, peer id and address, truncated (never the full address at info).
     """
-    from .addresses import truncate_address
+    from .transports.addresses import truncate_address
 
     log.info(
         "{dialect} connection {what}: peer {peer} from {address}",

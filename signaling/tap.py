@@ -21,7 +21,6 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from . import logs, tlsconfig
-from .addresses import AddressLimiter, AddressLimits
 from .auth import TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
@@ -30,9 +29,10 @@ from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
 from .metrics import MetricsService
 from .metadata import MetadataLimits
-from .site import GuardedSite, HTTPLimits
+from .transports.addresses import AddressLimiter, AddressLimits
+from .transports.site import GuardedSite, HTTPLimits
+from .transports.websocket import WebSocketSettings
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
-from .websocket import WebSocketSettings
 
 DEFAULT_PORT = 8080
 #: Twisted's default of 50 stalls WebSocket handshakes under a burst.

@@ -16,18 +16,20 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .addresses import AddressLimiter
 from .auth import TokenVerifier
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
-from .dialects.socketio import SocketIOResource
+from .dialects.socketio import SocketIOConnection, SocketIOContext
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
-from .site import set_cors_headers
+from .ids import IdShape
 from .timefmt import iso8601, milliseconds
-from .websocket import SignalingFactory, WebSocketSettings
+from .transports.addresses import AddressLimiter
+from .transports.engineio_resource import EngineIOResource
+from .transports.site import set_cors_headers
+from .transports.websocket import SignalingFactory, WebSocketSettings
 
 
 #: The dialects a WebSocket at "/" may speak (the topic dialect needs its
@@ -105,8 +107,17 @@ class SignalingSite:
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
         self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
-        #: Engine.IO and Socket.IO, for the rooms and calls dialects.
-        self._socketio = SocketIOResource(hub, settings, verifier, limiter)
+        #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
+        socketio = SocketIOContext(hub=hub, verifier=verifier)
+        self._socketio_stats = socketio.stats
+        self._socketio = EngineIOResource(
+            hub.clock,
+            lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
+            lambda engine: SocketIOConnection(engine, socketio),
+            settings,
+            limiter,
+            hub.counters,
+        )
         self.directory = directory
         self._directory = WebSocketResource(
             SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
@@ -170,7 +181,7 @@ class SignalingSite:
                     "total": stats.rooms_total,
                     "total_peers": stats.peers_in_rooms,
                 },
-                "socketio": {"unhandled_events": self._socketio.stats.unhandled_events},
+                "socketio": {"unhandled_events": self._socketio_stats.unhandled_events},
                 "timestamp": self._now_ms(),
             },
         )

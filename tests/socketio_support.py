@@ -16,7 +16,7 @@ from twisted.web.server import Site
 
 from signaling.auth import TokenVerifier
 from signaling.hub import HubLimits
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import Client, Harness, make_site
 

@@ -25,7 +25,7 @@ from signaling.directory import Directory
 from signaling.hub import Hub, HubLimits, IPeerConnection
 from signaling.ids import IdSource
 from signaling.web import SignalingSite
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 txaio.use_twisted()
 

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.addresses import AddressLimiter, AddressLimits, forwarded_address, truncate_address
+from signaling.transports.addresses import AddressLimiter, AddressLimits, forwarded_address, truncate_address
 
 
 class AddressLimiterTests(SynchronousTestCase):
@@ -18,7 +18,7 @@ class AddressLimiterTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def warnings(self):
-        return [e for e in self.events if e.get("log_namespace") == "signaling.addresses.AddressLimiter"]
+        return [e for e in self.events if e.get("log_namespace") == "signaling.transports.addresses.AddressLimiter"]
 
     def test_connections_cap_and_release(self):
         """

@@ -146,7 +146,6 @@ class LayeringTests(SynchronousTestCase):
         forbidden_modules = (
             "signaling.web",
             "signaling.tap",
-            "signaling.websocket",
             "signaling.transports",
             "signaling.dialects",
             "signaling.directory",

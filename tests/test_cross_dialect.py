@@ -5,7 +5,7 @@ its own dialect's shapes.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness
 

@@ -18,7 +18,7 @@ from signaling.directory import HOLD_SECONDS, MAX_WATCHES_PER_PEER, Directory, R
 from signaling.hub import Hub, HubLimits
 from signaling.ids import IdSource
 from signaling.keyproof import challenge_text
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness, RecordingConnection, counting_random_bytes, message_types
 

@@ -8,13 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.dialects.socketio.engineio import (
+from signaling.hub import CloseReason
+from signaling.transports.engineio import (
     EngineIOError,
     decode_payload,
     encode_payload,
 )
-from signaling.hub import CloseReason
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .socketio_support import SocketIOCase, events
 

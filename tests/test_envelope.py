@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from signaling.dialects.envelope import EnvelopeSession
 from signaling.hub import MAX_ROOM_NAME_LENGTH, HubLimits
 from signaling.ids import IdSource
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness, RecordingConnection, message_types
 

@@ -31,7 +31,7 @@ from signaling.dialects.native import NativeSession
 from signaling.hub import Hub
 from signaling.ids import IdSource
 from signaling.logs import Logger
-from signaling.websocket import (
+from signaling.transports.websocket import (
     FastSignalingProtocol,
     SignalingFactory,
     SignalingProtocol,

@@ -375,3 +375,51 @@ def test_socketio_join_reply_too_large(server):
     assert [crowd[0].next()["type"], crowd[0].next()["type"]] == ["peer-joined", "peer-left"]
     for peer in [late, *crowd]:
         peer.ws.close()
+
+
+def test_topic_peer_list_too_large(server):
+    """
+    The topic dialect's connection is its join: a peer whose C{peer-list}
+    would exceed the frame limit gets C{welcome}, then the error
+    C{peer_list_too_large} and a 1008 close, and is in the topic no longer:
+    the members see it join and leave, and the hub does not count it.
+    """
+    crowd = _crowd(server, "crowded-topic", 5)
+    before = _stats(server)["peers"]["total"]
+    late = _open(server.ws_url + "/ws/crowded-topic")
+    assert _next(late)["type"] == "welcome"
+    error = _next(late)
+    assert (error["type"], error["code"]) == ("error", "peer_list_too_large")
+    assert _close_code(late) == 1008
+    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == ["peer-joined", "peer-left"]
+    assert _stats(server)["peers"]["total"] == before
+    for peer in crowd:
+        peer.ws.close()
+
+
+def test_directory_join_reply_too_large(server):
+    """
+    A directory C{join} whose C{joined} list (userIds of 200 characters)
+    would exceed the frame limit is answered with C{reply-too-large}, and
+    the peer is not in the room.
+    """
+    crowd = []
+    # About 250 bytes a member: the 17th joiner's list is over 4000.
+    for index in range(16):
+        peer = JsonClient(server.ws_url + "/directory")
+        user_id = f"{index:03d}" + "u" * 197
+        peer.send({"type": "register", "userId": user_id, "publicKey": f"key-{index}"})
+        assert peer.next()["type"] == "registered"
+        peer.send({"type": "join", "room": "crowded-directory"})
+        assert peer.next()["type"] == "joined"
+        crowd.append(peer)
+    late = JsonClient(server.ws_url + "/directory")
+    late.send({"type": "register", "userId": "late", "publicKey": "late-key"})
+    assert late.next()["type"] == "registered"
+    late.send({"type": "join", "room": "crowded-directory"})
+    error = late.next()
+    assert (error["type"], error["code"]) == ("error", "reply-too-large")
+    late.send({"type": "leave", "room": "crowded-directory"})
+    assert late.next()["code"] == "not-in-room"
+    for peer in [late, *crowd]:
+        peer.ws.close()

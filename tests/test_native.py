@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from signaling import fastpath
 from signaling.dialects.native import NativeSession
 from signaling.hub import HubLimits
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness, RecordingConnection, message_types
 

@@ -6,7 +6,7 @@ stays, and the hub forgets the failed peer.
 
 from __future__ import annotations
 
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .socketio_support import SocketIOCase
 from .support import BrokenEventSet, broken_render

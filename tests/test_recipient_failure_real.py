@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.web.server import Site
 
 from signaling.hub import Hub
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .realsockets import open_websocket
 from .support import BrokenEventSet, broken_render, make_site

@@ -10,8 +10,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from signaling.addresses import AddressLimiter, AddressLimits
-from signaling.site import GuardedSite, HTTPLimits, redact_uri
+from signaling.transports.addresses import AddressLimiter, AddressLimits
+from signaling.transports.site import GuardedSite, HTTPLimits, redact_uri
 
 
 class Echo(Resource):

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from signaling.auth import TokenVerifier
-from signaling.dialects.socketio.engineio import IEngineIOHandler, IPacketTransport
+from signaling.dialects.base import IEngineIOHandler, IEngineIOSession
 from signaling.dialects.socketio.socketio import (
     BINARY_EVENT,
     CONNECT,
@@ -27,6 +27,7 @@ from signaling.dialects.socketio.socketio import (
     encode,
 )
 from signaling.hub import IPeerConnection
+from signaling.transports.engineio import IPacketTransport
 
 from .socketio_support import SECRET, SocketIOCase, token
 
@@ -79,7 +80,8 @@ class SocketIOTests(SocketIOCase):
     def test_interfaces(self):
         """
         The Socket.IO connection, not an HTTP request or a WebSocket, is the
-        hub's peer connection and the Engine.IO session's handler.
+        hub's peer connection and the Engine.IO session's handler; it sees
+        the session through the dialect-side interface.
         """
         client = self.polling()
         socket_id = client.connect()
@@ -87,6 +89,7 @@ class SocketIOTests(SocketIOCase):
         self.assertIsInstance(connection, SocketIOConnection)
         self.assertTrue(verifyObject(IPeerConnection, connection))
         self.assertTrue(verifyObject(IEngineIOHandler, connection))
+        self.assertTrue(verifyObject(IEngineIOSession, connection.engine))
         websocket = self.websocket(f"&sid={client.sid}")
         self.ws_send(websocket, "2probe")
         self.ws_send(websocket, "5")
@@ -129,7 +132,7 @@ class SocketIOTests(SocketIOCase):
         for name in ("dance", "webrtc:signaling-error", "chat:message"):
             self.ws_emit(client, name, {}, ack=4)
         self.assertEqual(client.take(), [])
-        self.assertEqual(self.site._socketio.stats.unhandled_events, 3)
+        self.assertEqual(self.site._socketio_stats.unhandled_events, 3)
 
     def test_events_before_connect_are_dropped(self):
         client = self.websocket()

@@ -8,7 +8,7 @@ import orjson
 from twisted.trial.unittest import SynchronousTestCase
 
 from signaling.hub import HubLimits
-from signaling.websocket import WebSocketSettings
+from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness, message_types
 

@@ -1,6 +1,11 @@
 """
 What every dialect shares: the session interface the WebSocket layer drives,
 and the error a client's bad input raises.
+
+It is also the one module of L{signaling.dialects} a transport may import:
+the interfaces between the two (L{IFrameSink}, L{IEngineIOSession},
+L{IEngineIOHandler}), L{HandshakeInfo}, the close codes and L{Session}, the
+base class the WebSocket binding drives.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from typing import Any, Mapping
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from ..errors import DeliveryRefused, HubError, ReplyTooLarge
 from ..hub import Hub, Peer
@@ -130,6 +135,57 @@ class IFrameSink(Interface):
         :return: A L{Deferred} that fires with C{True} as soon as the client
             answers (or sends anything), or with C{False} once C{timeout}
             passed without an answer or the connection closed.
+        """
+
+
+class IEngineIOSession(Interface):
+    """
+    An Engine.IO session as the dialect on top of it (Socket.IO) sees it,
+    whatever carries it (polling or a WebSocket); the Engine.IO transport
+    implements it, so the dialect never imports the transport.
+    """
+
+    clock = Attribute("The L{IReactorTime} of the session's timers.")
+    settings = Attribute("Its settings; C{connect_timeout} is the dialect's.")
+    handshake = Attribute("The L{HandshakeInfo} of the request that opened it.")
+    transport = Attribute("What carries it now: C{\"polling\"} or C{\"websocket\"}.")
+
+    def send_message(data: str) -> None:
+        """
+        Send one message packet.
+
+        :raises DeliveryRefused: The session cannot take it.
+        """
+
+    def close(reason: str, linger: bool = False, code: int = CLOSE_NORMAL) -> None:
+        """
+        End the session.
+
+        :param linger: Keep it until the client's next poll has collected
+            what was queued (a close the server decides).
+        :param code: The WebSocket close code, if a WebSocket carries it.
+        """
+
+
+class IEngineIOHandler(Interface):
+    """
+    What runs on top of an Engine.IO session (Socket.IO): the transport
+    calls it.
+    """
+
+    def message_received(data: str | bytes) -> None:
+        """
+        A message packet arrived (text, or binary data).
+        """
+
+    def activity() -> None:
+        """
+        The client did something (a packet, a pong).
+        """
+
+    def closed(reason: str) -> None:
+        """
+        The session is over.
         """
 
 

@@ -291,7 +291,10 @@ class DirectorySession(Session):
         metadata = {"userId": user_id} if user_id is not None else {}
         room = self.hub.join(self.peer, room_name, metadata, profile=Profile(registered_user_id=user_id))
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        self.send_json({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers})
+        self.send_join_reply(
+            room_name,
+            orjson.dumps({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers}),
+        )
 
     def _leave(self, message: dict) -> None:
         _required(message, "room")

@@ -65,7 +65,16 @@ class TopicSession(Session):
             return
         self.send_json({"type": "welcome", "selfId": self.peer.id})
         others = [_peer(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        self.send_json({"type": "peer-list", "peers": others})
+        try:
+            self.send_join_reply(self.topic, orjson.dumps({"type": "peer-list", "peers": others}))
+        except HubError as error:
+            # The topic is the connection: a peer that cannot learn who is
+            # there is not left in it half-joined.
+            self.hub.disconnect(self.peer)
+            self.peer = None
+            self._refuse("peer_list_too_large", error.message)
+        except DeliveryRefused:
+            pass
 
     def closed(self) -> None:
         if self.peer is not None:

@@ -20,8 +20,14 @@ from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger, log_connection
-from ..base import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, ProtocolError, native_error_code
-from .engineio import EngineIOSocket, IEngineIOHandler
+from ..base import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    IEngineIOHandler,
+    IEngineIOSession,
+    ProtocolError,
+    native_error_code,
+)
 from . import calls, rooms
 
 CONNECT = 0
@@ -166,7 +172,7 @@ class SocketIOConnection:
 
     _log = Logger()
 
-    def __init__(self, engine: EngineIOSocket, context: SocketIOContext) -> None:
+    def __init__(self, engine: IEngineIOSession, context: SocketIOContext) -> None:
         self.engine = engine
         self.context = context
         self.hub = context.hub

@@ -4,7 +4,7 @@ Engine.IO v4: the session under every Socket.IO connection.
 An L{EngineIOSocket} is one client session, whatever carries it: HTTP
 long-polling, a WebSocket, or polling upgraded to a WebSocket. It knows
 nothing of HTTP requests or WebSocket protocols; the resource in
-L{signaling.dialects.socketio.resource} feeds it packets and collects its
+L{signaling.transports.engineio_resource} feeds it packets and collects its
 output through L{EngineIOSocket.poll} or an attached L{IPacketTransport}.
 Heartbeats run on an injected clock.
 """
@@ -18,14 +18,14 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
-from ... import gcpolicy
-from ...addresses import AddressLimiter, Slot
-from ...errors import DeliveryRefused
-from ...logs import Logger
-from ...ratelimit import RateLimit
-from ..base import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from .. import gcpolicy
+from ..dialects.base import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, IEngineIOSession
+from ..errors import DeliveryRefused
+from ..logs import Logger
+from .addresses import AddressLimiter, Slot
+from .limits import RateLimit
 
 # Packet types.
 OPEN = "0"
@@ -114,7 +114,7 @@ class EngineIOSettings:
     @classmethod
     def from_websocket(cls, settings: Any) -> "EngineIOSettings":
         """
-        Take the limits of L{signaling.websocket.WebSocketSettings}. Engine.IO
+        Take the limits of L{signaling.transports.websocket.WebSocketSettings}. Engine.IO
         clients need a heartbeat, so a ping interval of 0 means Engine.IO's
         default rather than none.
         """
@@ -149,27 +149,6 @@ class IPacketTransport(Interface):
         (L{CLOSE_POLICY_VIOLATION} for a client over the message rate,
         L{CLOSE_INTERNAL_ERROR} when the server's bug ended the session,
         L{CLOSE_GOING_AWAY} when the server shuts down).
-        """
-
-
-class IEngineIOHandler(Interface):
-    """
-    What runs on top of a session: Socket.IO.
-    """
-
-    def message_received(data: str | bytes) -> None:
-        """
-        A message packet arrived (text, or binary data).
-        """
-
-    def activity() -> None:
-        """
-        The client did something (a packet, a pong).
-        """
-
-    def closed(reason: str) -> None:
-        """
-        The session is over.
         """
 
 
@@ -210,6 +189,7 @@ def decode_payload(body: bytes) -> list[str | bytes]:
     return packets
 
 
+@implementer(IEngineIOSession)
 class EngineIOSocket:
     """
     One Engine.IO session.
@@ -608,7 +588,8 @@ class EngineIOServer:
     """
     Every Engine.IO session of one site, by sid.
 
-    :ivar handler_factory: Makes the L{IEngineIOHandler} of a new session.
+    :ivar handler_factory: Makes the
+        L{signaling.dialects.base.IEngineIOHandler} of a new session.
     :ivar limiter: Counts each polling session as a connection of its
         client's address until it ends (a WebSocket session is counted by
         its TCP connection).
@@ -679,7 +660,6 @@ __all__ = [
     "EngineIOServer",
     "EngineIOSettings",
     "EngineIOSocket",
-    "IEngineIOHandler",
     "IPacketTransport",
     "decode_payload",
     "encode_payload",

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from .logs import Logger
+from ..logs import Logger
 
 
 def truncate_address(address: str) -> str:

@@ -1,12 +1,13 @@
 """
-The C{/socket.io/} endpoint: Engine.IO's HTTP long-polling (GET, POST,
-CORS preflight) and its WebSocket transport, both feeding the sessions of
-one L{EngineIOServer}.
+The Engine.IO endpoint (C{/socket.io/}): Engine.IO's HTTP long-polling (GET,
+POST, CORS preflight) and its WebSocket transport, both feeding the sessions
+of one L{EngineIOServer}. What runs on each session (Socket.IO) comes from
+the handler factory the resource is given: the transport knows no dialect.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from autobahn.exception import PayloadExceededError
@@ -15,22 +16,24 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from ... import gcpolicy
-from ...addresses import AddressLimiter
-from ...auth import TokenVerifier
-from ... import fastpath
-from ...errors import DeliveryRefused
-from ...hub import Hub
-from ...ids import IdShape
-from ...logs import Logger
-from ...site import set_cors_headers
-from ...websocket import LimitedProtocol, WebSocketSettings, handshake_info
-from ..base import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, HandshakeInfo
+from .. import fastpath, gcpolicy
+from ..dialects.base import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    HandshakeInfo,
+)
+from ..counters import Counters
+from ..errors import DeliveryRefused
+from ..logs import Logger
+from .addresses import AddressLimiter
 from .engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
@@ -43,7 +46,9 @@ from .engineio import (
     EngineIOSocket,
     IPacketTransport,
 )
-from .socketio import SocketIOConnection, SocketIOContext
+from .limits import LimitedProtocol
+from .site import set_cors_headers
+from .websocket import WebSocketSettings, handshake_info
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_REASONS = {
@@ -188,9 +193,9 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         )
 
 
-class SocketIOResource(Resource):
+class EngineIOResource(Resource):
     """
-    Engine.IO v4 and Socket.IO v5 at C{/socket.io/}, in front of C{hub}.
+    Engine.IO v4, each session handled by what C{handler_factory} makes.
     """
 
     isLeaf = True
@@ -198,24 +203,28 @@ class SocketIOResource(Resource):
 
     def __init__(
         self,
-        hub: Hub,
+        clock: IReactorTime,
+        new_sid: Callable[[], str],
+        handler_factory: Callable[[EngineIOSocket], Any],
         settings: WebSocketSettings = WebSocketSettings(),
-        verifier: TokenVerifier | None = None,
         limiter: AddressLimiter | None = None,
+        counters: Counters | None = None,
     ) -> None:
+        """
+        :param new_sid: Makes the id of a new session: a credential, so
+            unguessable.
+        :param handler_factory: Makes the
+            L{signaling.dialects.base.IEngineIOHandler} of a new session.
+        :param limiter: Counts each polling session as a connection of its
+            client's address.
+        :param counters: Where refused handshakes are counted (the hub's).
+        """
         super().__init__()
-        self.hub = hub
         self.settings = settings
+        self.counters = counters if counters is not None else Counters()
         self.engine_settings = EngineIOSettings.from_websocket(settings)
-        context = SocketIOContext(hub=hub, verifier=verifier)
-        #: Counters of its connections, for C{/api/stats}.
-        self.stats = context.stats
         self.server = EngineIOServer(
-            hub.clock,
-            lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
-            self.engine_settings,
-            lambda socket: SocketIOConnection(socket, context),
-            limiter,
+            clock, new_sid, self.engine_settings, handler_factory, limiter
         )
         self._websocket = WebSocketResource(
             EngineIOWebSocketFactory(self.server, self.engine_settings)
@@ -230,7 +239,7 @@ class SocketIOResource(Resource):
     def _render(self, request: IRequest) -> Any:
         origin = request.getHeader("origin")
         if not self.settings.allows_origin(origin):
-            self.hub.counters.count(self.hub.counters.handshakes_refused, "origin")
+            self.counters.count(self.counters.handshakes_refused, "origin")
             raise EngineIOError(FORBIDDEN)
         if request.method == b"OPTIONS":
             return self._preflight(request)

@@ -1,5 +1,6 @@
 """
-The Autobahn protocol and factory that bind a dialect's sessions to the hub.
+The Autobahn protocol and factory that bind a dialect's sessions to the hub:
+where the frames of every raw WebSocket dialect arrive and leave.
 """
 
 from __future__ import annotations
@@ -9,29 +10,28 @@ from urllib.parse import unquote
 
 import attrs
 from autobahn.exception import PayloadExceededError
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
-from . import fastpath, gcpolicy
-from .dialects.base import (
+from .. import fastpath, gcpolicy
+from ..dialects.base import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
-    CLOSE_POLICY_VIOLATION,
     CLOSE_REMOVED,
     HandshakeInfo,
     IFrameSink,
     Session,
 )
-from .errors import DeliveryRefused
-from .hub import CloseReason, Hub, IPeerConnection
+from ..errors import DeliveryRefused
+from ..hub import CloseReason, Hub, IPeerConnection
+from ..logs import Logger, log_connection
 from .addresses import forwarded_address
-from .logs import Logger, log_connection
-from .ratelimit import RateLimit
+from .limits import LimitedProtocol
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 
@@ -95,55 +95,6 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
-def watch_send_buffer(transport, limit: int) -> SendBuffer:
-    """
-    Make a L{SendBuffer} of C{limit} bytes the producer of C{transport}.
-    """
-    send_buffer = SendBuffer(limit)
-    # Under a WebSocketResource the HTTP channel that parsed the upgrade is
-    # still registered as the transport's producer; the transport's pause
-    # and resume now concern the WebSocket.
-    if getattr(transport, "producer", None) is not None:
-        transport.unregisterProducer()
-    transport.registerProducer(send_buffer, True)
-    return send_buffer
-
-
-@implementer(IPushProducer)
-class SendBuffer:
-    """
-    Bounds what one connection queues for a reader that is not reading.
-
-    The transport tells its producer to pause when its own buffer is full
-    and to resume when it has drained; while paused, frames are admitted
-    only up to C{limit} more bytes, so a stalled reader cannot grow the
-    server's memory without bound.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.paused = False
-        self.pending = 0
-
-    def admit(self, size: int) -> bool:
-        if not self.paused:
-            return True
-        if self.pending + size > self.limit:
-            return False
-        self.pending += size
-        return True
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.pending = 0
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def handshake_info(request, peer_host: str | None = None, trusted_hops: int = 0) -> HandshakeInfo:
     """
     What a session may know of an Autobahn C{ConnectionRequest}.
@@ -165,99 +116,6 @@ def handshake_info(request, peer_host: str | None = None, trusted_hops: int = 0)
         origin=request.headers.get("origin"),
         address=address,
     )
-
-
-class LimitedProtocol(WebSocketServerProtocol):
-    """
-    A WebSocket with the per-connection limits: a bounded send buffer and a
-    message rate. Its factory has C{settings} (C{max_send_buffer},
-    C{max_message_rate}) and C{clock}.
-    """
-
-    send_buffer: SendBuffer | None = None
-    rate_limit: RateLimit | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        settings = self.factory.settings
-        self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
-        if settings.max_message_rate:
-            self.rate_limit = RateLimit(settings.max_message_rate, self.factory.clock.seconds())
-
-    def over_rate(self) -> bool:
-        """
-        Whether the message just received is over the rate and must be
-        dropped; persistent excess also closes the connection with 1008.
-        """
-        rate_limit = self.rate_limit
-        if rate_limit is None or rate_limit.admit(self.factory.clock.seconds()):
-            return False
-        if rate_limit.persistent:
-            fastpath.fail_connection(self, CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
-        return True
-
-    # A fragmented message: Autobahn keeps a list of frames of a list of
-    # chunks, some hundred bytes per one-byte frame; one bytearray holds it
-    # at its own size, and the frames are counted against a cap and the rate.
-    # Only Autobahn's documented frame callbacks are overridden.
-
-    pending_message: bytearray | None = None
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        super().onMessageBegin(isBinary)
-        self.pending_message = bytearray()
-        self.pending_binary = isBinary
-        self.message_fragments = 0
-        self.message_length = 0
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        self.message_fragments += 1
-        self.message_length += length
-        if self.message_fragments > 1 and not fastpath.failed(self):
-            if 0 < self.factory.settings.max_message_fragments < self.message_fragments:
-                fastpath.fail_connection(
-                    self, CLOSE_POLICY_VIOLATION, "too many fragments in one message"
-                )
-                return
-            # The first frame is counted with the whole message.
-            self.over_rate()
-            if fastpath.failed(self):
-                return
-        if not fastpath.failed(self) and (
-            0 < self.maxMessagePayloadSize < self.message_length
-            or 0 < self.maxFramePayloadSize < length
-        ):
-            # Autobahn closes the connection with 1009 next.
-            self.message_too_large()
-        super().onMessageFrameBegin(length)
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        if not fastpath.failed(self):
-            self.pending_message += payload
-
-    def onMessageFrameEnd(self) -> None:
-        # The frame's bytes are in pending_message already.
-        pass
-
-    def onMessageEnd(self) -> None:
-        if not fastpath.failed(self):
-            self.onMessage(bytes(self.pending_message), self.pending_binary)
-        self.pending_message = None
-
-    def message_too_large(self) -> None:
-        """
-        Called when a message is found over the size limit, just before the
-        connection is closed with 1009.
-        """
-
-    def check_send(self, size: int) -> None:
-        """
-        :raises DeliveryRefused: The connection cannot take C{size} more bytes.
-        """
-        if self.state != _OPEN:
-            raise DeliveryRefused("closed", "the connection is closing")
-        if not self.send_buffer.admit(size):
-            raise DeliveryRefused("buffer-full", "the peer is not reading")
 
 
 @implementer(IPeerConnection, IFrameSink)

@@ -25,7 +25,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
 from .addresses import AddressLimiter, Slot, forwarded_address, truncate_address
-from .logs import Logger
+from ..logs import Logger
 
 _log = Logger()
 
