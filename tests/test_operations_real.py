@@ -19,7 +19,7 @@ import pytest
 import trustme
 import websocket
 
-from .realsockets import ROOT, TWISTD, TwistdServer
+from .realsockets import ROOT, TWISTD, TwistdServer, twistd_servers
 
 #: twistd ends by re-raising the signal that stopped it, once the services
 #: have stopped (systemd counts that as a clean stop).
@@ -29,17 +29,7 @@ SERVER_PORT = re.compile(r"wss://127\.0\.0\.1:(\d+)/")
 
 @pytest.fixture
 def twistd(tmp_path):
-    servers = []
-
-    def start(*args, env=None):
-        server = TwistdServer(*args, env=env)
-        servers.append(server)
-        server.start(tmp_path / f"twistd-{len(servers)}.log")
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from twistd_servers(tmp_path)
 
 
 def issue(directory, cert_name="cert.pem", key_name="key.pem"):

@@ -48,7 +48,7 @@ from .engineio import (
 )
 from .limits import LimitedProtocol
 from .site import set_cors_headers
-from .websocket import WebSocketSettings, handshake_info
+from .websocket import WebSocketSettings, handshake_of
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_REASONS = {
@@ -78,11 +78,7 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
     _handshake: HandshakeInfo | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(
-            request,
-            getattr(self.transport.getPeer(), "host", None),
-            self.factory.settings.trusted_hops,
-        )
+        handshake = handshake_of(self, request)
         sid = handshake.params.get("sid")
         if sid is not None:
             socket = self.factory.server.sessions.get(sid)

@@ -118,6 +118,18 @@ def handshake_info(request, peer_host: str | None = None, trusted_hops: int = 0)
     )
 
 
+def handshake_of(protocol, request) -> HandshakeInfo:
+    """
+    L{handshake_info} of a server protocol's C{request}, with its socket's
+    peer behind its factory's C{settings.trusted_hops} proxies.
+    """
+    return handshake_info(
+        request,
+        getattr(protocol.transport.getPeer(), "host", None),
+        protocol.factory.settings.trusted_hops,
+    )
+
+
 @implementer(IPeerConnection, IFrameSink)
 class SignalingProtocol(LimitedProtocol):
     """
@@ -133,11 +145,7 @@ class SignalingProtocol(LimitedProtocol):
     _probe_timeout: IDelayedCall | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(
-            request,
-            getattr(self.transport.getPeer(), "host", None),
-            self.factory.settings.trusted_hops,
-        )
+        handshake = handshake_of(self, request)
         if not self.factory.settings.allows_origin(handshake.origin):
             self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "origin")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
