@@ -391,10 +391,14 @@ class MetricsListener(ListeningService):
 class ReloadOnHangup(Service):
     """
     C{SIGHUP} re-reads the C{tls:PORT} certificate (certbot renews it in
-    place); open connections keep theirs.
+    place); open connections keep theirs. Without one it only logs, rather
+    than let the signal's default action end the server on a
+    C{systemctl reload}.
     """
 
-    def __init__(self, reactor: Any, tls: tlsconfig.ReloadableTLS) -> None:
+    _log = Logger()
+
+    def __init__(self, reactor: Any, tls: tlsconfig.ReloadableTLS | None) -> None:
         self.reactor = reactor
         self.tls = tls
         self._previous: Any = None
@@ -406,7 +410,13 @@ class ReloadOnHangup(Service):
     def _hangup(self, signum, frame) -> None:
         # A signal handler may run between any two bytecodes: reload from
         # the reactor's own thread.
-        self.reactor.callFromThread(self.tls.reload)
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        if self.tls is None:
+            self._log.info("SIGHUP: no tls:PORT certificate to reload")
+            return
+        self.tls.reload()
 
     def stopService(self) -> None:
         Service.stopService(self)
@@ -549,8 +559,7 @@ def makeService(options: Options) -> MultiService:
     CollectionPolicy(
         reactor, top.hub.peer_count, min_growth=options["gc-memory-growth"] * 1024 * 1024
     ).setServiceParent(top)
-    if top.tls is not None:
-        ReloadOnHangup(reactor, top.tls).setServiceParent(top)
+    ReloadOnHangup(reactor, top.tls).setServiceParent(top)
     # Last, so that it is stopped first: STOPPING=1 as the drain begins.
     SystemdNotifier(reactor, os.environ).setServiceParent(top)
     return top

@@ -178,6 +178,19 @@ def close_code(client):
             return int.from_bytes(data[:2], "big")
 
 
+def test_sighup_without_tls_keeps_the_server(twistd):
+    """
+    SIGHUP (systemctl reload) of a server without a tls:PORT certificate
+    logs that there is nothing to reload, and the server goes on.
+    """
+    server = twistd("--port", "tcp:0:interface=127.0.0.1")
+    os.kill(server.process.pid, signal.SIGHUP)
+    wait_for(server, r"SIGHUP: no tls:PORT certificate to reload")
+    with socket.create_connection(("127.0.0.1", plain_port(server)), timeout=5):
+        pass
+    assert server.process.poll() is None
+
+
 def test_sigterm_drains_every_dialect(twistd):
     """
     SIGTERM tells a native peer to reconnect and closes it with 1001, closes
