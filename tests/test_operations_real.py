@@ -323,9 +323,18 @@ def test_metrics_on_their_own_port(twistd):
                 f"ws://127.0.0.1:{port}/signal", timeout=5, origin="https://evil.example"
             )
 
+        engine = websocket.create_connection(
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=5, suppress_origin=True
+        )
+        assert engine.recv().startswith("0{")
+        engine.send("40")
+        assert engine.recv().startswith("40{")
+
         samples = scrape(server)
+        engine.close()
         assert samples['signaling_connections{dialect="native",transport="websocket"}'] == 2
-        assert samples["signaling_peers"] == 2
+        assert samples['signaling_connections{dialect="socketio",transport="websocket"}'] == 1
+        assert samples["signaling_peers"] == 3
         assert samples["signaling_rooms"] == 1
         assert samples['signaling_relayed_total{dialect="native",kind="offer"}'] == 1
         assert samples['signaling_errors_total{code="invalid-json"}'] == 1
@@ -383,3 +392,33 @@ def test_json_log_format(tmp_path):
         "dialect": "native", "peer": peer_id, "address": "127.0.0.x", "level": "info",
     }
     assert opened["message"] == f"native connection opened: peer {peer_id} from 127.0.0.x"
+
+
+def test_sigterm_sends_a_polling_client_the_engineio_close_packet(twistd):
+    """
+    A Socket.IO client on long-polling gets Engine.IO's close packet on its
+    pending poll when SIGTERM drains the server, and no DISCONNECT.
+    """
+    import threading
+
+    import requests
+
+    server = twistd("--port", "tcp:0:interface=127.0.0.1")
+    base = f"http://127.0.0.1:{plain_port(server)}/socket.io/?EIO=4&transport=polling"
+    # One kept-alive connection, as a browser's: the pending poll is on it.
+    http = requests.Session()
+    opened = http.get(base, timeout=5).text
+    sid = orjson.loads(opened[1:])["sid"]
+    assert http.post(f"{base}&sid={sid}", data="40", timeout=5).text == "ok"
+    assert http.get(f"{base}&sid={sid}", timeout=5).text.startswith("40{")
+    answers = []
+    poll = threading.Thread(
+        target=lambda: answers.append(http.get(f"{base}&sid={sid}", timeout=10).text)
+    )
+    poll.start()
+    # The poll waits on the server by then (it answers within --ping-interval).
+    time.sleep(0.3)
+    os.kill(server.process.pid, signal.SIGTERM)
+    poll.join(10)
+    assert answers == ["1"]
+    assert server.process.wait(5) in STOPPED_BY_SIGTERM
