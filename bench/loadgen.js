@@ -128,8 +128,9 @@ class Peer {
     const d = this.dialect;
     this.room = room;
     let url;
-    if (d === "native") url = `${options.url}/signal`;
-    else if (d === "topic") url = `${options.url}/ws/${encodeURIComponent(room)}`;
+    // options.query: "?token=..." when the server runs with --auth required.
+    if (d === "native") url = `${options.url}/signal${options.query || ""}`;
+    else if (d === "topic") url = `${options.url}/ws/${encodeURIComponent(room)}${options.query || ""}`;
     else if (d === "peerjs") {
       this.id = `bench${process.pid}x${peerjsCounter++}`;
       url = `${options.url}/peerjs?key=peerjs&id=${this.id}&token=t${this.id}`;

@@ -35,6 +35,12 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_ENV: dict[str, str] = {}
 #: Extra flags for the load generator's node (--node-flag), e.g. --trace-gc.
 NODE_FLAGS: list[str] = []
+#: Extra options for our server (--auth adds --auth required and a key).
+SIGNALING_ARGS: list[str] = []
+#: What our server's WebSocket URLs end with (--auth: a token).
+SIGNALING_QUERY: dict[str, str] = {}
+#: The HS256 secret of --auth runs.
+BENCH_SECRET = "the benchmark's JWT secret, long enough for HS256"
 
 SCENARIOS = ("relay", "rate", "mesh", "connections", "churn")
 #: Scenarios a server without rooms (PeerJS) can run.
@@ -136,6 +142,7 @@ class Server:
                 "--max-new-connections-per-address", "0",
                 # Idle peers of the connections scenario must not be swept.
                 "--stale-timeout", "0",
+                *SIGNALING_ARGS,
             ]
         if self.name == "reference":
             return [python, str(BENCH / "reference_relay.py"), "--port", "0"]
@@ -199,7 +206,9 @@ def run_loadgen(server: Server, url: str, cpu: int | None, settings: dict[str, A
     """
     timeout = settings["timeout"]
     generator = subprocess.Popen(
-        _pinned(cpu, ["node", *NODE_FLAGS, str(BENCH / "loadgen.js"), json.dumps({"url": url, **settings})]),
+        _pinned(cpu, ["node", *NODE_FLAGS, str(BENCH / "loadgen.js"), json.dumps({
+            "url": url, **settings, **(SIGNALING_QUERY if server.name == "signaling" else {})
+        })]),
         cwd=BENCH,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -452,7 +461,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="environment variable for the servers")
     parser.add_argument("--node-flag", action="append", default=[], help="flag for the load generator's node, e.g. --node-flag=--trace-gc")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a load setting, e.g. --set pairs=100")
+    parser.add_argument("--auth", action="store_true", help="run our server with --auth required; every peer presents a token (?token=)")
     options = parser.parse_args(argv)
+    if options.auth:
+        import jwt
+
+        SIGNALING_ARGS.extend(["--auth", "required", "--jwt-secret", BENCH_SECRET])
+        token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 86400}, BENCH_SECRET, algorithm="HS256")
+        SIGNALING_QUERY["query"] = "?token=" + token
 
     _raise_fd_limit()
     NODE_FLAGS.extend(options.node_flag)

@@ -56,6 +56,14 @@ class VerifiedOnly(HubError):
     reason = "verified-only"
 
 
+class NotGranted(HubError):
+    """
+    The peer's token grants it other rooms than this one.
+    """
+
+    reason = "not-granted"
+
+
 class NotInRoom(HubError):
     reason = "not-in-room"
 

@@ -20,6 +20,7 @@ from .errors import (
     AlreadyInRoom,
     DeliveryRefused,
     InvalidRoomName,
+    NotGranted,
     NotInRoom,
     PeerIdInUse,
     PeerNotFound,
@@ -177,10 +178,12 @@ class PeerLeft:
     member: Member
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class Signal:
     """
-    A message relayed from one peer to another.
+    A message relayed from one peer to another: made by the sender's dialect
+    for this one relay, then completed by the hub (C{sender_member}), which
+    sets the field rather than copying the signal on the relay's hot path.
 
     :ivar kind: C{"offer"}, C{"answer"}, C{"candidate"} or C{"message"}.
     :ivar sender: The sender's peer id, always set by the hub.
@@ -231,6 +234,10 @@ class Peer:
     :ivar last_seen: When it last did anything, for the stale-peer sweep.
     :ivar verified_user_id: The user id its dialect proved at connect (a
         verified token), or L{None} for a peer that proved nothing.
+    :ivar room_grants: The rooms its token lets it join: exact names, or
+        prefixes ending in C{*}; L{None} for any room.
+    :ivar max_rooms: The rooms it may be in at once, when its token says
+        (0 for unlimited); L{None} for the hub's C{max_rooms_per_peer}.
     """
 
     id: str
@@ -240,6 +247,20 @@ class Peer:
     last_seen: float
     rooms: dict[str, Room] = attrs.Factory(dict)
     verified_user_id: str | None = None
+    room_grants: tuple[str, ...] | None = None
+    max_rooms: int | None = None
+
+    def may_enter(self, room_name: str) -> bool:
+        """
+        Whether its L{room_grants} include C{room_name}.
+        """
+        grants = self.room_grants
+        if grants is None:
+            return True
+        return any(
+            room_name.startswith(grant[:-1]) if grant.endswith("*") else room_name == grant
+            for grant in grants
+        )
 
 
 @attrs.frozen
@@ -292,6 +313,8 @@ class Hub:
         shape: IdShape = IdShape.TOKEN,
         verified_user_id: str | None = None,
         peer_id: str | None = None,
+        room_grants: tuple[str, ...] | None = None,
+        max_rooms: int | None = None,
     ) -> Peer:
         """
         Register a newly connected peer under a fresh id of C{shape}.
@@ -301,6 +324,9 @@ class Hub:
         :param peer_id: The id of a peer whose id was allocated elsewhere
             (a peer on another node, reached over a bus), instead of a
             fresh one.
+        :param room_grants: The rooms its token lets it join (see
+            L{Peer.room_grants}).
+        :param max_rooms: See L{Peer.max_rooms}.
         :raises PeerIdInUse: The hub already has a peer with C{peer_id}.
         """
         now = self.clock.seconds()
@@ -318,6 +344,8 @@ class Hub:
             connected_at=now,
             last_seen=now,
             verified_user_id=verified_user_id,
+            room_grants=room_grants,
+            max_rooms=max_rooms,
         )
         self._peers[peer_id] = peer
         return peer
@@ -386,17 +414,19 @@ class Hub:
             limits' L{MetadataLimits}.
         :raises VerifiedOnly: A verified peer created the room and C{peer}
             is not verified.
+        :raises NotGranted: C{peer}'s token does not grant it the room.
         """
         self.validate_room_name(room_name)
+        if not peer.may_enter(room_name):
+            raise NotGranted(f"the token does not grant room {room_name!r}")
         if room_name in peer.rooms:
             raise AlreadyInRoom(f"already in room {room_name!r}")
         limits = self.limits
         limits.metadata.check(metadata)
         staying = len(peer.rooms) - (instead_of in peer.rooms)
-        if 0 < limits.max_rooms_per_peer <= staying:
-            raise TooManyRooms(
-                f"a peer may be in at most {limits.max_rooms_per_peer} rooms"
-            )
+        most = limits.max_rooms_per_peer if peer.max_rooms is None else peer.max_rooms
+        if 0 < most <= staying:
+            raise TooManyRooms(f"a peer may be in at most {most} rooms")
         now = self.clock.seconds()
         room = self._rooms.get(room_name)
         if room is None:
@@ -481,7 +511,7 @@ class Hub:
         target = self._peers.get(target_id) if target_id in room.members else None
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
-        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        signal.sender_member = room.members[sender.id]
         relayed = self.counters.relayed
         key = (signal.kind, sender.dialect)
         relayed[key] = relayed.get(key, 0) + 1
@@ -499,7 +529,7 @@ class Hub:
         room = sender.rooms.get(room_name)
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
-        signal = attrs.evolve(signal, sender_member=room.members[sender.id])
+        signal.sender_member = room.members[sender.id]
         self.counters.count(self.counters.relayed, (signal.kind, sender.dialect))
         return self._tell_room(room, signal, exclude=sender.id)
 

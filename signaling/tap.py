@@ -21,9 +21,11 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from . import logs, tlsconfig
-from .auth import TokenVerifier, UnusableKey
+from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
+from .jwks import JWKSKeys, JWKSRefresher, treq_fetch
+from .turn import DEFAULT_TTL, IceServers
 from .hub import Hub, HubLimits
 from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
@@ -120,6 +122,16 @@ class Options(usage.Options):
         ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
         ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
         ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
+        ["auth", None, "off", "Tokens in every dialect: off (only Socket.IO checks one, with a key), optional (a token presented must be valid) or required (no valid token, no connection); optional and required need a key."],
+        ["jwt-audience", None, None, "The 'aud' a token must name (default: not checked)."],
+        ["jwt-issuer", None, None, "The 'iss' a token must have (default: not checked)."],
+        ["jwt-jwks-url", None, None, "URL of a JSON Web Key Set to check tokens with (instead of --jwt-secret/--jwt-public-key): fetched at start, every 5 minutes, and on an unknown kid (at most every 10 s)."],
+        ["turn-secret", None, None, "coturn's static-auth-secret (use-auth-secret): TURN credentials handed out are signed with it (env TURN_SECRET)."],
+        ["turn-secret-file", None, None, "A file holding --turn-secret (its first line)."],
+        ["turn-ttl", None, DEFAULT_TTL, "Seconds TURN credentials are valid; clients get fresh ones before they expire.", _seconds("turn-ttl")],
+        ["jwt-jwks-min-interval", None, 10.0, "Seconds between two fetches of --jwt-jwks-url that tokens with unknown key ids may cause.", _seconds("jwt-jwks-min-interval")],
+        ["jwt-jwks-max-age", None, 300.0, "Seconds after which --jwt-jwks-url is fetched again anyway.", _seconds("jwt-jwks-max-age")],
+        ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
         ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
         ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
         ["log-format", None, "text", "text, or json: one object per line with the event's fields (for journald and log shippers)."],
@@ -136,6 +148,8 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
         self["ports"] = []
         self["allowed-origins"] = []
+        self["turn-uris"] = []
+        self["stun-uris"] = []
 
     def opt_version(self) -> None:
         """Print the versions of signaling, Twisted and Autobahn, and exit."""
@@ -152,6 +166,24 @@ class Options(usage.Options):
         self["ports"].append(description)
 
     opt_p = opt_port
+
+    def opt_turn_uri(self, uri: str) -> None:
+        """A TURN server for clients, e.g. turn:turn.example:3478?transport=tcp or turns:... (repeatable; needs --turn-secret)."""
+        if not uri.startswith(("turn:", "turns:")):
+            raise usage.UsageError(f"--turn-uri must start with turn: or turns:, not {uri!r}")
+        self["turn-uris"].append(uri)
+
+    def opt_turn_url(self, uri: str) -> None:
+        """Same as --turn-uri."""
+        # Not "opt_turn_url = opt_turn_uri": usage.Options takes a long
+        # alias for a synonym that --help cannot print (a KeyError).
+        self.opt_turn_uri(uri)
+
+    def opt_stun_uri(self, uri: str) -> None:
+        """A STUN server for clients, e.g. stun:stun.example:3478 (repeatable)."""
+        if not uri.startswith("stun:"):
+            raise usage.UsageError(f"--stun-uri must start with stun:, not {uri!r}")
+        self["stun-uris"].append(uri)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """Allow browsers from this origin, e.g. https://app.example (repeatable; env CLIENT_URL; default: any)."""
@@ -192,7 +224,33 @@ class Options(usage.Options):
                 f"--stale-timeout ({self['stale-timeout']:g}) must be above "
                 f"--ping-interval ({self['ping-interval']:g}), or 0"
             )
-        self["token-verifier"] = self._token_verifier()
+        verifier = self._token_verifier()
+        if verifier is not None:
+            verifier = attrs.evolve(
+                verifier, audience=self["jwt-audience"], issuer=self["jwt-issuer"]
+            )
+        self["token-verifier"] = verifier
+        if self["auth"] not in AUTH_MODES:
+            raise usage.UsageError(
+                f"--auth must be one of {', '.join(AUTH_MODES)}, not {self['auth']!r}"
+            )
+        if not self["jwt-jwks-max-age"]:
+            raise usage.UsageError("--jwt-jwks-max-age must be above 0")
+        if self["jwt-jwks-url"]:
+            if verifier is not None:
+                raise usage.UsageError("give --jwt-jwks-url or a JWT key, not both")
+            if not self["jwt-jwks-url"].startswith(("http://", "https://")):
+                raise usage.UsageError("--jwt-jwks-url must be an http:// or https:// URL")
+        elif self["auth"] != "off" and verifier is None:
+            raise usage.UsageError(
+                f"--auth {self['auth']} needs --jwt-secret, --jwt-public-key or --jwt-jwks-url"
+            )
+        self["ice-servers"] = self._ice_servers()
+        if not self["auth-timeout"]:
+            raise usage.UsageError("--auth-timeout must be above 0")
+        self["auth-policy"] = AuthPolicy(
+            mode=self["auth"], verifier=verifier, message_deadline=self["auth-timeout"]
+        )
         if not self["directory-probe-timeout"]:
             # A holder could never answer in time: any registration would
             # take any userId registered without proof.
@@ -250,6 +308,31 @@ class Options(usage.Options):
         except UnusableKey as error:
             raise usage.UsageError(f"unusable JWT key: {error}")
         return None
+
+    def _ice_servers(self) -> IceServers:
+        secret = self["turn-secret"] or self.environ.get("TURN_SECRET") or None
+        if self["turn-secret-file"]:
+            if secret:
+                raise usage.UsageError("give --turn-secret or --turn-secret-file, not both")
+            try:
+                with open(self["turn-secret-file"], encoding="utf-8") as secret_file:
+                    secret = secret_file.readline().strip()
+            except OSError as error:
+                raise usage.UsageError(f"cannot read --turn-secret-file: {error.strerror}")
+            if not secret:
+                raise usage.UsageError("--turn-secret-file is empty")
+        if self["turn-uris"] and not secret:
+            raise usage.UsageError("--turn-uri needs --turn-secret or --turn-secret-file")
+        if secret and not self["turn-uris"]:
+            raise usage.UsageError("--turn-secret needs at least one --turn-uri")
+        if not self["turn-ttl"]:
+            raise usage.UsageError("--turn-ttl must be above 0")
+        return IceServers(
+            secret=secret.encode("utf-8") if secret else None,
+            turn_uris=tuple(self["turn-uris"]),
+            stun_uris=tuple(self["stun-uris"]),
+            ttl=self["turn-ttl"],
+        )
 
     def parseOptions(self, options=None) -> None:
         # twistd prints its whole usage text above an option error; one line
@@ -492,6 +575,21 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         probe_seconds=options["directory-probe-timeout"],
     )
     root_dialect = options["root-dialect"]
+    auth = options.get("auth-policy", AuthPolicy())
+    verifier = options.get("token-verifier")
+    key_set = None
+    if options.get("jwt-jwks-url"):
+        key_set = JWKSKeys(
+            options["jwt-jwks-url"],
+            reactor,
+            treq_fetch(reactor),
+            audience=options["jwt-audience"],
+            issuer=options["jwt-issuer"],
+            min_interval=options["jwt-jwks-min-interval"],
+            max_age=options["jwt-jwks-max-age"],
+        )
+        verifier = key_set
+        auth = attrs.evolve(auth, verifier=key_set)
     limiter = AddressLimiter(
         reactor,
         AddressLimits(
@@ -502,12 +600,14 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     site = SignalingSite(
         hub,
         settings,
-        verifier=options.get("token-verifier"),
+        verifier=verifier,
         directory=directory,
         root_dialect=None if root_dialect == "none" else root_dialect,
         limiter=limiter,
         api_token=options.get("api-token"),
         max_rooms_page=options["max-rooms-page"],
+        auth=auth,
+        ice_servers=options.get("ice-servers", IceServers()),
     )
     web = GuardedSite(
         site.resource(),
@@ -529,6 +629,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     cleanup.clock = reactor
     cleanup.setName("cleanup")
     cleanup.setServiceParent(top)
+    if key_set is not None:
+        JWKSRefresher(key_set).setServiceParent(top)
     tls = None
     if any(_TLS_SHORTHAND.match(description) for description in options["ports"]):
         tls = tls_for(options)

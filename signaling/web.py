@@ -16,7 +16,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .auth import TokenVerifier
+from .auth import AuthPolicy, InvalidToken, TokenVerifier, presented_token
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession
@@ -26,6 +26,7 @@ from .directory import Directory
 from .hub import Hub, Room
 from .ids import IdShape
 from .timefmt import iso8601, milliseconds
+from .turn import IceServers
 from .transports.addresses import AddressLimiter
 from .transports.engineio_resource import EngineIOResource
 from .transports.site import set_cors_headers
@@ -90,6 +91,8 @@ class SignalingSite:
         limiter: AddressLimiter | None = None,
         api_token: str | None = None,
         max_rooms_page: int = MAX_ROOMS_PAGE,
+        auth: AuthPolicy = AuthPolicy(),
+        ice_servers: IceServers = IceServers(),
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -101,14 +104,23 @@ class SignalingSite:
         :param api_token: The bearer token C{/api/rooms/{id}} requires; None
             leaves it open.
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
+        :param auth: What every dialect does with tokens.
+        :param ice_servers: The STUN and TURN servers clients are told of.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
-        self._native = WebSocketResource(SignalingFactory(hub, NativeSession, settings))
+        self.auth = auth
+        self.ice_servers = ice_servers
+        native = functools.partial(NativeSession, ice_servers=ice_servers)
+        self._native = WebSocketResource(
+            SignalingFactory(hub, native, settings, auth, token_in_message=True)
+        )
         #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
-        socketio = SocketIOContext(hub=hub, verifier=verifier)
+        socketio = SocketIOContext(
+            hub=hub, verifier=verifier or auth.verifier, auth=auth, ice_servers=ice_servers
+        )
         self._socketio_stats = socketio.stats
         self._socketio = EngineIOResource(
             hub.clock,
@@ -120,10 +132,12 @@ class SignalingSite:
         )
         self.directory = directory
         self._directory = WebSocketResource(
-            SignalingFactory(hub, functools.partial(DirectorySession, directory=self.directory), settings)
+            SignalingFactory(
+                hub, functools.partial(DirectorySession, directory=self.directory), settings, auth
+            )
         )
-        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings))
-        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings))
+        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings, auth))
+        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings, auth))
         self._root = {
             "native": self._native,
             "directory": self._directory,
@@ -221,9 +235,40 @@ class SignalingSite:
             return self._json(request, {"error": "room not found", "id": room_id}, 404)
         return self._json(request, _room_detail(room))
 
+    @app.route("/api/ice-servers", methods=["GET"])
+    def ice_servers_route(self, request: IRequest) -> bytes:
+        """
+        STUN and TURN servers with fresh credentials; with C{--auth} on,
+        only for a valid token (C{Authorization: Bearer} or C{?token=}).
+        """
+        if not self.ice_servers.configured:
+            return self._json(request, {"error": "no STUN or TURN servers are configured"}, 404)
+        user = "anonymous"
+        if self.auth.checks_tokens:
+            params = {
+                name.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+                for name, values in request.args.items()
+                if values
+            }
+            token = presented_token(params, request.getHeader("authorization"))
+            try:
+                identity = self.auth.identify(token, self.hub.clock.seconds())
+            except InvalidToken as error:
+                request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+                return self._json(request, {"error": f"a valid token is needed: {error}"}, 401)
+            if identity is None:
+                request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
+                return self._json(request, {"error": "a valid token is needed"}, 401)
+            user = identity.user_id
+        now = self.hub.clock.seconds()
+        servers = self.ice_servers.for_user(user, now)
+        request.setHeader("Cache-Control", "no-store")
+        return self._json(request, {"iceServers": servers, "ttl": int(self.ice_servers.ttl)})
+
     # Only the API's own paths: a preflight route for any path under /api/
     # would turn every unknown path there into a 405.
     @app.route("/api/stats", methods=["OPTIONS"])
+    @app.route("/api/ice-servers", methods=["OPTIONS"])
     @app.route("/api/rooms", methods=["OPTIONS"])
     @app.route("/api/rooms/<path:room_id>", methods=["OPTIONS"])
     def preflight(self, request: IRequest, room_id: str = "") -> bytes:

@@ -15,8 +15,10 @@ from typing import Any, Mapping
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from zope.interface import Attribute, Interface
 
+from ..auth import AuthPolicy, Identity
 from ..errors import DeliveryRefused, HubError, ReplyTooLarge
 from ..hub import Hub, Peer
 
@@ -30,6 +32,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 #: Our own: the hub removed the peer (stale, replaced by a newer connection).
 CLOSE_REMOVED = 4000
+#: Our own: the client's token expired, or it presented none in time.
+CLOSE_UNAUTHENTICATED = 4001
 
 
 #: The hub's refusal reasons (L{HubError.reason}) as the error codes of the
@@ -41,6 +45,7 @@ NATIVE_ERROR_CODES = {
     "too-many-rooms": "too-many-rooms",
     "already-in-room": "already-in-room",
     "verified-only": "forbidden",
+    "not-granted": "forbidden",
     "not-in-room": "not-in-room",
     "peer-not-found": "peer-not-found",
     "invalid-metadata": "invalid-metadata",
@@ -101,12 +106,20 @@ class HandshakeInfo:
     :ivar params: The query parameters, first value of each.
     :ivar address: The client's IP address, where it counts against a
         per-address limit.
+    :ivar token: The token the request presented (C{?token=}, else
+        C{Authorization: Bearer}); never shown in a repr, as it may be logged.
+    :ivar auth: What the server does with tokens.
+    :ivar identity: What the presented token proved, once checked against
+        C{auth}; L{None} when nothing was proved.
     """
 
     path: str
     params: Mapping[str, str] = attrs.Factory(dict)
     origin: str | None = None
     address: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)
+    auth: AuthPolicy = AuthPolicy()
+    identity: Identity | None = None
 
 
 class IFrameSink(Interface):
@@ -218,6 +231,10 @@ class Session:
     #: The code and text of the error for a frame over the rate limit;
     #: L{None} sends none.
     rate_limited_error: tuple[str, str] | None = None
+    #: The code and text of the error sent before the connection closes
+    #: with L{CLOSE_UNAUTHENTICATED} because the token expired.
+    token_expired_error: tuple[str, str] = ("token-expired", "the token has expired")
+    _expiry_call: IDelayedCall | None = None
 
     def __init__(self, hub: Hub, sink: IFrameSink, handshake: HandshakeInfo) -> None:
         self.hub = hub
@@ -226,6 +243,59 @@ class Session:
 
     def opened(self) -> None:
         raise NotImplementedError()
+
+    def connect_peer(self, **kwargs: Any) -> Peer:
+        """
+        Connect this client's hub peer with what its token proved (see
+        L{HandshakeInfo.identity}), and end the connection when that proof
+        expires.
+
+        :param kwargs: As for L{Hub.connect}.
+        """
+        identity = self.handshake.identity
+        self.peer = self.hub.connect(
+            self.sink,
+            verified_user_id=identity.user_id if identity is not None else None,
+            room_grants=identity.room_grants if identity is not None else None,
+            max_rooms=identity.limits.max_rooms_per_peer if identity is not None else None,
+            **kwargs,
+        )
+        self.watch_expiry(identity)
+        return self.peer
+
+    def watch_expiry(self, identity: Identity | None) -> None:
+        """
+        End the connection when C{identity}'s token expires (replacing any
+        earlier watch).
+        """
+        self._cancel_expiry()
+        if identity is not None and identity.expires is not None:
+            clock = self.hub.clock
+            self._expiry_call = clock.callLater(
+                max(0.0, identity.expires - clock.seconds()),
+                self.end_unauthenticated,
+                *self.token_expired_error,
+            )
+
+    def stop_timers(self) -> None:
+        """
+        The connection has closed: cancel what this session had scheduled.
+        """
+        self._cancel_expiry()
+
+    def _cancel_expiry(self) -> None:
+        call, self._expiry_call = self._expiry_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def end_unauthenticated(self, code: str, text: str) -> None:
+        """
+        Tell the client, in the dialect's error form, that its token no
+        longer holds, and close with L{CLOSE_UNAUTHENTICATED}.
+        """
+        self._expiry_call = None
+        self.send_error(code, text)
+        self.sink.fail(CLOSE_UNAUTHENTICATED, text)
 
     def text_received(self, data: bytes) -> None:
         """

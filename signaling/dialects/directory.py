@@ -113,7 +113,7 @@ class DirectorySession(Session):
         self._claim: tuple[str, str, bool] | None = None
 
     def opened(self) -> None:
-        self.peer = self.hub.connect(self.sink, dialect=NAME)
+        self.connect_peer(dialect=NAME)
 
     def closed(self) -> None:
         self._claim = None
@@ -145,6 +145,10 @@ class DirectorySession(Session):
     def _register(self, message: dict) -> None:
         _required(message, "userId", "publicKey")
         user_id = validate_user_id(message["userId"])
+        verified = self.peer.verified_user_id
+        if verified is not None and user_id != verified:
+            # A token for one user cannot register another.
+            raise ProtocolError("forbidden", f"the token is for user {verified}, not {user_id}")
         public_key = validate_public_key(message["publicKey"])
         proof = message.get("proof", False)
         if not isinstance(proof, bool):

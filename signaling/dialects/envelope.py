@@ -38,6 +38,7 @@ _HUB_CODES = {
     "not-in-room": NOT_IN_ROOM,
     "peer-not-found": PEER_NOT_FOUND,
     "verified-only": UNAUTHORIZED,
+    "not-granted": UNAUTHORIZED,
 }
 
 _DELIVERY_ERRORS = {
@@ -76,6 +77,9 @@ def _peer_info(member: Member) -> dict[str, Any]:
         info["display_name"] = name
     if member.profile.endpoint is not None:
         info["endpoint"] = member.profile.endpoint
+    if member.verified_user_id is not None:
+        # Only a token proves it; a display_name is what the peer says.
+        info["user_id"] = member.verified_user_id
     info["joined_at"] = milliseconds(member.joined_at)
     return info
 
@@ -122,9 +126,10 @@ class EnvelopeSession(Session):
     too_large_error = (INVALID_MESSAGE, "the message exceeds the size limit")
     # The document has no code for this; ours, in its style.
     rate_limited_error = (RATE_LIMITED, "too many messages; this one was discarded")
+    token_expired_error = (UNAUTHORIZED, "the token has expired")
 
     def opened(self) -> None:
-        self.peer = self.hub.connect(self.sink, dialect=NAME, shape=IdShape.HEX8)
+        self.connect_peer(dialect=NAME, shape=IdShape.HEX8)
         self._send(_envelope("ACK", peer_id=self.peer.id, payload={"message": "connected"}))
 
     def closed(self) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import orjson
+from twisted.internet.interfaces import IDelayedCall
 
+from ..auth import InvalidToken
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
+from ..turn import IceServers
 from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
@@ -37,7 +40,11 @@ _DELIVERY_ERRORS = {
 
 
 def _member(member: Member) -> dict[str, Any]:
-    return {"id": member.peer_id, "metadata": member.metadata}
+    entry = {"id": member.peer_id, "metadata": member.metadata}
+    if member.verified_user_id is not None:
+        # Only a token proves a user id; metadata.userId is a claim.
+        entry["userId"] = member.verified_user_id
+    return entry
 
 
 def _string(metadata: dict, *keys: str) -> str | None:
@@ -72,10 +79,41 @@ class NativeSession(Session):
     not_json_error = ("invalid-json", "the frame is not valid JSON")
     too_large_error = ("message-too-large", "the message exceeds the size limit")
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
+    _ice_call: IDelayedCall | None = None
+
+    def __init__(self, *args: Any, ice_servers: IceServers = IceServers(), **kwargs: Any) -> None:
+        """
+        :param ice_servers: The STUN and TURN servers clients are told of.
+        """
+        super().__init__(*args, **kwargs)
+        self.ice_servers = ice_servers
 
     def opened(self) -> None:
-        self.peer = self.hub.connect(self.sink, dialect=NAME)
-        self.send_json({"type": "welcome", "peerId": self.peer.id})
+        self.connect_peer(dialect=NAME)
+        welcome: dict[str, Any] = {"type": "welcome", "peerId": self.peer.id}
+        if self.peer.verified_user_id is not None:
+            welcome["userId"] = self.peer.verified_user_id
+        if self._gets_ice_servers:
+            welcome["iceServers"] = self._fresh_ice_servers()
+        self.send_json(welcome)
+        if self._awaiting_token:
+            self._expiry_call = self.hub.clock.callLater(
+                self.handshake.auth.message_deadline,
+                self.end_unauthenticated,
+                "unauthenticated",
+                "no token was presented in time",
+            )
+
+    @property
+    def _awaiting_token(self) -> bool:
+        return self.handshake.auth.required and self.peer.verified_user_id is None
+
+    @property
+    def _gets_ice_servers(self) -> bool:
+        # With --auth on, TURN credentials only for a valid token, as at
+        # GET /api/ice-servers: they let their holder relay any traffic.
+        unverified = self.peer.verified_user_id is None
+        return self.ice_servers.configured and not (self.handshake.auth.checks_tokens and unverified)
 
     def going_away(self) -> None:
         # A resuming client comes back (to another node, behind a load
@@ -86,6 +124,28 @@ class NativeSession(Session):
         if self.peer is not None:
             self.hub.disconnect(self.peer)
 
+    def stop_timers(self) -> None:
+        super().stop_timers()
+        call, self._ice_call = self._ice_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fresh_ice_servers(self) -> list[dict[str, Any]]:
+        """
+        Credentials for this peer, and a push of fresh ones before they
+        expire.
+        """
+        clock = self.hub.clock
+        if self._ice_call is not None and self._ice_call.active():
+            self._ice_call.cancel()
+        self._ice_call = clock.callLater(self.ice_servers.refresh_in(), self._push_ice_servers)
+        user = self.peer.verified_user_id or self.peer.id
+        return self.ice_servers.for_user(user, clock.seconds())
+
+    def _push_ice_servers(self) -> None:
+        self._ice_call = None
+        self.send_json({"type": "ice-servers", "iceServers": self._fresh_ice_servers()})
+
     def message_received(self, message: dict) -> None:
         request_id = message.get("id")
         if request_id is not None and not isinstance(request_id, (str, int)):
@@ -95,6 +155,9 @@ class NativeSession(Session):
         handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
         if handler is None:
             self.send_error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            return
+        if self._awaiting_token and handler not in (NativeSession._auth, NativeSession._ping):
+            self.send_error("unauthenticated", "send an auth message with a token first", request_id)
             return
         try:
             handler(self, message, request_id)
@@ -148,10 +211,50 @@ class NativeSession(Session):
     def _ping(self, message: dict, request_id: Any) -> None:
         self.send_json(self._reply({"type": "pong"}, request_id))
 
+    def _ice_servers(self, message: dict, request_id: Any) -> None:
+        if not self.ice_servers.configured:
+            raise ProtocolError("unsupported", "this server has no STUN or TURN servers configured")
+        if not self._gets_ice_servers:
+            raise ProtocolError("unauthenticated", "send an auth message with a token first")
+        reply = {"type": "ice-servers", "iceServers": self._fresh_ice_servers()}
+        self.send_json(self._reply(reply, request_id))
+
+    def _auth(self, message: dict, request_id: Any) -> None:
+        """
+        Present a token, or a fresh one before the last expires; the user
+        it names cannot change within a connection.
+        """
+        auth = self.handshake.auth
+        if not auth.checks_tokens:
+            raise ProtocolError("unsupported", "this server does not check tokens (--auth off)")
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("invalid-field", "'token' must be a non-empty string")
+        try:
+            identity = auth.identify(token, self.hub.clock.seconds())
+        except InvalidToken as error:
+            raise ProtocolError("invalid-token", str(error))
+        peer = self.peer
+        if peer.verified_user_id is not None and peer.verified_user_id != identity.user_id:
+            raise ProtocolError("forbidden", "the token is for another user than this connection's")
+        first = not self._gets_ice_servers
+        peer.verified_user_id = identity.user_id
+        peer.room_grants = identity.room_grants
+        peer.max_rooms = identity.limits.max_rooms_per_peer
+        self.watch_expiry(identity)
+        reply: dict[str, Any] = {"type": "authenticated", "userId": identity.user_id}
+        if identity.expires is not None:
+            reply["expiresAt"] = identity.claims["exp"]
+        self.send_json(self._reply(reply, request_id))
+        if first and self._gets_ice_servers:
+            self._push_ice_servers()
+
     _handlers: dict[str, Callable[["NativeSession", dict, Any], None]] = {
         "join": _join,
         "leave": _leave,
         "ping": _ping,
+        "auth": _auth,
+        "ice-servers": _ice_servers,
         **dict.fromkeys(_RELAY_KINDS, _relay),
     }
 

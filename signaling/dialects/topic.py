@@ -25,6 +25,7 @@ _WIRE_TYPES = {kind: wire for wire, kind in _KINDS.items()}
 _JOIN_ERRORS = {
     "room-full": "room_full",
     "verified-only": "forbidden",
+    "not-granted": "forbidden",
     "too-many-rooms": "too_many_rooms",
     "invalid-metadata": "invalid_metadata",
     "invalid-room-name": "invalid_topic",
@@ -35,6 +36,9 @@ def _peer(member: Member) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": member.peer_id}
     if member.metadata:
         entry["metadata"] = member.metadata
+    if member.verified_user_id is not None:
+        # Only a token proves it; metadata is what the peer says.
+        entry["userId"] = member.verified_user_id
     return entry
 
 
@@ -48,6 +52,7 @@ class TopicSession(Session):
     # with 1007 (not_json_error stays None).
     not_object_error = ("invalid_type", "a message must be a JSON object")
     rate_limited_error = ("rate_limited", "too many messages; this one was discarded")
+    token_expired_error = ("token_expired", "the token has expired")
 
     def opened(self) -> None:
         try:
@@ -55,7 +60,7 @@ class TopicSession(Session):
         except HubError as error:
             self._refuse("invalid_topic", error.message)
             return
-        self.peer = self.hub.connect(self.sink, dialect=NAME, shape=IdShape.ULID)
+        self.connect_peer(dialect=NAME, shape=IdShape.ULID)
         try:
             room = self.hub.join(self.peer, self.topic)
         except HubError as error:
@@ -128,6 +133,8 @@ class TopicSession(Session):
             frame = {"type": "peer-joined", "peerId": event.member.peer_id}
             if event.member.metadata:
                 frame["metadata"] = event.member.metadata
+            if event.member.verified_user_id is not None:
+                frame["userId"] = event.member.verified_user_id
             return orjson.dumps(frame)
         if type(event) is PeerLeft:
             return orjson.dumps({"type": "peer-left", "peerId": event.member.peer_id})

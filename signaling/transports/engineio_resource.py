@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from .. import fastpath, gcpolicy
+from ..auth import presented_token
 from ..dialects.base import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -256,6 +257,7 @@ class EngineIOResource(Resource):
                 params=params,
                 origin=origin,
                 address=getattr(request.getClientAddress(), "host", None),
+                token=presented_token(params, request.getHeader("authorization")),
             )
             socket = self.server.open(handshake)
             return self._poll(request, socket)

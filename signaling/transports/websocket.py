@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
 from .. import fastpath, gcpolicy
+from ..auth import AuthPolicy, InvalidToken, MissingToken, presented_token
 from ..dialects.base import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -31,7 +32,7 @@ from ..errors import DeliveryRefused
 from ..hub import CloseReason, Hub, IPeerConnection
 from ..logs import Logger, log_connection
 from .addresses import forwarded_address
-from .limits import LimitedProtocol
+from .limits import LimitedProtocol, RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
 
@@ -95,7 +96,12 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
-def handshake_info(request, peer_host: str | None = None, trusted_hops: int = 0) -> HandshakeInfo:
+def handshake_info(
+    request,
+    auth: AuthPolicy = AuthPolicy(),
+    peer_host: str | None = None,
+    trusted_hops: int = 0,
+) -> HandshakeInfo:
     """
     What a session may know of an Autobahn C{ConnectionRequest}.
 
@@ -110,21 +116,25 @@ def handshake_info(request, peer_host: str | None = None, trusted_hops: int = 0)
             [request.headers["x-forwarded-for"]] if "x-forwarded-for" in request.headers else [],
             trusted_hops,
         )
+    params = {name: values[0] for name, values in request.params.items() if values}
     return HandshakeInfo(
         path=unquote(request.path),
-        params={name: values[0] for name, values in request.params.items() if values},
+        params=params,
         origin=request.headers.get("origin"),
+        token=presented_token(params, request.headers.get("authorization")),
+        auth=auth,
         address=address,
     )
 
 
-def handshake_of(protocol, request) -> HandshakeInfo:
+def handshake_of(protocol, request, auth: AuthPolicy = AuthPolicy()) -> HandshakeInfo:
     """
     L{handshake_info} of a server protocol's C{request}, with its socket's
     peer behind its factory's C{settings.trusted_hops} proxies.
     """
     return handshake_info(
         request,
+        auth,
         getattr(protocol.transport.getPeer(), "host", None),
         protocol.factory.settings.trusted_hops,
     )
@@ -145,12 +155,44 @@ class SignalingProtocol(LimitedProtocol):
     _probe_timeout: IDelayedCall | None = None
 
     def onConnect(self, request):
-        handshake = handshake_of(self, request)
+        auth = self.factory.auth
+        handshake = handshake_of(self, request, auth)
         if not self.factory.settings.allows_origin(handshake.origin):
             self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "origin")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        if not auth.checks_tokens:
+            self.session = self.factory.session_factory(self.factory.hub, self, handshake)
+            return None
+        # A token whose key a key set lacks waits for the set to be fetched
+        # again; Autobahn holds the handshake until this fires.
+        identified = auth.identify_later(handshake.token, self.factory.clock)
+        identified.addErrback(self._refuse)
+        identified.addCallback(self._identified, handshake)
+        return identified
+
+    def _refuse(self, failure):
+        """
+        Refuse the handshake with 401 when the token is invalid, or missing
+        where one is required (except at a path whose dialect takes it in a
+        message).
+        """
+        failure.trap(InvalidToken)
+        if failure.check(MissingToken):
+            if self.factory.token_in_message:
+                return None
+            raise ConnectionDeny(401, "a token is required")
+        # The reason, never the token: it is the client's own.
+        self._log.info("refused a WebSocket: {error}", error=failure.getErrorMessage())
+        self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "auth")
+        raise ConnectionDeny(401, failure.getErrorMessage())
+
+    def _identified(self, identity, handshake: HandshakeInfo) -> None:
+        if identity is not None and identity.limits.max_message_rate is not None:
+            # The token's rate instead of --max-message-rate.
+            rate = identity.limits.max_message_rate
+            self.rate_limit = RateLimit(rate, self.factory.clock.seconds()) if rate else None
+        handshake = attrs.evolve(handshake, identity=identity)
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
-        return None
 
     def onOpen(self) -> None:
         self._guarded(self.session.opened)
@@ -189,6 +231,7 @@ class SignalingProtocol(LimitedProtocol):
             self._end_probes(False)
         if self.session is not None:
             session, self.session = self.session, None
+            session.stop_timers()
             if session.peer is not None:
                 log_connection(
                     self._log, "closed", session.peer.dialect, session.peer.id,
@@ -298,8 +341,18 @@ class SignalingFactory(WebSocketServerFactory):
         hub: Hub,
         session_factory: SessionFactory,
         settings: WebSocketSettings = WebSocketSettings(),
+        auth: AuthPolicy = AuthPolicy(),
+        token_in_message: bool = False,
     ) -> None:
+        """
+        :param auth: What is done with the tokens clients present.
+        :param token_in_message: Whether the dialect takes a token in a
+            message after the handshake (native C{auth}), so that a
+            handshake without one is let through where one is required.
+        """
         super().__init__()
+        self.auth = auth
+        self.token_in_message = token_in_message
         self.fast_paths = fastpath.install(enabled=settings.fast_paths)
         if self.fast_paths:
             self.protocol = FastSignalingProtocol

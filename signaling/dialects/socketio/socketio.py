@@ -16,10 +16,19 @@ import orjson
 from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
-from ...auth import LEEWAY, InvalidToken, TokenVerifier, unverified_claims, user_id_of
+from ...auth import (
+    AuthPolicy,
+    Identity,
+    InvalidToken,
+    MissingToken,
+    TokenVerifier,
+    unverified_claims,
+    user_id_of,
+)
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
 from ...logs import Logger, log_connection
+from ...turn import IceServers
 from ..base import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -149,10 +158,16 @@ class SocketIOContext:
     What every connection of one site shares.
 
     :ivar verifier: Checks tokens; L{None} when no key is configured.
+    :ivar auth: What is done with tokens; with C{required}, a CONNECT
+        without one is refused.
+    :ivar ice_servers: The STUN and TURN servers clients are told of, in an
+        C{ice-servers} event after CONNECT and again before they expire.
     """
 
     hub: Hub
     verifier: TokenVerifier | None = None
+    auth: AuthPolicy = AuthPolicy()
+    ice_servers: IceServers = IceServers()
     stats: SocketIOStats = attrs.Factory(SocketIOStats)
 
 
@@ -180,6 +195,8 @@ class SocketIOConnection:
         self.user_id: str | None = None
         self.authenticated = False
         self.claims: Mapping[str, Any] = {}
+        self.room_grants: tuple[str, ...] | None = None
+        self.max_rooms: int | None = None
         self._room_sets: dict[str, Any] = {}
         self._skip_attachments = 0
         # What the event being handled did: the room it joined, and whether
@@ -190,6 +207,7 @@ class SocketIOConnection:
             engine.settings.connect_timeout, self._connect_missing
         )
         self._expiry_call: IDelayedCall | None = None
+        self._ice_call: IDelayedCall | None = None
 
     @property
     def transport_name(self) -> str:
@@ -258,6 +276,7 @@ class SocketIOConnection:
             self._send(Packet(CONNECT, data={"sid": self.peer.id}))
             return
         self.user_id, self.authenticated, self.claims = None, False, {}
+        self.room_grants = self.max_rooms = None
         try:
             self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
@@ -269,7 +288,11 @@ class SocketIOConnection:
             self._connect_call.cancel()
         self._connect_call = None
         self.peer = self.hub.connect(
-            self, dialect=NAME, verified_user_id=self.user_id if self.authenticated else None
+            self,
+            dialect=NAME,
+            verified_user_id=self.user_id if self.authenticated else None,
+            room_grants=self.room_grants,
+            max_rooms=self.max_rooms,
         )
         log_connection(self._log, "opened", NAME, self.peer.id, self._address())
         if expires is not None:
@@ -277,6 +300,22 @@ class SocketIOConnection:
                 max(0.0, expires - self.now()), self._token_expired
             )
         self._send(Packet(CONNECT, data={"sid": self.peer.id}))
+        # With --auth on, TURN credentials only for a valid token, as at
+        # GET /api/ice-servers.
+        if self.context.ice_servers.configured and (
+            self.authenticated or not self.context.auth.checks_tokens
+        ):
+            self._push_ice_servers()
+
+    def _push_ice_servers(self) -> None:
+        """
+        Send credentials for this peer, and again before they expire.
+        """
+        ice_servers = self.context.ice_servers
+        clock = self.engine.clock
+        self._ice_call = clock.callLater(ice_servers.refresh_in(), self._push_ice_servers)
+        user = self.peer.verified_user_id or self.peer.id
+        self.emit("ice-servers", {"iceServers": ice_servers.for_user(user, self.now())})
 
     def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool, float | None]:
         """
@@ -285,26 +324,27 @@ class SocketIOConnection:
         allows; L{None} when nothing was verified or it has no C{exp}).
 
         :raises InvalidToken: A key is configured and the client presented a
-            token that is not valid for it, or names no user.
+            token that is not valid for it, or names no user; or it
+            presented none and C{--auth required}.
         """
         token = auth.get("token")
         if token is None:
-            token = self.engine.handshake.params.get("token")
+            token = self.engine.handshake.token
         if isinstance(token, str) and token.lower().startswith("bearer "):
             token = token[7:].strip()
         verifier = self.context.verifier
         if token is not None and token != "":
             if verifier is not None:
-                claims = verifier.verify(token, self.now())
-                user_id = user_id_of(claims)
-                if user_id is None:
-                    raise InvalidToken("the token names no user")
-                self.claims = claims
-                expires = claims["exp"] + LEEWAY if "exp" in claims else None
-                return user_id, True, expires
+                identity = Identity.from_claims(verifier.verify(token, self.now()))
+                self.claims = identity.claims
+                self.room_grants = identity.room_grants
+                self.max_rooms = identity.limits.max_rooms_per_peer
+                return identity.user_id, True, identity.expires
             user_id = user_id_of(unverified_claims(token))
             if user_id is not None:
                 return user_id, False, None
+        elif self.context.auth.required:
+            raise MissingToken("a token is required")
         claimed = auth.get("userId")
         if isinstance(claimed, str) and 0 < len(claimed) <= 256:
             return claimed, False, None
@@ -329,9 +369,10 @@ class SocketIOConnection:
     def _disconnect_peer(self) -> None:
         # The token's expiry concerns this connection only: a client that
         # disconnects and connects again brings its token again.
-        if self._expiry_call is not None and self._expiry_call.active():
-            self._expiry_call.cancel()
-        self._expiry_call = None
+        for call in (self._expiry_call, self._ice_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiry_call = self._ice_call = None
         if self.peer is not None:
             peer, self.peer = self.peer, None
             log_connection(self._log, "closed", NAME, peer.id, self._address())
