@@ -6,6 +6,8 @@ reads them at scrape time.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import attrs
 
 
@@ -25,7 +27,7 @@ class Counters:
     :ivar bytes_out: Bytes of WebSocket messages sent.
     """
 
-    relayed: dict[tuple[str, str], int] = attrs.Factory(dict)
+    relayed: defaultdict[tuple[str, str], int] = attrs.Factory(lambda: defaultdict(int))
     errors: dict[str, int] = attrs.Factory(dict)
     refused: dict[str, int] = attrs.Factory(dict)
     handshakes_refused: dict[str, int] = attrs.Factory(dict)

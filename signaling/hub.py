@@ -512,9 +512,7 @@ class Hub:
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
         signal.sender_member = room.members[sender.id]
-        relayed = self.counters.relayed
-        key = (signal.kind, sender.dialect)
-        relayed[key] = relayed.get(key, 0) + 1
+        self.counters.relayed[signal.kind, sender.dialect] += 1
         if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
@@ -530,7 +528,7 @@ class Hub:
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
         signal.sender_member = room.members[sender.id]
-        self.counters.count(self.counters.relayed, (signal.kind, sender.dialect))
+        self.counters.relayed[signal.kind, sender.dialect] += 1
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:

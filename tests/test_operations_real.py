@@ -184,6 +184,11 @@ def test_sighup_without_tls_keeps_the_server(twistd):
     logs that there is nothing to reload, and the server goes on.
     """
     server = twistd("--port", "tcp:0:interface=127.0.0.1")
+    # An answer means the reactor runs, so every service has started (as
+    # systemd, which reloads only after READY=1).
+    import requests
+
+    assert requests.get(f"http://127.0.0.1:{plain_port(server)}/health", timeout=5).status_code == 200
     os.kill(server.process.pid, signal.SIGHUP)
     wait_for(server, r"SIGHUP: no tls:PORT certificate to reload")
     with socket.create_connection(("127.0.0.1", plain_port(server)), timeout=5):
