@@ -9,10 +9,12 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,speedups,cluster]'
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,speedups,cluster,examples]'
 	touch $(STAMP)
 
+# The log's "demo page:" line says where to point a browser.
 run: $(STAMP)
+	@echo "demo: open http://localhost:$${PORT:-8080}/ in two tabs (the log below says the exact URL)"
 	$(BIN)/twistd -n --pidfile= signaling $(ARGS)
 
 test: $(STAMP)

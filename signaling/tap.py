@@ -31,6 +31,7 @@ from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
 from .metrics import MetricsService
 from .metadata import MetadataLimits
+from .resume import ResumeSettings
 from .transports.addresses import AddressLimiter, AddressLimits
 from .transports.site import GuardedSite, HTTPLimits
 from .transports.websocket import WebSocketSettings
@@ -132,6 +133,9 @@ class Options(usage.Options):
         ["jwt-jwks-min-interval", None, 10.0, "Seconds between two fetches of --jwt-jwks-url that tokens with unknown key ids may cause.", _seconds("jwt-jwks-min-interval")],
         ["jwt-jwks-max-age", None, 300.0, "Seconds after which --jwt-jwks-url is fetched again anyway.", _seconds("jwt-jwks-max-age")],
         ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
+        ["resume-grace", None, 30.0, "Seconds a native peer whose socket died keeps its id and rooms, waiting for a resume; 0 turns resume off.", _seconds("resume-grace")],
+        ["resume-max-messages", None, 256, "Events kept for one native peer until it acknowledges them (and queued while it is away); beyond, senders are told 'dropped'.", _whole("resume-max-messages")],
+        ["resume-max-bytes", None, 256 * 1024, "Bytes of those events per native peer.", _whole("resume-max-bytes")],
         ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
         ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
         ["log-format", None, "text", "text, or json: one object per line with the event's fields (for journald and log shippers)."],
@@ -261,6 +265,12 @@ class Options(usage.Options):
                 f"not {self['root-dialect']!r}"
             )
         self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
+        if self["resume-grace"] and not (self["resume-max-messages"] and self["resume-max-bytes"]):
+            # A peer away could be sent nothing at all: turn resume off instead.
+            raise usage.UsageError(
+                "--resume-max-messages and --resume-max-bytes must be above 0 "
+                "(or --resume-grace 0)"
+            )
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         self["tls-self-signed"] = False
@@ -448,6 +458,9 @@ class ListeningService(Service):
         except AttributeError:
             url = self.description
         self._log.info("signaling listening on {url}", url=url)
+        if url.endswith("/signal"):
+            page = url[: -len("signal")].replace("ws", "http", 1)
+            self._log.info("demo page: open {page} in two tabs", page=page)
 
     def stopService(self) -> Deferred | None:
         Service.stopService(self)
@@ -608,6 +621,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_rooms_page=options["max-rooms-page"],
         auth=auth,
         ice_servers=options.get("ice-servers", IceServers()),
+        resume=ResumeSettings(
+            grace=options["resume-grace"],
+            max_messages=options["resume-max-messages"],
+            max_bytes=options["resume-max-bytes"],
+        ),
     )
     web = GuardedSite(
         site.resource(),

@@ -6,9 +6,13 @@ dialect, in one Klein app.
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import hmac
+from pathlib import Path
 from typing import Any
+
+import attrs
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
@@ -19,12 +23,13 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .auth import AuthPolicy, InvalidToken, TokenVerifier, presented_token
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
-from .dialects.native import NativeSession
+from .dialects.native import NativeSession, Resume
 from .dialects.socketio import SocketIOConnection, SocketIOContext
 from .dialects.topic import TopicSession
 from .directory import Directory
 from .hub import Hub, Room
 from .ids import IdShape
+from .resume import ISessionStore, MemorySessionStore, ResumeSettings
 from .timefmt import iso8601, milliseconds
 from .turn import IceServers
 from .transports.addresses import AddressLimiter
@@ -41,6 +46,28 @@ DEFAULT_ROOMS_PAGE = 100
 #: The default most C{?limit=} may ask for: a page stays well under a
 #: megabyte.
 MAX_ROOMS_PAGE = 1000
+
+
+#: The JavaScript client and the demo page, shipped inside the package.
+STATIC_DIRECTORY = Path(__file__).resolve().parent / "static"
+#: Where the JavaScript client is served; pages import it from here.
+CLIENT_PATH = "/client/signaling-client.js"
+
+
+@attrs.frozen
+class StaticFile:
+    """
+    A file served from memory, read once at startup.
+    """
+
+    body: bytes
+    content_type: str
+    etag: str
+
+    @classmethod
+    def load(cls, name: str, content_type: str) -> "StaticFile":
+        body = (STATIC_DIRECTORY / name).read_bytes()
+        return cls(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
 
 def _room_summary(room: Room) -> dict[str, Any]:
@@ -93,6 +120,8 @@ class SignalingSite:
         max_rooms_page: int = MAX_ROOMS_PAGE,
         auth: AuthPolicy = AuthPolicy(),
         ice_servers: IceServers = IceServers(),
+        resume: ResumeSettings | None = None,
+        session_store: ISessionStore | None = None,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -106,6 +135,9 @@ class SignalingSite:
         :param max_rooms_page: The most rooms one page of C{/api/rooms} holds.
         :param auth: What every dialect does with tokens.
         :param ice_servers: The STUN and TURN servers clients are told of.
+        :param resume: Session resume for native peers; L{None} for none.
+        :param session_store: Where resumable sessions wait; by default in
+            this process.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
@@ -114,6 +146,9 @@ class SignalingSite:
         self.auth = auth
         self.ice_servers = ice_servers
         native = functools.partial(NativeSession, ice_servers=ice_servers)
+        if resume is not None and resume.grace > 0:
+            store = session_store or MemorySessionStore(ids=hub.ids)
+            native = functools.partial(native, resume=Resume(resume, store))
         self._native = WebSocketResource(
             SignalingFactory(hub, native, settings, auth, token_in_message=True)
         )
@@ -138,6 +173,8 @@ class SignalingSite:
         )
         self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings, auth))
         self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings, auth))
+        self._client_js = StaticFile.load("signaling-client.js", "text/javascript; charset=utf-8")
+        self._demo_page = StaticFile.load("index.html", "text/html; charset=utf-8")
         self._root = {
             "native": self._native,
             "directory": self._directory,
@@ -289,11 +326,30 @@ class SignalingSite:
 
     @app.route("/", methods=["GET"])
     def root(self, request: IRequest):
-        # Only a WebSocket upgrade: a plain GET / stays free for a page.
+        # A WebSocket upgrade speaks the root dialect; a plain GET is the
+        # demo page.
         upgrade = (request.getHeader("upgrade") or "").lower()
-        if self._root is None or upgrade != "websocket":
+        if upgrade != "websocket":
+            return self._static(request, self._demo_page)
+        if self._root is None:
             return self.not_found(request, None)
         return self._root
+
+    @app.route(CLIENT_PATH, methods=["GET"])
+    def client_js(self, request: IRequest) -> bytes:
+        return self._static(request, self._client_js)
+
+    def _static(self, request: IRequest, static: StaticFile) -> bytes:
+        # Revalidated on every use (a cheap 304): the URL is stable, so a
+        # server upgrade must reach pages at once.
+        request.setHeader("Cache-Control", "no-cache")
+        request.setHeader("ETag", static.etag)
+        request.setHeader("X-Content-Type-Options", "nosniff")
+        if static.etag in (request.getHeader("if-none-match") or ""):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader("Content-Type", static.content_type)
+        return static.body
 
     @app.route("/signal", methods=["GET"])
     def native(self, request: IRequest):

@@ -176,6 +176,121 @@ class SocketIOQueueClient:
         self.client.disconnect()
 
 
+class CuttableProxy:
+    """
+    A TCP proxy on loopback to C{port} whose connections L{cut} ends at
+    once, with a reset and no WebSocket close frame, as when a network link
+    goes. Threads, so that it serves clients in other processes whatever
+    the reactor does.
+    """
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._target = port
+        self._sockets: set = set()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source, sink) -> None:
+        import socket
+
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # shutdown, not only close: a close does not wake the other
+            # pipe's thread blocked in recv on the same socket, and the
+            # socket stays open while it waits.
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def cut(self) -> None:
+        """
+        Reset every connection through the proxy; new ones are accepted.
+        """
+        import socket
+        import struct
+
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            try:
+                # SO_LINGER 0: the close that follows sends a reset.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # Wakes the pipe threads, which close the sockets.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+
+#: The npm packages the Node-driven tests use (tests/node/package.json).
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def node_with_packages(what: str) -> str:
+    """
+    The node binary, with tests/node's packages installed into its ignored
+    node_modules on first use; fails on CI and skips elsewhere without Node.
+
+    :param what: What cannot run without Node, for the skip message.
+    """
+    import shutil
+
+    import pytest
+
+    node_binary = shutil.which("node")
+    npm = shutil.which("npm")
+    if node_binary is None or npm is None:
+        if os.environ.get("CI"):
+            pytest.fail("node and npm are required on CI (see .ci/run)")
+        pytest.skip(f"node and npm are not installed: {what} cannot run")
+    installed = [NODE_DIR / "node_modules" / name for name in ("socket.io-client", "ws")]
+    if not all(path.is_dir() for path in installed):
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
+            cwd=NODE_DIR,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return node_binary
+
+
 def twistd_servers(tmp_path: Path):
     """
     The body of a C{twistd} fixture: yields C{start(*args, env=None,

@@ -10,7 +10,6 @@ import base64
 import urllib.error
 import urllib.request
 
-import orjson
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -283,14 +282,14 @@ async def test_root_url_speaks_the_root_dialect(server):
     """
     With --root-dialect directory, a WebSocket at ws://HOST:PORT/ (the
     original client's URL, without a path) speaks the directory dialect and
-    shares its userIds with /directory; a plain GET / is still a 404.
+    shares its userIds with /directory; a plain GET / is the demo page.
     """
     root = await register(server.base + "/", "alice", "alice-key")
     other = await register(server.base + "/directory", "bob", "bob-key")
     other.send_json({"type": "offer", "to": "alice", "offer": OFFER})
     assert await root.next() == {"type": "offer", "from": "bob", "to": "alice", "offer": OFFER}
     status, body = http_get(server.base.replace("ws://", "http://") + "/")
-    assert (status, orjson.loads(body)) == (404, {"error": "not found", "path": "/"})
+    assert status == 200 and b"<!doctype html>" in body.lower()
     await close(root, other)
 
 

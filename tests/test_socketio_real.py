@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import jwt
 import pytest
@@ -20,9 +18,8 @@ import requests
 import socketio
 import websocket
 
-from .realsockets import TwistdServer
+from .realsockets import NODE_DIR, TwistdServer, node_with_packages
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 SECRET = "a real-socket test secret, long enough for HS256"
 MODES = {
     "polling": ["polling"],
@@ -67,24 +64,9 @@ def jwt_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def node():
     """
-    The node binary, with tests/node's socket.io-client installed into its
-    ignored node_modules on first use.
+    The node binary, with tests/node's socket.io-client installed.
     """
-    node_binary = shutil.which("node")
-    npm = shutil.which("npm")
-    if node_binary is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("node and npm are required on CI (see .ci/run)")
-        pytest.skip("node and npm are not installed: the npm socket.io-client cannot run")
-    if not (NODE_DIR / "node_modules" / "socket.io-client").is_dir():
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
-            cwd=NODE_DIR,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return node_binary
+    return node_with_packages("the npm socket.io-client")
 
 
 class Recorder:

@@ -60,6 +60,8 @@ class OptionsTests(SynchronousTestCase):
             (["--directory-hold", "-1"], "--directory-hold takes seconds"),
             (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
             (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
+            (["--resume-max-messages", "0"], "--resume-max-messages and --resume-max-bytes must be above 0"),
+            (["--resume-grace", "soon"], "--resume-grace takes seconds"),
             (["--drain-timeout", "-1"], "--drain-timeout takes seconds"),
             (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
         ]:

@@ -20,7 +20,7 @@ from zope.interface import Attribute, Interface
 
 from ..auth import AuthPolicy, Identity
 from ..errors import DeliveryRefused, HubError, ReplyTooLarge
-from ..hub import Hub, Peer
+from ..hub import Hub, IPeerConnection, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -140,6 +140,14 @@ class IFrameSink(Interface):
         protocol-level ones (1003, 1007, 1009, 1011).
         """
 
+    def lost() -> bool:
+        """
+        Whether the connection, now closed, was lost (the network or the
+        client's process went away) rather than closed: the client sent no
+        close frame and the server did not fail it (a protocol error, a
+        frame too large, a bug).
+        """
+
     def probe(timeout: float) -> Deferred:
         """
         Ask the client whether it is still there (a WebSocket ping).
@@ -244,17 +252,19 @@ class Session:
     def opened(self) -> None:
         raise NotImplementedError()
 
-    def connect_peer(self, **kwargs: Any) -> Peer:
+    def connect_peer(self, connection: IPeerConnection | None = None, **kwargs: Any) -> Peer:
         """
         Connect this client's hub peer with what its token proved (see
         L{HandshakeInfo.identity}), and end the connection when that proof
         expires.
 
+        :param connection: The peer's hub connection, if not the socket
+            itself (a session that outlives its sockets).
         :param kwargs: As for L{Hub.connect}.
         """
         identity = self.handshake.identity
         self.peer = self.hub.connect(
-            self.sink,
+            self.sink if connection is None else connection,
             verified_user_id=identity.user_id if identity is not None else None,
             room_grants=identity.room_grants if identity is not None else None,
             max_rooms=identity.limits.max_rooms_per_peer if identity is not None else None,

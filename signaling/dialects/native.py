@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
 import orjson
 from twisted.internet.interfaces import IDelayedCall
 
-from ..auth import InvalidToken
+from ..auth import Identity, InvalidToken
 from ..errors import DeliveryRefused, HubError
 from ..hub import Member, PeerJoined, PeerLeft, Profile, Signal
 from ..logs import Logger
+from ..resume import ISessionStore, ResumableConnection, ResumeSettings
 from ..turn import IceServers
 from .base import ProtocolError, Session, native_error_code, require_string
 
@@ -70,9 +72,49 @@ def _profile(metadata: dict) -> Profile:
     )
 
 
+def _event_body(event: Any) -> dict | None:
+    """
+    The body of the frame that shows a hub event to a native client.
+    """
+    if type(event) is Signal:
+        return {
+            "type": event.kind,
+            "room": event.room,
+            "from": event.sender,
+            "payload": event.payload,
+        }
+    if type(event) is PeerJoined:
+        return {"type": "peer-joined", "room": event.room, "peer": _member(event.member)}
+    if type(event) is PeerLeft:
+        return {"type": "peer-left", "room": event.room, "peer": _member(event.member)}
+    return None
+
+
+def _last_seen(params: Any) -> int | None:
+    """
+    The C{last} of a resume: the highest C{seq} the client processed, or
+    L{None} when it names none (or nonsense).
+    """
+    value = params.get("last", "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+@attrs.frozen
+class Resume:
+    """
+    What a native session needs to offer session resume.
+    """
+
+    settings: ResumeSettings
+    store: ISessionStore
+
+
 class NativeSession(Session):
     """
     A client of the native protocol.
+
+    :ivar resumable: The peer's hub connection across resumes, when resume
+        is on; else the socket itself is the hub connection.
     """
 
     _log = Logger()
@@ -80,22 +122,43 @@ class NativeSession(Session):
     too_large_error = ("message-too-large", "the message exceeds the size limit")
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
     _ice_call: IDelayedCall | None = None
+    resumable: ResumableConnection | None = None
 
-    def __init__(self, *args: Any, ice_servers: IceServers = IceServers(), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        ice_servers: IceServers = IceServers(),
+        resume: Resume | None = None,
+        **kwargs: Any,
+    ) -> None:
         """
         :param ice_servers: The STUN and TURN servers clients are told of.
+        :param resume: Session resume, or L{None} for none.
         """
         super().__init__(*args, **kwargs)
         self.ice_servers = ice_servers
+        self.resume = resume
 
     def opened(self) -> None:
-        self.connect_peer(dialect=NAME)
+        resumed = False
+        if self.resume is None:
+            self.connect_peer(dialect=NAME)
+        else:
+            resumed = self._open_resumable()
         welcome: dict[str, Any] = {"type": "welcome", "peerId": self.peer.id}
         if self.peer.verified_user_id is not None:
             welcome["userId"] = self.peer.verified_user_id
         if self._gets_ice_servers:
             welcome["iceServers"] = self._fresh_ice_servers()
+        if self.resumable is not None:
+            welcome["resumeToken"] = self.resume.store.issue(self.resumable)
+            welcome["resumed"] = resumed
+            if resumed:
+                welcome["rooms"] = sorted(self.peer.rooms)
+                self._log.info("{peer} resumed its session", peer=self.peer.id)
         self.send_json(welcome)
+        if resumed:
+            self.resumable.replay()
         if self._awaiting_token:
             self._expiry_call = self.hub.clock.callLater(
                 self.handshake.auth.message_deadline,
@@ -103,6 +166,57 @@ class NativeSession(Session):
                 "unauthenticated",
                 "no token was presented in time",
             )
+
+    def _open_resumable(self) -> bool:
+        """
+        Take over the session the handshake's C{resume} token names, or
+        start a new one.
+
+        :return: Whether a session was resumed.
+        """
+        store = self.resume.store
+        token = self.handshake.params.get("resume")
+        resumable = store.claim(token) if token else None
+        if resumable is not None and not self._may_resume(resumable):
+            resumable = None
+        if resumable is None:
+            self.resumable = ResumableConnection(self.hub, store, self.resume.settings, _event_body)
+            self.resumable.peer = self.connect_peer(connection=self.resumable, dialect=NAME)
+            self.resumable.attach(self.sink)
+            return False
+        self.resumable = resumable
+        self.peer = resumable.peer
+        resumable.attach(self.sink, _last_seen(self.handshake.params))
+        identity = self.handshake.identity
+        if identity is not None:
+            self.watch_expiry(identity)
+        elif resumable.expires is not None:
+            # The proof the session was made with still ends it.
+            clock = self.hub.clock
+            self._expiry_call = clock.callLater(
+                max(0.0, resumable.expires - clock.seconds()),
+                self.end_unauthenticated,
+                *self.token_expired_error,
+            )
+        return True
+
+    def _may_resume(self, resumable: ResumableConnection) -> bool:
+        """
+        Whether this connection may take C{resumable} over: not with a
+        token for another user, nor once the token the session was proved
+        with has expired.
+        """
+        identity = self.handshake.identity
+        if identity is not None and identity.user_id != resumable.peer.verified_user_id:
+            return False
+        expires = resumable.expires
+        return expires is None or expires > self.hub.clock.seconds()
+
+    def watch_expiry(self, identity: Identity | None) -> None:
+        super().watch_expiry(identity)
+        if self.resumable is not None:
+            # A resume of the session is bound by the same expiry.
+            self.resumable.expires = identity.expires if identity is not None else None
 
     @property
     def _awaiting_token(self) -> bool:
@@ -121,7 +235,11 @@ class NativeSession(Session):
         self.send_json({"type": "reconnect", "reason": "going-away", "delayMs": RECONNECT_DELAY_MS})
 
     def closed(self) -> None:
-        if self.peer is not None:
+        if self.resumable is not None:
+            # Only a lost socket is waited for: a client that closed it
+            # meant to go, and one the server failed is not to come back.
+            self.resumable.detach(self.sink, hold=self.sink.lost())
+        elif self.peer is not None:
             self.hub.disconnect(self.peer)
 
     def stop_timers(self) -> None:
@@ -211,6 +329,13 @@ class NativeSession(Session):
     def _ping(self, message: dict, request_id: Any) -> None:
         self.send_json(self._reply({"type": "pong"}, request_id))
 
+    def _ack(self, message: dict, request_id: Any) -> None:
+        seq = message.get("seq")
+        if type(seq) is not int or seq < 0:
+            raise ProtocolError("invalid-field", "'seq' must be a whole number")
+        if self.resumable is not None:
+            self.resumable.acknowledge(seq)
+
     def _ice_servers(self, message: dict, request_id: Any) -> None:
         if not self.ice_servers.configured:
             raise ProtocolError("unsupported", "this server has no STUN or TURN servers configured")
@@ -253,6 +378,7 @@ class NativeSession(Session):
         "join": _join,
         "leave": _leave,
         "ping": _ping,
+        "ack": _ack,
         "auth": _auth,
         "ice-servers": _ice_servers,
         **dict.fromkeys(_RELAY_KINDS, _relay),
@@ -261,24 +387,8 @@ class NativeSession(Session):
     # events
 
     def render(self, event: Any) -> bytes | None:
-        if type(event) is Signal:
-            return orjson.dumps(
-                {
-                    "type": event.kind,
-                    "room": event.room,
-                    "from": event.sender,
-                    "payload": event.payload,
-                }
-            )
-        if type(event) is PeerJoined:
-            return orjson.dumps(
-                {"type": "peer-joined", "room": event.room, "peer": _member(event.member)}
-            )
-        if type(event) is PeerLeft:
-            return orjson.dumps(
-                {"type": "peer-left", "room": event.room, "peer": _member(event.member)}
-            )
-        return None
+        body = _event_body(event)
+        return None if body is None else orjson.dumps(body)
 
     # output
 

@@ -40,7 +40,7 @@ FD_WARNING_SHARE = 0.9
 _BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 _SOCKETIO_PREFIX = b"/socket.io/"
 _SECRET_PARAMETER = re.compile(
-    rb"token|sid|auth|key|secret|pass|jwt|signature|credential|session", re.IGNORECASE
+    rb"token|sid|auth|key|secret|pass|jwt|signature|credential|session|resume", re.IGNORECASE
 )
 
 

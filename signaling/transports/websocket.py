@@ -273,6 +273,9 @@ class SignalingProtocol(LimitedProtocol):
     def fail(self, code: int, reason: str) -> None:
         fastpath.fail_connection(self, code, reason)
 
+    def lost(self) -> bool:
+        return not self.wasClean and not fastpath.failed(self)
+
     def probe(self, timeout: float) -> Deferred:
         waiter: Deferred = Deferred()
         if self.state != _OPEN:

@@ -1,0 +1,176 @@
+"""
+The resumable connection and the in-memory session store, on a L{Clock}
+and a hub, with a recording socket in place of the WebSocket.
+"""
+
+from __future__ import annotations
+
+import orjson
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from signaling.errors import DeliveryRefused
+from signaling.hub import CloseReason, Hub, IPeerConnection, Signal
+from signaling.ids import IdSource
+from signaling.resume import ISessionStore, MemorySessionStore, ResumableConnection, ResumeSettings
+
+from .support import RecordingConnection, counting_random_bytes
+
+
+class RecordingSocket:
+    """
+    What a L{ResumableConnection} sends through, recorded.
+    """
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.frames: list[dict] = []
+        self.failed: tuple[int, str] | None = None
+        self.closed: CloseReason | None = None
+        self.refuse = refuse
+
+    def send(self, frame: bytes) -> None:
+        if self.refuse:
+            raise DeliveryRefused(self.refuse, "refused")
+        self.frames.append(orjson.loads(frame))
+
+    def fail(self, code: int, reason: str) -> None:
+        self.failed = (code, reason)
+
+    def close(self, reason: CloseReason) -> None:
+        self.closed = reason
+
+
+def body(event) -> dict | None:
+    return {"type": event.kind, "payload": event.payload} if isinstance(event, Signal) else None
+
+
+class ResumableConnectionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()))
+        self.store = MemorySessionStore(ids=IdSource(counting_random_bytes()))
+        self.connection = self.make(ResumeSettings(grace=10, max_messages=3, max_bytes=1000))
+        self.other = self.hub.connect(RecordingConnection())
+        self.hub.join(self.connection.peer, "r")
+        self.hub.join(self.other, "r")
+
+    def make(self, settings: ResumeSettings) -> ResumableConnection:
+        connection = ResumableConnection(self.hub, self.store, settings, body)
+        connection.peer = self.hub.connect(connection)
+        connection.attach(RecordingSocket())
+        return connection
+
+    def relay(self, text: str) -> None:
+        self.hub.relay(self.other, "r", self.connection.peer.id, Signal("message", self.other.id, "r", text))
+
+    def test_interfaces(self) -> None:
+        verifyObject(IPeerConnection, self.connection)
+        verifyObject(ISessionStore, self.store)
+
+    def test_events_are_numbered_and_replayed_after_the_last_seen(self) -> None:
+        """
+        Events carry seq from 1; a new socket attached with C{last_seen}
+        gets the later ones again, in order.
+        """
+        self.relay("a")
+        self.relay("b")
+        self.assertEqual([f["seq"] for f in self.connection.socket.frames], [1, 2])
+        self.connection.detach(self.connection.socket)
+        self.relay("c")
+        socket = RecordingSocket()
+        self.connection.attach(socket, last_seen=1)
+        self.connection.replay()
+        self.assertEqual([(f["payload"], f["seq"]) for f in socket.frames], [("b", 2), ("c", 3)])
+
+    def test_a_refused_frame_is_not_kept_or_numbered(self) -> None:
+        self.connection.socket.refuse = "buffer-full"
+        self.assertRaises(DeliveryRefused, self.relay, "lost")
+        self.connection.socket.refuse = None
+        self.relay("next")
+        self.assertEqual(self.connection.socket.frames, [{"type": "message", "payload": "next", "seq": 1}])
+
+    def test_acknowledged_events_are_not_replayed(self) -> None:
+        self.relay("a")
+        self.relay("b")
+        self.connection.acknowledge(2)
+        self.connection.detach(self.connection.socket)
+        socket = RecordingSocket()
+        self.connection.attach(socket)
+        self.connection.replay()
+        self.assertEqual(socket.frames, [])
+
+    def test_away_past_the_bound_is_refused(self) -> None:
+        """
+        While away at most C{max_messages} events wait; the next is refused
+        as C{buffer-full} (the sender's C{dropped}).
+        """
+        self.connection.detach(self.connection.socket)
+        for text in "abc":
+            self.relay(text)
+        error = self.assertRaises(DeliveryRefused, self.relay, "d")
+        self.assertEqual(error.reason, "buffer-full")
+
+    def test_connected_keeps_only_the_newest(self) -> None:
+        for text in "abcde":
+            self.relay(text)
+        self.connection.detach(self.connection.socket)
+        socket = RecordingSocket()
+        self.connection.attach(socket, last_seen=0)
+        self.connection.replay()
+        self.assertEqual([f["payload"] for f in socket.frames], ["c", "d", "e"])
+
+    def test_grace_expiry_leaves_the_hub_and_revokes_the_token(self) -> None:
+        token = self.store.issue(self.connection)
+        self.connection.detach(self.connection.socket)
+        self.clock.advance(9.9)
+        self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
+        self.assertEqual(self.other.connection.events, [])
+        self.clock.advance(0.1)
+        self.assertIsNone(self.hub.find(self.connection.peer.id))
+        self.assertEqual(type(self.other.connection.events[-1]).__name__, "PeerLeft")
+        self.assertIsNone(self.store.claim(token))
+
+    def test_a_closed_socket_leaves_at_once(self) -> None:
+        self.connection.detach(self.connection.socket, hold=False)
+        self.assertIsNone(self.hub.find(self.connection.peer.id))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_takeover_fails_the_old_socket_with_4000(self) -> None:
+        old = self.connection.socket
+        self.connection.attach(RecordingSocket())
+        self.assertEqual(old.failed, (4000, "taken over by a resumed session"))
+        self.connection.detach(old)
+        self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_the_hub_removing_the_peer_ends_the_session(self) -> None:
+        token = self.store.issue(self.connection)
+        socket = self.connection.socket
+        self.hub.disconnect(self.connection.peer)
+        self.connection.close(CloseReason.STALE)
+        self.assertIs(socket.closed, CloseReason.STALE)
+        self.assertIsNone(self.store.claim(token))
+        self.assertRaises(DeliveryRefused, self.connection.deliver, Signal("message", "x", "r", 1))
+
+
+class MemorySessionStoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.hub = Hub(clock=Clock())
+        self.store = MemorySessionStore()
+        self.session = ResumableConnection(self.hub, self.store, ResumeSettings(), body)
+
+    def test_tokens_are_single_use_and_unguessable(self) -> None:
+        token = self.store.issue(self.session)
+        self.assertGreaterEqual(len(token), 43)
+        self.assertIs(self.store.claim(token), self.session)
+        self.assertIsNone(self.store.claim(token))
+        self.assertIsNone(self.store.claim("A" * 43))
+
+    def test_a_new_token_revokes_the_old(self) -> None:
+        first = self.store.issue(self.session)
+        second = self.store.issue(self.session)
+        self.assertNotEqual(first, second)
+        self.assertIsNone(self.store.claim(first))
+        self.assertIs(self.store.claim(second), self.session)
+        self.assertEqual(len(self.store), 0)
