@@ -366,7 +366,8 @@ def tls_for(options: Mapping[str, Any]) -> tlsconfig.ReloadableTLS:
     """
     cert_path, key_path = options["tls-cert"], options["tls-key"]
     if options.get("tls-self-signed"):
-        directory = os.environ.get("STATE_DIRECTORY") or tempfile.mkdtemp(prefix="signaling-tls-")
+        environ = getattr(options, "environ", os.environ)
+        directory = environ.get("STATE_DIRECTORY") or tempfile.mkdtemp(prefix="signaling-tls-")
         cert_path, key_path = tlsconfig.make_self_signed(directory)
     try:
         tls = tlsconfig.ReloadableTLS(cert_path, key_path)
