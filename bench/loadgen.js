@@ -115,8 +115,11 @@ function localAddress() {
 let peerjsCounter = 0;
 
 class Peer {
-  constructor(dialect) {
+  // base: the server's URL; the cross-node scenario puts each pair's
+  // second end on another node (options.url_b).
+  constructor(dialect, base) {
     this.dialect = dialect;
+    this.base = base || options.url;
     this.id = null;
     this.onSignal = null;
     this.onTimestamp = null;
@@ -129,8 +132,8 @@ class Peer {
     this.room = room;
     let url;
     // options.query: "?token=..." when the server runs with --auth required.
-    if (d === "native") url = `${options.url}/signal${options.query || ""}`;
-    else if (d === "topic") url = `${options.url}/ws/${encodeURIComponent(room)}${options.query || ""}`;
+    if (d === "native") url = `${this.base}/signal${options.query || ""}`;
+    else if (d === "topic") url = `${this.base}/ws/${encodeURIComponent(room)}${options.query || ""}`;
     else if (d === "peerjs") {
       this.id = `bench${process.pid}x${peerjsCounter++}`;
       url = `${options.url}/peerjs?key=peerjs&id=${this.id}&token=t${this.id}`;
@@ -264,9 +267,11 @@ async function makePairs(prefix) {
   await inBatches(options.pairs, 20, async (i) => {
     const room = `${prefix}-${process.pid}-${i}`;
     const a = await new Peer(options.dialect).connect(room);
-    const b = await new Peer(options.dialect).connect(room);
+    const b = await new Peer(options.dialect, options.url_b).connect(room);
     pairs.push({ a, b, room });
   });
+  // Across nodes a join reaches the other node one pub/sub hop later.
+  if (options.url_b) await sleep(300);
   return pairs;
 }
 

@@ -45,6 +45,12 @@ BENCH_SECRET = "the benchmark's JWT secret, long enough for HS256"
 SCENARIOS = ("relay", "rate", "mesh", "connections", "churn")
 #: Scenarios a server without rooms (PeerJS) can run.
 ROOMLESS_SCENARIOS = ("relay", "rate")
+#: Our server in several processes: "cluster" is two --redis nodes with each
+#: pair's ends on different nodes; "workers2"/"workers1" are --workers 2 and
+#: --workers 1 under the same load (ends wherever the kernel puts them).
+#: Their CPU is that of every process: nodes, parent and redis-server.
+MULTI_PROCESS = ("cluster", "workers2", "workers1")
+MULTI_PROCESS_SCENARIOS = ("relay", "rate")
 
 QUICK = {
     "duration": 3,
@@ -123,9 +129,13 @@ class Server:
         self.label = label
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
+        #: More arguments (the cluster's --redis and --node-id).
+        self.extra: list[str] = []
 
     def argv(self) -> list[str]:
         python = str(Path(sys.executable))
+        if self.name in ("workers2", "workers1"):
+            return [*Server("signaling", None, "").argv(), "--workers", self.name[-1]]
         if self.name == "signaling":
             twistd = str(Path(sys.executable).with_name("twistd"))
             return [
@@ -155,7 +165,7 @@ class Server:
         self.log_path = RESULTS / f"{self.label}.log"
         log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            _pinned(self.cpu, self.argv()),
+            _pinned(self.cpu, [*self.argv(), *self.extra]),
             cwd=ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -178,6 +188,8 @@ class Server:
         raise RuntimeError(f"{self.name} did not start:\n{self.log_path.read_text()}")
 
     def figures(self) -> dict[str, float]:
+        if self.name in ("workers2", "workers1"):
+            return summed_figures([self.process.pid, *descendants(self.process.pid)])
         return proc_figures(self.process.pid)
 
     def stats(self) -> dict[str, Any] | None:
@@ -198,6 +210,94 @@ class Server:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+def descendants(pid: int) -> list[int]:
+    """
+    Every process below C{pid} (workers, a private redis-server).
+    """
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found.append(int(child))
+            found.extend(descendants(int(child)))
+    return found
+
+
+def summed_figures(pids: list[int]) -> dict[str, float]:
+    total = {"cpu": 0.0, "rss": 0.0, "waited": 0.0}
+    for pid in pids:
+        try:
+            figures = proc_figures(pid)
+        except OSError:
+            continue
+        for key in total:
+            total[key] += figures[key]
+    total["wall"] = time.monotonic()
+    return total
+
+
+class ClusterServers:
+    """
+    Two signaling nodes on one private redis-server (unix socket), pinned
+    to the server's core; the same interface as L{Server}.
+    """
+
+    def __init__(self, cpu: int | None, label: str) -> None:
+        import tempfile
+
+        self.cpu = cpu
+        self.label = label
+        self.name = "cluster"
+        self.directory = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        self.redis: subprocess.Popen | None = None
+        self.nodes = [Server("signaling", cpu, f"{label}-node{i}") for i in (1, 2)]
+        self.url_b: str | None = None
+
+    def start(self) -> str:
+        sock = self.directory / "redis.sock"
+        self.redis = subprocess.Popen(
+            _pinned(self.cpu, [
+                shutil.which("redis-server") or "redis-server", "--port", "0",
+                "--unixsocket", str(sock), "--unixsocketperm", "700",
+                "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+            ]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        extra = ["--redis", f"unix://{sock}"]
+        urls = []
+        for index, node in enumerate(self.nodes):
+            node.extra = [*extra, "--node-id", f"bench{index + 1}"]
+            urls.append(node.start())
+        self.url_b = urls[1]
+        self.port = self.nodes[0].port
+        self.process = self.nodes[0].process
+        return urls[0]
+
+    def figures(self) -> dict[str, float]:
+        pids = [node.process.pid for node in self.nodes]
+        if self.redis is not None:
+            pids.append(self.redis.pid)
+        return summed_figures(pids)
+
+    def stats(self) -> dict[str, Any] | None:
+        return self.nodes[0].stats()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.redis is not None and self.redis.poll() is None:
+            os.kill(self.redis.pid, signal.SIGTERM)
+            self.redis.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def run_loadgen(server: Server, url: str, cpu: int | None, settings: dict[str, Any]) -> dict[str, Any]:
@@ -280,12 +380,14 @@ def measure(
     :param profile: Sample the server with py-spy into bench/results/.
     """
     label = f"{name}-{dialect}-{scenario}"
-    server = Server(name, cpus[0], label)
+    server = ClusterServers(cpus[0], label) if name == "cluster" else Server(name, cpus[0], label)
     url = server.start()
+    if name == "cluster":
+        settings = {**settings, "url_b": server.url_b}
     profiler = None
     try:
         idle = server.figures()
-        if profile and name != "peerjs":
+        if profile and name not in ("peerjs", *MULTI_PROCESS):
             profiler = subprocess.Popen(
                 [
                     str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
@@ -424,6 +526,57 @@ def table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+#: Of the multi-process runs against the in-process one, native dialect:
+#: (scenario, metric, server, goal) with goal (kind, limit) where kind is
+#: "+" (at most limit more) or "x" (at most limit times).
+MULTI_ROWS = [
+    ("relay", "msg_per_s", "cluster", None),
+    ("relay", "latency_ms.p50", "cluster", None),
+    ("relay", "latency_ms.p99", "cluster", ("+", 2.0)),
+    ("relay", "server_cpu_us_per_msg", "cluster", ("x", 2.5)),
+    ("rate", "delivered_fraction", "cluster", None),
+    ("rate", "latency_ms.p50", "cluster", None),
+    ("rate", "latency_ms.p99", "cluster", ("+", 2.0)),
+    ("rate", "server_cpu_us_per_msg", "cluster", ("x", 2.5)),
+    ("relay", "msg_per_s", "workers2", None),
+    ("relay", "msg_per_s", "workers1", None),
+    ("relay", "server_cpu_us_per_msg", "workers2", None),
+    ("relay", "server_cpu_us_per_msg", "workers1", None),
+    ("rate", "latency_ms.p99", "workers2", None),
+    ("rate", "latency_ms.p99", "workers1", None),
+]
+
+
+def multi_process_table(lines: list[dict[str, Any]]) -> str:
+    """
+    The cross-node and --workers figures beside the in-process ones of the
+    same run (native dialect); CPU counts every process of the server.
+    """
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in lines:
+        if line["dialect"] != "native":
+            continue
+        key = (line["scenario"], line["server"])
+        if key not in best or _score(line) > _score(best[key]):
+            best[key] = line
+    if not any(server in MULTI_PROCESS for _, server in best):
+        return ""
+    header = f"{'scenario':<8} {'metric':<24} {'server':<9} {'value':>9} {'in-proc':>9} {'goal':>14}"
+    out = [header, "-" * len(header)]
+    for scenario, metric, server, goal in MULTI_ROWS:
+        ours = _metric(best.get((scenario, server)), metric)
+        single = _metric(best.get((scenario, "signaling")), metric)
+        if ours is None:
+            continue
+        verdict = ""
+        if goal is not None and isinstance(ours, (int, float)) and isinstance(single, (int, float)):
+            kind, limit = goal
+            met = ours <= single + limit if kind == "+" else ours <= single * limit
+            verdict = f"{kind}{limit} {'ok' if met else 'MISS'}"
+        out.append(f"{scenario:<8} {metric:<24} {server:<9} {_format(ours):>9} {_format(single):>9} {verdict:>14}")
+    return "\n".join(out)
+
+
 def _score(line: dict[str, Any]) -> float:
     for key in ("msg_per_s", "delivered_fraction", "joins_per_s", "cycles_per_s"):
         if isinstance(line.get(key), (int, float)):
@@ -454,7 +607,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="the long run: 19,000 peers, 10,000 churn cycles, 10 s relays")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--servers", default="signaling,reference,peerjs")
+    parser.add_argument("--servers", default="signaling,reference,peerjs,cluster,workers2,workers1")
     parser.add_argument("--dialects", default="native,topic")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each relay/rate scenario; the best is tabled")
     parser.add_argument("--profile", action="store_true", help="sample the Python servers with py-spy (pip install py-spy) into bench/results/")
@@ -500,6 +653,10 @@ def main(argv: list[str]) -> int:
                     if scenario not in ROOMLESS_SCENARIOS:
                         continue
                     dialects = ["peerjs"]
+                elif name in MULTI_PROCESS:
+                    if scenario not in MULTI_PROCESS_SCENARIOS:
+                        continue
+                    dialects = ["native"]
                 else:
                     dialects = options.dialects.split(",")
                 for dialect in dialects:
@@ -520,6 +677,10 @@ def main(argv: list[str]) -> int:
         f"ratio = signaling / reference (the naive relay, same run)"
     )
     print(table([line for line in lines if "error" not in line]))
+    multi = multi_process_table([line for line in lines if "error" not in line])
+    if multi:
+        print()
+        print(multi)
     return 0 if all("error" not in line for line in lines) else 1
 
 

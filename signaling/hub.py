@@ -369,6 +369,12 @@ class Hub:
     def peer_count(self) -> int:
         return len(self._peers)
 
+    def local_peer_count(self) -> int:
+        """
+        Peers connected to this process (a drain waits for them to go).
+        """
+        return len(self._peers)
+
     def touch(self, peer: Peer) -> None:
         """
         Note that C{peer} is alive, for the stale-peer sweep.

@@ -46,7 +46,7 @@ class DrainService(Service):
         done: Deferred = Deferred()
 
         def check() -> None:
-            remaining = self.hub.peer_count()
+            remaining = self.hub.local_peer_count()
             waited = self.reactor.seconds() - started
             if remaining and waited < self.timeout:
                 return

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import sys
 import tempfile
 from typing import Any, Mapping
 
@@ -20,7 +22,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from . import logs, tlsconfig
+from . import logs, tlsconfig, workers
 from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
@@ -71,6 +73,17 @@ def _whole(option: str):
 
 def _seconds(option: str):
     return _number(option, float, "seconds, 0 or more")
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--workers takes a number of processes, 1 or more, or auto, not {value!r}")
+    return int(value)
+
+
+_workers.coerceDoc = "A number of processes, or auto."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -136,6 +149,9 @@ class Options(usage.Options):
         ["resume-grace", None, 30.0, "Seconds a native peer whose socket died keeps its id and rooms, waiting for a resume; 0 turns resume off.", _seconds("resume-grace")],
         ["resume-max-messages", None, 256, "Events kept for one native peer until it acknowledges them (and queued while it is away); beyond, senders are told 'dropped'.", _whole("resume-max-messages")],
         ["resume-max-bytes", None, 256 * 1024, "Bytes of those events per native peer.", _whole("resume-max-bytes")],
+        ["redis", None, None, "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst)."],
+        ["node-id", None, None, "This node's id in the cluster, unique among its nodes (default: host name and process id)."],
+        ["workers", None, 1, "Worker processes sharing the ports, on a Redis bus (--redis, else a private redis-server on a unix socket); 'auto' for one per core.", _workers],
         ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
         ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
         ["log-format", None, "text", "text, or json: one object per line with the event's fields (for journald and log shippers)."],
@@ -277,6 +293,7 @@ class Options(usage.Options):
         shorthands = [port for port in self["ports"] if _TLS_SHORTHAND.match(port)]
         if shorthands and not self["tls-cert"]:
             self._find_certificate(shorthands)
+        self["redis-address"] = self._redis_address()
 
     def _find_certificate(self, shorthands: list[str]) -> None:
         directories = tlsconfig.search_directories(self.environ, self.tls_directory)
@@ -299,6 +316,30 @@ class Options(usage.Options):
 
     #: Searched for the C{tls:PORT} certificate after $CREDENTIALS_DIRECTORY.
     tls_directory = tlsconfig.DEFAULT_DIRECTORY
+
+    def _redis_address(self):
+        if self["redis"] is None:
+            if self["node-id"] is not None:
+                raise usage.UsageError("--node-id needs --redis")
+            return None
+        try:
+            from .cluster import InvalidRedisURL, parse_redis_url
+        except ImportError as error:
+            raise usage.UsageError(
+                f"--redis needs the cluster extra (pip install 'signaling[cluster]'): {error}"
+            )
+
+        try:
+            address = parse_redis_url(self["redis"])
+        except InvalidRedisURL as error:
+            raise usage.UsageError(f"--redis: {error}")
+        if self["node-id"] is None:
+            self["node-id"] = default_node_id()
+        elif not re.match(r"^[A-Za-z0-9._:-]{1,128}$", self["node-id"]):
+            raise usage.UsageError(
+                "--node-id takes 1 to 128 letters, digits, '.', '_', ':' or '-'"
+            )
+        return address
 
     def _token_verifier(self) -> TokenVerifier | None:
         secret = self["jwt-secret"] or self.environ.get("JWT_SECRET") or None
@@ -347,6 +388,8 @@ class Options(usage.Options):
     def parseOptions(self, options=None) -> None:
         # twistd prints its whole usage text above an option error; one line
         # saying what is wrong is easier to read in a journal.
+        # --workers hands the workers the same arguments.
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
@@ -357,6 +400,10 @@ def _shorthand_arguments(description: str) -> dict[str, str]:
     shorthand = _TLS_SHORTHAND.match(description)
     assert shorthand is not None
     return dict(part.split("=", 1) for part in shorthand.group(2).split(":") if part)
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def tls_for(options: Mapping[str, Any]) -> tlsconfig.ReloadableTLS:
@@ -556,7 +603,16 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     Build the service tree for C{options} on C{reactor}.
     """
     logs.set_level(options["log-level"])
-    hub = Hub(
+    adopted = workers.worker_ports(os.environ)
+    route = workers.worker_route_of(os.environ, reactor)
+    if options["workers"] > 1 and adopted is None:
+        return _workers_parent(options, reactor)
+    address = options.get("redis-address")
+    if address is not None:
+        # Only with --redis: the cluster extra (txredisapi) is optional.
+        from .cluster.bus import RedisBus
+        from .cluster.link import ClusterHub, ClusterLink
+    hub = (Hub if address is None else ClusterHub)(
         clock=reactor,
         limits=HubLimits(
             max_peers_per_room=options["max-peers-per-room"],
@@ -627,6 +683,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             max_messages=options["resume-max-messages"],
             max_bytes=options["resume-max-bytes"],
         ),
+        worker_route=route,
     )
     web = GuardedSite(
         site.resource(),
@@ -654,11 +711,28 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     if any(_TLS_SHORTHAND.match(description) for description in options["ports"]):
         tls = tls_for(options)
     top.tls = tls  # type: ignore[attr-defined]
+    listeners = top
+    if address is not None:
+        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor))
+        listeners = ClusterService(link)
+        listeners.setServiceParent(top)
+    if adopted is not None:
+        for fd, family in adopted:
+            workers.AdoptedPortService(reactor, fd, family, web).setServiceParent(listeners)
+        if route is not None:
+            from twisted.web.server import Site
+
+            # The other workers' passed-on polls: limits were applied where
+            # the request arrived.
+            workers.LocalSocketService(reactor, route.socket_path(), Site(site.resource())).setServiceParent(listeners)
+        top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
+        DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
+        return top
     for description in options["ports"]:
         listener = ListeningService(
             endpoint_for(reactor, description, options, tls), web, description
         )
-        listener.setServiceParent(top)
+        listener.setServiceParent(listeners)
     if options["metrics-port"]:
         metrics = MetricsService(reactor, hub)
         metrics.setServiceParent(top)
@@ -669,6 +743,105 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         ).setServiceParent(top)
     DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
     return top
+
+
+def _stop(reactor: Any):
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    return stop
+
+
+def _workers_parent(options: Options, reactor: Any) -> MultiService:
+    """
+    The service tree of C{--workers N}'s parent: the ports and the workers,
+    no hub.
+    """
+    top = SignalingService()
+    if options["log-format"] == "json":
+        top.log_observer = logs.json_observer()
+    top.hub = Hub(clock=reactor)  # type: ignore[attr-defined]
+    top.tls = None  # type: ignore[attr-defined]
+    if options["metrics-port"]:
+        # Each worker has its own hub: one scrape for all of them waits for
+        # prometheus_client's multiprocess mode (docs/deploy.rst).
+        raise SystemExit("twistd signaling: --metrics-port does not work with --workers yet")
+    if options.get("redis-address") is None and workers.redis_server_binary() is None:
+        raise SystemExit(
+            "twistd signaling: --workers needs a Redis: install redis-server, or give --redis"
+        )
+    try:
+        import signaling.cluster  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            f"twistd signaling: --workers needs the cluster extra (pip install 'signaling[cluster]'): {error}"
+        )
+    for description in options["ports"]:
+        if _TLS_SHORTHAND.match(description) or description.startswith(("ssl:", "tls:", "unix:")):
+            raise SystemExit(f"twistd signaling: --workers takes tcp ports only, not {description!r}")
+    workers.WorkersService(
+        reactor,
+        [(description, endpoint_for(reactor, description, options)) for description in options["ports"]],
+        workers.child_arguments(getattr(options, "argv", [])),
+        options["workers"],
+        options["redis"],
+        options["node-id"] or default_node_id(),
+        describe_port=lambda port: url_for(port, False),
+    ).setServiceParent(top)
+    return top
+
+
+class ClusterService(MultiService):
+    """
+    Joins the cluster, then listens: a peer must not connect before this
+    node has read the cluster's rooms and can reach the other nodes.
+    """
+
+    _log = Logger()
+
+    def __init__(self, link: Any) -> None:
+        """
+        :param link: The node's L{signaling.cluster.link.ClusterLink}.
+        """
+        super().__init__()
+        self.link = link
+
+    def privilegedStartService(self) -> None:
+        # The ports are opened once the bus is up, in startService.
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        bus = self.link.bus
+        self._log.info(
+            "joining the cluster at {address} as node {node}",
+            address=bus.address.describe(),
+            node=bus.node_id,
+        )
+        started = self.link.start()
+        started.addCallbacks(self._joined, self._refused)
+
+    def _joined(self, _) -> None:
+        if not self.running:
+            return
+        self._log.info("joined the cluster as node {node}", node=self.link.bus.node_id)
+        for service in self:
+            service.privilegedStartService()
+            service.startService()
+
+    def _refused(self, failure) -> None:
+        from twisted.internet import reactor
+
+        self._log.error("cannot join the cluster: {error}", error=failure.getErrorMessage())
+        reactor.stop()
+
+    def stopService(self):
+        # Stop listening, then leave the cluster: the other nodes reap this
+        # one at once and announce its peers gone.
+        stopped = MultiService.stopService(self)
+        stopped.addBoth(lambda _: self.link.stop())
+        return stopped
 
 
 def makeService(options: Options) -> MultiService:

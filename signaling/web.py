@@ -122,6 +122,7 @@ class SignalingSite:
         ice_servers: IceServers = IceServers(),
         resume: ResumeSettings | None = None,
         session_store: ISessionStore | None = None,
+        worker_route: Any = None,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -138,6 +139,10 @@ class SignalingSite:
         :param resume: Session resume for native peers; L{None} for none.
         :param session_store: Where resumable sessions wait; by default in
             this process.
+        :param worker_route: Under C{--workers}, this worker's
+            L{signaling.transports.worker_route.WorkerRoute}: Engine.IO
+            session ids name their worker, and polls for another worker's
+            sessions are passed on to it.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
@@ -157,12 +162,14 @@ class SignalingSite:
             hub=hub, verifier=verifier or auth.verifier, auth=auth, ice_servers=ice_servers
         )
         self._socketio_stats = socketio.stats
+        sid_prefix = worker_route.sid_prefix if worker_route is not None else ""
         self._socketio = EngineIOResource(
             hub.clock,
-            lambda: hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
+            lambda: sid_prefix + hub.ids.new_id(IdShape.TOKEN, hub.clock.seconds()),
             lambda engine: SocketIOConnection(engine, socketio),
             settings,
             limiter,
+            worker_route,
             hub.counters,
         )
         self.directory = directory

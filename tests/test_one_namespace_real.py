@@ -200,16 +200,27 @@ class Calls(SocketIOPeer):
 
 
 def test_every_dialect_in_one_room(server):
+    every_dialect_in_one_room([server])
+
+
+def every_dialect_in_one_room(servers, settled=lambda count: None):
+    """
+    One peer of each dialect joins lobby, the n-th on C{servers[n % len]}.
+
+    :param settled: Called with how many peers are in the room once each
+        has joined; returns when every server shows that many.
+    """
     peers = []
     try:
-        for dialect in (Topic, Envelope, Native, Rooms, Calls):
-            newcomer = dialect(server)
+        for index, dialect in enumerate((Topic, Envelope, Native, Rooms, Calls)):
+            newcomer = dialect(servers[index % len(servers)])
             # The newcomer's list names everyone already there, by the id
             # that reaches them; everyone already there is told of it.
             assert newcomer.existing == [peer.id for peer in peers], newcomer.name
             for peer in peers:
                 assert peer.announced() == newcomer.id, (peer.name, newcomer.name)
             peers.append(newcomer)
+            settled(len(peers))
 
         for sender in peers:
             for receiver in peers:

@@ -207,3 +207,42 @@ class GarbageCollectionOptionsTests(SynchronousTestCase):
         self.assertEqual(parse("--gc-memory-growth", "0")["gc-memory-growth"], 0)
         error = self.assertRaises(SystemExit, parse, "--gc-memory-growth", "-1")
         self.assertIn("gc-memory-growth", str(error.code))
+
+
+class ClusterOptionsTests(SynchronousTestCase):
+    def test_redis_and_node_id(self):
+        """
+        No --redis: one process, no bus. With it, the node id defaults to
+        the host name and process id; a bad URL or node id, or --node-id
+        alone, is one line.
+        """
+        import os
+        import socket
+
+        options = parse()
+        self.assertEqual((options["redis"], options["node-id"], options["redis-address"]), (None, None, None))
+        options = parse("--redis", "unix:///run/redis.sock")
+        self.assertEqual(options["node-id"], f"{socket.gethostname()}-{os.getpid()}")
+        self.assertEqual(options["redis-address"].describe(), "unix:///run/redis.sock")
+        self.assertEqual(parse("--redis", "redis://127.0.0.1:6379/2", "--node-id", "a-1")["node-id"], "a-1")
+        for argv, words in [
+            (["--node-id", "a"], "--node-id needs --redis"),
+            (["--redis", "http://127.0.0.1"], "--redis: "),
+            (["--redis", "redis://127.0.0.1", "--node-id", "a b"], "--node-id takes"),
+        ]:
+            error = self.assertRaises(SystemExit, parse, *argv)
+            self.assertIn(words, str(error.code))
+            self.assertNotIn("\n", str(error.code))
+
+
+class OperationsOptionsTests(SynchronousTestCase):
+    def test_metrics_port_is_refused_with_workers(self):
+        """
+        --metrics-port with --workers stops with one line: each worker has
+        its own hub, and one scrape for all of them is not done yet.
+        """
+        error = self.assertRaises(
+            SystemExit, tap.make_service,
+            parse("--workers", "2", "--metrics-port", "tcp:0"), MemoryReactorClock(),
+        )
+        self.assertEqual(str(error.code), "twistd signaling: --metrics-port does not work with --workers yet")

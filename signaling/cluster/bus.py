@@ -222,6 +222,8 @@ class RedisBus:
     _next_conn: int = 0
     _envelope_callbacks: list = attrs.Factory(list)
     _dead_callbacks: list = attrs.Factory(list)
+    _reconnected_callbacks: list = attrs.Factory(list)
+    _restored_callbacks: list = attrs.Factory(list)
     _heartbeat: LoopingCall | None = None
     #: The heartbeat under way, if any; one at a time.
     _beating: defer.Deferred | None = None
@@ -343,6 +345,23 @@ class RedisBus:
         """
         self._dead_callbacks.append(callback)
 
+    def on_reconnected(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} each time this node's channel is subscribed again
+        after Redis was lost: what was published meanwhile was dropped, and
+        what this node caches of the directory may be out of date.
+        """
+        self._reconnected_callbacks.append(callback)
+
+    def on_restored(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} each time this node put back what it registered
+        because Redis had lost it (Redis restarted empty, or this node was
+        reaped while it stalled): the other nodes may have announced its
+        peers gone meanwhile.
+        """
+        self._restored_callbacks.append(callback)
+
     def send(self, node_id: str, envelope: Envelope) -> defer.Deferred:
         """
         Publish C{envelope} to C{node_id}'s channel.
@@ -356,6 +375,12 @@ class RedisBus:
             carry (a bug of the caller, raised at once).
         """
         return self.send_bytes(node_id, encode_envelope(envelope))
+
+    def can_publish(self) -> bool:
+        """
+        Whether L{send} can reach Redis now (else it drops at once).
+        """
+        return self._connection(self._publisher) is not None
 
     def send_bytes(self, node_id: str, data: bytes) -> defer.Deferred:
         """
@@ -404,6 +429,11 @@ class RedisBus:
             known, _now = yield self._eval(scripts.HEARTBEAT)
             if not known and self._holdings:
                 yield self._restore()
+                for callback in self._restored_callbacks:
+                    try:
+                        callback()
+                    except Exception:
+                        self._log.failure("handling a re-registration failed")
             for peer_id in list(self._unreleased):
                 yield self._release(peer_id)
             deaths = yield self._reap()
@@ -493,6 +523,11 @@ class RedisBus:
             # A reconnect: Redis may have restarted empty; check at once
             # rather than at the next heartbeat.
             self._beat()
+            for callback in self._reconnected_callbacks:
+                try:
+                    callback()
+                except Exception:
+                    self._log.failure("handling a reconnection to redis failed")
 
     # re-registration
 
@@ -683,6 +718,35 @@ class RedisBus:
     def _left(self, pairs: list) -> tuple[tuple[str, Member], ...]:
         left = [(room, self._member(blob)) for room, blob in pairs]
         return tuple((_decode(room), member) for room, member in left if member)
+
+    @defer.inlineCallbacks
+    def room_names(self):
+        """
+        Fires with the name of every room of the cluster that has a member.
+        """
+        connection = self._connection(self._pool)
+        if connection is None:
+            raise BusUnavailable("redis is not connected")
+        names = yield connection.smembers(self.settings.key_prefix + "rooms")
+        return sorted(_decode(name) for name in names)
+
+    @defer.inlineCallbacks
+    def room_info(self, room: str):
+        """
+        Fires with C{room}'s (metadata, verified only) as its first member's
+        join set them; an empty metadata and L{False} for no such room.
+        """
+        connection = self._connection(self._pool)
+        if connection is None:
+            raise BusUnavailable("redis is not connected")
+        metadata, verified_only = yield connection.hmget(
+            self.settings.key_prefix + "roominfo:" + room, ["metadata", "verified_only"]
+        )
+        try:
+            loaded = orjson.loads(metadata) if metadata else {}
+        except orjson.JSONDecodeError:
+            loaded = {}
+        return (loaded if isinstance(loaded, dict) else {}, verified_only == b"1")
 
     @defer.inlineCallbacks
     def node_of(self, peer_id: str):

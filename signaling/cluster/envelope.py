@@ -105,19 +105,31 @@ def encode_envelope(envelope: Envelope) -> bytes:
     :raises TypeError: The payload or extra holds something JSON cannot
         carry.
     """
+    return _PREFIX + orjson.dumps(envelope_to_fields(envelope))
+
+
+def envelope_to_fields(envelope: Envelope) -> list:
+    """
+    C{envelope} as the JSON array of its encoding (for a batch of them).
+    """
     sender = None if envelope.sender is None else member_to_list(envelope.sender)
     extra = None if envelope.extra is None else dict(envelope.extra)
-    return _PREFIX + orjson.dumps(
-        [envelope.kind, envelope.room, sender, list(envelope.targets), envelope.payload, extra]
-    )
+    return [envelope.kind, envelope.room, sender, list(envelope.targets), envelope.payload, extra]
 
 
 def decode_envelope(data: bytes) -> Envelope:
     """
     :raises InvalidEnvelope: C{data} is not an envelope of a known version.
     """
-    fields = _body(data)
-    if len(fields) != 6:
+    return envelope_from_fields(_body(data))
+
+
+def envelope_from_fields(fields: Any) -> Envelope:
+    """
+    :raises InvalidEnvelope: C{fields} is not what L{envelope_to_fields}
+        makes.
+    """
+    if not isinstance(fields, list) or len(fields) != 6:
         raise InvalidEnvelope("an envelope has six fields")
     kind, room, sender, targets, payload, extra = fields
     if not isinstance(kind, str) or (room is not None and not isinstance(room, str)):

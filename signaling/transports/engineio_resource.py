@@ -205,11 +205,15 @@ class EngineIOResource(Resource):
         handler_factory: Callable[[EngineIOSocket], Any],
         settings: WebSocketSettings = WebSocketSettings(),
         limiter: AddressLimiter | None = None,
+        route: Any = None,
         counters: Counters | None = None,
     ) -> None:
         """
         :param new_sid: Makes the id of a new session: a credential, so
             unguessable.
+        :param route: Under C{--workers}, a
+            L{signaling.transports.worker_route.WorkerRoute}: requests for
+            another worker's sessions are passed on to it.
         :param handler_factory: Makes the
             L{signaling.dialects.base.IEngineIOHandler} of a new session.
         :param limiter: Counts each polling session as a connection of its
@@ -218,6 +222,7 @@ class EngineIOResource(Resource):
         """
         super().__init__()
         self.settings = settings
+        self.route = route
         self.counters = counters if counters is not None else Counters()
         self.engine_settings = EngineIOSettings.from_websocket(settings)
         self.server = EngineIOServer(
@@ -244,6 +249,13 @@ class EngineIOResource(Resource):
         if params.get("EIO") != "4":
             raise EngineIOError(UNSUPPORTED_PROTOCOL_VERSION)
         transport = params.get("transport")
+        owner = self.route.owner(params["sid"]) if self.route and "sid" in params else None
+        if owner is not None:
+            if transport == "websocket":
+                # A WebSocket cannot be passed on: the client goes on
+                # polling, which can.
+                raise EngineIOError(BAD_REQUEST, "the session is on another worker")
+            return self.route.forward(request, owner)
         if transport == "websocket":
             return self._upgrade(request, params)
         if transport != "polling":

@@ -1,0 +1,223 @@
+"""
+C{--workers N} over a real C{twistd}: one port, worker processes on a
+private C{redis-server}, all started and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+
+import websocket
+
+from .realsockets import TWISTD, ROOT, TwistdServer
+from .test_cluster_real import NativePeer, wait_for, wait_room
+from .test_one_namespace_real import every_dialect_in_one_room
+
+
+def start_workers(log_path, *args: str) -> TwistdServer:
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--workers", "2", *args,
+        env={"JWT_SECRET": ""},
+    )
+    server.start(log_path)
+    server.base = server.urls[0].rsplit("/", 1)[0]
+    server.http = server.base.replace("ws://", "http://")
+    # Both workers have joined the cluster and listen.
+    wait_for(lambda: server.log().count("joined the cluster as node") >= 2, timeout=10)
+    return server
+
+
+def worker_pids(server: TwistdServer) -> dict[str, int]:
+    """
+    The latest pid of each worker index, from the parent's log.
+    """
+    return {index: int(pid) for index, pid in re.findall(r"worker (\d+) started \(pid (\d+)", server.log())}
+
+
+def private_redis_pid(server: TwistdServer) -> int:
+    return int(re.search(r"private redis-server for the workers \(pid (\d+)\)", server.log()).group(1))
+
+
+def node_of(server: TwistdServer, peer_id: str) -> str | None:
+    """
+    The node holding C{peer_id}, from the workers' private Redis.
+    """
+    path = re.search(r"joining the cluster at unix://(\S+) as node", server.log()).group(1)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(path)
+        key = b"signaling:peers"
+        client.sendall(b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(peer_id), peer_id.encode()))
+        reply = client.recv(4096)
+    if reply.startswith(b"$-1"):
+        return None
+    return reply.split(b"\r\n")[1].decode()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive: it is waiting for our wait().
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_every_dialect_over_two_workers(tmp_path):
+    server = start_workers(tmp_path / "twistd.log")
+    try:
+        every_dialect_in_one_room([server], settled=lambda count: wait_room([server], "lobby", count))
+    finally:
+        server.stop()
+
+
+def test_a_dead_worker_is_restarted_and_its_peers_announced_gone(tmp_path):
+    """
+    kill -9 of a worker: the peers it held are announced gone to the peers
+    of the other worker, the parent starts it again, and stopping the parent
+    stops every worker and the private Redis.
+    """
+    server = start_workers(tmp_path / "twistd.log")
+    try:
+        # Peers until both workers hold some (the kernel decides which).
+        peers, held_by = [], set()
+        while len(held_by) < 2 and len(peers) < 40:
+            peers.append(NativePeer(server))
+            held_by.add(wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0])
+        known = {}
+        for peer in peers:
+            joined = peer.join("w")
+            known[peer.id] = {member["id"] for member in joined["peers"]}
+        wait_room([server], "w", len(peers))
+        # Joins on two workers in quick succession: each peer ends up told
+        # of every other once, in its join's list or in a notice.
+        for peer in peers:
+            peer.ws.settimeout(0.3)
+            try:
+                while True:
+                    message = peer.next()
+                    assert message["type"] == "peer-joined", message
+                    assert message["peer"]["id"] not in known[peer.id], message
+                    known[peer.id].add(message["peer"]["id"])
+            except websocket.WebSocketTimeoutException:
+                pass
+            assert known[peer.id] == {other.id for other in peers} - {peer.id}
+        before = worker_pids(server)
+        os.kill(before["0"], signal.SIGKILL)
+        survivors, dead, early = [], [], []
+        for peer in peers:
+            peer.ws.settimeout(1)
+            try:
+                received = peer.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                survivors.append(peer)
+            except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+                dead.append(peer)
+            else:
+                if received:
+                    survivors.append(peer)
+                    early.append((peer, json.loads(received)))
+                else:
+                    # The worker's socket closed without a close frame.
+                    dead.append(peer)
+        assert survivors and dead, (len(survivors), len(dead))
+        gone = {peer.id for peer in dead}
+        told: dict[str, set] = {peer.id: set() for peer in survivors}
+        for peer, message in early:
+            assert message["type"] == "peer-left", message
+            told[peer.id].add(message["peer"]["id"])
+        for peer in survivors:
+            peer.ws.settimeout(6)
+            while told[peer.id] != gone:
+                message = peer.next()
+                assert message["type"] == "peer-left", message
+                told[peer.id].add(message["peer"]["id"])
+        wait_for(lambda: worker_pids(server)["0"] != before["0"], timeout=5)
+        assert "worker 0 (node" in server.log() and "starting it again" in server.log()
+        pids = [*worker_pids(server).values(), private_redis_pid(server)]
+        for peer in survivors:
+            peer.close()
+    finally:
+        server.stop()
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=5)
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    server = start_workers(tmp_path / "twistd.log")
+    pids = [*worker_pids(server).values(), private_redis_pid(server)]
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in pids), timeout=5)
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_need_a_redis(tmp_path):
+    """
+    --workers with no --redis and no redis-server installed: one clear line.
+    """
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "signaling", "--port", "tcp:0:interface=127.0.0.1", "--workers", "2"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(tmp_path)},
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "--workers needs a Redis: install redis-server, or give --redis" in (done.stdout + done.stderr).decode()
+
+
+def test_polling_sessions_across_workers(tmp_path):
+    """
+    Socket.IO clients on long-polling only: each request lands on either
+    worker, and reaches the session wherever it is held (a request for
+    another worker's session is passed on to it).
+    """
+    import queue
+
+    import socketio
+
+    server = start_workers(tmp_path / "twistd.log")
+    clients = []
+    try:
+        for name in ("left", "right"):
+            inbox: queue.Queue = queue.Queue()
+            client = socketio.Client(reconnection=False)
+            for event in ("room-users", "user-joined", "offer"):
+                client.on(event, lambda data, event=event, inbox=inbox: inbox.put((event, data)))
+            client.connect(server.http, transports=["polling"], auth={"userId": name}, wait_timeout=10)
+            client.emit("join-room", {"roomId": "polled", "userId": name})
+            event, _ = inbox.get(timeout=10)
+            assert event == "room-users"
+            clients.append((client, inbox))
+        wait_room([server], "polled", 2)
+        (left, left_inbox), (right, right_inbox) = clients
+        # Many requests, so that both workers see some of each session's.
+        for n in range(10):
+            left.emit("offer", {"roomId": "polled", "targetId": right.get_sid(), "offer": {"n": n}})
+            event, data = right_inbox.get(timeout=10)
+            while event == "user-joined":
+                event, data = right_inbox.get(timeout=10)
+            assert (event, data["offer"], data["senderId"]) == ("offer", {"n": n}, left.get_sid())
+            right.emit("offer", {"roomId": "polled", "targetId": left.get_sid(), "offer": {"n": -n}})
+            event, data = left_inbox.get(timeout=10)
+            while event == "user-joined":
+                event, data = left_inbox.get(timeout=10)
+            assert (event, data["offer"]) == ("offer", {"n": -n})
+        assert "Traceback" not in server.log()
+    finally:
+        for client, _ in clients:
+            client.disconnect()
+        server.stop()
