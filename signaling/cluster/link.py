@@ -78,6 +78,8 @@ class RemotePeerConnection:
     link: ClusterLink
     node: str
     peer_id: str
+    #: What /metrics counts it as (not a field).
+    transport_name = "remote"
 
     def deliver(self, event: Any) -> None:
         if isinstance(event, Signal):
@@ -177,6 +179,9 @@ class ClusterHub(Hub):
                 self._remove_failed([peer])
         except DeliveryRefused:
             pass
+
+    def local_peer_count(self) -> int:
+        return sum(1 for peer in self._peers.values() if not is_remote(peer))
 
     def sweep(self) -> None:
         # Mirrors are never stale here: their own node sweeps its peers.
