@@ -6,7 +6,6 @@ what is published to the other nodes and what this node's users are told.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from signaling.cluster.envelope import Envelope
