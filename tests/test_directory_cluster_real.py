@@ -248,7 +248,9 @@ def test_user_ids_across_workers(tmp_path):
         users.append(first)
         assert first.register("u0", "key-0") == registered("u0")
         home = wait_for(lambda: user_node(server, "u0"))
-        for index in range(1, 20):
+        for index in range(1, 40):
+            # A pause lets the other worker, if slower to wake, accept.
+            time.sleep(0.05)
             other = User(server)
             users.append(other)
             assert other.register(f"u{index}", "key") == registered(f"u{index}")
