@@ -28,7 +28,7 @@ from .turn import DEFAULT_TTL, IceServers
 from .hub import Hub, HubLimits
 from .logs import Logger
 from .metadata import MetadataLimits
-from .resume import ResumeSettings
+from .resume import MemorySessionStore, ResumeSettings
 from .transports.addresses import AddressLimiter, AddressLimits
 from .transports.site import GuardedSite, HTTPLimits
 from .transports.websocket import WebSocketSettings
@@ -518,6 +518,14 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         )
         verifier = key_set
         auth = attrs.evolve(auth, verifier=key_set)
+    link = session_store = None
+    if address is not None:
+        from .cluster.sessions import ClusterSessionStore
+
+        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor))
+        # A resume may land on any node: the node holding the session
+        # hands it over.
+        session_store = ClusterSessionStore(link, MemorySessionStore(ids=hub.ids))
     limiter = AddressLimiter(
         reactor,
         AddressLimits(
@@ -541,6 +549,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             max_messages=options["resume-max-messages"],
             max_bytes=options["resume-max-bytes"],
         ),
+        session_store=session_store,
         worker_route=route,
     )
     web = GuardedSite(
@@ -564,8 +573,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     if key_set is not None:
         JWKSRefresher(key_set).setServiceParent(top)
     listeners = top
-    if address is not None:
-        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor))
+    if link is not None:
         listeners = ClusterService(link)
         listeners.setServiceParent(top)
     if adopted is not None:
