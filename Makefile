@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-trial bench clean
+.PHONY: run test test-trial lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-trial: $(STAMP)
 	$(BIN)/python -m twisted.trial tests
+
+# Lint rules in pyproject.toml ([tool.ruff.lint]); formatting is not checked yet.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The benchmark against the naive relay (docs/performance.rst); needs Node
 # and npm. BENCH_ARGS=--full for the long run, e.g. --scenarios relay --repeat 3.

@@ -131,7 +131,7 @@ def run(server: str, dialect: str, count: int, fast_paths: bool = True) -> float
     factory = factory_for(server, fast_paths)
     if dialect == "native":
         a, b = Client(factory, "/signal"), Client(factory, "/signal")
-        a_id = a.take()[0]["peerId"]
+        a.take()
         b_id = b.take()[0]["peerId"]
         a.send({"type": "join", "room": "r"})
         b.send({"type": "join", "room": "r"})

@@ -12,7 +12,17 @@ from .errors import HubError
 from .hub import CloseReason, Hub, HubLimits, IPeerConnection, Member, Peer, PeerJoined, PeerLeft, Profile, Room, Signal
 from .ids import IdShape, IdSource
 
-__version__ = "0.1.0"
+def _version() -> str:
+    # One version: pyproject.toml's, as the installed metadata has it.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("signaling")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "CloseReason",

@@ -28,6 +28,7 @@ from .errors import (
     TooManyRooms,
     VerifiedOnly,
 )
+from .counters import Counters
 from .ids import IdShape, IdSource
 from .logs import Logger
 from .metadata import MetadataLimits
@@ -48,6 +49,10 @@ class CloseReason(str, enum.Enum):
     #: close (WebSocket 1011; on Socket.IO an Engine.IO close with no
     #: DISCONNECT, so that the client reconnects).
     FAILED = "internal error"
+    #: The server is shutting down and the client should come back, to
+    #: this node or another (WebSocket 1001, after a native C{reconnect};
+    #: an Engine.IO close packet with no DISCONNECT).
+    GOING_AWAY = "going away"
 
 
 class IPeerConnection(Interface):
@@ -294,6 +299,7 @@ class Hub:
     clock: IReactorTime
     ids: IdSource = attrs.Factory(IdSource)
     limits: HubLimits = attrs.Factory(HubLimits)
+    counters: Counters = attrs.Factory(Counters)
     _peers: dict[str, Peer] = attrs.Factory(dict)
     _rooms: dict[str, Room] = attrs.Factory(dict)
     _log = Logger()
@@ -361,6 +367,12 @@ class Hub:
         return self._peers.get(peer_id)
 
     def peer_count(self) -> int:
+        return len(self._peers)
+
+    def local_peer_count(self) -> int:
+        """
+        Peers connected to this process (a drain waits for them to go).
+        """
         return len(self._peers)
 
     def touch(self, peer: Peer) -> None:
@@ -481,6 +493,9 @@ class Hub:
     def room(self, room_name: str) -> Room | None:
         return self._rooms.get(room_name)
 
+    def peers(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
     def rooms(self) -> Iterator[Room]:
         return iter(list(self._rooms.values()))
 
@@ -503,6 +518,7 @@ class Hub:
         if target is None:
             raise PeerNotFound(f"no peer {target_id!r} in room {room_name!r}")
         signal.sender_member = room.members[sender.id]
+        self.counters.relayed[signal.kind, sender.dialect] += 1
         if not self._deliver(target, signal):
             self._remove_failed([target])
             raise DeliveryRefused("closed", "the recipient failed")
@@ -518,6 +534,7 @@ class Hub:
         if room is None:
             raise NotInRoom(f"not in room {room_name!r}")
         signal.sender_member = room.members[sender.id]
+        self.counters.relayed[signal.kind, sender.dialect] += 1
         return self._tell_room(room, signal, exclude=sender.id)
 
     def _tell_room(self, room: Room, event: Any, exclude: str | None = None) -> int:
@@ -559,7 +576,8 @@ class Hub:
         """
         try:
             peer.connection.deliver(event)
-        except DeliveryRefused:
+        except DeliveryRefused as refused:
+            self.counters.count(self.counters.refused, refused.reason)
             raise
         except Exception:
             # One recipient's bug must not cost the sender its connection,
@@ -579,6 +597,19 @@ class Hub:
                 peer.connection.close(CloseReason.FAILED)
             except Exception:
                 self._log.failure("closing {peer} failed", peer=peer.id)
+
+    def close_all(self, reason: CloseReason) -> int:
+        """
+        Close every peer's connection with C{reason}; each peer leaves the
+        hub as its connection ends. Returns how many were asked to go.
+        """
+        peers = list(self._peers.values())
+        for peer in peers:
+            try:
+                peer.connection.close(reason)
+            except Exception:
+                self._log.failure("closing {peer} failed", peer=peer.id)
+        return len(peers)
 
     # housekeeping
 

@@ -7,12 +7,19 @@ L{Logger} drops events below the configured level before they are emitted.
 
 from __future__ import annotations
 
+import datetime
+import sys
+from typing import IO
+
+import orjson
 import twisted.logger
 import txaio
-from twisted.logger import LogLevel
+from twisted.logger import ILogObserver, LogLevel, formatEvent
+from zope.interface import directlyProvides
 
 _ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical]
 LEVEL_NAMES = ("debug", "info", "warn", "error")
+FORMATS = ("text", "json")
 _suppressed: frozenset = frozenset({LogLevel.debug})
 
 
@@ -42,3 +49,63 @@ class Logger(twisted.logger.Logger):
         if level in _suppressed:
             return
         super().emit(level, format, **kwargs)
+
+
+#: Keys of an event that are the logging system's own, not the event's fields.
+_NOT_FIELDS = frozenset({"format", "message", "system", "isError", "why", "failure", "time"})
+
+
+def json_observer(output: IO[str] | None = None) -> ILogObserver:
+    """
+    An observer writing one JSON object per line to C{output} (stdout):
+    C{time}, C{level}, C{namespace}, the formatted C{message}, and the
+    event's own fields (for journald and log shippers).
+    """
+    # Taken now: once logging begins, twistd points sys.stdout at the log.
+    stream = output if output is not None else sys.stdout
+
+    def observe(event: dict) -> None:
+        level = event.get("log_level")
+        record = {
+            "time": datetime.datetime.fromtimestamp(
+                event.get("log_time") or 0, datetime.timezone.utc
+            ).isoformat(timespec="milliseconds"),
+            "level": level.name if level is not None else ("error" if event.get("isError") else "info"),
+            "namespace": event.get("log_namespace") or event.get("system"),
+            "message": formatEvent(event),
+        }
+        for key, value in event.items():
+            if not key.startswith("log_") and key not in _NOT_FIELDS and key not in record:
+                record[key] = value
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        stream.write(orjson.dumps(record, default=str).decode("utf-8") + "\n")
+        stream.flush()
+
+    directlyProvides(observe, ILogObserver)
+    return observe
+
+
+def log_connection(
+    log: Logger,
+    what: str,
+    dialect: str,
+    peer_id: str,
+    address: str | None,
+    code: int | None = None,
+) -> None:
+    """
+    Log a peer's connection C{what} (C{opened} or C{closed}) at info: its
+    dialect, peer id and address, truncated (never the full address at info).
+    """
+    from .transports.addresses import truncate_address
+
+    log.info(
+        "{dialect} connection {what}: peer {peer} from {address}",
+        what=what,
+        dialect=dialect,
+        peer=peer_id,
+        address=truncate_address(address) if address else "(unknown)",
+        code=code,
+    )

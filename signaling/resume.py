@@ -190,6 +190,16 @@ class ResumableConnection:
     def clock(self) -> IReactorTime:
         return self.hub.clock
 
+    @property
+    def transport_name(self) -> str:
+        """
+        What carries the peer now, for C{/metrics}: its socket's, or
+        C{"away"} during the grace.
+        """
+        if self.socket is None:
+            return "away"
+        return getattr(self.socket, "transport_name", "other")
+
     # IPeerConnection
 
     def deliver(self, event: Any) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
+import tempfile
 from typing import Any, Mapping
 
 import attrs
@@ -17,16 +19,19 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from . import logs, workers
+from . import logs, tlsconfig, workers
 from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
 from .jwks import JWKSKeys, JWKSRefresher, treq_fetch
 from .turn import DEFAULT_TTL, IceServers
 from .hub import Hub, HubLimits
+from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
+from .metrics import MetricsService
 from .metadata import MetadataLimits
 from .resume import MemorySessionStore, ResumeSettings
 from .transports.addresses import AddressLimiter, AddressLimits
@@ -90,7 +95,10 @@ class Options(usage.Options):
     longdesc = (
         "A WebRTC signaling server speaking several dialects over one hub of "
         "rooms. --port takes Twisted endpoint strings and may be repeated; "
-        "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key. "
+        "'tls:PORT' is shorthand for TLS on PORT with --tls-cert/--tls-key, or "
+        "else cert.pem + key.pem or fullchain.pem + privkey.pem from "
+        "$CREDENTIALS_DIRECTORY, then /etc/signaling/tls/, or else (on "
+        "loopback or with --dev-tls) a self-signed one; SIGHUP re-reads them. "
         "Environment: PORT (default port), CLIENT_URL (allowed origins, "
         "comma-separated), LOG_LEVEL, API_TOKEN (--api-token)."
     )
@@ -110,7 +118,7 @@ class Options(usage.Options):
         ["cleanup-interval", None, 30.0, "Seconds between sweeps for stale peers and expired empty rooms.", _seconds("cleanup-interval")],
         ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
         ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
-        ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info)."],
+        ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info). Only debug may log message payloads and tokens."],
         ["max-metadata-size", None, 4096, "Largest peer or room metadata in bytes of JSON; 0 for unlimited.", _whole("max-metadata-size")],
         ["max-metadata-depth", None, 4, "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.", _whole("max-metadata-depth")],
         ["max-metadata-values", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-values")],
@@ -144,11 +152,15 @@ class Options(usage.Options):
         ["redis", None, None, "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst)."],
         ["node-id", None, None, "This node's id in the cluster, unique among its nodes (default: host name and process id)."],
         ["workers", None, 1, "Worker processes sharing the ports, on a Redis bus (--redis, else a private redis-server on a unix socket); 'auto' for one per core.", _workers],
+        ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
+        ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
+        ["log-format", None, "text", "text, or json: one object per line with the event's fields (for journald and log shippers)."],
     ]
 
     optFlags = [
         ["access-log", None, "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated)."],
         ["no-fast-paths", None, "Run on plain Autobahn, without the relay's shortcuts past its private names (they are also off outside the Autobahn and Twisted versions they were verified against, or without wsaccel)."],
+        ["dev-tls", None, "Let 'tls:PORT' without a certificate found use a self-signed one for localhost on any interface (it always may on loopback)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -158,6 +170,16 @@ class Options(usage.Options):
         self["allowed-origins"] = []
         self["turn-uris"] = []
         self["stun-uris"] = []
+
+    def opt_version(self) -> None:
+        """Print the versions of signaling, Twisted and Autobahn, and exit."""
+        import autobahn
+        import twisted
+
+        from . import __version__
+
+        print(f"signaling {__version__} (Twisted {twisted.__version__}, Autobahn {autobahn.__version__})")
+        raise SystemExit(0)
 
     def opt_port(self, description: str) -> None:
         """Listen on this Twisted endpoint (repeatable; default tcp:8080:interface=127.0.0.1, or env PORT's port)."""
@@ -171,7 +193,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--turn-uri must start with turn: or turns:, not {uri!r}")
         self["turn-uris"].append(uri)
 
-    opt_turn_url = opt_turn_uri
+    def opt_turn_url(self, uri: str) -> None:
+        """Same as --turn-uri."""
+        # Not "opt_turn_url = opt_turn_uri": usage.Options takes a long
+        # alias for a synonym that --help cannot print (a KeyError).
+        self.opt_turn_uri(uri)
 
     def opt_stun_uri(self, uri: str) -> None:
         """A STUN server for clients, e.g. stun:stun.example:3478 (repeatable)."""
@@ -201,6 +227,10 @@ class Options(usage.Options):
                 f"log level must be one of {', '.join(logs.LEVEL_NAMES)}, not {level!r}"
             )
         self["log-level"] = level.lower()
+        if self["log-format"] not in logs.FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be one of {', '.join(logs.FORMATS)}, not {self['log-format']!r}"
+            )
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
         if not self["cleanup-interval"]:
@@ -259,10 +289,33 @@ class Options(usage.Options):
             )
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
-        for description in self["ports"]:
-            if _TLS_SHORTHAND.match(description) and not self["tls-cert"]:
-                raise usage.UsageError(f"--port {description} needs --tls-cert")
+        self["tls-self-signed"] = False
+        shorthands = [port for port in self["ports"] if _TLS_SHORTHAND.match(port)]
+        if shorthands and not self["tls-cert"]:
+            self._find_certificate(shorthands)
         self["redis-address"] = self._redis_address()
+
+    def _find_certificate(self, shorthands: list[str]) -> None:
+        directories = tlsconfig.search_directories(self.environ, self.tls_directory)
+        found = tlsconfig.find_certificate(directories)
+        if found is not None:
+            self["tls-cert"], self["tls-key"] = found
+            return
+        public = [
+            port for port in shorthands
+            if not tlsconfig.is_loopback(_shorthand_arguments(port).get("interface", ""))
+        ]
+        if public and not self["dev-tls"]:
+            pairs = " or ".join(" + ".join(pair) for pair in tlsconfig.PAIRS)
+            raise usage.UsageError(
+                f"--port {public[0]} needs a certificate: no {pairs} in "
+                f"{', '.join(directories)}; give --tls-cert, or --dev-tls for a "
+                "self-signed one"
+            )
+        self["tls-self-signed"] = True
+
+    #: Searched for the C{tls:PORT} certificate after $CREDENTIALS_DIRECTORY.
+    tls_directory = tlsconfig.DEFAULT_DIRECTORY
 
     def _redis_address(self):
         if self["redis"] is None:
@@ -343,39 +396,59 @@ class Options(usage.Options):
             raise SystemExit(f"twistd signaling: {error} (see twistd signaling --help)")
 
 
+def _shorthand_arguments(description: str) -> dict[str, str]:
+    shorthand = _TLS_SHORTHAND.match(description)
+    assert shorthand is not None
+    return dict(part.split("=", 1) for part in shorthand.group(2).split(":") if part)
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _tls_context(cert_path: str, key_path: str | None):
-    from twisted.internet.ssl import PrivateCertificate
-
+def tls_for(options: Mapping[str, Any]) -> tlsconfig.ReloadableTLS:
+    """
+    The context factory of the C{tls:PORT} ports: C{--tls-cert} (or the one
+    found), or a new self-signed certificate whose fingerprint is logged.
+    """
+    cert_path, key_path = options["tls-cert"], options["tls-key"]
+    if options.get("tls-self-signed"):
+        environ = getattr(options, "environ", os.environ)
+        directory = environ.get("STATE_DIRECTORY") or tempfile.mkdtemp(prefix="signaling-tls-")
+        cert_path, key_path = tlsconfig.make_self_signed(directory)
     try:
-        with open(cert_path, "rb") as cert_file:
-            cert_pem = cert_file.read()
-        key_pem = cert_pem
-        if key_path:
-            with open(key_path, "rb") as key_file:
-                key_pem = key_file.read()
-        return PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
-    except Exception as error:
+        tls = tlsconfig.ReloadableTLS(cert_path, key_path)
+    except tlsconfig.TLSError as error:
         raise SystemExit(f"twistd signaling: cannot load the TLS certificate: {error}")
+    if options.get("tls-self-signed"):
+        _log.warn(
+            "no TLS certificate found: serving a self-signed one for localhost "
+            "from {path}, SHA-256 {fingerprint} (for development only)",
+            path=cert_path,
+            fingerprint=tlsconfig.fingerprint(tls.options),
+        )
+    return tls
 
 
-def endpoint_for(reactor: Any, description: str, options: Mapping[str, Any]) -> IStreamServerEndpoint:
+def endpoint_for(
+    reactor: Any,
+    description: str,
+    options: Mapping[str, Any],
+    tls: tlsconfig.ReloadableTLS | None = None,
+) -> IStreamServerEndpoint:
     """
     Parse one C{--port}: the C{tls:PORT} shorthand, or any Twisted server
     endpoint string (given a backlog of L{LISTEN_BACKLOG} unless it says one).
+
+    :param tls: The shorthand's context factory (by default, L{tls_for}).
     """
     shorthand = _TLS_SHORTHAND.match(description)
     if shorthand:
-        arguments = dict(
-            part.split("=", 1) for part in shorthand.group(2).split(":") if part
-        )
+        arguments = _shorthand_arguments(description)
         return SSL4ServerEndpoint(
             reactor,
             int(shorthand.group(1)),
-            _tls_context(options["tls-cert"], options["tls-key"]),
+            tls if tls is not None else tls_for(options),
             backlog=int(arguments.get("backlog", LISTEN_BACKLOG)),
             interface=arguments.get("interface", ""),
         )
@@ -424,6 +497,9 @@ class ListeningService(Service):
                 f"{outcome[0].getErrorMessage()}"
             )
         self.port = outcome[0]
+        self.announce()
+
+    def announce(self) -> None:
         secure = self.description.startswith(("tls:", "ssl:"))
         try:
             url = url_for(self.port, secure)
@@ -442,6 +518,57 @@ class ListeningService(Service):
         return None
 
 
+class MetricsListener(ListeningService):
+    """
+    The C{--metrics-port} listener.
+    """
+
+    def announce(self) -> None:
+        address = self.port.getHost()
+        host = getattr(address, "host", "localhost")
+        port = getattr(address, "port", "")
+        self._log.info(
+            "signaling metrics on http://{host}:{port}/metrics", host=host, port=port
+        )
+
+
+class ReloadOnHangup(Service):
+    """
+    C{SIGHUP} re-reads the C{tls:PORT} certificate (certbot renews it in
+    place); open connections keep theirs. Without one it only logs, rather
+    than let the signal's default action end the server on a
+    C{systemctl reload}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, tls: tlsconfig.ReloadableTLS | None) -> None:
+        self.reactor = reactor
+        self.tls = tls
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum, frame) -> None:
+        # A signal handler may run between any two bytecodes: reload from
+        # the reactor's own thread.
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        if self.tls is None:
+            self._log.info("SIGHUP: no tls:PORT certificate to reload")
+            return
+        self.tls.reload()
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+
 def _sweeper(hub: Hub):
     """
     The cleanup timer's call: a failing sweep is logged, and the timer keeps
@@ -455,6 +582,20 @@ def _sweeper(hub: Hub):
             _log.failure("the cleanup sweep failed")
 
     return sweep
+
+
+class SignalingService(MultiService):
+    """
+    The top of the service tree; it gives twistd's application the log
+    observer of C{--log-format json} (twistd reads it from there).
+    """
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        MultiService.setServiceParent(self, parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
 
 
 def make_service(options: Options, reactor: Any) -> MultiService:
@@ -495,6 +636,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_message_fragments=options["max-fragments"],
         upgrade_timeout=options["upgrade-timeout"],
         fast_paths=not options["no-fast-paths"],
+        trusted_hops=options["trust-forwarded"],
     )
     directory = Directory(
         hub,
@@ -564,7 +706,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limiter,
         reactor,
     )
-    top = MultiService()
+    top = SignalingService()
+    if options["log-format"] == "json":
+        top.log_observer = logs.json_observer()
     top.hub = hub  # type: ignore[attr-defined]
     cleanup = TimerService(options["cleanup-interval"], _sweeper(hub))
     cleanup.clock = reactor
@@ -572,6 +716,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     cleanup.setServiceParent(top)
     if key_set is not None:
         JWKSRefresher(key_set).setServiceParent(top)
+    tls = None
+    if any(_TLS_SHORTHAND.match(description) for description in options["ports"]):
+        tls = tls_for(options)
+    top.tls = tls  # type: ignore[attr-defined]
     listeners = top
     if link is not None:
         listeners = ClusterService(link)
@@ -586,12 +734,22 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             # the request arrived.
             workers.LocalSocketService(reactor, route.socket_path(), Site(site.resource())).setServiceParent(listeners)
         top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
+        DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
         return top
     for description in options["ports"]:
         listener = ListeningService(
-            endpoint_for(reactor, description, options), web, description
+            endpoint_for(reactor, description, options, tls), web, description
         )
         listener.setServiceParent(listeners)
+    if options["metrics-port"]:
+        metrics = MetricsService(reactor, hub)
+        metrics.setServiceParent(top)
+        MetricsListener(
+            endpoint_for(reactor, options["metrics-port"], options),
+            metrics.site(),
+            options["metrics-port"],
+        ).setServiceParent(top)
+    DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
     return top
 
 
@@ -608,8 +766,15 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
     The service tree of C{--workers N}'s parent: the ports and the workers,
     no hub.
     """
-    top = MultiService()
+    top = SignalingService()
+    if options["log-format"] == "json":
+        top.log_observer = logs.json_observer()
     top.hub = Hub(clock=reactor)  # type: ignore[attr-defined]
+    top.tls = None  # type: ignore[attr-defined]
+    if options["metrics-port"]:
+        # Each worker has its own hub: one scrape for all of them waits for
+        # prometheus_client's multiprocess mode (docs/deploy.rst).
+        raise SystemExit("twistd signaling: --metrics-port does not work with --workers yet")
     if options.get("redis-address") is None and workers.redis_server_binary() is None:
         raise SystemExit(
             "twistd signaling: --workers needs a Redis: install redis-server, or give --redis"
@@ -696,4 +861,7 @@ def makeService(options: Options) -> MultiService:
     CollectionPolicy(
         reactor, top.hub.peer_count, min_growth=options["gc-memory-growth"] * 1024 * 1024
     ).setServiceParent(top)
+    ReloadOnHangup(reactor, top.tls).setServiceParent(top)
+    # Last, so that it is stopped first: STOPPING=1 as the drain begins.
+    SystemdNotifier(reactor, os.environ).setServiceParent(top)
     return top

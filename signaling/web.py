@@ -171,6 +171,7 @@ class SignalingSite:
             settings,
             limiter,
             worker_route,
+            hub.counters,
         )
         self.directory = directory
         self._directory = WebSocketResource(

@@ -289,3 +289,22 @@ def node_with_packages(what: str) -> str:
             timeout=300,
         )
     return node_binary
+
+
+def twistd_servers(tmp_path: Path):
+    """
+    The body of a C{twistd} fixture: yields C{start(*args, env=None,
+    expect_urls=1)}, which starts a L{TwistdServer} logging into
+    C{tmp_path}; every server started is stopped afterwards.
+    """
+    servers: list[TwistdServer] = []
+
+    def start(*args: str, env: dict | None = None, expect_urls: int = 1) -> TwistdServer:
+        server = TwistdServer(*args, env=env)
+        servers.append(server)
+        server.start(tmp_path / f"twistd-{len(servers)}.log", expect_urls)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

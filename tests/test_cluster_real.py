@@ -113,8 +113,9 @@ def wait_room(nodes, room: str, count: int, timeout: float = 5) -> None:
 
 
 class NativePeer:
-    def __init__(self, node: TwistdServer) -> None:
-        self.ws = websocket.create_connection(f"{node.base}/signal", timeout=TIMEOUT)
+    def __init__(self, node: TwistdServer, token: str | None = None) -> None:
+        query = f"?token={token}" if token is not None else ""
+        self.ws = websocket.create_connection(f"{node.base}/signal{query}", timeout=TIMEOUT)
         self.id = self.next()["peerId"]
 
     def send(self, message) -> None:
@@ -192,6 +193,35 @@ def test_a_verified_room_is_verified_only_on_every_node(faulty):
     finally:
         for client in (alice, bob, intruder):
             client.close()
+
+
+def test_room_grants_hold_on_every_node(tmp_path):
+    """
+    Under C{--auth optional}, a token's C{rooms} grant limits its holder on
+    whichever node it connects to: a peer granted C{team-*} on node two is
+    refused a room a verified user made on node one, and meets that user in
+    a granted room, shown with its verified user id.
+    """
+    cluster = Cluster(tmp_path, "--jwt-secret", SECRET, "--auth", "optional").start(2)
+    one, two = cluster.nodes
+    alice = NativePeer(one, make_token("alice"))
+    bob = NativePeer(two, make_token("bob", rooms=["team-*"]))
+    try:
+        assert alice.join("vip")["type"] == "joined"
+        assert alice.join("team-a")["type"] == "joined"
+        wait_room(cluster.nodes, "team-a", 1)
+        refused = bob.join("vip")
+        assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
+        joined = bob.join("team-a")
+        assert joined["type"] == "joined", joined
+        assert [(peer["id"], peer.get("userId")) for peer in joined["peers"]] == [(alice.id, "alice")]
+        announced = alice.next()
+        assert announced["type"] == "peer-joined", announced
+        assert (announced["peer"]["id"], announced["peer"].get("userId")) == (bob.id, "bob"), announced
+    finally:
+        alice.close()
+        bob.close()
+        cluster.stop()
 
 
 def test_concurrent_joins_never_overfill_a_room(cluster):

@@ -10,7 +10,6 @@ import base64
 import urllib.error
 import urllib.request
 
-import orjson
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import ed25519

@@ -222,7 +222,7 @@ def test_expired_token_ends_the_session(server):
     recorders = [Recorder(mode).connect(server.http_url, auth={"token": token}) for mode in modes]
     try:
         connected = time.monotonic()
-        for mode, recorder in zip(modes, recorders):
+        for mode, recorder in zip(modes, recorders, strict=True):
             recorder.emit("join-room", {"roomId": f"expiring-{mode}"})
             assert recorder.next("room-users")["users"] == []
         for recorder in recorders:
@@ -233,7 +233,7 @@ def test_expired_token_ends_the_session(server):
         deadline = time.monotonic() + 5
         while any(r.client.connected for r in recorders) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for mode, recorder in zip(modes, recorders):
+        for mode, recorder in zip(modes, recorders, strict=True):
             assert not recorder.client.connected, mode
             room = requests.get(server.http_url + f"/api/rooms/expiring-{mode}", timeout=5).json()
             assert room["peer_count"] == 0, mode

@@ -389,3 +389,44 @@ class MetadataLimitTests(SynchronousTestCase):
         for _ in range(50):
             deep = [deep]
         hub.join(hub.connect(RecordingConnection()), "room", {"deep": deep, "many": list(range(500))})
+
+
+class OperationsTests(SynchronousTestCase):
+    """
+    What the hub offers the operations around it: closing everyone for a
+    drain, and counters for /metrics.
+    """
+
+    def test_close_all_asks_every_peer_to_go(self):
+        """
+        C{close_all} closes every peer's connection with the reason; each
+        stays in the hub until its connection ends.
+        """
+        hub = Hub(clock=Clock())
+        first, second = RecordingConnection(), RecordingConnection()
+        alice = hub.connect(first)
+        hub.connect(second)
+        self.assertEqual(hub.close_all(CloseReason.GOING_AWAY), 2)
+        self.assertEqual((first.closed, second.closed), (["going away"], ["going away"]))
+        self.assertEqual(hub.peer_count(), 2)
+        hub.disconnect(alice)
+        self.assertEqual(hub.peer_count(), 1)
+
+    def test_counters(self):
+        """
+        Relays are counted by kind and the sender's dialect, refused
+        deliveries by reason.
+        """
+        hub = Hub(clock=Clock())
+        alice_connection, bob_connection = RecordingConnection(), RecordingConnection()
+        alice = hub.connect(alice_connection, dialect="topic")
+        bob = hub.connect(bob_connection)
+        hub.join(alice, "r")
+        hub.join(bob, "r")
+        offer = Signal(kind="offer", sender=alice.id, room="r", payload={})
+        hub.relay(alice, "r", bob.id, offer)
+        hub.broadcast(alice, "r", Signal(kind="candidate", sender=alice.id, room="r", payload={}))
+        bob_connection.refuse = "buffer-full"
+        self.assertRaises(DeliveryRefused, hub.relay, alice, "r", bob.id, offer)
+        self.assertEqual(hub.counters.relayed, {("offer", "topic"): 2, ("candidate", "topic"): 1})
+        self.assertEqual(hub.counters.refused, {"buffer-full": 1})

@@ -18,7 +18,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from signaling import tap
 
-from .realsockets import TwistdServer, open_websocket, sleep
+from .realsockets import TwistdServer, open_websocket, sleep, twistd_servers
 
 
 @pytest.fixture
@@ -35,17 +35,7 @@ def certificate(tmp_path):
 
 @pytest.fixture
 def twistd(tmp_path):
-    servers = []
-
-    def start(*args, expect_urls=1, env=None):
-        server = TwistdServer(*args, env=env)
-        servers.append(server)
-        server.start(tmp_path / f"twistd-{len(servers)}.log", expect_urls)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from twistd_servers(tmp_path)
 
 
 async def join(url, room, context=None, metadata=None):

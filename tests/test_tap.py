@@ -31,6 +31,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-send-buffer"], 262144)
         self.assertEqual(options["allowed-origins"], [])
         self.assertEqual(options["log-level"], "info")
+        self.assertEqual(options["drain-timeout"], 10.0)
+        self.assertEqual(options["metrics-port"], None)
+        self.assertEqual(options["log-format"], "text")
 
     def test_environment(self):
         options = parse(environ={"PORT": "9000", "CLIENT_URL": "http://a.example/, https://b.example", "LOG_LEVEL": "DEBUG"})
@@ -59,6 +62,8 @@ class OptionsTests(SynchronousTestCase):
             (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
             (["--resume-max-messages", "0"], "--resume-max-messages and --resume-max-bytes must be above 0"),
             (["--resume-grace", "soon"], "--resume-grace takes seconds"),
+            (["--drain-timeout", "-1"], "--drain-timeout takes seconds"),
+            (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             message = str(error.code)
@@ -228,3 +233,16 @@ class ClusterOptionsTests(SynchronousTestCase):
             error = self.assertRaises(SystemExit, parse, *argv)
             self.assertIn(words, str(error.code))
             self.assertNotIn("\n", str(error.code))
+
+
+class OperationsOptionsTests(SynchronousTestCase):
+    def test_metrics_port_is_refused_with_workers(self):
+        """
+        --metrics-port with --workers stops with one line: each worker has
+        its own hub, and one scrape for all of them is not done yet.
+        """
+        error = self.assertRaises(
+            SystemExit, tap.make_service,
+            parse("--workers", "2", "--metrics-port", "tcp:0"), MemoryReactorClock(),
+        )
+        self.assertEqual(str(error.code), "twistd signaling: --metrics-port does not work with --workers yet")

@@ -11,7 +11,6 @@ from signaling.hub import Hub, HubLimits, Profile
 from signaling.ids import IdShape, IdSource
 from signaling.web import DEFAULT_ROOMS_PAGE, MAX_ROOMS_PAGE, SignalingSite
 from signaling.directory import Directory
-from signaling.web import SignalingSite
 from signaling.transports.websocket import WebSocketSettings
 
 from .support import RecordingConnection, counting_random_bytes, make_site

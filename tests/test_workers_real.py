@@ -11,9 +11,7 @@ import re
 import signal
 import socket
 import subprocess
-import time
 
-import pytest
 import websocket
 
 from .realsockets import TWISTD, ROOT, TwistdServer

@@ -547,7 +547,7 @@ class RedisBus:
                 args += [room, blob, int(verified), room_metadata]
             restores.append(self._eval(scripts.RESTORE, *args))
         results = yield defer.gatherResults(restores, consumeErrors=True)
-        for (peer_id, _), restored in zip(holdings, results):
+        for (peer_id, _), restored in zip(holdings, results, strict=True):
             if not restored:
                 self._log.warn("peer {peer} was claimed by another node meanwhile", peer=peer_id)
         self._log.info("re-registered {count} peers with redis", count=sum(results))

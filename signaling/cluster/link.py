@@ -95,6 +95,8 @@ class RemotePeerConnection:
     #: Whether the peer was this node's and moved to C{node}: signals that
     #: other nodes still send here are passed on to it.
     forwarding: bool = False
+    #: What /metrics counts it as (not a field).
+    transport_name = "remote"
 
     def deliver(self, event: Any) -> None:
         if isinstance(event, Signal):
@@ -199,6 +201,9 @@ class ClusterHub(Hub):
                 self._remove_failed([peer])
         except DeliveryRefused:
             pass
+
+    def local_peer_count(self) -> int:
+        return sum(1 for peer in self._peers.values() if not is_remote(peer))
 
     def sweep(self) -> None:
         # Mirrors are never stale here: their own node sweeps its peers.

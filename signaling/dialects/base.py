@@ -24,6 +24,7 @@ from ..hub import Hub, IPeerConnection, Peer
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
@@ -168,6 +169,7 @@ class IEngineIOSession(Interface):
     clock = Attribute("The L{IReactorTime} of the session's timers.")
     settings = Attribute("Its settings; C{connect_timeout} is the dialect's.")
     handshake = Attribute("The L{HandshakeInfo} of the request that opened it.")
+    transport = Attribute("What carries it now: C{\"polling\"} or C{\"websocket\"}.")
 
     def send_message(data: str) -> None:
         """
@@ -343,6 +345,12 @@ class Session:
         """
         raise NotImplementedError()
 
+    def count_error(self, code: str) -> None:
+        """
+        Count an error sent to the client, for C{/metrics}.
+        """
+        self.hub.counters.count(self.hub.counters.errors, code)
+
     def binary_received(self, data: bytes) -> None:
         """
         A binary frame arrived; by default it closes the connection with
@@ -402,6 +410,12 @@ class Session:
                     "the room's member list is too large to send; not joined"
                 )
             raise
+
+    def going_away(self) -> None:
+        """
+        The server is shutting down: say so in the dialect's own words
+        before the WebSocket closes with 1001 (by default, nothing more).
+        """
 
     def closed(self) -> None:
         raise NotImplementedError()

@@ -355,4 +355,5 @@ class DirectorySession(Session):
 
 
     def send_error(self, code: str, text: str) -> None:
+        self.count_error(code)
         self.send_json({"type": "error", "message": text, "code": code})

@@ -306,6 +306,7 @@ class EnvelopeSession(Session):
     def send_error(
         self, code: str, text: str, request_id: Any = None, details: str | None = None
     ) -> None:
+        self.count_error(code)
         payload = {"code": code, "message": text}
         if details:
             payload["details"] = details

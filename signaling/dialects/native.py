@@ -21,6 +21,8 @@ from ..turn import IceServers
 from .base import ProtocolError, Session, native_error_code, require_string
 
 NAME = "native"
+#: The C{reconnect} message's hint of how long to wait before coming back.
+RECONNECT_DELAY_MS = 1000
 
 #: Incoming relay types and the hub's signal kind for each.
 _RELAY_KINDS = {
@@ -251,6 +253,11 @@ class NativeSession(Session):
         unverified = self.peer.verified_user_id is None
         return self.ice_servers.configured and not (self.handshake.auth.checks_tokens and unverified)
 
+    def going_away(self) -> None:
+        # A resuming client comes back (to another node, behind a load
+        # balancer) after the hint plus its own jitter.
+        self.send_json({"type": "reconnect", "reason": "going-away", "delayMs": RECONNECT_DELAY_MS})
+
     def closed(self) -> None:
         if self.resumable is not None:
             # Only a lost socket is waited for: a client that closed it
@@ -417,4 +424,5 @@ class NativeSession(Session):
 
 
     def send_error(self, code: str, text: str, request_id: Any = None) -> None:
+        self.count_error(code)
         self.send_json(self._reply({"type": "error", "code": code, "message": text}, request_id))

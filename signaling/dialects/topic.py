@@ -142,6 +142,7 @@ class TopicSession(Session):
 
 
     def send_error(self, code: str, text: str, msg_id: Any = None) -> None:
+        self.count_error(code)
         body = {"type": "error", "code": code, "message": text}
         if msg_id is not None:
             body["msgId"] = msg_id

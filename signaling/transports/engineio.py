@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface, implementer
 
 from .. import gcpolicy
-from ..dialects.base import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, IEngineIOSession
+from ..dialects.base import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, IEngineIOSession
 from ..errors import DeliveryRefused
 from ..logs import Logger
 from .addresses import AddressLimiter, Slot
@@ -96,6 +96,8 @@ class EngineIOSettings:
         polling and WebSocket alike (bursts of twice that); 0 for unlimited.
     :ivar upgrade_timeout: Seconds a WebSocket opened for an upgrade may
         take to complete it before it is closed.
+    :ivar trusted_hops: Reverse proxies whose forwarding headers name the
+        client of a WebSocket (C{--trust-forwarded}).
     """
 
     ping_interval: float = 25
@@ -107,6 +109,7 @@ class EngineIOSettings:
     max_message_rate: float = 0
     max_message_fragments: int = 128
     upgrade_timeout: float = 10
+    trusted_hops: int = 0
 
     @classmethod
     def from_websocket(cls, settings: Any) -> "EngineIOSettings":
@@ -124,6 +127,7 @@ class EngineIOSettings:
             max_message_rate=settings.max_message_rate,
             max_message_fragments=settings.max_message_fragments,
             upgrade_timeout=settings.upgrade_timeout,
+            trusted_hops=settings.trusted_hops,
         )
 
 
@@ -143,7 +147,8 @@ class IPacketTransport(Interface):
         """
         Close the WebSocket: normally, or with C{code}
         (L{CLOSE_POLICY_VIOLATION} for a client over the message rate,
-        L{CLOSE_INTERNAL_ERROR} when the server's bug ended the session).
+        L{CLOSE_INTERNAL_ERROR} when the server's bug ended the session,
+        L{CLOSE_GOING_AWAY} when the server shuts down).
         """
 
 
@@ -525,7 +530,8 @@ class EngineIOSocket:
             (for closes the server decides), but no longer than the ping
             timeout.
         :param code: The close code of the WebSockets: 1000, or 1008 or 1011
-            (a bug on our side ended it).
+            (a bug on our side ended it), or 1001 (the server shuts down;
+            a WebSocket gets the close packet first).
         """
         if self.state in ("closing", "closed"):
             return
@@ -547,6 +553,13 @@ class EngineIOSocket:
                 self._log.failure("closing the session's handler failed")
         if self._websocket is not None:
             websocket, self._websocket = self._websocket, None
+            if code == CLOSE_GOING_AWAY:
+                # A polling client gets the close packet on its poll; over
+                # a WebSocket it comes before the close frame.
+                try:
+                    websocket.send_packet(CLOSE)
+                except DeliveryRefused:
+                    pass
             websocket.close_transport(code)
             self._finish_closing()
         elif self._poll is not None or not linger:

@@ -25,11 +25,13 @@ from zope.interface import implementer
 from .. import fastpath, gcpolicy
 from ..auth import presented_token
 from ..dialects.base import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     HandshakeInfo,
 )
+from ..counters import Counters
 from ..errors import DeliveryRefused
 from ..logs import Logger
 from .addresses import AddressLimiter
@@ -47,10 +49,11 @@ from .engineio import (
 )
 from .limits import LimitedProtocol
 from .site import set_cors_headers
-from .websocket import WebSocketSettings, handshake_info
+from .websocket import WebSocketSettings, handshake_of
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_REASONS = {
+    CLOSE_GOING_AWAY: "going away",
     CLOSE_POLICY_VIOLATION: "message rate limit exceeded",
     CLOSE_INTERNAL_ERROR: "internal error",
 }
@@ -76,7 +79,7 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
     _handshake: HandshakeInfo | None = None
 
     def onConnect(self, request):
-        handshake = handshake_info(request)
+        handshake = handshake_of(self, request)
         sid = handshake.params.get("sid")
         if sid is not None:
             socket = self.factory.server.sessions.get(sid)
@@ -203,6 +206,7 @@ class EngineIOResource(Resource):
         settings: WebSocketSettings = WebSocketSettings(),
         limiter: AddressLimiter | None = None,
         route: Any = None,
+        counters: Counters | None = None,
     ) -> None:
         """
         :param new_sid: Makes the id of a new session: a credential, so
@@ -214,10 +218,12 @@ class EngineIOResource(Resource):
             L{signaling.dialects.base.IEngineIOHandler} of a new session.
         :param limiter: Counts each polling session as a connection of its
             client's address.
+        :param counters: Where refused handshakes are counted (the hub's).
         """
         super().__init__()
         self.settings = settings
         self.route = route
+        self.counters = counters if counters is not None else Counters()
         self.engine_settings = EngineIOSettings.from_websocket(settings)
         self.server = EngineIOServer(
             clock, new_sid, self.engine_settings, handler_factory, limiter
@@ -235,6 +241,7 @@ class EngineIOResource(Resource):
     def _render(self, request: IRequest) -> Any:
         origin = request.getHeader("origin")
         if not self.settings.allows_origin(origin):
+            self.counters.count(self.counters.handshakes_refused, "origin")
             raise EngineIOError(FORBIDDEN)
         if request.method == b"OPTIONS":
             return self._preflight(request)

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from .. import fastpath, gcpolicy
 from ..auth import AuthPolicy, InvalidToken, MissingToken, presented_token
 from ..dialects.base import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_REMOVED,
@@ -29,7 +30,8 @@ from ..dialects.base import (
 )
 from ..errors import DeliveryRefused
 from ..hub import CloseReason, Hub, IPeerConnection
-from ..logs import Logger
+from ..logs import Logger, log_connection
+from .addresses import forwarded_address
 from .limits import LimitedProtocol, RateLimit
 
 SessionFactory = Callable[[Hub, IFrameSink, HandshakeInfo], Session]
@@ -54,6 +56,8 @@ class WebSocketSettings:
         a polling session may take to complete the upgrade.
     :ivar fast_paths: Whether to use L{fastpath}'s shortcuts past Autobahn
         where they were verified; off, plain Autobahn does the same work.
+    :ivar trusted_hops: Reverse proxies in front of the server whose
+        C{Forwarded}/C{X-Forwarded-For} name the client (C{--trust-forwarded}).
     """
 
     max_message_size: int = 64 * 1024
@@ -65,6 +69,7 @@ class WebSocketSettings:
     max_message_fragments: int = 128
     upgrade_timeout: float = 10
     fast_paths: bool = True
+    trusted_hops: int = 0
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -91,10 +96,26 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
-def handshake_info(request, auth: AuthPolicy = AuthPolicy()) -> HandshakeInfo:
+def handshake_info(
+    request,
+    auth: AuthPolicy = AuthPolicy(),
+    peer_host: str | None = None,
+    trusted_hops: int = 0,
+) -> HandshakeInfo:
     """
     What a session may know of an Autobahn C{ConnectionRequest}.
+
+    :param peer_host: The socket's peer; the client's address is that, or
+        behind C{trusted_hops} proxies the one their headers name.
     """
+    address = peer_host
+    if peer_host is not None and trusted_hops:
+        address = forwarded_address(
+            peer_host,
+            [request.headers["forwarded"]] if "forwarded" in request.headers else [],
+            [request.headers["x-forwarded-for"]] if "x-forwarded-for" in request.headers else [],
+            trusted_hops,
+        )
     params = {name: values[0] for name, values in request.params.items() if values}
     return HandshakeInfo(
         path=unquote(request.path),
@@ -102,6 +123,20 @@ def handshake_info(request, auth: AuthPolicy = AuthPolicy()) -> HandshakeInfo:
         origin=request.headers.get("origin"),
         token=presented_token(params, request.headers.get("authorization")),
         auth=auth,
+        address=address,
+    )
+
+
+def handshake_of(protocol, request, auth: AuthPolicy = AuthPolicy()) -> HandshakeInfo:
+    """
+    L{handshake_info} of a server protocol's C{request}, with its socket's
+    peer behind its factory's C{settings.trusted_hops} proxies.
+    """
+    return handshake_info(
+        request,
+        auth,
+        getattr(protocol.transport.getPeer(), "host", None),
+        protocol.factory.settings.trusted_hops,
     )
 
 
@@ -112,15 +147,23 @@ class SignalingProtocol(LimitedProtocol):
     """
 
     _log = Logger()
+    #: What carries the peer, for C{/metrics}.
+    transport_name = "websocket"
     session: Session | None = None
     #: Deferreds of L{probe}s waiting for the client to answer.
     _probes: list[Deferred] | None = None
     _probe_timeout: IDelayedCall | None = None
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # One attribute away on the relay path rather than three.
+        self.counters = self.factory.hub.counters
+
     def onConnect(self, request):
         auth = self.factory.auth
-        handshake = handshake_info(request, auth)
+        handshake = handshake_of(self, request, auth)
         if not self.factory.settings.allows_origin(handshake.origin):
+            self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "origin")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if not auth.checks_tokens:
             self.session = self.factory.session_factory(self.factory.hub, self, handshake)
@@ -146,6 +189,7 @@ class SignalingProtocol(LimitedProtocol):
             raise ConnectionDeny(401, "a token is required")
         # The reason, never the token: it is the client's own.
         self._log.info("refused a WebSocket: {error}", error=failure.getErrorMessage())
+        self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "auth")
         raise ConnectionDeny(401, failure.getErrorMessage())
 
     def _identified(self, identity, handshake: HandshakeInfo) -> None:
@@ -158,10 +202,15 @@ class SignalingProtocol(LimitedProtocol):
 
     def onOpen(self) -> None:
         self._guarded(self.session.opened)
+        peer = self.session.peer if self.session is not None else None
+        if peer is not None:
+            log_connection(self._log, "opened", peer.dialect, peer.id, self.session.handshake.address)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.counters.bytes_in += len(payload)
         self._mark_active()
         if self.over_rate():
+            self.factory.hub.counters.count(self.factory.hub.counters.refused, "rate")
             if self.state == _OPEN:
                 self._guarded(self.session.rate_limited)
             return
@@ -189,6 +238,11 @@ class SignalingProtocol(LimitedProtocol):
         if self.session is not None:
             session, self.session = self.session, None
             session.stop_timers()
+            if session.peer is not None:
+                log_connection(
+                    self._log, "closed", session.peer.dialect, session.peer.id,
+                    session.handshake.address, code,
+                )
             try:
                 session.closed()
             except Exception:
@@ -213,6 +267,7 @@ class SignalingProtocol(LimitedProtocol):
         self.check_send(len(frame))
         try:
             self.sendMessage(frame)
+            self.counters.bytes_out += len(frame)
         except PayloadExceededError:
             raise DeliveryRefused("too-large", "the message exceeds the size limit")
 
@@ -266,6 +321,11 @@ class SignalingProtocol(LimitedProtocol):
             return
         if reason is CloseReason.FAILED:
             self.fail(CLOSE_INTERNAL_ERROR, "internal error")
+        elif reason is CloseReason.GOING_AWAY:
+            if self.session is not None:
+                self._guarded(self.session.going_away)
+            # sendClose() refuses 1001; Autobahn's failure path sends it.
+            self.fail(CLOSE_GOING_AWAY, reason.value)
         else:
             self.sendClose(CLOSE_REMOVED, reason.value)
 

@@ -27,9 +27,10 @@ from ...auth import (
 )
 from ...errors import DeliveryRefused, HubError, ReplyTooLarge
 from ...hub import CloseReason, Hub, IPeerConnection, Peer, Profile, Room
-from ...logs import Logger
+from ...logs import Logger, log_connection
 from ...turn import IceServers
 from ..base import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     IEngineIOHandler,
     IEngineIOSession,
@@ -209,6 +210,10 @@ class SocketIOConnection:
         self._ice_call: IDelayedCall | None = None
 
     @property
+    def transport_name(self) -> str:
+        return self.engine.transport
+
+    @property
     def requires_token(self) -> bool:
         """
         Whether a key is configured, so that calls events need a verified
@@ -276,6 +281,7 @@ class SocketIOConnection:
             self.user_id, self.authenticated, expires = self._identify(packet.data or {})
         except InvalidToken as error:
             self._log.info("refused a Socket.IO connection: {error}", error=str(error))
+            self.hub.counters.count(self.hub.counters.handshakes_refused, "auth")
             self._send(Packet(CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}))
             return
         if self._connect_call is not None and self._connect_call.active():
@@ -288,6 +294,7 @@ class SocketIOConnection:
             room_grants=self.room_grants,
             max_rooms=self.max_rooms,
         )
+        log_connection(self._log, "opened", NAME, self.peer.id, self._address())
         if expires is not None:
             self._expiry_call = self.engine.clock.callLater(
                 max(0.0, expires - self.now()), self._token_expired
@@ -368,8 +375,12 @@ class SocketIOConnection:
         self._expiry_call = self._ice_call = None
         if self.peer is not None:
             peer, self.peer = self.peer, None
+            log_connection(self._log, "closed", NAME, peer.id, self._address())
             self.hub.disconnect(peer)
         self._room_sets.clear()
+
+    def _address(self) -> str | None:
+        return getattr(self.engine.handshake, "address", None)
 
     # events
 
@@ -522,6 +533,11 @@ class SocketIOConnection:
             # No DISCONNECT, which would tell the client not to come back:
             # our bug is no reason for it to stay away.
             self.engine.close(reason.value, linger=True, code=CLOSE_INTERNAL_ERROR)
+            return
+        if reason is CloseReason.GOING_AWAY:
+            # No DISCONNECT either: the client is to come back, to another
+            # node. Engine.IO's close packet tells it the server went.
+            self.engine.close(reason.value, linger=True, code=CLOSE_GOING_AWAY)
             return
         self._send(Packet(DISCONNECT))
         self.engine.close(reason.value, linger=True)
