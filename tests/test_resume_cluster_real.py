@@ -106,7 +106,7 @@ def cluster(tmp_path_factory):
 def in_room(nodes, room: str, clients) -> None:
     for count, client in enumerate(clients, 1):
         client.join(room)
-        wait_for(lambda: all(room_sizes(node).get(room, 0) == count for node in nodes))
+        wait_for(lambda count=count: all(room_sizes(node).get(room, 0) == count for node in nodes))
     for index, client in enumerate(clients):
         # The peer-joined of those who came after it.
         for _ in clients[index + 1:]:

@@ -80,7 +80,12 @@ class ClusterSessionStore:
         except (ValueError, AttributeError) as error:
             self._log.warn("a handed-over session was not valid: {error}", error=str(error))
             return None
-        session.peer = self.link.adopt(state, session)
+        try:
+            session.peer = self.link.adopt(state, session)
+        except Exception:
+            # A bug: the client gets a fresh session, not a failed handshake.
+            self._log.failure("adopting a handed-over session failed")
+            session.peer = None
         if session.peer is None:
             session.end()
             return None
