@@ -190,7 +190,7 @@ def test_resume_on_another_worker(tmp_path):
         in_room([server], "w", [alice, bob])
         nodes = {node_of(server, bob.id)}
         sent = 0
-        for _ in range(12):
+        for _ in range(20):
             bob.lose()
             time.sleep(0.1)
             sent += 1
