@@ -258,7 +258,7 @@ class ClusterLink:
     #: The node's resumable sessions, when session resume is on.
     sessions: Any = None
     #: Handovers this node asked for, by request id.
-    _handovers: dict[str, defer.Deferred] = attrs.Factory(dict)
+    _handovers: dict[str, tuple[defer.Deferred, Any]] = attrs.Factory(dict)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -697,18 +697,26 @@ class ClusterLink:
         """
         request = self.hub.ids.new_id(IdShape.TOKEN, self.bus.reactor.seconds())
         answer: defer.Deferred = defer.Deferred()
-        self._handovers[request] = answer
         timeout = self.bus.reactor.callLater(HANDOVER_TIMEOUT, self._handover_answered, request, None)
-        answer.addBoth(lambda result: (timeout.cancel() if timeout.active() else None, result)[1])
+        self._handovers[request] = (answer, timeout)
         payload = {"request": request, "digest": digest, "node": self.bus.node_id}
         self.flush()
         sent = self.bus.send(node, Envelope(HANDOVER, None, None, (), payload, None))
-        sent.addCallback(lambda delivered: None if delivered else self._handover_answered(request, None))
+
+        def sent_or_not(delivered: bool) -> None:
+            if not delivered:
+                # The node is gone: no answer will come.
+                self._handover_answered(request, None)
+
+        sent.addCallback(sent_or_not)
         return answer
 
     def _handover_answered(self, request: str, state: Any) -> None:
-        answer = self._handovers.pop(request, None)
-        if answer is not None:
+        waiting = self._handovers.pop(request, None)
+        if waiting is not None:
+            answer, timeout = waiting
+            if timeout.active():
+                timeout.cancel()
             answer.callback(state)
         elif state is not None:
             self._log.warn("a session handed over too late was lost: {peer}", peer=state.get("peer", {}).get("id"))
