@@ -8,8 +8,10 @@ L{ResumableConnection}, which outlives the sockets it sends through. It
 numbers every event it delivers (C{seq}), keeps each one until the client
 acknowledges it, and while no socket is attached it keeps the new ones in
 the same bounded queue. Where the connections live is the L{ISessionStore}'s
-business; L{MemorySessionStore} keeps them in this process (a store shared
-by several nodes can take its place behind the same interface).
+business; L{MemorySessionStore} keeps them in this process, and
+L{signaling.cluster.sessions.ClusterSessionStore} finds them on any node of
+a cluster, which hands the session over (L{ResumableConnection.hand_over},
+L{ResumableConnection.adopted}).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Callable
 
 import attrs
 import orjson
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface, implementer
 
@@ -75,6 +78,17 @@ class ISessionStore(Interface):
         Revoke C{session}'s token: the session has ended.
         """
 
+    def locate(
+        token: str, settings: ResumeSettings, render: Callable[[Any], dict | None]
+    ) -> defer.Deferred:
+        """
+        Like L{claim}, for a session that may be held by another process:
+        that one hands it over, and it is rebuilt here with C{settings} and
+        C{render} (see L{ResumableConnection}).
+
+        :return: Fires with the session, or L{None} as L{claim} returns it.
+        """
+
 
 def _digest(token: str) -> bytes:
     # Tokens are looked up by digest, so that the lookup's timing tells
@@ -102,7 +116,24 @@ class MemorySessionStore:
         return token
 
     def claim(self, token: str) -> "ResumableConnection | None":
-        session = self._sessions.pop(_digest(token), None)
+        return self.claim_digest(_digest(token))
+
+    def locate(
+        self, token: str, settings: ResumeSettings, render: Callable[[Any], dict | None]
+    ) -> defer.Deferred:
+        return defer.succeed(self.claim(token))
+
+    def digest_of(self, session: "ResumableConnection") -> bytes | None:
+        """
+        The digest of C{session}'s token, or L{None} if it has none.
+        """
+        return self._digests.get(id(session))
+
+    def claim_digest(self, digest: bytes) -> "ResumableConnection | None":
+        """
+        L{claim} the session whose token has C{digest}.
+        """
+        session = self._sessions.pop(digest, None)
         if session is None:
             return None
         del self._digests[id(session)]
@@ -125,9 +156,12 @@ class ResumableConnection:
     :ivar socket: The socket attached now (an C{IFrameSink} that is also an
         L{IPeerConnection}), or L{None} during the grace.
     :ivar ended: Whether the session is over (the peer left the hub).
+    :ivar expires: When the token the session was proved with expires
+        (seconds since the epoch), or L{None}.
     """
 
     _log = Logger()
+    expires: float | None = None
 
     def __init__(
         self,
@@ -247,6 +281,56 @@ class ResumableConnection:
             self.end()
             return
         self._grace = self.clock.callLater(self.settings.grace, self._expire)
+
+    def hand_over(self) -> dict[str, Any]:
+        """
+        Give the session to another process (its peer resumed there): a
+        socket still attached is closed with L{CLOSE_TAKEN_OVER}, and the
+        session ends here without its peer leaving the hub (the caller
+        moves the peer).
+
+        :return: What L{adopted} needs to go on: the numbering, the events
+            not acknowledged (frames as text), the expiry.
+        """
+        self._cancel_grace()
+        socket, self.socket = self.socket, None
+        if socket is not None:
+            self._log.info("{peer} resumed on another node; closing the old socket", peer=self.peer.id)
+            socket.fail(CLOSE_TAKEN_OVER, "taken over by a resumed session")
+        state = {
+            "next_seq": self.next_seq,
+            "kept": [[seq, frame.decode("utf-8")] for seq, frame in self._kept],
+            "expires": self.expires,
+        }
+        self._end()
+        return state
+
+    @classmethod
+    def adopted(
+        cls,
+        hub: Hub,
+        store: ISessionStore,
+        settings: ResumeSettings,
+        render: Callable[[Any], dict | None],
+        state: dict[str, Any],
+    ) -> "ResumableConnection":
+        """
+        The session another process handed over (L{hand_over}), waiting for
+        its socket for the grace period like one whose socket died.
+
+        :raises ValueError: C{state} is not what L{hand_over} makes.
+        """
+        session = cls(hub, store, settings, render)
+        try:
+            session.next_seq = int(state["next_seq"])
+            for seq, frame in state["kept"]:
+                session._keep(int(seq), frame.encode("utf-8"))
+            expires = state.get("expires")
+            session.expires = None if expires is None else float(expires)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"not a handed-over session: {error}") from error
+        session._grace = session.clock.callLater(settings.grace, session._expire)
+        return session
 
     def acknowledge(self, seq: int) -> None:
         """

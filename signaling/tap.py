@@ -33,7 +33,7 @@ from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
 from .metrics import MetricsService
 from .metadata import MetadataLimits
-from .resume import ResumeSettings
+from .resume import MemorySessionStore, ResumeSettings
 from .transports.addresses import AddressLimiter, AddressLimits
 from .transports.site import GuardedSite, HTTPLimits
 from .transports.websocket import WebSocketSettings
@@ -644,6 +644,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         max_held=options["directory-max-held"],
         probe_seconds=options["directory-probe-timeout"],
     )
+    link = None
     if address is None:
         directory = Directory(hub, **directory_settings)
     else:
@@ -669,6 +670,13 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         )
         verifier = key_set
         auth = attrs.evolve(auth, verifier=key_set)
+    session_store = None
+    if link is not None:
+        from .cluster.sessions import ClusterSessionStore
+
+        # A resume may land on any node: the node holding the session
+        # hands it over.
+        session_store = ClusterSessionStore(link, MemorySessionStore(ids=hub.ids))
     limiter = AddressLimiter(
         reactor,
         AddressLimits(
@@ -692,6 +700,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             max_messages=options["resume-max-messages"],
             max_bytes=options["resume-max-bytes"],
         ),
+        session_store=session_store,
         worker_route=route,
     )
     web = GuardedSite(
@@ -721,7 +730,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         tls = tls_for(options)
     top.tls = tls  # type: ignore[attr-defined]
     listeners = top
-    if address is not None:
+    if link is not None:
         listeners = ClusterService(link)
         listeners.setServiceParent(top)
     if adopted is not None:

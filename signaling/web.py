@@ -152,7 +152,8 @@ class SignalingSite:
         self.ice_servers = ice_servers
         native = functools.partial(NativeSession, ice_servers=ice_servers)
         if resume is not None and resume.grace > 0:
-            store = session_store or MemorySessionStore(ids=hub.ids)
+            # Not "or": an empty store has a length of 0.
+            store = session_store if session_store is not None else MemorySessionStore(ids=hub.ids)
             native = functools.partial(native, resume=Resume(resume, store))
         self._native = WebSocketResource(
             SignalingFactory(hub, native, settings, auth, token_in_message=True)

@@ -154,6 +154,49 @@ class ResumableConnectionTests(SynchronousTestCase):
         self.assertRaises(DeliveryRefused, self.connection.deliver, Signal("message", "x", "r", 1))
 
 
+    def test_a_handed_over_session_goes_on_where_it_is_adopted(self) -> None:
+        """
+        A session handed to another process ends here without leaving the
+        hub, fails a socket still attached with 4000, and goes on there
+        with its numbering and the events not acknowledged; unclaimed, it
+        leaves the hub there after the grace.
+        """
+        token = self.store.issue(self.connection)
+        self.relay("a")
+        self.relay("b")
+        self.connection.acknowledge(1)
+        socket = self.connection.socket
+        state = self.connection.hand_over()
+        self.assertEqual(socket.failed, (4000, "taken over by a resumed session"))
+        self.assertTrue(self.connection.ended)
+        self.assertIsNone(self.store.claim(token))
+        self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
+
+        hub = Hub(clock=self.clock)
+        adopted = ResumableConnection.adopted(hub, self.store, self.connection.settings, body, state)
+        adopted.peer = hub.connect(adopted)
+        adopted.attach(RecordingSocket(), last_seen=1)
+        adopted.replay()
+        adopted.deliver(Signal("message", "x", "r", "c"))
+        self.assertEqual(
+            [(f["payload"], f["seq"]) for f in adopted.socket.frames], [("b", 2), ("c", 3)]
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+        waiting = ResumableConnection.adopted(hub, self.store, self.connection.settings, body, state)
+        waiting.peer = hub.connect(waiting)
+        self.clock.advance(10)
+        self.assertIsNone(hub.find(waiting.peer.id))
+
+    def test_a_state_that_is_not_a_handover_is_refused(self) -> None:
+        for state in ({}, {"next_seq": "x", "kept": []}, {"next_seq": 1, "kept": [[1]]}, None):
+            self.assertRaises(
+                ValueError,
+                ResumableConnection.adopted,
+                self.hub, self.store, self.connection.settings, body, state,
+            )
+
+
 class MemorySessionStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.hub = Hub(clock=Clock())

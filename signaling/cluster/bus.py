@@ -695,6 +695,52 @@ class RedisBus:
         return None if blob is None else self._member(blob)
 
     @defer.inlineCallbacks
+    def move_peer(self, peer_id: str, node_id: str):
+        """
+        Hand C{peer_id}, which this node holds, with its rooms, to
+        C{node_id} (its session was resumed there).
+
+        :return: Fires with whether the peer was this node's.
+        """
+        moved = yield self._eval(scripts.MOVE, peer_id, node_id)
+        if moved:
+            self._holdings.pop(peer_id, None)
+        return bool(moved)
+
+    def moved_in(self, peer_id: str, rooms: list[tuple[str, Member, bool, Mapping[str, Any]]]) -> None:
+        """
+        Note that another node handed C{peer_id} to this one
+        (L{move_peer}) in C{rooms} (name, member, verified-only, room
+        metadata), to put back after Redis lost it.
+        """
+        holding = self._holdings.setdefault(peer_id, _Holding())
+        for room, member, verified_only, metadata in rooms:
+            holding.rooms[room] = (encode_member(member), verified_only, orjson.dumps(dict(metadata)))
+
+    def issue_resume(self, digest: str, ttl: float) -> defer.Deferred:
+        """
+        Name this node, for C{ttl} seconds, as the holder of the session
+        whose resume token has C{digest} (hex).
+        """
+        return self._eval(scripts.RESUME_ISSUE, digest, int(ttl * 1000))
+
+    @defer.inlineCallbacks
+    def claim_resume(self, digest: str):
+        """
+        Take the resume token with C{digest} (hex), once in the cluster.
+
+        :return: Fires with the node holding its session, or L{None}.
+        """
+        holder = yield self._eval(scripts.RESUME_CLAIM, digest)
+        return _decode(holder) or None
+
+    def forget_resume(self, digest: str) -> defer.Deferred:
+        """
+        Revoke the resume token with C{digest} (hex), if this node holds it.
+        """
+        return self._eval(scripts.RESUME_FORGET, digest)
+
+    @defer.inlineCallbacks
     def members(self, room: str):
         """
         Fires with C{room}'s members in the whole cluster, as

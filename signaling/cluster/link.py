@@ -14,7 +14,12 @@ arrives in order with the relays):
   peers joins or leaves a room: each node keeps its mirror and tells its
   own peers;
 * a signal, to the node of its target(s): one envelope per node for a
-  broadcast.
+  broadcast;
+* for a session resume that lands on another node, C{hub:handover} (the
+  new node asks the holder for the session), C{hub:handed-over} (the
+  session, back to it) and C{hub:moved} (to every other node: the peer is
+  the new node's now); the peer stays in its rooms throughout, and nobody
+  is told of a leave or a join.
 
 Redis's Lua scripts are the arbiter of capacity, verified-only rooms and
 ids: a join that lost a race with a join on another node is undone.
@@ -43,6 +48,7 @@ from ..hub import (
     Room,
     Signal,
 )
+from ..ids import IdShape
 from ..logs import Logger
 from .bus import RedisBus
 from .envelope import (
@@ -51,6 +57,8 @@ from .envelope import (
     encode_envelope,
     envelope_from_fields,
     envelope_to_fields,
+    member_from_list,
+    member_to_list,
 )
 from .results import BusUnavailable, NodeDeath
 
@@ -61,6 +69,12 @@ LEFT = "hub:left"
 HELLO = "hub:hello"
 #: Several envelopes for one node in one message (their fields, in order).
 BATCH = "hub:batch"
+#: Session resume across nodes: the request, the session, the news.
+HANDOVER = "hub:handover"
+HANDED_OVER = "hub:handed-over"
+MOVED = "hub:moved"
+#: Seconds a node waits for another to hand a session over.
+HANDOVER_TIMEOUT = 5.0
 
 
 @implementer(IPeerConnection)
@@ -78,6 +92,9 @@ class RemotePeerConnection:
     link: ClusterLink
     node: str
     peer_id: str
+    #: Whether the peer was this node's and moved to C{node}: signals that
+    #: other nodes still send here are passed on to it.
+    forwarding: bool = False
     #: What /metrics counts it as (not a field).
     transport_name = "remote"
 
@@ -145,10 +162,14 @@ class ClusterHub(Hub):
         member: Member,
         room_metadata: Mapping[str, Any],
         verified_only: bool,
+        tell: bool = True,
     ) -> None:
         """
         Put a mirror of a remote peer into C{room_name} as its node admitted
         it (Redis checked capacity and the rest), and tell the room.
+
+        :param tell: Whether to tell the room: not for a peer that was a
+            member all along, on another node (its session moved here).
         """
         if room_name in peer.rooms:
             return
@@ -166,7 +187,8 @@ class ClusterHub(Hub):
         room.emptied_at = None
         peer.rooms[room_name] = room
         self._log.debug("{peer} of another node joined {room}", peer=peer.id, room=room_name)
-        self._tell_room(room, PeerJoined(room=room_name, member=member), exclude=peer.id)
+        if tell:
+            self._tell_room(room, PeerJoined(room=room_name, member=member), exclude=peer.id)
 
     def deliver_from_bus(self, peer: Peer, signal: Signal) -> None:
         """
@@ -233,6 +255,10 @@ class ClusterLink:
     _unsynced: set[str] = attrs.Factory(set)
     #: The live nodes, as of the last refresh, and any heard from since.
     _nodes: set[str] = attrs.Factory(set)
+    #: The node's resumable sessions, when session resume is on.
+    sessions: Any = None
+    #: Handovers this node asked for, by request id.
+    _handovers: dict[str, tuple[defer.Deferred, Any]] = attrs.Factory(dict)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -584,6 +610,16 @@ class ClusterLink:
         elif kind == LEFT:
             if envelope.sender is not None and envelope.room is not None:
                 self._mirror_leave(envelope.sender.peer_id, envelope.room)
+        elif kind in (HANDOVER, HANDED_OVER, MOVED):
+            payload = envelope.payload
+            if not isinstance(payload, dict):
+                self._log.warn("dropped a {kind} without its fields", kind=kind)
+            elif kind == HANDOVER:
+                self._hand_over(payload)
+            elif kind == HANDED_OVER:
+                self._handed_over(payload)
+            else:
+                self._moved(payload)
         elif envelope.sender is not None:
             signal = Signal(
                 kind=kind,
@@ -595,8 +631,13 @@ class ClusterLink:
             )
             for target in envelope.targets:
                 peer = self.hub.find(target)
-                if peer is not None and not is_remote(peer):
+                if peer is None:
+                    continue
+                if not is_remote(peer):
                     self.hub.deliver_from_bus(peer, signal)
+                elif peer.connection.forwarding:
+                    # Sent before its node heard that the peer moved.
+                    self._send(peer.connection.node, (target,), signal)
 
     def _mirror_join(
         self,
@@ -643,3 +684,147 @@ class ClusterLink:
                 self.hub.disconnect(peer)
         for room_name, member in death.left:
             self._mirror_leave(member.peer_id, room_name)
+
+    # session resume across nodes
+
+    def request_handover(self, node: str, digest: str) -> defer.Deferred:
+        """
+        Ask C{node} for the session whose resume token has C{digest} (hex).
+
+        :return: Fires with what L{_hand_over} sends (the peer, its rooms,
+            its session), or L{None}: the node has no such session, is gone,
+            or did not answer within L{HANDOVER_TIMEOUT} seconds.
+        """
+        request = self.hub.ids.new_id(IdShape.TOKEN, self.bus.reactor.seconds())
+        answer: defer.Deferred = defer.Deferred()
+        timeout = self.bus.reactor.callLater(HANDOVER_TIMEOUT, self._handover_answered, request, None)
+        self._handovers[request] = (answer, timeout)
+        payload = {"request": request, "digest": digest, "node": self.bus.node_id}
+        self.flush()
+        sent = self.bus.send(node, Envelope(HANDOVER, None, None, (), payload, None))
+
+        def sent_or_not(delivered: bool) -> None:
+            if not delivered:
+                # The node is gone: no answer will come.
+                self._handover_answered(request, None)
+
+        sent.addCallback(sent_or_not)
+        return answer
+
+    def _handover_answered(self, request: str, state: Any) -> None:
+        waiting = self._handovers.pop(request, None)
+        if waiting is not None:
+            answer, timeout = waiting
+            if timeout.active():
+                timeout.cancel()
+            answer.callback(state)
+        elif state is not None:
+            self._log.warn("a session handed over too late was lost: {peer}", peer=state.get("peer", {}).get("id"))
+
+    def _hand_over(self, payload: dict) -> None:
+        """
+        Another node claimed the resume token of one of this node's
+        sessions: once Redis names that node as the peer's, send it the
+        session and tell the others that the peer moved.
+        """
+        request, digest, node = payload.get("request"), payload.get("digest"), payload.get("node")
+        if not all(isinstance(value, str) for value in (request, digest, node)):
+            return
+        session = None
+        if self.sessions is not None:
+            session = self.sessions.hand_over(digest)
+        peer = session.peer if session is not None else None
+        if peer is None or self.hub.find(peer.id) is not peer:
+            self._answer_handover(node, request, None)
+            return
+
+        def moved(done: bool) -> None:
+            if not done or session.ended or self.hub.find(peer.id) is not peer:
+                self._answer_handover(node, request, None)
+                return
+            rooms = [
+                [room.name, member_to_list(room.members[peer.id]), dict(room.metadata), room.verified_only]
+                for room in peer.rooms.values()
+            ]
+            state = {
+                "peer": {
+                    "id": peer.id,
+                    "dialect": peer.dialect,
+                    "verified_user_id": peer.verified_user_id,
+                    "room_grants": None if peer.room_grants is None else list(peer.room_grants),
+                    "max_rooms": peer.max_rooms,
+                },
+                "rooms": rooms,
+                "session": session.hand_over(),
+            }
+            # A mirror from now on, still in its rooms: this node's peers
+            # see no leave, and their signals go to the new node.
+            peer.connection = RemotePeerConnection(self, node, peer.id, forwarding=True)
+            if not peer.rooms:
+                Hub.disconnect(self.hub, peer)
+            self._log.info("{peer} resumed on node {node}", peer=peer.id, node=node)
+            self._answer_handover(node, request, state)
+            self._publish_all(Envelope(MOVED, None, None, (), {"peer": peer.id, "node": node}, None))
+
+        self._then(peer.id, lambda: self.bus.move_peer(peer.id, node).addCallback(moved))
+
+    def _answer_handover(self, node: str, request: str, state: Any) -> None:
+        self.flush()
+        payload = {"request": request, "state": state}
+        self.bus.send(node, Envelope(HANDED_OVER, None, None, (), payload, None))
+
+    def _handed_over(self, payload: dict) -> None:
+        request, state = payload.get("request"), payload.get("state")
+        if isinstance(request, str):
+            self._handover_answered(request, state if isinstance(state, dict) else None)
+
+    def _moved(self, payload: dict) -> None:
+        peer_id, node = payload.get("peer"), payload.get("node")
+        if not isinstance(peer_id, str) or not isinstance(node, str):
+            return
+        peer = self.hub.find(peer_id)
+        if peer is not None and is_remote(peer):
+            peer.connection.node = node
+            peer.connection.forwarding = False
+
+    def adopt(self, state: dict, connection: IPeerConnection) -> Peer | None:
+        """
+        Make the peer of a session another node handed over this node's,
+        on C{connection}, in its rooms, telling nobody: to every peer it
+        was a member all along.
+
+        :return: The peer, or L{None} if C{state} is not a handover's or
+            the id is a peer of this node's.
+        """
+        try:
+            info = state["peer"]
+            peer_id = info["id"]
+            grants = info.get("room_grants")
+            rooms = [
+                (str(name), member_from_list(member), dict(metadata), bool(verified_only))
+                for name, member, metadata, verified_only in state["rooms"]
+            ]
+        except (KeyError, TypeError, ValueError) as error:
+            self._log.warn("a handed-over session was not valid: {error}", error=str(error))
+            return None
+        peer = self.hub.find(peer_id)
+        if peer is not None and not is_remote(peer):
+            self._log.warn("peer id {peer} is on two nodes; ignored", peer=peer_id)
+            return None
+        if peer is None:
+            # Hub's own connect: the id is this node's in Redis already.
+            peer = Hub.connect(
+                self.hub,
+                connection,
+                dialect=info.get("dialect", "native"),
+                verified_user_id=info.get("verified_user_id"),
+                peer_id=peer_id,
+            )
+        peer.connection = connection
+        peer.room_grants = None if grants is None else tuple(grants)
+        peer.max_rooms = info.get("max_rooms")
+        self.hub.touch(peer)
+        for name, member, metadata, verified_only in rooms:
+            self.hub.admit(peer, name, member, metadata, verified_only, tell=False)
+        self.bus.moved_in(peer_id, [(name, member, verified, meta) for name, member, meta, verified in rooms])
+        return peer

@@ -276,3 +276,39 @@ if user ~= '' then
 end
 return 1
 """
+
+#: ARGV: prefix, node, peer, new node. Hands a peer this node holds, with
+#: its rooms, to another node (a session resumed there). Returns 1, or 0 if
+#: the peer is not this node's.
+MOVE = _COMMON + """
+local node, peer, to = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', P .. 'peers', peer) ~= node then return 0 end
+redis.call('HSET', P .. 'peers', peer, to)
+redis.call('SREM', P .. 'node:' .. node .. ':peers', peer)
+redis.call('SADD', P .. 'node:' .. to .. ':peers', peer)
+return 1
+"""
+
+#: ARGV: prefix, node, token digest (hex), ms to live. Names this node as
+#: the holder of a resumable session.
+RESUME_ISSUE = _COMMON + """
+redis.call('SET', P .. 'resume:' .. ARGV[3], ARGV[2], 'PX', ARGV[4])
+return 1
+"""
+
+#: ARGV: prefix, node, token digest (hex). Single use: returns the node
+#: holding the session and forgets the token, or '' for an unknown one.
+RESUME_CLAIM = _COMMON + """
+local key = P .. 'resume:' .. ARGV[3]
+local holder = redis.call('GET', key)
+if not holder then return '' end
+redis.call('DEL', key)
+return holder
+"""
+
+#: ARGV: prefix, node, token digest (hex). Forgets a token this node holds.
+RESUME_FORGET = _COMMON + """
+local key = P .. 'resume:' .. ARGV[3]
+if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
+return 1
+"""

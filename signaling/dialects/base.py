@@ -249,6 +249,13 @@ class Session:
         self.sink = sink
         self.handshake = handshake
 
+    def prepare(self) -> Deferred | None:
+        """
+        Called before the handshake is answered; the handshake waits for
+        the Deferred this may return (it fires with L{None}).
+        """
+        return None
+
     def opened(self) -> None:
         raise NotImplementedError()
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import attrs
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from ..auth import Identity, InvalidToken
@@ -123,6 +124,10 @@ class NativeSession(Session):
     rate_limited_error = ("rate-limited", "too many messages; this one was discarded")
     _ice_call: IDelayedCall | None = None
     resumable: ResumableConnection | None = None
+    #: Whether L{prepare} looked the resume token up (C{_located} is then
+    #: what it found).
+    _prepared = False
+    _located: ResumableConnection | None = None
 
     def __init__(
         self,
@@ -167,6 +172,22 @@ class NativeSession(Session):
                 "no token was presented in time",
             )
 
+    def prepare(self) -> Deferred | None:
+        """
+        Find the session the C{resume} token names, which may be held by
+        another node of a cluster, before the handshake is answered.
+        """
+        token = self.handshake.params.get("resume") if self.resume is not None else None
+        if not token:
+            return None
+        self._prepared = True
+        located = self.resume.store.locate(token, self.resume.settings, _event_body)
+
+        def found(session: ResumableConnection | None) -> None:
+            self._located = session
+
+        return located.addCallback(found)
+
     def _open_resumable(self) -> bool:
         """
         Take over the session the handshake's C{resume} token names, or
@@ -175,8 +196,11 @@ class NativeSession(Session):
         :return: Whether a session was resumed.
         """
         store = self.resume.store
-        token = self.handshake.params.get("resume")
-        resumable = store.claim(token) if token else None
+        if self._prepared:
+            resumable, self._located = self._located, None
+        else:
+            token = self.handshake.params.get("resume")
+            resumable = store.claim(token) if token else None
         if resumable is not None and not self._may_resume(resumable):
             resumable = None
         if resumable is None:

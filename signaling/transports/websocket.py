@@ -167,12 +167,13 @@ class SignalingProtocol(LimitedProtocol):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if not auth.checks_tokens:
             self.session = self.factory.session_factory(self.factory.hub, self, handshake)
-            return None
+            return self.session.prepare()
         # A token whose key a key set lacks waits for the set to be fetched
         # again; Autobahn holds the handshake until this fires.
         identified = auth.identify_later(handshake.token, self.factory.clock)
         identified.addErrback(self._refuse)
         identified.addCallback(self._identified, handshake)
+        identified.addCallback(lambda _: self.session.prepare() if self.session is not None else None)
         return identified
 
     def _refuse(self, failure):
