@@ -15,21 +15,33 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.twisted import MetricsResource
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.task import LoopingCall
+from twisted.web.client import Agent, readBody
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from .hub import Hub
+from .logs import Logger
+
+_log = Logger()
 
 #: Seconds between two looks at the reactor's lag.
 LAG_INTERVAL = 0.25
 _PAUSE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: What C{generate_latest} writes (newer prometheus_client name it
+#: C{CONTENT_TYPE_PLAIN_0_0_4}; 0.20 does not).
+_TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -124,6 +136,15 @@ class MetricsService(Service):
         root.putChild(b"metrics", MetricsResource(registry=self.registry))
         return Site(root)
 
+    def worker_site(self) -> Site:
+        """
+        The site a worker serves on its unix socket for its parent; the
+        WSGI resource of L{site} needs an address with a host.
+        """
+        root = Resource()
+        root.putChild(b"metrics", _RegistryText(self.registry))
+        return Site(root)
+
     def startService(self) -> None:
         Service.startService(self)
         gc.callbacks.append(self._on_gc)
@@ -154,3 +175,127 @@ class MetricsService(Service):
                 time.perf_counter() - self._gc_started
             )
             self._gc_started = None
+
+
+class _RegistryText(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", _TEXT_FORMAT)
+        return generate_latest(self.registry)
+
+
+class WorkersMetricsResource(Resource):
+    """
+    C{/metrics} of the C{--workers} parent: the whole host in one scrape.
+
+    Each worker serves its own registry on a unix socket in the workers'
+    private directory; a scrape here asks every worker at once and adds up
+    their samples: counters, histogram buckets and connections add up,
+    and the cluster's view (L{CLUSTER_VIEWS}) is taken from the worker
+    that sees most of it.
+    This stands in for prometheus_client's multiprocess mode, which only
+    sees metric objects written to its files, not the collectors above
+    that read the hub at scrape time. A worker that does not answer in
+    time (it died, it is starting again) is left out of that scrape, and
+    the counters of a dead worker leave the sums with it.
+
+    :param socket_paths: The unix socket of each running worker's metrics.
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor: Any, socket_paths: Callable[[], list[str]], timeout: float = 5.0) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.socket_paths = socket_paths
+        self.timeout = timeout
+
+    def render_GET(self, request: Any) -> Any:
+        fetches = [self._fetch(path) for path in self.socket_paths()]
+        done = gatherResults(fetches)
+        done.addCallback(lambda texts: generate_latest(_Merged([text for text in texts if text is not None])))
+        done.addCallback(self._write, request)
+        done.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _fetch(self, path: str) -> Deferred:
+        agent = Agent.usingEndpointFactory(self.reactor, _UnixEndpoints(self.reactor, path))
+        fetching = agent.request(b"GET", b"http://worker/metrics")
+        fetching.addCallback(lambda response: readBody(response) if response.code == 200 else None)
+        fetching.addTimeout(self.timeout, self.reactor)
+        # One worker's silence must not hide the others.
+        fetching.addErrback(lambda failure: None)
+        return fetching
+
+    def _write(self, body: bytes, request: Any) -> None:
+        request.setHeader(b"Content-Type", _TEXT_FORMAT)
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        _log.failure("the workers' metrics could not be merged", failure)
+        request.setResponseCode(500)
+        request.finish()
+
+    def site(self) -> Site:
+        root = Resource()
+        root.putChild(b"metrics", self)
+        return Site(root)
+
+
+@implementer(IAgentEndpointFactory)
+class _UnixEndpoints:
+    def __init__(self, reactor: Any, path: str) -> None:
+        self.reactor = reactor
+        self.path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(self.reactor, self.path)
+
+
+#: Gauges that are the same on every node of a cluster (each hub mirrors
+#: the others' peers and rooms): the workers' sum would count each peer
+#: once per worker, so their merge takes the largest.
+CLUSTER_VIEWS = frozenset({"signaling_peers", "signaling_peers_in_rooms", "signaling_rooms"})
+
+
+class _Merged:
+    """
+    A collector of the sum of several processes' Prometheus texts.
+    """
+
+    def __init__(self, texts: list[bytes]) -> None:
+        self.texts = texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple, float]] = {}
+        for text in self.texts:
+            for family in text_string_to_metric_families(text.decode("utf-8")):
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                sums = values.setdefault(merged.name, {})
+                for sample in family.samples:
+                    if sample.labels.get("transport") == "remote":
+                        # A peer of another worker, which counts it itself.
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key not in sums:
+                        sums[key] = sample.value
+                    elif sample.name.endswith("_created"):
+                        # A start time: the earliest, not a sum.
+                        sums[key] = min(sums[key], sample.value)
+                    elif family.name in CLUSTER_VIEWS:
+                        sums[key] = max(sums[key], sample.value)
+                    else:
+                        sums[key] += sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family

@@ -31,7 +31,7 @@ from .turn import DEFAULT_TTL, IceServers
 from .hub import Hub, HubLimits
 from .lifecycle import DrainService, SystemdNotifier
 from .logs import Logger
-from .metrics import MetricsService
+from .metrics import MetricsService, WorkersMetricsResource
 from .metadata import MetadataLimits
 from .resume import MemorySessionStore, ResumeSettings
 from .transports.addresses import AddressLimiter, AddressLimits
@@ -742,6 +742,13 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             # The other workers' passed-on polls: limits were applied where
             # the request arrived.
             workers.LocalSocketService(reactor, route.socket_path(), Site(site.resource())).setServiceParent(listeners)
+            if options["metrics-port"]:
+                # The parent holds --metrics-port and asks each worker here.
+                metrics = MetricsService(reactor, hub)
+                metrics.setServiceParent(top)
+                workers.LocalSocketService(
+                    reactor, workers.metrics_socket_path(route.directory, route.index), metrics.worker_site()
+                ).setServiceParent(top)
         top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
         DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
         return top
@@ -780,10 +787,6 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
         top.log_observer = logs.json_observer()
     top.hub = Hub(clock=reactor)  # type: ignore[attr-defined]
     top.tls = None  # type: ignore[attr-defined]
-    if options["metrics-port"]:
-        # Each worker has its own hub: one scrape for all of them waits for
-        # prometheus_client's multiprocess mode (docs/deploy.rst).
-        raise SystemExit("twistd signaling: --metrics-port does not work with --workers yet")
     if options.get("redis-address") is None and workers.redis_server_binary() is None:
         raise SystemExit(
             "twistd signaling: --workers needs a Redis: install redis-server, or give --redis"
@@ -797,7 +800,7 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
     for description in options["ports"]:
         if _TLS_SHORTHAND.match(description) or description.startswith(("ssl:", "tls:", "unix:")):
             raise SystemExit(f"twistd signaling: --workers takes tcp ports only, not {description!r}")
-    workers.WorkersService(
+    parent = workers.WorkersService(
         reactor,
         [(description, endpoint_for(reactor, description, options)) for description in options["ports"]],
         workers.child_arguments(getattr(options, "argv", [])),
@@ -805,7 +808,14 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
         options["redis"],
         options["node-id"] or default_node_id(),
         describe_port=lambda port: url_for(port, False),
-    ).setServiceParent(top)
+    )
+    parent.setServiceParent(top)
+    if options["metrics-port"]:
+        MetricsListener(
+            endpoint_for(reactor, options["metrics-port"], options),
+            WorkersMetricsResource(reactor, parent.metrics_sockets).site(),
+            options["metrics-port"],
+        ).setServiceParent(top)
     return top
 
 

@@ -71,6 +71,14 @@ def child_arguments(argv: list[str]) -> list[str]:
     return out
 
 
+def metrics_socket_path(directory: str, index: int) -> str:
+    """
+    Where worker C{index} serves its own C{/metrics} to the parent, which
+    adds up every worker's on the C{--metrics-port} scrape.
+    """
+    return os.path.join(directory, f"metrics{index}.sock")
+
+
 def worker_route_of(environ, reactor: Any):
     """
     This worker's L{WorkerRoute}, or L{None} in a process that is no worker.
@@ -303,6 +311,14 @@ class WorkersService(Service):
         )
         self.workers[index] = worker
         _log.info("worker {index} started (pid {pid}, node {node})", index=index, pid=process.pid, node=node_id)
+
+    def metrics_sockets(self) -> list[str]:
+        """
+        The metrics sockets of the running workers.
+        """
+        if self.directory is None:
+            return []
+        return [metrics_socket_path(self.directory, index) for index in sorted(self.workers)]
 
     def worker_ended(self, worker: _Worker, status: Any) -> None:
         if self.workers.get(worker.index) is worker:

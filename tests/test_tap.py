@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.application.service import IServiceMaker
 
 from signaling import tap
+from signaling.metrics import WorkersMetricsResource
 
 
 def parse(*argv, environ=None):
@@ -236,13 +237,12 @@ class ClusterOptionsTests(SynchronousTestCase):
 
 
 class OperationsOptionsTests(SynchronousTestCase):
-    def test_metrics_port_is_refused_with_workers(self):
+    def test_metrics_port_with_workers_is_the_parents(self):
         """
-        --metrics-port with --workers stops with one line: each worker has
-        its own hub, and one scrape for all of them is not done yet.
+        --metrics-port with --workers is served by the parent, which asks
+        its workers; it has no hub of its own to count.
         """
-        error = self.assertRaises(
-            SystemExit, tap.make_service,
-            parse("--workers", "2", "--metrics-port", "tcp:0"), MemoryReactorClock(),
-        )
-        self.assertEqual(str(error.code), "twistd signaling: --metrics-port does not work with --workers yet")
+        top = tap.make_service(parse("--workers", "2", "--metrics-port", "tcp:0"), MemoryReactorClock())
+        listeners = [service for service in top if isinstance(service, tap.MetricsListener)]
+        self.assertEqual(len(listeners), 1)
+        self.assertIsInstance(listeners[0].factory.resource.children[b"metrics"], WorkersMetricsResource)

@@ -226,3 +226,38 @@ def test_polling_sessions_across_workers(tmp_path):
         for client, _ in clients:
             client.disconnect()
         server.stop()
+
+
+def test_one_scrape_counts_every_worker(tmp_path):
+    """
+    With --workers 2, one scrape of --metrics-port covers both workers:
+    every peer is counted once, whichever worker holds it.
+    """
+    from .test_operations_real import scrape
+
+    server = start_workers(tmp_path / "twistd.log", "--metrics-port", "tcp:0:interface=127.0.0.1")
+    peers = []
+    try:
+        held_by = set()
+        while len(held_by) < 2 and len(peers) < 90:
+            peers.append(NativePeer(server))
+            held_by.add(wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0])
+            if len(held_by) < 2:
+                time.sleep(0.02)
+        assert held_by == {"0", "1"}
+        for peer in peers:
+            peer.join("m")
+        wait_room([server], "m", len(peers))
+        samples = scrape(server)
+        assert samples["signaling_peers"] == len(peers)
+        assert samples["signaling_peers_in_rooms"] == len(peers)
+        assert samples['signaling_connections{dialect="native",transport="websocket"}'] == len(peers)
+        # Both workers' histograms, added up: one lag sample per worker at least.
+        assert samples["signaling_reactor_lag_seconds_count"] >= 2
+        # Each worker's mirrors of the other's peers are not counted again.
+        assert not [name for name in samples if 'transport="remote"' in name]
+        assert len([line for line in server.log().splitlines() if "signaling metrics on" in line]) == 1
+    finally:
+        for peer in peers:
+            peer.close()
+        server.stop()
