@@ -42,6 +42,7 @@ _PAUSE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 #: What C{generate_latest} writes (newer prometheus_client name it
 #: C{CONTENT_TYPE_PLAIN_0_0_4}; 0.20 does not).
 _TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
+_BUS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -102,6 +103,38 @@ class HubCollector:
         )
 
 
+class BusCollector:
+    """
+    The Redis bus's counts, read at each scrape; no node ids as labels.
+    """
+
+    def __init__(self, bus: Any) -> None:
+        """
+        :param bus: The node's L{signaling.cluster.bus.RedisBus}.
+        """
+        self.bus = bus
+
+    def collect(self) -> Iterator[Any]:
+        bus = self.bus
+        yield CounterMetricFamily(
+            "signaling_bus_published", "Envelopes this node published to other nodes.",
+            value=bus.published,
+        )
+        yield CounterMetricFamily(
+            "signaling_bus_publish_dropped",
+            "Envelopes published that no node got (it is gone, or Redis is away).",
+            value=bus.publish_dropped,
+        )
+        yield CounterMetricFamily(
+            "signaling_bus_reconnects", "Reconnections to Redis after it was lost.",
+            value=bus.reconnects,
+        )
+        yield GaugeMetricFamily(
+            "signaling_bus_nodes_alive", "Live nodes of the cluster at the last heartbeat.",
+            value=bus.nodes_alive,
+        )
+
+
 def _by_label(name: str, documentation: str, label: str, table: dict[str, int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=[label])
     for value, count in sorted(table.items()):
@@ -114,7 +147,11 @@ class MetricsService(Service):
     Keeps the registry's histograms fed while the server runs.
     """
 
-    def __init__(self, reactor: Any, hub: Hub) -> None:
+    def __init__(self, reactor: Any, hub: Hub, bus: Any = None) -> None:
+        """
+        :param bus: The node's L{signaling.cluster.bus.RedisBus}, if it is
+            a node of a cluster.
+        """
         self.reactor = reactor
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(HubCollector(hub))
@@ -127,6 +164,14 @@ class MetricsService(Service):
             "How late a timer fires: how long an arriving frame may wait to be read and relayed.",
             buckets=_LAG_BUCKETS, registry=self.registry,
         )
+        if bus is not None:
+            self.registry.register(BusCollector(bus))
+            bus.probe_observer = Histogram(
+                "signaling_bus_latency_seconds",
+                "Time of a probe envelope through Redis, from this node's publishing "
+                "connection to its subscription, once a heartbeat.",
+                buckets=_BUS_BUCKETS, registry=self.registry,
+            ).observe
         self._gc_started: float | None = None
         self._lag_loop: LoopingCall | None = None
         self._lag_due = 0.0
@@ -261,7 +306,9 @@ class _UnixEndpoints:
 #: Gauges that are the same on every node of a cluster (each hub mirrors
 #: the others' peers and rooms): the workers' sum would count each peer
 #: once per worker, so their merge takes the largest.
-CLUSTER_VIEWS = frozenset({"signaling_peers", "signaling_peers_in_rooms", "signaling_rooms"})
+CLUSTER_VIEWS = frozenset(
+    {"signaling_peers", "signaling_peers_in_rooms", "signaling_rooms", "signaling_bus_nodes_alive"}
+)
 
 
 class _Merged:

@@ -744,7 +744,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             workers.LocalSocketService(reactor, route.socket_path(), Site(site.resource())).setServiceParent(listeners)
             if options["metrics-port"]:
                 # The parent holds --metrics-port and asks each worker here.
-                metrics = MetricsService(reactor, hub)
+                metrics = MetricsService(reactor, hub, link.bus if link is not None else None)
                 metrics.setServiceParent(top)
                 workers.LocalSocketService(
                     reactor, workers.metrics_socket_path(route.directory, route.index), metrics.worker_site()
@@ -758,7 +758,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         )
         listener.setServiceParent(listeners)
     if options["metrics-port"]:
-        metrics = MetricsService(reactor, hub)
+        metrics = MetricsService(reactor, hub, link.bus if link is not None else None)
         metrics.setServiceParent(top)
         MetricsListener(
             endpoint_for(reactor, options["metrics-port"], options),

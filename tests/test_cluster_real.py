@@ -391,3 +391,39 @@ def test_a_stalled_node_is_cut_off_and_comes_back(tmp_path):
         here.close()
         there.close()
         cluster.stop()
+
+
+def test_bus_metrics_of_a_node(tmp_path):
+    """
+    A node of a 2-node cluster counts on /metrics what it published to the
+    other node, the live nodes, Redis reconnections and the time of its
+    probes through Redis; no label names a peer or a node.
+    """
+    from .test_operations_real import scrape
+
+    cluster = Cluster(tmp_path, "--metrics-port", "tcp:0:interface=127.0.0.1").start(2)
+    one, two = cluster.nodes
+    here, there = NativePeer(one), NativePeer(two)
+    try:
+        here.join("bus")
+        there.join("bus")
+        wait_room(cluster.nodes, "bus", 2)
+        before = scrape(one)["signaling_bus_published_total"]
+        here.offer("bus", there.id, {"n": 1})
+        assert _next_of_type(there, "offer")["payload"] == {"n": 1}
+        samples = wait_for(lambda: (lambda s: s.get("signaling_bus_latency_seconds_count", 0) >= 1 and s)(scrape(one)))
+        assert samples["signaling_bus_published_total"] >= before + 1
+        assert samples["signaling_bus_publish_dropped_total"] == 0
+        assert samples["signaling_bus_nodes_alive"] == 2
+        assert samples["signaling_bus_reconnects_total"] == 0
+        assert samples['signaling_bus_latency_seconds_bucket{le="+Inf"}'] >= 1
+        names = " ".join(samples)
+        assert here.id not in names and there.id not in names and "node2" not in names
+        cluster.redis.stop()
+        time.sleep(0.3)
+        cluster.redis.start()
+        wait_for(lambda: scrape(one)["signaling_bus_reconnects_total"] >= 1)
+    finally:
+        here.close()
+        there.close()
+        cluster.stop()

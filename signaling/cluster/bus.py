@@ -77,6 +77,9 @@ ALLOCATE_ATTEMPTS = 16
 #: The envelope kind of the announcement of a reaped node, sent to every
 #: other node; never a dialect's kind.
 NODE_DEAD = "bus:node-dead"
+#: The envelope kind of the latency probe a node sends itself at every
+#: heartbeat; it never leaves the node's own channel.
+PROBE = "bus:probe"
 
 _ERRORS: dict[str, type[HubError]] = {
     "room-full": RoomFull,
@@ -234,6 +237,15 @@ class RedisBus:
     _holdings: dict[str, _Holding] = attrs.Factory(dict)
     #: Peers released while Redis was away, released again by the heartbeat.
     _unreleased: set[str] = attrs.Factory(set)
+    #: For /metrics, integer counts only: envelopes published, those no
+    #: node got (gone, or Redis away), reconnections to Redis, and the live
+    #: nodes at the last heartbeat.
+    published: int = 0
+    publish_dropped: int = 0
+    reconnects: int = 0
+    nodes_alive: int = 0
+    #: Called with each probe's seconds through Redis, if set.
+    probe_observer: Callable[[float], None] | None = None
     _log = Logger()
 
     # lifetime
@@ -387,10 +399,22 @@ class RedisBus:
         Like L{send}, for an envelope encoded once for several nodes.
         """
         connection = self._connection(self._publisher)
+        self.published += 1
         if connection is None:
+            self.publish_dropped += 1
             return defer.succeed(False)
         published = connection.publish(self.channel(node_id), data)
-        return published.addCallbacks(lambda receivers: receivers > 0, lambda _: False)
+        return published.addCallbacks(self._delivered, self._not_delivered)
+
+    def _delivered(self, receivers: int) -> bool:
+        if receivers > 0:
+            return True
+        self.publish_dropped += 1
+        return False
+
+    def _not_delivered(self, failure: Failure) -> bool:
+        self.publish_dropped += 1
+        return False
 
     def _received(self, data: bytes) -> None:
         try:
@@ -405,6 +429,10 @@ class RedisBus:
                 self._log.warn("dropped a malformed node death: {error}", error=str(error))
                 return
             self._tell_dead(death)
+            return
+        if envelope.kind == PROBE:
+            if self.probe_observer is not None and isinstance(envelope.payload, (int, float)):
+                self.probe_observer(max(0.0, self.reactor.seconds() - envelope.payload))
             return
         for callback in self._envelope_callbacks:
             try:
@@ -437,6 +465,9 @@ class RedisBus:
             for peer_id in list(self._unreleased):
                 yield self._release(peer_id)
             deaths = yield self._reap()
+            self.nodes_alive = len((yield self.nodes()))
+            if self.probe_observer is not None:
+                self._probe()
             if not self.available:
                 self.available = True
                 self._log.info(
@@ -456,6 +487,18 @@ class RedisBus:
                 )
         except Exception:
             self._log.failure("heartbeat failed")
+
+    def _probe(self) -> None:
+        """
+        Time one envelope through Redis, from this node's publishing
+        connection to its own subscription: the path, and the one clock,
+        of a message between two nodes, without a timestamp in every
+        relayed envelope.
+        """
+        probe = encode_envelope(Envelope(PROBE, None, None, (), self.reactor.seconds()))
+        connection = self._connection(self._publisher)
+        if connection is not None:
+            connection.publish(self.channel(self.node_id), probe).addErrback(lambda _: None)
 
     @defer.inlineCallbacks
     def _reap(self):
@@ -522,6 +565,7 @@ class RedisBus:
         elif self._heartbeat is not None:
             # A reconnect: Redis may have restarted empty; check at once
             # rather than at the next heartbeat.
+            self.reconnects += 1
             self._beat()
             for callback in self._reconnected_callbacks:
                 try:
