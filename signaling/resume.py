@@ -182,7 +182,10 @@ class ResumableConnection:
         self.socket: Any = None
         self.ended = False
         self.next_seq = 1
-        self._kept: collections.deque[tuple[int, bytes]] = collections.deque()
+        # The frames not acknowledged yet, oldest first. Their numbers run
+        # without a gap up to next_seq - 1, so only the frames are kept: no
+        # tuple or number per message for the garbage collector to scan.
+        self._kept: collections.deque[bytes] = collections.deque()
         self._kept_bytes = 0
         self._grace: IDelayedCall | None = None
 
@@ -224,7 +227,7 @@ class ResumableConnection:
             # its number is given to the next one.
             self.socket.send(frame)
         self.next_seq = seq + 1
-        self._keep(seq, frame)
+        self._keep(frame)
 
     def close(self, reason: CloseReason) -> None:
         """
@@ -256,7 +259,7 @@ class ResumableConnection:
         Send what the client has not acknowledged, in order.
         """
         socket = self.socket
-        for seq, frame in list(self._kept):
+        for seq, frame in self._numbered():
             try:
                 socket.send(frame)
             except DeliveryRefused:
@@ -299,7 +302,7 @@ class ResumableConnection:
             socket.fail(CLOSE_TAKEN_OVER, "taken over by a resumed session")
         state = {
             "next_seq": self.next_seq,
-            "kept": [[seq, frame.decode("utf-8")] for seq, frame in self._kept],
+            "kept": [[seq, frame.decode("utf-8")] for seq, frame in self._numbered()],
             "expires": self.expires,
         }
         self._end()
@@ -323,8 +326,12 @@ class ResumableConnection:
         session = cls(hub, store, settings, render)
         try:
             session.next_seq = int(state["next_seq"])
-            for seq, frame in state["kept"]:
-                session._keep(int(seq), frame.encode("utf-8"))
+            kept = state["kept"]
+            first = session.next_seq - len(kept)
+            for offset, (seq, frame) in enumerate(kept):
+                if int(seq) != first + offset:
+                    raise ValueError("the kept events are not numbered without a gap")
+                session._keep(frame.encode("utf-8"))
             expires = state.get("expires")
             session.expires = None if expires is None else float(expires)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -337,8 +344,8 @@ class ResumableConnection:
         The client processed every event up to C{seq}: forget them.
         """
         kept = self._kept
-        while kept and kept[0][0] <= seq:
-            self._kept_bytes -= len(kept.popleft()[1])
+        for _ in range(min(len(kept), seq - (self.next_seq - len(kept)) + 1)):
+            self._kept_bytes -= len(kept.popleft())
 
     def end(self) -> None:
         """
@@ -356,9 +363,19 @@ class ResumableConnection:
             and self._kept_bytes + size <= settings.max_bytes
         )
 
-    def _keep(self, seq: int, frame: bytes) -> None:
+    def _numbered(self) -> list[tuple[int, bytes]]:
+        """
+        The kept frames with their numbers, oldest first.
+        """
+        first = self.next_seq - len(self._kept)
+        return [(first + offset, frame) for offset, frame in enumerate(self._kept)]
+
+    def _keep(self, frame: bytes) -> None:
+        """
+        Keep C{frame}, numbered C{next_seq - 1}, until it is acknowledged.
+        """
         kept = self._kept
-        kept.append((seq, frame))
+        kept.append(frame)
         self._kept_bytes += len(frame)
         # While connected, the oldest unacknowledged events give way: they
         # reached the socket, and a client that acknowledges keeps few.
@@ -366,7 +383,7 @@ class ResumableConnection:
         while len(kept) > 1 and (
             len(kept) > settings.max_messages or self._kept_bytes > settings.max_bytes
         ):
-            self._kept_bytes -= len(kept.popleft()[1])
+            self._kept_bytes -= len(kept.popleft())
 
     def _expire(self) -> None:
         self._grace = None
