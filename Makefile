@@ -23,9 +23,11 @@ test: $(STAMP)
 test-trial: $(STAMP)
 	$(BIN)/python -m twisted.trial tests
 
-# Lint rules in pyproject.toml ([tool.ruff.lint]); formatting is not checked yet.
+# Lint rules and formatting in pyproject.toml ([tool.ruff]); "ruff format ."
+# fixes what the second command finds.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The benchmark against the naive relay (docs/performance.rst); needs Node
 # and npm. BENCH_ARGS=--full for the long run, e.g. --scenarios relay --repeat 3.

@@ -31,7 +31,9 @@ from twisted.internet.testing import StringTransport
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SDP = ("a=candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host generation 0\r\n" * 16)[:1000]
+SDP = ("a=candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host generation 0\r\n" * 16)[
+    :1000
+]
 
 
 def client_frame(payload: bytes) -> bytes:
@@ -135,11 +137,21 @@ def run(server: str, dialect: str, count: int, fast_paths: bool = True) -> float
         b_id = b.take()[0]["peerId"]
         a.send({"type": "join", "room": "r"})
         b.send({"type": "join", "room": "r"})
-        message = {"type": "offer", "room": "r", "to": b_id, "payload": {"t": 1.5, "sdp": SDP}}
+        message = {
+            "type": "offer",
+            "room": "r",
+            "to": b_id,
+            "payload": {"t": 1.5, "sdp": SDP},
+        }
     else:
         a, b = Client(factory, "/ws/r"), Client(factory, "/ws/r")
         b_id = b.take()[0]["selfId"]
-        message = {"type": "offer", "to": b_id, "payload": {"t": 1.5, "sdp": SDP}, "msgId": "m"}
+        message = {
+            "type": "offer",
+            "to": b_id,
+            "payload": {"t": 1.5, "sdp": SDP},
+            "msgId": "m",
+        }
     a.take()
     b.take()
     # Frames are built (and masked) before the clock starts.
@@ -164,7 +176,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("-n", type=int, default=50000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--no-fast-paths", dest="fast_paths", action="store_false",
+        "--no-fast-paths",
+        dest="fast_paths",
+        action="store_false",
         help="measure our server on plain Autobahn (signaling/fastpath.py off)",
     )
     options = parser.parse_args(argv)

@@ -37,7 +37,7 @@ class RelayProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         if request.path.startswith("/ws/"):
-            self.topic = request.path[len("/ws/"):]
+            self.topic = request.path[len("/ws/") :]
 
     def onOpen(self):
         self.peer_id = uuid.uuid4().hex
@@ -85,7 +85,11 @@ class RelayProtocol(WebSocketServerProtocol):
             )
             for other in members:
                 peers[other].send_json(
-                    {"type": "peer-joined", "room": room, "peer": {"id": self.peer_id, "metadata": {}}}
+                    {
+                        "type": "peer-joined",
+                        "room": room,
+                        "peer": {"id": self.peer_id, "metadata": {}},
+                    }
                 )
             members.add(self.peer_id)
             self.my_rooms.add(room)
@@ -102,7 +106,11 @@ class RelayProtocol(WebSocketServerProtocol):
             rooms.pop(room, None)
         for other in members:
             if self.topic is None:
-                event = {"type": "peer-left", "room": room, "peer": {"id": self.peer_id, "metadata": {}}}
+                event = {
+                    "type": "peer-left",
+                    "room": room,
+                    "peer": {"id": self.peer_id, "metadata": {}},
+                }
             else:
                 event = {"type": "peer-left", "peerId": self.peer_id}
             peers[other].send_json(event)
@@ -145,8 +153,12 @@ def main(argv: list[str]) -> None:
     api = Resource()
     api.putChild(b"stats", Stats())
     root.putChild(b"api", api)
-    port = reactor.listenTCP(options.port, Site(root), backlog=1024, interface="127.0.0.1")
-    print(f"reference relay listening on ws://127.0.0.1:{port.getHost().port}", flush=True)
+    port = reactor.listenTCP(
+        options.port, Site(root), backlog=1024, interface="127.0.0.1"
+    )
+    print(
+        f"reference relay listening on ws://127.0.0.1:{port.getHost().port}", flush=True
+    )
     reactor.run()
 
 

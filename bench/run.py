@@ -139,19 +139,30 @@ class Server:
         if self.name == "signaling":
             twistd = str(Path(sys.executable).with_name("twistd"))
             return [
-                twistd, "-n", "--pidfile=", "signaling",
-                "--port", "tcp:0:interface=127.0.0.1",
-                "--ping-interval", "0",
-                "--max-peers-per-room", "0",
-                "--max-rooms-per-peer", "0",
+                twistd,
+                "-n",
+                "--pidfile=",
+                "signaling",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--ping-interval",
+                "0",
+                "--max-peers-per-room",
+                "0",
+                "--max-rooms-per-peer",
+                "0",
                 # The load generator sends far faster than any signaling
                 # client; the per-connection rate limit would cap it.
-                "--max-message-rate", "0",
+                "--max-message-rate",
+                "0",
                 # Every peer of the load generator comes from one address.
-                "--max-connections-per-address", "0",
-                "--max-new-connections-per-address", "0",
+                "--max-connections-per-address",
+                "0",
+                "--max-new-connections-per-address",
+                "0",
                 # Idle peers of the connections scenario must not be swept.
-                "--stale-timeout", "0",
+                "--stale-timeout",
+                "0",
                 *SIGNALING_ARGS,
             ]
         if self.name == "reference":
@@ -261,11 +272,24 @@ class ClusterServers:
     def start(self) -> str:
         sock = self.directory / "redis.sock"
         self.redis = subprocess.Popen(
-            _pinned(self.cpu, [
-                shutil.which("redis-server") or "redis-server", "--port", "0",
-                "--unixsocket", str(sock), "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-            ]),
+            _pinned(
+                self.cpu,
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(sock),
+                    "--unixsocketperm",
+                    "700",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                ],
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -300,15 +324,29 @@ class ClusterServers:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def run_loadgen(server: Server, url: str, cpu: int | None, settings: dict[str, Any]) -> dict[str, Any]:
+def run_loadgen(
+    server: Server, url: str, cpu: int | None, settings: dict[str, Any]
+) -> dict[str, Any]:
     """
     Run one scenario against C{server}; read its /proc figures at each mark.
     """
     timeout = settings["timeout"]
     generator = subprocess.Popen(
-        _pinned(cpu, ["node", *NODE_FLAGS, str(BENCH / "loadgen.js"), json.dumps({
-            "url": url, **settings, **(SIGNALING_QUERY if server.name == "signaling" else {})
-        })]),
+        _pinned(
+            cpu,
+            [
+                "node",
+                *NODE_FLAGS,
+                str(BENCH / "loadgen.js"),
+                json.dumps(
+                    {
+                        "url": url,
+                        **settings,
+                        **(SIGNALING_QUERY if server.name == "signaling" else {}),
+                    }
+                ),
+            ],
+        ),
         cwd=BENCH,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -372,7 +410,12 @@ def _settled_stats(server: Server) -> dict[str, Any] | None:
 
 
 def measure(
-    name: str, dialect: str, scenario: str, settings: dict[str, Any], cpus, profile: bool = False
+    name: str,
+    dialect: str,
+    scenario: str,
+    settings: dict[str, Any],
+    cpus,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """
     One scenario against a fresh server; the JSON line's content.
@@ -380,7 +423,11 @@ def measure(
     :param profile: Sample the server with py-spy into bench/results/.
     """
     label = f"{name}-{dialect}-{scenario}"
-    server = ClusterServers(cpus[0], label) if name == "cluster" else Server(name, cpus[0], label)
+    server = (
+        ClusterServers(cpus[0], label)
+        if name == "cluster"
+        else Server(name, cpus[0], label)
+    )
     url = server.start()
     if name == "cluster":
         settings = {**settings, "url_b": server.url_b}
@@ -390,14 +437,24 @@ def measure(
         if profile and name not in ("peerjs", *MULTI_PROCESS):
             profiler = subprocess.Popen(
                 [
-                    str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
-                    "--pid", str(server.process.pid), "--rate", "400", "--format", "raw",
-                    "--output", str(RESULTS / f"{label}.profile.txt"),
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--nonblocking",
+                    "--pid",
+                    str(server.process.pid),
+                    "--rate",
+                    "400",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(RESULTS / f"{label}.profile.txt"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        run = run_loadgen(server, url, cpus[1], {**settings, "dialect": dialect, "scenario": scenario})
+        run = run_loadgen(
+            server, url, cpus[1], {**settings, "dialect": dialect, "scenario": scenario}
+        )
     finally:
         if profiler is not None and profiler.poll() is None:
             # py-spy writes its output when interrupted.
@@ -406,7 +463,12 @@ def measure(
         server.stop()
     result = run["result"]
     marks = run["marks"]
-    line: dict[str, Any] = {"scenario": scenario, "server": name, "dialect": dialect, **result}
+    line: dict[str, Any] = {
+        "scenario": scenario,
+        "server": name,
+        "dialect": dialect,
+        **result,
+    }
     if scenario in ("relay", "rate", "mesh"):
         start, end = marks["start"], marks["end"]
         cpu = end["cpu"] - start["cpu"]
@@ -417,19 +479,27 @@ def measure(
         # The share of the run the server was ready but another process had
         # its core: a run with much of it was disturbed.
         line["server_waiting"] = round((end["waited"] - start["waited"]) / wall, 3)
-        line["generator_cpu_busy"] = round((end["generator_cpu"] - start["generator_cpu"]) / wall, 3)
-        line["server_cpu_us_per_msg"] = round(cpu * 1e6 / messages, 2) if messages else None
+        line["generator_cpu_busy"] = round(
+            (end["generator_cpu"] - start["generator_cpu"]) / wall, 3
+        )
+        line["server_cpu_us_per_msg"] = (
+            round(cpu * 1e6 / messages, 2) if messages else None
+        )
         line["server_rss_mb"] = round(end["rss"] / 2**20, 1)
     elif scenario == "connections":
         start, connected = marks["start"], marks["connected"]
         joined = connected.get("peers") or 0
         line["server_waiting"] = round(
-            (connected["waited"] - start["waited"]) / max(connected["wall"] - start["wall"], 1e-9), 3
+            (connected["waited"] - start["waited"])
+            / max(connected["wall"] - start["wall"], 1e-9),
+            3,
         )
         line["server_rss_idle_mb"] = round(start["rss"] / 2**20, 1)
         line["server_rss_connected_mb"] = round(connected["rss"] / 2**20, 1)
         line["rss_per_peer_kb"] = (
-            round((connected["rss"] - start["rss"]) / joined / 1024, 2) if joined else None
+            round((connected["rss"] - start["rss"]) / joined / 1024, 2)
+            if joined
+            else None
         )
     elif scenario == "churn":
         settled, done = marks["settled"], marks["done"]
@@ -497,7 +567,9 @@ def table(lines: list[dict[str, Any]]) -> str:
         # disturbed by other work on the machine).
         if previous is None or _score(line) > _score(previous):
             best[key] = line
-    dialects = sorted({line["dialect"] for line in lines if line["dialect"] != "peerjs"})
+    dialects = sorted(
+        {line["dialect"] for line in lines if line["dialect"] != "peerjs"}
+    )
     header = f"{'scenario':<12} {'dialect':<8} {'metric':<24} {'signaling':>11} {'reference':>11} {'ratio':>7} {'target':>11} {'peerjs':>10}"
     out = [header, "-" * len(header)]
     for scenario, metric, better, target in ROWS:
@@ -507,7 +579,11 @@ def table(lines: list[dict[str, Any]]) -> str:
             if ours is None and theirs is None:
                 continue
             a, b = _metric(ours, metric), _metric(theirs, metric)
-            ratio = a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+            ratio = (
+                a / b
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b
+                else None
+            )
             verdict = ""
             sign = "≥" if better == "higher" else "≤"
             if isinstance(target, tuple):
@@ -569,11 +645,17 @@ def multi_process_table(lines: list[dict[str, Any]]) -> str:
         if ours is None:
             continue
         verdict = ""
-        if goal is not None and isinstance(ours, (int, float)) and isinstance(single, (int, float)):
+        if (
+            goal is not None
+            and isinstance(ours, (int, float))
+            and isinstance(single, (int, float))
+        ):
             kind, limit = goal
             met = ours <= single + limit if kind == "+" else ours <= single * limit
             verdict = f"{kind}{limit} {'ok' if met else 'MISS'}"
-        out.append(f"{scenario:<8} {metric:<24} {server:<9} {_format(ours):>9} {_format(single):>9} {verdict:>14}")
+        out.append(
+            f"{scenario:<8} {metric:<24} {server:<9} {_format(ours):>9} {_format(single):>9} {verdict:>14}"
+        )
     return "\n".join(out)
 
 
@@ -605,22 +687,62 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--full", action="store_true", help="the long run: 19,000 peers, 10,000 churn cycles, 10 s relays")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the long run: 19,000 peers, 10,000 churn cycles, 10 s relays",
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--servers", default="signaling,reference,peerjs,cluster,workers2,workers1")
+    parser.add_argument(
+        "--servers", default="signaling,reference,peerjs,cluster,workers2,workers1"
+    )
     parser.add_argument("--dialects", default="native,topic")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each relay/rate scenario; the best is tabled")
-    parser.add_argument("--profile", action="store_true", help="sample the Python servers with py-spy (pip install py-spy) into bench/results/")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="environment variable for the servers")
-    parser.add_argument("--node-flag", action="append", default=[], help="flag for the load generator's node, e.g. --node-flag=--trace-gc")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a load setting, e.g. --set pairs=100")
-    parser.add_argument("--auth", action="store_true", help="run our server with --auth required; every peer presents a token (?token=)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each relay/rate scenario; the best is tabled",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the Python servers with py-spy (pip install py-spy) into bench/results/",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the servers",
+    )
+    parser.add_argument(
+        "--node-flag",
+        action="append",
+        default=[],
+        help="flag for the load generator's node, e.g. --node-flag=--trace-gc",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a load setting, e.g. --set pairs=100",
+    )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="run our server with --auth required; every peer presents a token (?token=)",
+    )
     options = parser.parse_args(argv)
     if options.auth:
         import jwt
 
         SIGNALING_ARGS.extend(["--auth", "required", "--jwt-secret", BENCH_SECRET])
-        token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 86400}, BENCH_SECRET, algorithm="HS256")
+        token = jwt.encode(
+            {"sub": "bench", "exp": int(time.time()) + 86400},
+            BENCH_SECRET,
+            algorithm="HS256",
+        )
         SIGNALING_QUERY["query"] = "?token=" + token
 
     _raise_fd_limit()
@@ -637,10 +759,15 @@ def main(argv: list[str]) -> int:
     servers = [s for s in options.servers.split(",") if s]
     if "peerjs" in servers and shutil.which("node") is None:
         servers.remove("peerjs")
-    about = {"machine": {**machine(), "pinned": cpus[0] is not None}, "settings": settings}
+    about = {
+        "machine": {**machine(), "pinned": cpus[0] is not None},
+        "settings": settings,
+    }
     print(json.dumps(about), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    record = open(RESULTS / time.strftime("bench-%Y%m%dT%H%M%S.jsonl", time.gmtime()), "w")
+    record = open(
+        RESULTS / time.strftime("bench-%Y%m%dT%H%M%S.jsonl", time.gmtime()), "w"
+    )
     record.write(json.dumps(about) + "\n")
     lines = []
     for scenario in options.scenarios.split(","):
@@ -661,9 +788,16 @@ def main(argv: list[str]) -> int:
                     dialects = options.dialects.split(",")
                 for dialect in dialects:
                     try:
-                        line = measure(name, dialect, scenario, settings, cpus, options.profile)
+                        line = measure(
+                            name, dialect, scenario, settings, cpus, options.profile
+                        )
                     except Exception as error:
-                        line = {"scenario": scenario, "server": name, "dialect": dialect, "error": str(error)[-500:]}
+                        line = {
+                            "scenario": scenario,
+                            "server": name,
+                            "dialect": dialect,
+                            "error": str(error)[-500:],
+                        }
                     print(json.dumps(line), flush=True)
                     record.write(json.dumps(line) + "\n")
                     lines.append(line)

@@ -116,7 +116,8 @@ def use_loopback_only() -> None:
 async def main(url: str, room: str, text: str, timeout: float) -> None:
     joined = asyncio.Event()
     received, echo = await asyncio.wait_for(
-        asyncio.gather(callee(url, room, joined), caller(url, room, joined, text)), timeout
+        asyncio.gather(callee(url, room, joined), caller(url, room, joined, text)),
+        timeout,
     )
     print(f"callee received over the data channel: {received}")
     print(f"caller received over the data channel: {echo}")
@@ -136,4 +137,6 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.loopback:
         use_loopback_only()
-    asyncio.run(main(arguments.url, arguments.room, arguments.message, arguments.timeout))
+    asyncio.run(
+        main(arguments.url, arguments.room, arguments.message, arguments.timeout)
+    )

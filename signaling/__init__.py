@@ -9,8 +9,21 @@ checks it.
 """
 
 from .errors import HubError
-from .hub import CloseReason, Hub, HubLimits, IPeerConnection, Member, Peer, PeerJoined, PeerLeft, Profile, Room, Signal
+from .hub import (
+    CloseReason,
+    Hub,
+    HubLimits,
+    IPeerConnection,
+    Member,
+    Peer,
+    PeerJoined,
+    PeerLeft,
+    Profile,
+    Room,
+    Signal,
+)
 from .ids import IdShape, IdSource
+
 
 def _version() -> str:
     # One version: pyproject.toml's, as the installed metadata has it.

@@ -105,10 +105,14 @@ class TokenVerifier:
         if isinstance(key, rsa.RSAPublicKey):
             return cls(key=key, algorithms=("RS256",))
         if isinstance(key, ec.EllipticCurvePublicKey):
-            return cls(key=key, algorithms=(_EC_ALGORITHMS.get(key.curve.name, "ES256"),))
+            return cls(
+                key=key, algorithms=(_EC_ALGORITHMS.get(key.curve.name, "ES256"),)
+            )
         if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
             return cls(key=key, algorithms=("EdDSA",))
-        raise UnusableKey("the public key must be RSA (RS256), EC (ES256) or Ed25519 (EdDSA)")
+        raise UnusableKey(
+            "the public key must be RSA (RS256), EC (ES256) or Ed25519 (EdDSA)"
+        )
 
     def verify(self, token: object, now: float) -> Mapping[str, Any]:
         """
@@ -124,7 +128,12 @@ class TokenVerifier:
                 token,
                 self.key,
                 algorithms=list(self.algorithms),
-                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
+                options={
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                },
             )
         except jwt.InvalidTokenError as error:
             raise InvalidToken(f"invalid token: {error}")
@@ -132,7 +141,9 @@ class TokenVerifier:
             raise InvalidToken("invalid token: the claims must be an object")
         for claim in ("exp", "nbf", "iat"):
             value = claims.get(claim)
-            if claim in claims and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            if claim in claims and (
+                not isinstance(value, (int, float)) or isinstance(value, bool)
+            ):
                 raise InvalidToken(f"invalid token: {claim!r} must be a number")
         if "exp" in claims and now > claims["exp"] + LEEWAY:
             raise InvalidToken("the token has expired")
@@ -186,7 +197,9 @@ def _room_grants(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
     grants = claims["rooms"]
     if isinstance(grants, str):
         grants = [grants]
-    if not isinstance(grants, list) or not all(isinstance(g, str) and g for g in grants):
+    if not isinstance(grants, list) or not all(
+        isinstance(g, str) and g for g in grants
+    ):
         raise InvalidToken("invalid token: 'rooms' must be a list of room names")
     return tuple(grants)
 
@@ -223,8 +236,14 @@ class TokenLimits:
             value = limits.get(claim)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise InvalidToken(f"invalid token: limits.{claim} must be a number, 0 or more")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value < 0
+            ):
+                raise InvalidToken(
+                    f"invalid token: limits.{claim} must be a number, 0 or more"
+                )
             values[field] = kind(value)
         return cls(**values)
 
@@ -329,7 +348,9 @@ class AuthPolicy:
         except UnknownKey as unknown:
             if unknown.refreshed is None:
                 return fail(unknown)
-            return unknown.refreshed.addCallback(lambda _: self.identify(token, clock.seconds()))
+            return unknown.refreshed.addCallback(
+                lambda _: self.identify(token, clock.seconds())
+            )
         except InvalidToken:
             return fail()
 

@@ -167,7 +167,9 @@ class SignalingClient:
         self._listeners.setdefault(event_type, []).append(listener)
         return lambda: self._listeners[event_type].remove(listener)
 
-    def wait_for(self, event_type: str, predicate: Callable[[dict], bool] = lambda event: True) -> asyncio.Future:
+    def wait_for(
+        self, event_type: str, predicate: Callable[[dict], bool] = lambda event: True
+    ) -> asyncio.Future:
         """
         A future of the next event of C{event_type} that C{predicate} accepts.
         """
@@ -247,12 +249,22 @@ class SignalingClient:
                 self._set_state(State.CLOSED, code=code, reason="gave up reconnecting")
                 self._fail_pending(ConnectionError("gave up reconnecting"))
                 if not self._welcomed.done():
-                    self._welcomed.set_exception(ConnectionError(f"could not connect: {reason}"))
+                    self._welcomed.set_exception(
+                        ConnectionError(f"could not connect: {reason}")
+                    )
                 return
             delay = self.backoff.delay(self.attempt, self._random())
             self.attempt += 1
-            self._set_state(State.RECONNECTING, code=code, reason=reason, delay=delay, attempt=self.attempt)
-            self._emit("reconnecting", {"delay": delay, "attempt": self.attempt, "code": code})
+            self._set_state(
+                State.RECONNECTING,
+                code=code,
+                reason=reason,
+                delay=delay,
+                attempt=self.attempt,
+            )
+            self._emit(
+                "reconnecting", {"delay": delay, "attempt": self.attempt, "code": code}
+            )
             await self._sleep(delay)
 
     async def _open(self, url: str) -> None:
@@ -270,7 +282,10 @@ class SignalingClient:
         )
         loop = asyncio.get_running_loop()
         await loop.create_connection(
-            factory, parsed.hostname, parsed.port or (443 if secure else 80), ssl=secure or None
+            factory,
+            parsed.hostname,
+            parsed.port or (443 if secure else 80),
+            ssl=secure or None,
         )
 
     def _resume_url(self) -> str:
@@ -286,13 +301,17 @@ class SignalingClient:
             params.update(resume=self._token, last=str(self._last_seq))
         if not params:
             return self.url
-        query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
+        query = "&".join(
+            f"{name}={quote(value, safe='')}" for name, value in params.items()
+        )
         return f"{self.url}{'&' if '?' in self.url else '?'}{query}"
 
     # rooms and signals
 
     async def join(self, room: str, metadata: dict | None = None) -> dict:
-        reply = await self._request({"type": "join", "room": room, "metadata": metadata or {}})
+        reply = await self._request(
+            {"type": "join", "room": room, "metadata": metadata or {}}
+        )
         self.rooms[room] = {peer["id"]: peer["metadata"] for peer in reply["peers"]}
         self._metadata[room] = metadata or {}
         return reply
@@ -316,13 +335,19 @@ class SignalingClient:
         """
         An ICE candidate to C{to}, or to everyone in C{room} without it.
         """
-        self._send(self._addressed({"type": "candidate", "room": room, "payload": candidate}, to))
+        self._send(
+            self._addressed(
+                {"type": "candidate", "room": room, "payload": candidate}, to
+            )
+        )
 
     def send(self, room: str, payload: Any, to: str | None = None) -> None:
         """
         Application data to C{to}, or to everyone in C{room} without it.
         """
-        self._send(self._addressed({"type": "message", "room": room, "payload": payload}, to))
+        self._send(
+            self._addressed({"type": "message", "room": room, "payload": payload}, to)
+        )
 
     @staticmethod
     def _addressed(message: dict, to: str | None) -> dict:
@@ -334,7 +359,11 @@ class SignalingClient:
 
     def _send(self, message: dict) -> None:
         protocol = self._protocol
-        if self.state is State.OPEN and protocol is not None and protocol.signaling_open:
+        if (
+            self.state is State.OPEN
+            and protocol is not None
+            and protocol.signaling_open
+        ):
             protocol.sendMessage(json.dumps(message).encode("utf-8"))
         else:
             self._outbox.append(message)
@@ -417,7 +446,9 @@ class SignalingClient:
             # The server no longer had the session: join the rooms again.
             rooms = list(self._metadata.items())
             self.rooms.clear()
-            self._emit("session-lost", {"peerId": self.peer_id, "previousPeerId": previous})
+            self._emit(
+                "session-lost", {"peerId": self.peer_id, "previousPeerId": previous}
+            )
             for room, metadata in rooms:
                 asyncio.ensure_future(self._rejoin(room, metadata))
         outbox, self._outbox = self._outbox, []
@@ -430,15 +461,30 @@ class SignalingClient:
         try:
             self._emit("rejoined", await self.join(room, metadata))
         except Exception as error:
-            self._emit("error", {"code": getattr(error, "code", "internal-error"), "message": str(error), "room": room})
+            self._emit(
+                "error",
+                {
+                    "code": getattr(error, "code", "internal-error"),
+                    "message": str(error),
+                    "room": room,
+                },
+            )
 
     def _schedule_ack(self) -> None:
         if self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay, self._send_ack)
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                self.ack_delay, self._send_ack
+            )
 
     def _send_ack(self) -> None:
         self._ack_timer = None
         protocol = self._protocol
-        if self._last_seq > self._acked_seq and protocol is not None and protocol.signaling_open:
+        if (
+            self._last_seq > self._acked_seq
+            and protocol is not None
+            and protocol.signaling_open
+        ):
             self._acked_seq = self._last_seq
-            protocol.sendMessage(json.dumps({"type": "ack", "seq": self._last_seq}).encode("utf-8"))
+            protocol.sendMessage(
+                json.dumps({"type": "ack", "seq": self._last_seq}).encode("utf-8")
+            )

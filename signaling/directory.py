@@ -223,7 +223,9 @@ class Directory:
             if old_peer is not None and old_peer is not peer:
                 del self._held_by[old_peer.id]
                 self._tell(old_peer, Replaced(user_id))
-                self._log.debug("{user} taken over by {peer}", user=user_id, peer=peer.id)
+                self._log.debug(
+                    "{user} taken over by {peer}", user=user_id, peer=peer.id
+                )
         self._held_by[peer.id] = user_id
         if went_online:
             self._log.debug("{user} came online", user=user_id)
@@ -251,20 +253,28 @@ class Directory:
         if existing.peer is peer:
             # The holder itself may change its key, but not drop a proof.
             if existing.verified and not verified and existing.public_key != public_key:
-                raise ProofRequired(f"userId {user_id} must be registered with proof of its key")
+                raise ProofRequired(
+                    f"userId {user_id} must be registered with proof of its key"
+                )
             return existing
         if existing.verified:
             # Held or online, a proven key protects the userId: only proof
             # of that key takes it over.
             if not verified:
-                raise ProofRequired(f"userId {user_id} must be registered with proof of its key")
+                raise ProofRequired(
+                    f"userId {user_id} must be registered with proof of its key"
+                )
             if existing.public_key != public_key:
-                raise KeyMismatch(f"userId {user_id} is registered with another public key")
+                raise KeyMismatch(
+                    f"userId {user_id} is registered with another public key"
+                )
             return existing
         if existing.peer is None or (verified and existing.public_key == public_key):
             return existing
         if gone is None or existing.peer is not gone:
-            raise UserIdInUse(f"userId {user_id} is in use by another connection", existing.peer)
+            raise UserIdInUse(
+                f"userId {user_id} is in use by another connection", existing.peer
+            )
         return existing
 
     def unregister(self, peer: Peer) -> str | None:
@@ -325,7 +335,10 @@ class Directory:
 
     def _expire(self, registration: Registration) -> None:
         self._end_hold(registration)
-        if self._users.get(registration.user_id) is registration and registration.peer is None:
+        if (
+            self._users.get(registration.user_id) is registration
+            and registration.peer is None
+        ):
             del self._users[registration.user_id]
 
     # lookups

@@ -127,7 +127,9 @@ _off_because: str | None = None
 _create_masker = None
 
 
-def install(enabled: bool = True, versions: Versions | None = None, log: Logger = _log) -> bool:
+def install(
+    enabled: bool = True, versions: Versions | None = None, log: Logger = _log
+) -> bool:
     """
     Turn the fast paths on when C{enabled} and verified for C{versions},
     else leave Autobahn as it is, logging why once.
@@ -160,7 +162,9 @@ def install(enabled: bool = True, versions: Versions | None = None, log: Logger 
         return False
     from wsaccel.xormask import createXorMasker
 
-    _originals.update(create_xor_masker=protocol.create_xor_masker, pformat=protocol.pformat)
+    _originals.update(
+        create_xor_masker=protocol.create_xor_masker, pformat=protocol.pformat
+    )
     # Autobahn 26 builds a cffi masker per frame (about 4 us); wsaccel's
     # Cython one takes under 2. wsaccel's own patch_autobahn() targets names
     # Autobahn no longer has.
@@ -220,7 +224,6 @@ def write_through(transport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
-
 
 
 class FastPaths:
@@ -290,7 +293,9 @@ class FastPaths:
             stop = start + length
             if stop > end:
                 break
-            payload = create_masker(data[start - 4 : start], length).process(data[start:stop])
+            payload = create_masker(data[start - 4 : start], length).process(
+                data[start:stop]
+            )
             self.trafficStats.incomingOctetsWireLevel += stop - i
             i = stop
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
@@ -298,7 +303,9 @@ class FastPaths:
             self.onMessage(payload, False)
         return data[i:] if i else data
 
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
         if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
             super().sendData(data, sync, chopsize)
             return

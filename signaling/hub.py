@@ -36,6 +36,7 @@ from .metadata import MetadataLimits
 #: Room names are at most this many characters long, in every dialect.
 MAX_ROOM_NAME_LENGTH = 256
 
+
 class CloseReason(str, enum.Enum):
     """
     Why the hub removed a peer and closes its connection; each transport
@@ -258,7 +259,9 @@ class Peer:
         if grants is None:
             return True
         return any(
-            room_name.startswith(grant[:-1]) if grant.endswith("*") else room_name == grant
+            room_name.startswith(grant[:-1])
+            if grant.endswith("*")
+            else room_name == grant
             for grant in grants
         )
 
@@ -469,7 +472,9 @@ class Hub:
         room.emptied_at = None
         peer.rooms[room_name] = room
         peer.last_seen = now
-        self._tell_room(room, PeerJoined(room=room_name, member=member), exclude=peer.id)
+        self._tell_room(
+            room, PeerJoined(room=room_name, member=member), exclude=peer.id
+        )
         self._log.debug("{peer} joined {room}", peer=peer.id, room=room_name)
         return room
 

@@ -100,7 +100,10 @@ class JWKSKeys:
             return waiter
         now = self.clock.seconds()
         if not force:
-            if self._last_fetch is not None and now - self._last_fetch < self.min_interval:
+            if (
+                self._last_fetch is not None
+                and now - self._last_fetch < self.min_interval
+            ):
                 return succeed(None)
             self._last_fetch = now
         self.fetches += 1
@@ -116,7 +119,9 @@ class JWKSKeys:
                 raise ValueError(f"over {MAX_SIZE} bytes")
             keys = verifiers_of(body)
         except ValueError as error:
-            self._log.warn("the JWKS at {url} is unusable: {error}", url=self.url, error=str(error))
+            self._log.warn(
+                "the JWKS at {url} is unusable: {error}", url=self.url, error=str(error)
+            )
             return
         self.keys = {
             kid: TokenVerifier(
@@ -131,7 +136,9 @@ class JWKSKeys:
 
     def _failed(self, failure) -> None:
         self._log.warn(
-            "cannot fetch the JWKS at {url}: {error}", url=self.url, error=failure.getErrorMessage()
+            "cannot fetch the JWKS at {url}: {error}",
+            url=self.url,
+            error=failure.getErrorMessage(),
         )
 
     def _done(self, _: Any) -> None:

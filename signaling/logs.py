@@ -17,7 +17,13 @@ import txaio
 from twisted.logger import ILogObserver, LogLevel, formatEvent
 from zope.interface import directlyProvides
 
-_ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical]
+_ORDER = [
+    LogLevel.debug,
+    LogLevel.info,
+    LogLevel.warn,
+    LogLevel.error,
+    LogLevel.critical,
+]
 LEVEL_NAMES = ("debug", "info", "warn", "error")
 FORMATS = ("text", "json")
 _suppressed: frozenset = frozenset({LogLevel.debug})
@@ -52,7 +58,9 @@ class Logger(twisted.logger.Logger):
 
 
 #: Keys of an event that are the logging system's own, not the event's fields.
-_NOT_FIELDS = frozenset({"format", "message", "system", "isError", "why", "failure", "time"})
+_NOT_FIELDS = frozenset(
+    {"format", "message", "system", "isError", "why", "failure", "time"}
+)
 
 
 def json_observer(output: IO[str] | None = None) -> ILogObserver:
@@ -70,12 +78,18 @@ def json_observer(output: IO[str] | None = None) -> ILogObserver:
             "time": datetime.datetime.fromtimestamp(
                 event.get("log_time") or 0, datetime.timezone.utc
             ).isoformat(timespec="milliseconds"),
-            "level": level.name if level is not None else ("error" if event.get("isError") else "info"),
+            "level": level.name
+            if level is not None
+            else ("error" if event.get("isError") else "info"),
             "namespace": event.get("log_namespace") or event.get("system"),
             "message": formatEvent(event),
         }
         for key, value in event.items():
-            if not key.startswith("log_") and key not in _NOT_FIELDS and key not in record:
+            if (
+                not key.startswith("log_")
+                and key not in _NOT_FIELDS
+                and key not in record
+            ):
                 record[key] = value
         failure = event.get("log_failure")
         if failure is not None:

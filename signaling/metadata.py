@@ -47,13 +47,17 @@ class MetadataLimits:
         while True:
             below: list = []
             for container in level:
-                values = container.values() if isinstance(container, dict) else container
+                values = (
+                    container.values() if isinstance(container, dict) else container
+                )
                 elements += len(values)
                 if 0 < self.max_elements < elements:
                     raise InvalidMetadata(
                         f"metadata may hold at most {self.max_elements} values"
                     )
-                below.extend(value for value in values if isinstance(value, (dict, list)))
+                below.extend(
+                    value for value in values if isinstance(value, (dict, list))
+                )
             if not below:
                 break
             depth += 1

@@ -57,7 +57,8 @@ class HubCollector:
     def collect(self) -> Iterator[Any]:
         hub = self.hub
         connections = GaugeMetricFamily(
-            "signaling_connections", "Connected peers by dialect and transport.",
+            "signaling_connections",
+            "Connected peers by dialect and transport.",
             labels=["dialect", "transport"],
         )
         by_kind: dict[tuple[str, str], int] = {}
@@ -68,37 +69,50 @@ class HubCollector:
             connections.add_metric([dialect, transport], count)
         yield connections
         stats = hub.stats()
-        yield GaugeMetricFamily("signaling_peers", "Connected peers.", value=stats.peers_total)
         yield GaugeMetricFamily(
-            "signaling_peers_in_rooms", "Connected peers in at least one room.",
+            "signaling_peers", "Connected peers.", value=stats.peers_total
+        )
+        yield GaugeMetricFamily(
+            "signaling_peers_in_rooms",
+            "Connected peers in at least one room.",
             value=stats.peers_in_rooms,
         )
         yield GaugeMetricFamily("signaling_rooms", "Rooms.", value=stats.rooms_total)
         counters = hub.counters
         relayed = CounterMetricFamily(
-            "signaling_relayed", "Signals relayed, by kind and the sender's dialect.",
+            "signaling_relayed",
+            "Signals relayed, by kind and the sender's dialect.",
             labels=["kind", "dialect"],
         )
         for (kind, dialect), count in sorted(counters.relayed.items()):
             relayed.add_metric([kind, dialect], count)
         yield relayed
-        yield _by_label("signaling_errors", "Errors sent to clients, by code.", "code", counters.errors)
+        yield _by_label(
+            "signaling_errors",
+            "Errors sent to clients, by code.",
+            "code",
+            counters.errors,
+        )
         yield _by_label(
             "signaling_deliveries_refused",
             "Deliveries refused, by reason (buffer-full, closed, too-large, rate).",
-            "reason", counters.refused,
+            "reason",
+            counters.refused,
         )
         yield _by_label(
             "signaling_handshakes_refused",
             "Connections refused before they opened, by reason (origin, auth).",
-            "reason", counters.handshakes_refused,
+            "reason",
+            counters.handshakes_refused,
         )
         yield CounterMetricFamily(
-            "signaling_received_bytes", "Bytes of WebSocket messages received.",
+            "signaling_received_bytes",
+            "Bytes of WebSocket messages received.",
             value=counters.bytes_in,
         )
         yield CounterMetricFamily(
-            "signaling_sent_bytes", "Bytes of WebSocket messages sent.",
+            "signaling_sent_bytes",
+            "Bytes of WebSocket messages sent.",
             value=counters.bytes_out,
         )
 
@@ -117,7 +131,8 @@ class BusCollector:
     def collect(self) -> Iterator[Any]:
         bus = self.bus
         yield CounterMetricFamily(
-            "signaling_bus_published", "Envelopes this node published to other nodes.",
+            "signaling_bus_published",
+            "Envelopes this node published to other nodes.",
             value=bus.published,
         )
         yield CounterMetricFamily(
@@ -126,16 +141,20 @@ class BusCollector:
             value=bus.publish_dropped,
         )
         yield CounterMetricFamily(
-            "signaling_bus_reconnects", "Reconnections to Redis after it was lost.",
+            "signaling_bus_reconnects",
+            "Reconnections to Redis after it was lost.",
             value=bus.reconnects,
         )
         yield GaugeMetricFamily(
-            "signaling_bus_nodes_alive", "Live nodes of the cluster at the last heartbeat.",
+            "signaling_bus_nodes_alive",
+            "Live nodes of the cluster at the last heartbeat.",
             value=bus.nodes_alive,
         )
 
 
-def _by_label(name: str, documentation: str, label: str, table: dict[str, int]) -> CounterMetricFamily:
+def _by_label(
+    name: str, documentation: str, label: str, table: dict[str, int]
+) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=[label])
     for value, count in sorted(table.items()):
         family.add_metric([value], count)
@@ -156,13 +175,17 @@ class MetricsService(Service):
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(HubCollector(hub))
         self.gc_pauses = Histogram(
-            "signaling_gc_pause_seconds", "Pauses of the garbage collector, by generation.",
-            ["generation"], buckets=_PAUSE_BUCKETS, registry=self.registry,
+            "signaling_gc_pause_seconds",
+            "Pauses of the garbage collector, by generation.",
+            ["generation"],
+            buckets=_PAUSE_BUCKETS,
+            registry=self.registry,
         )
         self.reactor_lag = Histogram(
             "signaling_reactor_lag_seconds",
             "How late a timer fires: how long an arriving frame may wait to be read and relayed.",
-            buckets=_LAG_BUCKETS, registry=self.registry,
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
         )
         if bus is not None:
             self.registry.register(BusCollector(bus))
@@ -170,7 +193,8 @@ class MetricsService(Service):
                 "signaling_bus_latency_seconds",
                 "Time of a probe envelope through Redis, from this node's publishing "
                 "connection to its subscription, once a heartbeat.",
-                buckets=_BUS_BUCKETS, registry=self.registry,
+                buckets=_BUS_BUCKETS,
+                registry=self.registry,
             ).observe
         self._gc_started: float | None = None
         self._lag_loop: LoopingCall | None = None
@@ -254,7 +278,9 @@ class WorkersMetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, socket_paths: Callable[[], list[str]], timeout: float = 5.0) -> None:
+    def __init__(
+        self, reactor: Any, socket_paths: Callable[[], list[str]], timeout: float = 5.0
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.socket_paths = socket_paths
@@ -263,15 +289,23 @@ class WorkersMetricsResource(Resource):
     def render_GET(self, request: Any) -> Any:
         fetches = [self._fetch(path) for path in self.socket_paths()]
         done = gatherResults(fetches)
-        done.addCallback(lambda texts: generate_latest(_Merged([text for text in texts if text is not None])))
+        done.addCallback(
+            lambda texts: generate_latest(
+                _Merged([text for text in texts if text is not None])
+            )
+        )
         done.addCallback(self._write, request)
         done.addErrback(self._failed, request)
         return NOT_DONE_YET
 
     def _fetch(self, path: str) -> Deferred:
-        agent = Agent.usingEndpointFactory(self.reactor, _UnixEndpoints(self.reactor, path))
+        agent = Agent.usingEndpointFactory(
+            self.reactor, _UnixEndpoints(self.reactor, path)
+        )
         fetching = agent.request(b"GET", b"http://worker/metrics")
-        fetching.addCallback(lambda response: readBody(response) if response.code == 200 else None)
+        fetching.addCallback(
+            lambda response: readBody(response) if response.code == 200 else None
+        )
         fetching.addTimeout(self.timeout, self.reactor)
         # One worker's silence must not hide the others.
         fetching.addErrback(lambda failure: None)
@@ -307,7 +341,12 @@ class _UnixEndpoints:
 #: the others' peers and rooms): the workers' sum would count each peer
 #: once per worker, so their merge takes the largest.
 CLUSTER_VIEWS = frozenset(
-    {"signaling_peers", "signaling_peers_in_rooms", "signaling_rooms", "signaling_bus_nodes_alive"}
+    {
+        "signaling_peers",
+        "signaling_peers_in_rooms",
+        "signaling_rooms",
+        "signaling_bus_nodes_alive",
+    }
 )
 
 

@@ -109,7 +109,11 @@ class MemorySessionStore:
 
     def issue(self, session: "ResumableConnection") -> str:
         self.forget(session)
-        token = base64.urlsafe_b64encode(self.ids.random_bytes(TOKEN_BYTES)).decode("ascii").rstrip("=")
+        token = (
+            base64.urlsafe_b64encode(self.ids.random_bytes(TOKEN_BYTES))
+            .decode("ascii")
+            .rstrip("=")
+        )
         digest = _digest(token)
         self._sessions[digest] = session
         self._digests[id(session)] = digest
@@ -221,7 +225,9 @@ class ResumableConnection:
         frame = orjson.dumps(body)
         if self.socket is None:
             if not self._room_for(len(frame)):
-                raise DeliveryRefused("buffer-full", "the recipient is reconnecting and its queue is full")
+                raise DeliveryRefused(
+                    "buffer-full", "the recipient is reconnecting and its queue is full"
+                )
         else:
             # A frame the socket refuses was not sent: it is not kept, and
             # its number is given to the next one.
@@ -249,7 +255,9 @@ class ResumableConnection:
         self._cancel_grace()
         previous, self.socket = self.socket, socket
         if previous is not None:
-            self._log.info("{peer} resumed on a new socket; closing the old one", peer=self.peer.id)
+            self._log.info(
+                "{peer} resumed on a new socket; closing the old one", peer=self.peer.id
+            )
             previous.fail(CLOSE_TAKEN_OVER, "taken over by a resumed session")
         if last_seen is not None:
             self.acknowledge(last_seen)
@@ -265,7 +273,9 @@ class ResumableConnection:
             except DeliveryRefused:
                 # Sending later ones would break the order: the client
                 # resumes again and gets the rest then.
-                self._log.info("replay to {peer} refused at {seq}", peer=self.peer.id, seq=seq)
+                self._log.info(
+                    "replay to {peer} refused at {seq}", peer=self.peer.id, seq=seq
+                )
                 socket.fail(CLOSE_TAKEN_OVER, "replay refused; resume again")
                 return
 
@@ -298,7 +308,10 @@ class ResumableConnection:
         self._cancel_grace()
         socket, self.socket = self.socket, None
         if socket is not None:
-            self._log.info("{peer} resumed on another node; closing the old socket", peer=self.peer.id)
+            self._log.info(
+                "{peer} resumed on another node; closing the old socket",
+                peer=self.peer.id,
+            )
             socket.fail(CLOSE_TAKEN_OVER, "taken over by a resumed session")
         state = {
             "next_seq": self.next_seq,

@@ -79,7 +79,9 @@ def _workers(value: str) -> int:
     if value == "auto":
         return os.cpu_count() or 1
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"--workers takes a number of processes, 1 or more, or auto, not {value!r}")
+        raise ValueError(
+            f"--workers takes a number of processes, 1 or more, or auto, not {value!r}"
+        )
     return int(value)
 
 
@@ -105,62 +107,364 @@ class Options(usage.Options):
 
     optParameters = [
         ["tls-cert", None, None, "PEM certificate (chain) for 'tls:PORT' ports."],
-        ["tls-key", None, None, "PEM private key for 'tls:PORT'; default: --tls-cert's file."],
-        ["max-message-size", None, 64 * 1024, "Largest WebSocket message in bytes; larger closes with 1009.", _whole("max-message-size")],
-        ["ping-interval", None, 30.0, "Seconds between WebSocket pings; 0 disables them.", _seconds("ping-interval")],
-        ["ping-timeout", None, 10.0, "Seconds to wait for a pong before the peer is removed.", _seconds("ping-timeout")],
-        ["max-message-rate", None, 100.0, "Messages per second one connection may send (bursts of twice that); 0 for unlimited.", _number("max-message-rate", float, "messages per second, 0 or more")],
-        ["max-send-buffer", None, 256 * 1024, "Bytes queued for a peer that is not reading before messages to it are dropped.", _whole("max-send-buffer")],
-        ["max-peers-per-room", None, 100, "Peers a room may hold; 0 for unlimited.", _whole("max-peers-per-room")],
-        ["max-rooms-per-peer", None, 16, "Rooms one connection may be in; 0 for unlimited.", _whole("max-rooms-per-peer")],
-        ["stale-timeout", None, 120.0, "Seconds without activity after which a peer is removed; 0 never.", _seconds("stale-timeout")],
-        ["empty-room-ttl", None, 0.0, "Seconds an empty room is kept; 0 deletes it at once.", _seconds("empty-room-ttl")],
-        ["cleanup-interval", None, 30.0, "Seconds between sweeps for stale peers and expired empty rooms.", _seconds("cleanup-interval")],
-        ["jwt-secret", None, None, "HS256 secret for Socket.IO tokens (env JWT_SECRET)."],
-        ["jwt-public-key", None, None, "PEM public key file for Socket.IO tokens (RS256 or ES256)."],
-        ["log-level", None, None, "debug, info, warn or error (env LOG_LEVEL; default info). Only debug may log message payloads and tokens."],
-        ["max-metadata-size", None, 4096, "Largest peer or room metadata in bytes of JSON; 0 for unlimited.", _whole("max-metadata-size")],
-        ["max-metadata-depth", None, 4, "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.", _whole("max-metadata-depth")],
-        ["max-metadata-values", None, 64, "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.", _whole("max-metadata-values")],
-        ["max-fragments", None, 128, "Frames one WebSocket message may arrive in (more closes with 1008); 0 for unlimited.", _whole("max-fragments")],
-        ["directory-hold", None, HOLD_SECONDS, "Seconds a directory userId registered with proof of key stays bound to its key after its connection closed; 0 frees it at once.", _seconds("directory-hold")],
-        ["directory-max-held", None, MAX_HELD, "Offline directory userIds held at once; past it further ones are freed at once (holds are never cut short).", _whole("directory-max-held")],
-        ["directory-probe-timeout", None, PROBE_SECONDS, "Seconds the holder of a directory userId has to answer a ping when another connection registers it without proof; a silent holder loses it.", _seconds("directory-probe-timeout")],
-        ["root-dialect", None, "native", "Dialect of a WebSocket at '/': " + ", ".join(ROOT_DIALECTS) + " or none (a plain GET / is never a WebSocket)."],
-        ["upgrade-timeout", None, 10.0, "Seconds an Engine.IO WebSocket may take to complete its upgrade from polling before it is closed.", _seconds("upgrade-timeout")],
-        ["gc-memory-growth", None, 32, "Megabytes of growth of resident memory since the last full garbage collection that bring the next one; 0 never.", _whole("gc-memory-growth")],
-        ["max-connections-per-address", None, 512, "Connections (and Engine.IO polling sessions) one client address may hold; 0 for unlimited.", _whole("max-connections-per-address")],
-        ["max-new-connections-per-address", None, 50.0, "New connections (and sessions) per second one client address may open, bursts of twice that; 0 for unlimited.", _number("max-new-connections-per-address", float, "connections per second, 0 or more")],
-        ["trust-forwarded", None, 0, "Reverse proxies in front of the server: take the client address from Forwarded/X-Forwarded-For, this many hops from the right; 0 uses the socket's peer.", _whole("trust-forwarded")],
-        ["request-timeout", None, 30.0, "Seconds a client has to send a whole HTTP request (head and body; for a WebSocket, up to the upgrade); 0 for none.", _seconds("request-timeout")],
-        ["max-request-body", None, 1024 * 1024, "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).", _whole("max-request-body")],
-        ["api-token", None, None, "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open)."],
-        ["max-rooms-page", None, MAX_ROOMS_PAGE, "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).", _whole("max-rooms-page")],
-        ["auth", None, "off", "Tokens in every dialect: off (only Socket.IO checks one, with a key), optional (a token presented must be valid) or required (no valid token, no connection); optional and required need a key."],
-        ["jwt-audience", None, None, "The 'aud' a token must name (default: not checked)."],
-        ["jwt-issuer", None, None, "The 'iss' a token must have (default: not checked)."],
-        ["jwt-jwks-url", None, None, "URL of a JSON Web Key Set to check tokens with (instead of --jwt-secret/--jwt-public-key): fetched at start, every 5 minutes, and on an unknown kid (at most every 10 s)."],
-        ["turn-secret", None, None, "coturn's static-auth-secret (use-auth-secret): TURN credentials handed out are signed with it (env TURN_SECRET)."],
-        ["turn-secret-file", None, None, "A file holding --turn-secret (its first line)."],
-        ["turn-ttl", None, DEFAULT_TTL, "Seconds TURN credentials are valid; clients get fresh ones before they expire.", _seconds("turn-ttl")],
-        ["jwt-jwks-min-interval", None, 10.0, "Seconds between two fetches of --jwt-jwks-url that tokens with unknown key ids may cause.", _seconds("jwt-jwks-min-interval")],
-        ["jwt-jwks-max-age", None, 300.0, "Seconds after which --jwt-jwks-url is fetched again anyway.", _seconds("jwt-jwks-max-age")],
-        ["auth-timeout", None, 10.0, "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.", _seconds("auth-timeout")],
-        ["resume-grace", None, 30.0, "Seconds a native peer whose socket died keeps its id and rooms, waiting for a resume; 0 turns resume off.", _seconds("resume-grace")],
-        ["resume-max-messages", None, 256, "Events kept for one native peer until it acknowledges them (and queued while it is away); beyond, senders are told 'dropped'.", _whole("resume-max-messages")],
-        ["resume-max-bytes", None, 256 * 1024, "Bytes of those events per native peer.", _whole("resume-max-bytes")],
-        ["redis", None, None, "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst)."],
-        ["node-id", None, None, "This node's id in the cluster, unique among its nodes (default: host name and process id)."],
-        ["workers", None, 1, "Worker processes sharing the ports, on a Redis bus (--redis, else a private redis-server on a unix socket); 'auto' for one per core.", _workers],
-        ["drain-timeout", None, 10.0, "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.", _seconds("drain-timeout")],
-        ["metrics-port", None, None, "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network)."],
-        ["log-format", None, "text", "text, or json: one object per line with the event's fields (for journald and log shippers)."],
+        [
+            "tls-key",
+            None,
+            None,
+            "PEM private key for 'tls:PORT'; default: --tls-cert's file.",
+        ],
+        [
+            "max-message-size",
+            None,
+            64 * 1024,
+            "Largest WebSocket message in bytes; larger closes with 1009.",
+            _whole("max-message-size"),
+        ],
+        [
+            "ping-interval",
+            None,
+            30.0,
+            "Seconds between WebSocket pings; 0 disables them.",
+            _seconds("ping-interval"),
+        ],
+        [
+            "ping-timeout",
+            None,
+            10.0,
+            "Seconds to wait for a pong before the peer is removed.",
+            _seconds("ping-timeout"),
+        ],
+        [
+            "max-message-rate",
+            None,
+            100.0,
+            "Messages per second one connection may send (bursts of twice that); 0 for unlimited.",
+            _number("max-message-rate", float, "messages per second, 0 or more"),
+        ],
+        [
+            "max-send-buffer",
+            None,
+            256 * 1024,
+            "Bytes queued for a peer that is not reading before messages to it are dropped.",
+            _whole("max-send-buffer"),
+        ],
+        [
+            "max-peers-per-room",
+            None,
+            100,
+            "Peers a room may hold; 0 for unlimited.",
+            _whole("max-peers-per-room"),
+        ],
+        [
+            "max-rooms-per-peer",
+            None,
+            16,
+            "Rooms one connection may be in; 0 for unlimited.",
+            _whole("max-rooms-per-peer"),
+        ],
+        [
+            "stale-timeout",
+            None,
+            120.0,
+            "Seconds without activity after which a peer is removed; 0 never.",
+            _seconds("stale-timeout"),
+        ],
+        [
+            "empty-room-ttl",
+            None,
+            0.0,
+            "Seconds an empty room is kept; 0 deletes it at once.",
+            _seconds("empty-room-ttl"),
+        ],
+        [
+            "cleanup-interval",
+            None,
+            30.0,
+            "Seconds between sweeps for stale peers and expired empty rooms.",
+            _seconds("cleanup-interval"),
+        ],
+        [
+            "jwt-secret",
+            None,
+            None,
+            "HS256 secret for Socket.IO tokens (env JWT_SECRET).",
+        ],
+        [
+            "jwt-public-key",
+            None,
+            None,
+            "PEM public key file for Socket.IO tokens (RS256 or ES256).",
+        ],
+        [
+            "log-level",
+            None,
+            None,
+            "debug, info, warn or error (env LOG_LEVEL; default info). Only debug may log message payloads and tokens.",
+        ],
+        [
+            "max-metadata-size",
+            None,
+            4096,
+            "Largest peer or room metadata in bytes of JSON; 0 for unlimited.",
+            _whole("max-metadata-size"),
+        ],
+        [
+            "max-metadata-depth",
+            None,
+            4,
+            "Deepest nesting of peer or room metadata (the object itself is 1); 0 for unlimited.",
+            _whole("max-metadata-depth"),
+        ],
+        [
+            "max-metadata-values",
+            None,
+            64,
+            "Most values in one peer's or room's metadata, at all levels; 0 for unlimited.",
+            _whole("max-metadata-values"),
+        ],
+        [
+            "max-fragments",
+            None,
+            128,
+            "Frames one WebSocket message may arrive in (more closes with 1008); 0 for unlimited.",
+            _whole("max-fragments"),
+        ],
+        [
+            "directory-hold",
+            None,
+            HOLD_SECONDS,
+            "Seconds a directory userId registered with proof of key stays bound to its key after its connection closed; 0 frees it at once.",
+            _seconds("directory-hold"),
+        ],
+        [
+            "directory-max-held",
+            None,
+            MAX_HELD,
+            "Offline directory userIds held at once; past it further ones are freed at once (holds are never cut short).",
+            _whole("directory-max-held"),
+        ],
+        [
+            "directory-probe-timeout",
+            None,
+            PROBE_SECONDS,
+            "Seconds the holder of a directory userId has to answer a ping when another connection registers it without proof; a silent holder loses it.",
+            _seconds("directory-probe-timeout"),
+        ],
+        [
+            "root-dialect",
+            None,
+            "native",
+            "Dialect of a WebSocket at '/': "
+            + ", ".join(ROOT_DIALECTS)
+            + " or none (a plain GET / is never a WebSocket).",
+        ],
+        [
+            "upgrade-timeout",
+            None,
+            10.0,
+            "Seconds an Engine.IO WebSocket may take to complete its upgrade from polling before it is closed.",
+            _seconds("upgrade-timeout"),
+        ],
+        [
+            "gc-memory-growth",
+            None,
+            32,
+            "Megabytes of growth of resident memory since the last full garbage collection that bring the next one; 0 never.",
+            _whole("gc-memory-growth"),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            512,
+            "Connections (and Engine.IO polling sessions) one client address may hold; 0 for unlimited.",
+            _whole("max-connections-per-address"),
+        ],
+        [
+            "max-new-connections-per-address",
+            None,
+            50.0,
+            "New connections (and sessions) per second one client address may open, bursts of twice that; 0 for unlimited.",
+            _number(
+                "max-new-connections-per-address",
+                float,
+                "connections per second, 0 or more",
+            ),
+        ],
+        [
+            "trust-forwarded",
+            None,
+            0,
+            "Reverse proxies in front of the server: take the client address from Forwarded/X-Forwarded-For, this many hops from the right; 0 uses the socket's peer.",
+            _whole("trust-forwarded"),
+        ],
+        [
+            "request-timeout",
+            None,
+            30.0,
+            "Seconds a client has to send a whole HTTP request (head and body; for a WebSocket, up to the upgrade); 0 for none.",
+            _seconds("request-timeout"),
+        ],
+        [
+            "max-request-body",
+            None,
+            1024 * 1024,
+            "Largest HTTP request body in bytes where a route takes one (Engine.IO polling: --max-message-size).",
+            _whole("max-request-body"),
+        ],
+        [
+            "api-token",
+            None,
+            None,
+            "Bearer token that GET /api/rooms/{id} requires (env API_TOKEN; default: open).",
+        ],
+        [
+            "max-rooms-page",
+            None,
+            MAX_ROOMS_PAGE,
+            "Most rooms one page of GET /api/rooms may hold (?limit=; 100 without it).",
+            _whole("max-rooms-page"),
+        ],
+        [
+            "auth",
+            None,
+            "off",
+            "Tokens in every dialect: off (only Socket.IO checks one, with a key), optional (a token presented must be valid) or required (no valid token, no connection); optional and required need a key.",
+        ],
+        [
+            "jwt-audience",
+            None,
+            None,
+            "The 'aud' a token must name (default: not checked).",
+        ],
+        [
+            "jwt-issuer",
+            None,
+            None,
+            "The 'iss' a token must have (default: not checked).",
+        ],
+        [
+            "jwt-jwks-url",
+            None,
+            None,
+            "URL of a JSON Web Key Set to check tokens with (instead of --jwt-secret/--jwt-public-key): fetched at start, every 5 minutes, and on an unknown kid (at most every 10 s).",
+        ],
+        [
+            "turn-secret",
+            None,
+            None,
+            "coturn's static-auth-secret (use-auth-secret): TURN credentials handed out are signed with it (env TURN_SECRET).",
+        ],
+        [
+            "turn-secret-file",
+            None,
+            None,
+            "A file holding --turn-secret (its first line).",
+        ],
+        [
+            "turn-ttl",
+            None,
+            DEFAULT_TTL,
+            "Seconds TURN credentials are valid; clients get fresh ones before they expire.",
+            _seconds("turn-ttl"),
+        ],
+        [
+            "jwt-jwks-min-interval",
+            None,
+            10.0,
+            "Seconds between two fetches of --jwt-jwks-url that tokens with unknown key ids may cause.",
+            _seconds("jwt-jwks-min-interval"),
+        ],
+        [
+            "jwt-jwks-max-age",
+            None,
+            300.0,
+            "Seconds after which --jwt-jwks-url is fetched again anyway.",
+            _seconds("jwt-jwks-max-age"),
+        ],
+        [
+            "auth-timeout",
+            None,
+            10.0,
+            "Seconds a native client without a token in its URL has to send an auth message under --auth required; then it is closed with 4001.",
+            _seconds("auth-timeout"),
+        ],
+        [
+            "resume-grace",
+            None,
+            30.0,
+            "Seconds a native peer whose socket died keeps its id and rooms, waiting for a resume; 0 turns resume off.",
+            _seconds("resume-grace"),
+        ],
+        [
+            "resume-max-messages",
+            None,
+            256,
+            "Events kept for one native peer until it acknowledges them (and queued while it is away); beyond, senders are told 'dropped'.",
+            _whole("resume-max-messages"),
+        ],
+        [
+            "resume-max-bytes",
+            None,
+            256 * 1024,
+            "Bytes of those events per native peer.",
+            _whole("resume-max-bytes"),
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "Share rooms and peers with the other nodes of a cluster through this Redis: redis://[:password@]host:port/db, rediss://... for TLS, unix:///path/redis.sock (docs/scaling.rst).",
+        ],
+        [
+            "node-id",
+            None,
+            None,
+            "This node's id in the cluster, unique among its nodes (default: host name and process id).",
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Worker processes sharing the ports, on a Redis bus (--redis, else a private redis-server on a unix socket); 'auto' for one per core.",
+            _workers,
+        ],
+        [
+            "drain-timeout",
+            None,
+            10.0,
+            "Seconds SIGTERM waits for peers to leave after telling them the server is going away; the systemd unit's TimeoutStopSec is above it.",
+            _seconds("drain-timeout"),
+        ],
+        [
+            "metrics-port",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network).",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text, or json: one object per line with the event's fields (for journald and log shippers).",
+        ],
     ]
 
     optFlags = [
-        ["access-log", None, "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated)."],
-        ["no-fast-paths", None, "Run on plain Autobahn, without the relay's shortcuts past its private names (they are also off outside the Autobahn and Twisted versions they were verified against, or without wsaccel)."],
-        ["dev-tls", None, "Let 'tls:PORT' without a certificate found use a self-signed one for localhost on any interface (it always may on loopback)."],
+        [
+            "access-log",
+            None,
+            "Log every HTTP request at info (query values of token/sid/auth-like parameters redacted; addresses truncated).",
+        ],
+        [
+            "no-fast-paths",
+            None,
+            "Run on plain Autobahn, without the relay's shortcuts past its private names (they are also off outside the Autobahn and Twisted versions they were verified against, or without wsaccel).",
+        ],
+        [
+            "dev-tls",
+            None,
+            "Let 'tls:PORT' without a certificate found use a self-signed one for localhost on any interface (it always may on loopback).",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -178,7 +482,9 @@ class Options(usage.Options):
 
         from . import __version__
 
-        print(f"signaling {__version__} (Twisted {twisted.__version__}, Autobahn {autobahn.__version__})")
+        print(
+            f"signaling {__version__} (Twisted {twisted.__version__}, Autobahn {autobahn.__version__})"
+        )
         raise SystemExit(0)
 
     def opt_port(self, description: str) -> None:
@@ -190,7 +496,9 @@ class Options(usage.Options):
     def opt_turn_uri(self, uri: str) -> None:
         """A TURN server for clients, e.g. turn:turn.example:3478?transport=tcp or turns:... (repeatable; needs --turn-secret)."""
         if not uri.startswith(("turn:", "turns:")):
-            raise usage.UsageError(f"--turn-uri must start with turn: or turns:, not {uri!r}")
+            raise usage.UsageError(
+                f"--turn-uri must start with turn: or turns:, not {uri!r}"
+            )
         self["turn-uris"].append(uri)
 
     def opt_turn_url(self, uri: str) -> None:
@@ -260,7 +568,9 @@ class Options(usage.Options):
             if verifier is not None:
                 raise usage.UsageError("give --jwt-jwks-url or a JWT key, not both")
             if not self["jwt-jwks-url"].startswith(("http://", "https://")):
-                raise usage.UsageError("--jwt-jwks-url must be an http:// or https:// URL")
+                raise usage.UsageError(
+                    "--jwt-jwks-url must be an http:// or https:// URL"
+                )
         elif self["auth"] != "off" and verifier is None:
             raise usage.UsageError(
                 f"--auth {self['auth']} needs --jwt-secret, --jwt-public-key or --jwt-jwks-url"
@@ -281,7 +591,9 @@ class Options(usage.Options):
                 f"not {self['root-dialect']!r}"
             )
         self["api-token"] = self["api-token"] or self.environ.get("API_TOKEN") or None
-        if self["resume-grace"] and not (self["resume-max-messages"] and self["resume-max-bytes"]):
+        if self["resume-grace"] and not (
+            self["resume-max-messages"] and self["resume-max-bytes"]
+        ):
             # A peer away could be sent nothing at all: turn resume off instead.
             raise usage.UsageError(
                 "--resume-max-messages and --resume-max-bytes must be above 0 "
@@ -302,8 +614,11 @@ class Options(usage.Options):
             self["tls-cert"], self["tls-key"] = found
             return
         public = [
-            port for port in shorthands
-            if not tlsconfig.is_loopback(_shorthand_arguments(port).get("interface", ""))
+            port
+            for port in shorthands
+            if not tlsconfig.is_loopback(
+                _shorthand_arguments(port).get("interface", "")
+            )
         ]
         if public and not self["dev-tls"]:
             pairs = " or ".join(" + ".join(pair) for pair in tlsconfig.PAIRS)
@@ -352,7 +667,9 @@ class Options(usage.Options):
                     with open(key_path, "rb") as key_file:
                         pem = key_file.read()
                 except OSError as error:
-                    raise usage.UsageError(f"cannot read --jwt-public-key: {error.strerror}: {key_path}")
+                    raise usage.UsageError(
+                        f"cannot read --jwt-public-key: {error.strerror}: {key_path}"
+                    )
                 return TokenVerifier.from_public_key(pem)
             if secret:
                 return TokenVerifier.from_secret(secret)
@@ -364,16 +681,22 @@ class Options(usage.Options):
         secret = self["turn-secret"] or self.environ.get("TURN_SECRET") or None
         if self["turn-secret-file"]:
             if secret:
-                raise usage.UsageError("give --turn-secret or --turn-secret-file, not both")
+                raise usage.UsageError(
+                    "give --turn-secret or --turn-secret-file, not both"
+                )
             try:
                 with open(self["turn-secret-file"], encoding="utf-8") as secret_file:
                     secret = secret_file.readline().strip()
             except OSError as error:
-                raise usage.UsageError(f"cannot read --turn-secret-file: {error.strerror}")
+                raise usage.UsageError(
+                    f"cannot read --turn-secret-file: {error.strerror}"
+                )
             if not secret:
                 raise usage.UsageError("--turn-secret-file is empty")
         if self["turn-uris"] and not secret:
-            raise usage.UsageError("--turn-uri needs --turn-secret or --turn-secret-file")
+            raise usage.UsageError(
+                "--turn-uri needs --turn-secret or --turn-secret-file"
+            )
         if secret and not self["turn-uris"]:
             raise usage.UsageError("--turn-secret needs at least one --turn-uri")
         if not self["turn-ttl"]:
@@ -414,7 +737,9 @@ def tls_for(options: Mapping[str, Any]) -> tlsconfig.ReloadableTLS:
     cert_path, key_path = options["tls-cert"], options["tls-key"]
     if options.get("tls-self-signed"):
         environ = getattr(options, "environ", os.environ)
-        directory = environ.get("STATE_DIRECTORY") or tempfile.mkdtemp(prefix="signaling-tls-")
+        directory = environ.get("STATE_DIRECTORY") or tempfile.mkdtemp(
+            prefix="signaling-tls-"
+        )
         cert_path, key_path = tlsconfig.make_self_signed(directory)
     try:
         tls = tlsconfig.ReloadableTLS(cert_path, key_path)
@@ -650,9 +975,12 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     else:
         # Holds of offline userIds are kept by Redis, for the cluster.
         bus_settings = BusSettings(
-            hold_seconds=options["directory-hold"], max_held=options["directory-max-held"]
+            hold_seconds=options["directory-hold"],
+            max_held=options["directory-max-held"],
         )
-        link = ClusterLink(hub, RedisBus(address, options["node-id"], reactor, bus_settings))
+        link = ClusterLink(
+            hub, RedisBus(address, options["node-id"], reactor, bus_settings)
+        )
         directory = ClusterDirectory(hub, **directory_settings, link=link)
     root_dialect = options["root-dialect"]
     auth = options.get("auth-policy", AuthPolicy())
@@ -735,19 +1063,27 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         listeners.setServiceParent(top)
     if adopted is not None:
         for fd, family in adopted:
-            workers.AdoptedPortService(reactor, fd, family, web).setServiceParent(listeners)
+            workers.AdoptedPortService(reactor, fd, family, web).setServiceParent(
+                listeners
+            )
         if route is not None:
             from twisted.web.server import Site
 
             # The other workers' passed-on polls: limits were applied where
             # the request arrived.
-            workers.LocalSocketService(reactor, route.socket_path(), Site(site.resource())).setServiceParent(listeners)
+            workers.LocalSocketService(
+                reactor, route.socket_path(), Site(site.resource())
+            ).setServiceParent(listeners)
             if options["metrics-port"]:
                 # The parent holds --metrics-port and asks each worker here.
-                metrics = MetricsService(reactor, hub, link.bus if link is not None else None)
+                metrics = MetricsService(
+                    reactor, hub, link.bus if link is not None else None
+                )
                 metrics.setServiceParent(top)
                 workers.LocalSocketService(
-                    reactor, workers.metrics_socket_path(route.directory, route.index), metrics.worker_site()
+                    reactor,
+                    workers.metrics_socket_path(route.directory, route.index),
+                    metrics.worker_site(),
                 ).setServiceParent(top)
         top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
         DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
@@ -798,11 +1134,18 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
             f"twistd signaling: --workers needs the cluster extra (pip install 'signaling[cluster]'): {error}"
         )
     for description in options["ports"]:
-        if _TLS_SHORTHAND.match(description) or description.startswith(("ssl:", "tls:", "unix:")):
-            raise SystemExit(f"twistd signaling: --workers takes tcp ports only, not {description!r}")
+        if _TLS_SHORTHAND.match(description) or description.startswith(
+            ("ssl:", "tls:", "unix:")
+        ):
+            raise SystemExit(
+                f"twistd signaling: --workers takes tcp ports only, not {description!r}"
+            )
     parent = workers.WorkersService(
         reactor,
-        [(description, endpoint_for(reactor, description, options)) for description in options["ports"]],
+        [
+            (description, endpoint_for(reactor, description, options))
+            for description in options["ports"]
+        ],
         workers.child_arguments(getattr(options, "argv", [])),
         options["workers"],
         options["redis"],
@@ -860,7 +1203,9 @@ class ClusterService(MultiService):
     def _refused(self, failure) -> None:
         from twisted.internet import reactor
 
-        self._log.error("cannot join the cluster: {error}", error=failure.getErrorMessage())
+        self._log.error(
+            "cannot join the cluster: {error}", error=failure.getErrorMessage()
+        )
         reactor.stop()
 
     def stopService(self):
@@ -878,7 +1223,9 @@ def makeService(options: Options) -> MultiService:
     # Only in the twistd process: tests that build services share their
     # interpreter's collector with everything else.
     CollectionPolicy(
-        reactor, top.hub.peer_count, min_growth=options["gc-memory-growth"] * 1024 * 1024
+        reactor,
+        top.hub.peer_count,
+        min_growth=options["gc-memory-growth"] * 1024 * 1024,
     ).setServiceParent(top)
     ReloadOnHangup(reactor, top.tls).setServiceParent(top)
     # Last, so that it is stopped first: STOPPING=1 as the drain begins.

@@ -42,7 +42,9 @@ class TLSError(Exception):
     """
 
 
-def search_directories(environ: Mapping[str, str], default: str = DEFAULT_DIRECTORY) -> list[str]:
+def search_directories(
+    environ: Mapping[str, str], default: str = DEFAULT_DIRECTORY
+) -> list[str]:
     """
     The directories L{find_certificate} looks in, in order.
     """
@@ -141,11 +143,13 @@ def make_self_signed(directory: str) -> tuple[str, str]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
-            x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
             critical=False,
         )
         .sign(key, hashes.SHA256())
@@ -156,11 +160,13 @@ def make_self_signed(directory: str) -> tuple[str, str]:
         cert_file.write(certificate.public_bytes(serialization.Encoding.PEM))
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as key_file:
-        key_file.write(key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))
+        key_file.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     return cert_path, key_path
 
 

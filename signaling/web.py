@@ -67,7 +67,9 @@ class StaticFile:
     @classmethod
     def load(cls, name: str, content_type: str) -> "StaticFile":
         body = (STATIC_DIRECTORY / name).read_bytes()
-        return cls(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        return cls(
+            body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        )
 
 
 def _room_summary(room: Room) -> dict[str, Any]:
@@ -153,14 +155,21 @@ class SignalingSite:
         native = functools.partial(NativeSession, ice_servers=ice_servers)
         if resume is not None and resume.grace > 0:
             # Not "or": an empty store has a length of 0.
-            store = session_store if session_store is not None else MemorySessionStore(ids=hub.ids)
+            store = (
+                session_store
+                if session_store is not None
+                else MemorySessionStore(ids=hub.ids)
+            )
             native = functools.partial(native, resume=Resume(resume, store))
         self._native = WebSocketResource(
             SignalingFactory(hub, native, settings, auth, token_in_message=True)
         )
         #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
         socketio = SocketIOContext(
-            hub=hub, verifier=verifier or auth.verifier, auth=auth, ice_servers=ice_servers
+            hub=hub,
+            verifier=verifier or auth.verifier,
+            auth=auth,
+            ice_servers=ice_servers,
         )
         self._socketio_stats = socketio.stats
         sid_prefix = worker_route.sid_prefix if worker_route is not None else ""
@@ -176,12 +185,21 @@ class SignalingSite:
         self.directory = directory
         self._directory = WebSocketResource(
             SignalingFactory(
-                hub, functools.partial(DirectorySession, directory=self.directory), settings, auth
+                hub,
+                functools.partial(DirectorySession, directory=self.directory),
+                settings,
+                auth,
             )
         )
-        self._envelope = WebSocketResource(SignalingFactory(hub, EnvelopeSession, settings, auth))
-        self._topic = WebSocketResource(SignalingFactory(hub, TopicSession, settings, auth))
-        self._client_js = StaticFile.load("signaling-client.js", "text/javascript; charset=utf-8")
+        self._envelope = WebSocketResource(
+            SignalingFactory(hub, EnvelopeSession, settings, auth)
+        )
+        self._topic = WebSocketResource(
+            SignalingFactory(hub, TopicSession, settings, auth)
+        )
+        self._client_js = StaticFile.load(
+            "signaling-client.js", "text/javascript; charset=utf-8"
+        )
         self._demo_page = StaticFile.load("index.html", "text/html; charset=utf-8")
         self._root = {
             "native": self._native,
@@ -258,7 +276,11 @@ class SignalingSite:
         after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
         if limit_arg:
             if not limit_arg.isdigit() or not 1 <= int(limit_arg) <= most:
-                return self._json(request, {"error": f"limit must be a whole number from 1 to {most}"}, 400)
+                return self._json(
+                    request,
+                    {"error": f"limit must be a whole number from 1 to {most}"},
+                    400,
+                )
             limit = int(limit_arg)
         else:
             limit = min(DEFAULT_ROOMS_PAGE, most)
@@ -274,7 +296,11 @@ class SignalingSite:
     def room(self, request: IRequest, room_id: str) -> bytes:
         if not self._authorized(request):
             request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
-            return self._json(request, {"error": "this API needs Authorization: Bearer <api token>"}, 401)
+            return self._json(
+                request,
+                {"error": "this API needs Authorization: Bearer <api token>"},
+                401,
+            )
         room = self.hub.room(room_id)
         if room is None:
             return self._json(request, {"error": "room not found", "id": room_id}, 404)
@@ -287,7 +313,9 @@ class SignalingSite:
         only for a valid token (C{Authorization: Bearer} or C{?token=}).
         """
         if not self.ice_servers.configured:
-            return self._json(request, {"error": "no STUN or TURN servers are configured"}, 404)
+            return self._json(
+                request, {"error": "no STUN or TURN servers are configured"}, 404
+            )
         user = "anonymous"
         if self.auth.checks_tokens:
             params = {
@@ -300,7 +328,9 @@ class SignalingSite:
                 identity = self.auth.identify(token, self.hub.clock.seconds())
             except InvalidToken as error:
                 request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
-                return self._json(request, {"error": f"a valid token is needed: {error}"}, 401)
+                return self._json(
+                    request, {"error": f"a valid token is needed: {error}"}, 401
+                )
             if identity is None:
                 request.setHeader("WWW-Authenticate", 'Bearer realm="signaling"')
                 return self._json(request, {"error": "a valid token is needed"}, 401)
@@ -308,7 +338,9 @@ class SignalingSite:
         now = self.hub.clock.seconds()
         servers = self.ice_servers.for_user(user, now)
         request.setHeader("Cache-Control", "no-store")
-        return self._json(request, {"iceServers": servers, "ttl": int(self.ice_servers.ttl)})
+        return self._json(
+            request, {"iceServers": servers, "ttl": int(self.ice_servers.ttl)}
+        )
 
     # Only the API's own paths: a preflight route for any path under /api/
     # would turn every unknown path there into a 405.
@@ -329,7 +361,9 @@ class SignalingSite:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade != "websocket":
             request.setHeader("Upgrade", "websocket")
-            return self._json(request, {"error": "this URL takes WebSocket connections"}, 426)
+            return self._json(
+                request, {"error": "this URL takes WebSocket connections"}, 426
+            )
         return resource
 
     @app.route("/", methods=["GET"])
@@ -383,7 +417,11 @@ class SignalingSite:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure) -> bytes:
-        return self._json(request, {"error": "not found", "path": request.path.decode("utf-8", "replace")}, 404)
+        return self._json(
+            request,
+            {"error": "not found", "path": request.path.decode("utf-8", "replace")},
+            404,
+        )
 
     @app.handle_errors(MethodNotAllowed)
     def not_allowed(self, request: IRequest, failure) -> bytes:

@@ -172,7 +172,9 @@ class ParentWatch(abstract.FileDescriptor):
     is gone, and so must the worker be.
     """
 
-    def __init__(self, reactor: Any, on_gone: Callable[[], None], fd: int = PARENT_PIPE_FD) -> None:
+    def __init__(
+        self, reactor: Any, on_gone: Callable[[], None], fd: int = PARENT_PIPE_FD
+    ) -> None:
         super().__init__(reactor)
         self.fd = fd
         self.on_gone = on_gone
@@ -245,11 +247,15 @@ class WorkersService(Service):
         Service.privilegedStartService(self)
         for description, endpoint in self.listeners:
             outcome: list = []
-            endpoint.listen(Factory.forProtocol(ProcessProtocol)).addBoth(outcome.append)
+            endpoint.listen(Factory.forProtocol(ProcessProtocol)).addBoth(
+                outcome.append
+            )
             port = outcome[0] if outcome else None
             if port is None or not hasattr(port, "fileno"):
                 error = port.getErrorMessage() if port is not None else "not at once"
-                raise SystemExit(f"twistd signaling: cannot listen on {description}: {error}")
+                raise SystemExit(
+                    f"twistd signaling: cannot listen on {description}: {error}"
+                )
             # The parent only holds it; the workers accept.
             port.stopReading()
             self.ports.append(port)
@@ -266,20 +272,36 @@ class WorkersService(Service):
     def _start_redis(self) -> str:
         binary = redis_server_binary()
         if binary is None:
-            raise SystemExit("twistd signaling: --workers needs redis-server installed, or --redis")
+            raise SystemExit(
+                "twistd signaling: --workers needs redis-server installed, or --redis"
+            )
         self.redis_directory = tempfile.mkdtemp(prefix="signaling-redis-")
         path = os.path.join(self.redis_directory, "redis.sock")
         self.redis = subprocess.Popen(
             [
-                binary, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "no", "--dir", self.redis_directory,
+                binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                path,
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.redis_directory,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
         _wait_for_unix_socket(path, self.redis)
-        _log.info("started a private redis-server for the workers (pid {pid})", pid=self.redis.pid)
+        _log.info(
+            "started a private redis-server for the workers (pid {pid})",
+            pid=self.redis.pid,
+        )
         return f"unix://{path}"
 
     def spawn(self, index: int) -> None:
@@ -293,7 +315,11 @@ class WorkersService(Service):
         for offset, port in enumerate(self.ports):
             fd = 3 + offset
             child_fds[fd] = port.fileno()
-            family = "inet6" if port.getHost().type == "TCP" and ":" in port.getHost().host else "inet"
+            family = (
+                "inet6"
+                if port.getHost().type == "TCP" and ":" in port.getHost().host
+                else "inet"
+            )
             described.append(f"{fd}:{family}")
         environ = {
             **os.environ,
@@ -302,15 +328,28 @@ class WorkersService(Service):
             WORKER_INDEX_ENV: str(index),
         }
         args = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "signaling", *self.arguments,
-            "--redis", self.redis_url, "--node-id", node_id,
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "signaling",
+            *self.arguments,
+            "--redis",
+            self.redis_url,
+            "--node-id",
+            node_id,
         ]
         process = self.reactor.spawnProcess(
             worker, sys.executable, args, env=environ, childFDs=child_fds
         )
         self.workers[index] = worker
-        _log.info("worker {index} started (pid {pid}, node {node})", index=index, pid=process.pid, node=node_id)
+        _log.info(
+            "worker {index} started (pid {pid}, node {node})",
+            index=index,
+            pid=process.pid,
+            node=node_id,
+        )
 
     def metrics_sockets(self) -> list[str]:
         """
@@ -318,7 +357,9 @@ class WorkersService(Service):
         """
         if self.directory is None:
             return []
-        return [metrics_socket_path(self.directory, index) for index in sorted(self.workers)]
+        return [
+            metrics_socket_path(self.directory, index) for index in sorted(self.workers)
+        ]
 
     def worker_ended(self, worker: _Worker, status: Any) -> None:
         if self.workers.get(worker.index) is worker:
@@ -389,13 +430,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_for_unix_socket(path: str, process: subprocess.Popen, timeout: float = 10) -> None:
+def _wait_for_unix_socket(
+    path: str, process: subprocess.Popen, timeout: float = 10
+) -> None:
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit("twistd signaling: the private redis-server exited at once")
+            raise SystemExit(
+                "twistd signaling: the private redis-server exited at once"
+            )
         try:
             with socket.socket(socket.AF_UNIX) as client:
                 client.settimeout(1)

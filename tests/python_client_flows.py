@@ -49,7 +49,11 @@ async def backoff(url: str) -> None:
         pass
     else:
         raise AssertionError("connected to a closed port")
-    equal([round(delay, 6) for delay in delays], [0.075, 0.225, 0.675, 0.75, 0.75], "delays")
+    equal(
+        [round(delay, 6) for delay in delays],
+        [0.075, 0.225, 0.675, 0.75, 0.75],
+        "delays",
+    )
     equal(states, ["connecting", "reconnecting", "closed"], "states")
     equal(client.state, State.CLOSED, "state")
     equal(Backoff().delay(0, 0), 0.5, "default base")
@@ -65,9 +69,17 @@ async def resume(url: str) -> None:
     await alice.join("py-room", {"name": "alice"})
     bob_joins = alice.wait_for("peer-joined")
     joined = await bob.join("py-room", {"name": "bob"})
-    equal(joined["peers"], [{"id": alice_welcome["peerId"], "metadata": {"name": "alice"}}], "bob sees alice")
+    equal(
+        joined["peers"],
+        [{"id": alice_welcome["peerId"], "metadata": {"name": "alice"}}],
+        "bob sees alice",
+    )
     await asyncio.wait_for(bob_joins, 2)
-    equal(alice.rooms["py-room"], {bob_welcome["peerId"]: {"name": "bob"}}, "alice's peers")
+    equal(
+        alice.rooms["py-room"],
+        {bob_welcome["peerId"]: {"name": "bob"}},
+        "alice's peers",
+    )
 
     left: list[dict] = []
     alice.on("peer-left", left.append)
@@ -86,7 +98,11 @@ async def resume(url: str) -> None:
     alice.send("py-room", "two", to=bob_welcome["peerId"])
     alice.send("py-room", "three")
     welcome = await asyncio.wait_for(back, 3)
-    equal((welcome["resumed"], welcome["peerId"]), (True, bob_welcome["peerId"]), "same session")
+    equal(
+        (welcome["resumed"], welcome["peerId"]),
+        (True, bob_welcome["peerId"]),
+        "same session",
+    )
     await asyncio.sleep(0.2)
     equal(received, ["one", "two", "three"], "messages, exactly once and in order")
     equal(states, ["reconnecting", "open"], "states through the cut")
@@ -96,7 +112,11 @@ async def resume(url: str) -> None:
 
     gone = alice.wait_for("peer-left")
     await bob.close()
-    equal((await asyncio.wait_for(gone, 2))["peer"]["id"], bob_welcome["peerId"], "who left")
+    equal(
+        (await asyncio.wait_for(gone, 2))["peer"]["id"],
+        bob_welcome["peerId"],
+        "who left",
+    )
     await alice.close()
 
 
@@ -116,7 +136,9 @@ class SilentProxy:
         return self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
         self.writers = getattr(self, "writers", []) + [writer, up_writer]
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             self.tasks.append(asyncio.ensure_future(self._pipe(source, sink)))
@@ -147,7 +169,10 @@ async def heartbeat(url: str) -> None:
     proxy_port = await proxy.start()
     alice = SignalingClient(url, backoff=fast, ping_interval=0)
     bob = SignalingClient(
-        url.replace(f":{port}/", f":{proxy_port}/"), backoff=fast, ping_interval=0.5, ping_timeout=1
+        url.replace(f":{port}/", f":{proxy_port}/"),
+        backoff=fast,
+        ping_interval=0.5,
+        ping_timeout=1,
     )
     await alice.connect()
     bob_welcome = await bob.connect()
@@ -166,7 +191,11 @@ async def heartbeat(url: str) -> None:
     proxy.go_silent()
     alice.send("py-silent", "while silent", to=bob_welcome["peerId"])
     welcome = await asyncio.wait_for(back, 5)
-    equal((welcome["resumed"], welcome["peerId"]), (True, bob_welcome["peerId"]), "same session")
+    equal(
+        (welcome["resumed"], welcome["peerId"]),
+        (True, bob_welcome["peerId"]),
+        "same session",
+    )
     await asyncio.sleep(0.1)
     equal(received, ["while silent"], "the message, once")
     equal(left, [], "alice saw no leave")
@@ -187,14 +216,20 @@ async def auth(url: str) -> None:
         issued.append(os.environ["TOKEN"])
         return issued[-1]
 
-    alice = SignalingClient(url, token=fresh_token, backoff=Backoff(base=0.05, jitter=0))
+    alice = SignalingClient(
+        url, token=fresh_token, backoff=Backoff(base=0.05, jitter=0)
+    )
     welcome = await alice.connect()
     equal(welcome.get("userId"), "alice", "verified user")
     await alice.join("py-auth", {})
     back = alice.wait_for("welcome")
     alice._protocol.transport.abort()
     resumed = await asyncio.wait_for(back, 3)
-    equal((resumed["resumed"], resumed["peerId"], resumed.get("userId")), (True, welcome["peerId"], "alice"), "same verified session")
+    equal(
+        (resumed["resumed"], resumed["peerId"], resumed.get("userId")),
+        (True, welcome["peerId"], "alice"),
+        "same verified session",
+    )
     equal(len(issued), 2, "a token for each connection")
     equal((await alice.ping())["type"], "pong", "requests work")
     await alice.close()
@@ -202,5 +237,9 @@ async def auth(url: str) -> None:
 
 if __name__ == "__main__":
     ws_url, flow = sys.argv[1:3]
-    asyncio.run({"backoff": backoff, "resume": resume, "heartbeat": heartbeat, "auth": auth}[flow](ws_url))
+    asyncio.run(
+        {"backoff": backoff, "resume": resume, "heartbeat": heartbeat, "auth": auth}[
+            flow
+        ](ws_url)
+    )
     print(f"ok {flow}")

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 
@@ -87,7 +91,9 @@ class TwistdServer:
     C{twistd -n signaling ARGS} in a subprocess; stopped by its PID.
     """
 
-    def __init__(self, *args: str, env: dict | None = None, file_limit: int | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict | None = None, file_limit: int | None = None
+    ) -> None:
         """
         :param file_limit: The server's RLIMIT_NOFILE (as C{ulimit -n}).
         """
@@ -98,7 +104,9 @@ class TwistdServer:
         self.urls: list[str] = []
         self.log_path: Path | None = None
 
-    def start(self, log_path: Path, expect_urls: int = 1, timeout: float = 20) -> list[str]:
+    def start(
+        self, log_path: Path, expect_urls: int = 1, timeout: float = 20
+    ) -> list[str]:
         self.log_path = log_path
         log_file = open(log_path, "wb")
         self.process = subprocess.Popen(
@@ -163,7 +171,9 @@ class SocketIOQueueClient:
         self.inbox: queue.Queue = queue.Queue()
         self.client = socketio.Client(reconnection=False)
         self.client.on("*", lambda event, data=None: self.inbox.put((event, data)))
-        self.client.connect(url, transports=["websocket"], auth=auth, wait_timeout=timeout)
+        self.client.connect(
+            url, transports=["websocket"], auth=auth, wait_timeout=timeout
+        )
         self.id = self.client.get_sid()
 
     def emit(self, event: str, data: Any, callback=None) -> None:
@@ -206,7 +216,9 @@ class CuttableProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+                upstream = socket.create_connection(
+                    ("127.0.0.1", self._target), timeout=5
+                )
             except OSError:
                 client.close()
                 continue
@@ -214,7 +226,9 @@ class CuttableProxy:
             with self._lock:
                 self._sockets.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=self._pipe, args=(source, sink), daemon=True
+                ).start()
 
     def _pipe(self, source, sink) -> None:
         import socket
@@ -247,7 +261,9 @@ class CuttableProxy:
         for sock in sockets:
             try:
                 # SO_LINGER 0: the close that follows sends a reset.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
                 # Wakes the pipe threads, which close the sockets.
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -279,7 +295,9 @@ def node_with_packages(what: str) -> str:
         if os.environ.get("CI"):
             pytest.fail("node and npm are required on CI (see .ci/run)")
         pytest.skip(f"node and npm are not installed: {what} cannot run")
-    installed = [NODE_DIR / "node_modules" / name for name in ("socket.io-client", "ws")]
+    installed = [
+        NODE_DIR / "node_modules" / name for name in ("socket.io-client", "ws")
+    ]
     if not all(path.is_dir() for path in installed):
         subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
@@ -299,7 +317,9 @@ def twistd_servers(tmp_path: Path):
     """
     servers: list[TwistdServer] = []
 
-    def start(*args: str, env: dict | None = None, expect_urls: int = 1) -> TwistdServer:
+    def start(
+        *args: str, env: dict | None = None, expect_urls: int = 1
+    ) -> TwistdServer:
         server = TwistdServer(*args, env=env)
         servers.append(server)
         server.start(tmp_path / f"twistd-{len(servers)}.log", expect_urls)

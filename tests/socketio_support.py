@@ -92,7 +92,13 @@ class SocketIOCase(SynchronousTestCase):
 
     # HTTP
 
-    def start(self, method: str, query: str, body: bytes | None = None, headers: dict | None = None):
+    def start(
+        self,
+        method: str,
+        query: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+    ):
         return self.stub.request(method, URL + "?" + query, data=body, headers=headers)
 
     def finish(self, pending) -> Response:
@@ -101,10 +107,18 @@ class SocketIOCase(SynchronousTestCase):
         body = self.successResultOf(response.content()).decode("utf-8")
         return Response(response.code, response.headers, body)
 
-    def http(self, method: str, query: str, body: bytes | None = None, headers: dict | None = None) -> Response:
+    def http(
+        self,
+        method: str,
+        query: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+    ) -> Response:
         return self.finish(self.start(method, query, body, headers))
 
-    def assertEngineError(self, response: Response, code: int, status: int = 400) -> None:
+    def assertEngineError(
+        self, response: Response, code: int, status: int = 400
+    ) -> None:
         self.assertEqual(response.code, status)
         body = response.json()
         self.assertEqual(body["code"], code)
@@ -117,7 +131,9 @@ class SocketIOCase(SynchronousTestCase):
 
     def websocket(self, query: str = "", origin: str | None = None) -> RawClient:
         client = self.harness.connect(
-            "/socket.io/?EIO=4&transport=websocket" + query, origin=origin, client_class=RawClient
+            "/socket.io/?EIO=4&transport=websocket" + query,
+            origin=origin,
+            client_class=RawClient,
         )
         return client
 
@@ -130,7 +146,9 @@ class SocketIOCase(SynchronousTestCase):
         [opened] = client.take()
         self.assertEqual(opened[0], "0")
         client.sid = orjson.loads(opened[1:])["sid"]
-        self.ws_send(client, "40" + (orjson.dumps(auth).decode() if auth is not None else ""))
+        self.ws_send(
+            client, "40" + (orjson.dumps(auth).decode() if auth is not None else "")
+        )
         [connected] = client.take()
         self.assertEqual(connected[:2], "40", connected)
         client.id = orjson.loads(connected[2:])["sid"]
@@ -140,8 +158,15 @@ class SocketIOCase(SynchronousTestCase):
         client.send_text(text)
         self.harness.flush()
 
-    def ws_emit(self, client: RawClient, name: str, data: Any = None, ack: int | None = None) -> None:
-        self.ws_send(client, "42" + ("" if ack is None else str(ack)) + orjson.dumps([name, data]).decode())
+    def ws_emit(
+        self, client: RawClient, name: str, data: Any = None, ack: int | None = None
+    ) -> None:
+        self.ws_send(
+            client,
+            "42"
+            + ("" if ack is None else str(ack))
+            + orjson.dumps([name, data]).decode(),
+        )
 
     def ws_events(self, client: RawClient) -> list[tuple[str, Any]]:
         return events([packet for packet in client.take() if isinstance(packet, str)])
@@ -152,7 +177,9 @@ class PollingClient:
     An Engine.IO client on HTTP long-polling, opened by its constructor.
     """
 
-    def __init__(self, case: SocketIOCase, query: str = "", headers: dict | None = None) -> None:
+    def __init__(
+        self, case: SocketIOCase, query: str = "", headers: dict | None = None
+    ) -> None:
         self.case = case
         self.headers = headers
         response = case.http("GET", "EIO=4&transport=polling" + query, headers=headers)
@@ -179,7 +206,9 @@ class PollingClient:
         return response.body.split("\x1e")
 
     def post(self, *packets: str) -> Response:
-        return self.case.http("POST", self.query, "\x1e".join(packets).encode("utf-8"), self.headers)
+        return self.case.http(
+            "POST", self.query, "\x1e".join(packets).encode("utf-8"), self.headers
+        )
 
     def connect(self, auth: dict | None = None) -> str:
         """
@@ -192,7 +221,11 @@ class PollingClient:
         return self.id
 
     def emit(self, name: str, data: Any = None, ack: int | None = None) -> Response:
-        return self.post("42" + ("" if ack is None else str(ack)) + orjson.dumps([name, data]).decode())
+        return self.post(
+            "42"
+            + ("" if ack is None else str(ack))
+            + orjson.dumps([name, data]).decode()
+        )
 
     def events(self) -> list[tuple[str, Any]]:
         return events(self.get())

@@ -30,7 +30,9 @@ from signaling.transports.websocket import WebSocketSettings
 txaio.use_twisted()
 
 
-def make_site(hub: Hub, settings: WebSocketSettings = WebSocketSettings(), **kwargs: Any) -> SignalingSite:
+def make_site(
+    hub: Hub, settings: WebSocketSettings = WebSocketSettings(), **kwargs: Any
+) -> SignalingSite:
     """
     A site of C{hub} with a directory of the default limits, as
     L{signaling.tap} builds one beside the hub.
@@ -159,13 +161,17 @@ class Harness:
         Open a WebSocket to C{path} and flush until the handshake is done.
         """
         headers = {"Origin": origin} if origin else None
-        client_factory = WebSocketClientFactory(f"ws://localhost:8080{path}", headers=headers)
+        client_factory = WebSocketClientFactory(
+            f"ws://localhost:8080{path}", headers=headers
+        )
         client_factory.protocol = client_class
         client_factory.setProtocolOptions(autoPingInterval=0, failByDrop=False)
         server = self.web.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
         client = client_factory.buildProtocol(None)
         client_address = IPv4Address("TCP", "127.0.0.1", next(self._ports))
-        server_transport = FakeTransport(server, isServer=True, peerAddress=client_address)
+        server_transport = FakeTransport(
+            server, isServer=True, peerAddress=client_address
+        )
         client_transport = FakeTransport(client, isServer=False)
         server.makeConnection(server_transport)
         client.makeConnection(client_transport)

@@ -45,7 +45,10 @@ class VerifierTests(SynchronousTestCase):
         one issued more than the leeway in the future is refused.
         """
         verifier = TokenVerifier(
-            key=SECRET.encode(), algorithms=("HS256",), audience="sig", issuer="https://id"
+            key=SECRET.encode(),
+            algorithms=("HS256",),
+            audience="sig",
+            issuer="https://id",
         )
         good = {"sub": "a", "aud": ["other", "sig"], "iss": "https://id"}
         self.assertEqual(verifier.verify(hs256(**good), NOW)["sub"], "a")
@@ -87,8 +90,12 @@ class PolicyTests(SynchronousTestCase):
         self.assertIsNone(optional.identify(None, NOW))
         self.assertRaises(InvalidToken, optional.identify, "nonsense", NOW)
         self.assertFalse(AuthPolicy("off", verifier).checks_tokens)
-        identity = required.identify(hs256(sub="bob", exp=NOW + 60, rooms="team-*"), NOW)
-        self.assertEqual(identity, Identity("bob", identity.claims, NOW + 90, ("team-*",)))
+        identity = required.identify(
+            hs256(sub="bob", exp=NOW + 60, rooms="team-*"), NOW
+        )
+        self.assertEqual(
+            identity, Identity("bob", identity.claims, NOW + 90, ("team-*",))
+        )
 
     def test_a_token_naming_no_user_or_bad_rooms_is_invalid(self) -> None:
         policy = AuthPolicy("required", TokenVerifier.from_secret(SECRET))
@@ -137,16 +144,22 @@ class KeySetTests(SynchronousTestCase):
         An unknown kid starts a fetch; more within 10 s share it or start
         none; a symmetric key in the set is never used.
         """
-        token = jwt.encode({"sub": "a"}, self.private, algorithm="RS256", headers={"kid": "k1"})
+        token = jwt.encode(
+            {"sub": "a"}, self.private, algorithm="RS256", headers={"kid": "k1"}
+        )
         with self.assertRaises(UnknownKey) as raised:
             self.keys.verify(token, NOW)
         self.assertEqual(len(self.requests), 1)
         self.assertRaises(UnknownKey, self.keys.verify, token, NOW)
         self.assertEqual(len(self.requests), 1)
-        self._answer(_jwk(self.private, "k1"), {"kty": "oct", "k": "c2VjcmV0", "kid": "k2"})
+        self._answer(
+            _jwk(self.private, "k1"), {"kty": "oct", "k": "c2VjcmV0", "kid": "k2"}
+        )
         self.assertTrue(raised.exception.refreshed.called)
         self.assertEqual(self.keys.verify(token, NOW)["sub"], "a")
-        forged = jwt.encode({"sub": "a"}, SECRET, algorithm="HS256", headers={"kid": "k2"})
+        forged = jwt.encode(
+            {"sub": "a"}, SECRET, algorithm="HS256", headers={"kid": "k2"}
+        )
         self.assertRaises(UnknownKey, self.keys.verify, forged, NOW)
         self.assertEqual(len(self.requests), 1)
         self.clock.advance(10)
@@ -166,7 +179,9 @@ class IceServerTests(SynchronousTestCase):
         """
         The username is expiry:user, the credential base64(HMAC-SHA1).
         """
-        servers = IceServers(b"s3cret", ("turn:t.test:3478",), ("stun:t.test",), ttl=600)
+        servers = IceServers(
+            b"s3cret", ("turn:t.test:3478",), ("stun:t.test",), ttl=600
+        )
         stun, turn = servers.for_user("al:ice", NOW)
         self.assertEqual(stun, {"urls": ["stun:t.test"]})
         self.assertEqual(turn["username"], f"{NOW + 600}:al_ice")
@@ -195,21 +210,40 @@ class OptionTests(SynchronousTestCase):
 
     def test_auth_needs_a_key(self) -> None:
         self.assertIn("--auth required needs", self.refused("--auth", "required"))
-        self.assertIn("--auth must be one of", self.refused("--auth", "always", "--jwt-secret", SECRET))
-        self.assertIn("not both", self.refused("--jwt-jwks-url", "http://k.test/", "--jwt-secret", SECRET))
-        options = self.parse("--auth", "optional", "--jwt-secret", SECRET, "--jwt-audience", "sig")
+        self.assertIn(
+            "--auth must be one of",
+            self.refused("--auth", "always", "--jwt-secret", SECRET),
+        )
+        self.assertIn(
+            "not both",
+            self.refused("--jwt-jwks-url", "http://k.test/", "--jwt-secret", SECRET),
+        )
+        options = self.parse(
+            "--auth", "optional", "--jwt-secret", SECRET, "--jwt-audience", "sig"
+        )
         self.assertEqual(options["auth-policy"].mode, "optional")
         self.assertEqual(options["auth-policy"].verifier.audience, "sig")
         self.assertEqual(self.parse()["auth-policy"], AuthPolicy())
 
     def test_turn_options(self) -> None:
         self.assertIn("needs --turn-secret", self.refused("--turn-uri", "turn:t.test"))
-        self.assertIn("needs at least one --turn-uri", self.refused("--turn-secret", "s"))
-        self.assertIn("must start with turn:", self.refused("--turn-uri", "http://t.test"))
+        self.assertIn(
+            "needs at least one --turn-uri", self.refused("--turn-secret", "s")
+        )
+        self.assertIn(
+            "must start with turn:", self.refused("--turn-uri", "http://t.test")
+        )
         options = self.parse(
-            "--turn-url", "turn:t.test", "--turn-uri", "turns:t.test:5349?transport=tcp",
-            "--stun-uri", "stun:t.test", environ={"TURN_SECRET": "s"},
+            "--turn-url",
+            "turn:t.test",
+            "--turn-uri",
+            "turns:t.test:5349?transport=tcp",
+            "--stun-uri",
+            "stun:t.test",
+            environ={"TURN_SECRET": "s"},
         )
         servers = options["ice-servers"]
-        self.assertEqual(servers.turn_uris, ("turn:t.test", "turns:t.test:5349?transport=tcp"))
+        self.assertEqual(
+            servers.turn_uris, ("turn:t.test", "turns:t.test:5349?transport=tcp")
+        )
         self.assertEqual((servers.secret, servers.ttl), (b"s", 86400.0))

@@ -24,7 +24,9 @@ LEEWAY = 30
 
 
 def token(sub: str = "alice", secret: str = SECRET, **claims) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600, **claims}, secret, algorithm="HS256")
+    return jwt.encode(
+        {"sub": sub, "exp": int(time.time()) + 600, **claims}, secret, algorithm="HS256"
+    )
 
 
 def expiring_token(seconds: float, **claims) -> str:
@@ -36,8 +38,13 @@ def expiring_token(seconds: float, **claims) -> str:
 
 def start(tmp_path_factory, name: str, *args: str) -> TwistdServer:
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0",
-        "--jwt-secret", SECRET, *args,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--jwt-secret",
+        SECRET,
+        *args,
         env={"JWT_SECRET": ""},
     )
     server.start(tmp_path_factory.mktemp(name) / "twistd.log")
@@ -56,8 +63,14 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def optional(tmp_path_factory):
     server = start(
-        tmp_path_factory, "optional", "--auth", "optional",
-        "--jwt-audience", "signaling", "--jwt-issuer", "https://issuer.example",
+        tmp_path_factory,
+        "optional",
+        "--auth",
+        "optional",
+        "--jwt-audience",
+        "signaling",
+        "--jwt-issuer",
+        "https://issuer.example",
     )
     yield server
     server.stop()
@@ -124,15 +137,27 @@ def test_native_takes_its_token_in_an_auth_message(server):
     assert client.next()["type"] == "welcome"
     client.send({"type": "join", "room": "native-auth", "id": 1})
     assert client.next() == {
-        "type": "error", "code": "unauthenticated",
-        "message": "send an auth message with a token first", "id": 1,
+        "type": "error",
+        "code": "unauthenticated",
+        "message": "send an auth message with a token first",
+        "id": 1,
     }
-    client.send({"type": "auth", "token": token(secret="a forged secret of enough length!!"), "id": 2})
+    client.send(
+        {
+            "type": "auth",
+            "token": token(secret="a forged secret of enough length!!"),
+            "id": 2,
+        }
+    )
     refused = client.next()
     assert (refused["code"], refused["id"]) == ("invalid-token", 2)
     client.send({"type": "auth", "token": token("carol"), "id": 3})
     authenticated = client.next()
-    assert (authenticated["type"], authenticated["userId"], authenticated["id"]) == ("authenticated", "carol", 3)
+    assert (authenticated["type"], authenticated["userId"], authenticated["id"]) == (
+        "authenticated",
+        "carol",
+        3,
+    )
     client.send({"type": "join", "room": "native-auth"})
     assert client.next()["type"] == "joined"
 
@@ -151,7 +176,9 @@ def test_native_without_auth_in_time_is_closed_with_4001(tmp_path_factory):
     A native client that presents no token within C{--auth-timeout} gets
     C{unauthenticated} and close 4001.
     """
-    server = start(tmp_path_factory, "deadline", "--auth", "required", "--auth-timeout", "0.5")
+    server = start(
+        tmp_path_factory, "deadline", "--auth", "required", "--auth-timeout", "0.5"
+    )
     try:
         client = Raw(server.base + "/signal")
         assert client.next()["type"] == "welcome"
@@ -188,7 +215,11 @@ def test_expiry_ends_the_connection_in_each_dialect(server):
     assert envelope.close_code() == 4001
     assert topic.next()["code"] == "token_expired"
     assert topic.close_code() == 4001
-    assert directory.next() == {"type": "error", "code": "token-expired", "message": "the token has expired"}
+    assert directory.next() == {
+        "type": "error",
+        "code": "token-expired",
+        "message": "the token has expired",
+    }
     assert directory.close_code() == 4001
 
     refreshed.send({"type": "ping", "id": "still"})
@@ -309,7 +340,9 @@ def test_optional_checks_presented_tokens_only(optional):
     for bad in (
         token(aud="another-service", iss="https://issuer.example"),
         token(aud="signaling", iss="https://elsewhere.example"),
-        token(aud="signaling", iss="https://issuer.example", iat=int(time.time()) + 3600),
+        token(
+            aud="signaling", iss="https://issuer.example", iat=int(time.time()) + 3600
+        ),
         token(aud="signaling", iss="https://issuer.example", exp=int(time.time()) - 60),
     ):
         assert refused_status(optional.base + "/ws?token=" + bad) == 401
@@ -323,11 +356,21 @@ def test_a_token_sets_its_holders_limits(tmp_path_factory):
     C{maxRoomsPerPeer: 1} and no rate of its own is held to the server's.
     """
     server = start(
-        tmp_path_factory, "limits", "--auth", "required",
-        "--max-rooms-per-peer", "1", "--max-message-rate", "5",
+        tmp_path_factory,
+        "limits",
+        "--auth",
+        "required",
+        "--max-rooms-per-peer",
+        "1",
+        "--max-message-rate",
+        "5",
     )
     try:
-        raised = Raw(server.base + "/signal?token=" + token(limits={"maxRoomsPerPeer": 3, "maxMessageRate": 0}))
+        raised = Raw(
+            server.base
+            + "/signal?token="
+            + token(limits={"maxRoomsPerPeer": 3, "maxMessageRate": 0})
+        )
         raised.next()
         for room in ("one", "two", "three"):
             raised.send({"type": "join", "room": room})
@@ -336,7 +379,9 @@ def test_a_token_sets_its_holders_limits(tmp_path_factory):
             raised.send({"type": "ping", "id": number})
         assert [raised.next()["type"] for _ in range(40)] == ["pong"] * 40
 
-        held = Raw(server.base + "/signal?token=" + token("bob", limits={"maxRoomsPerPeer": 1}))
+        held = Raw(
+            server.base + "/signal?token=" + token("bob", limits={"maxRoomsPerPeer": 1})
+        )
         held.next()
         held.send({"type": "join", "room": "one"})
         assert held.next()["type"] == "joined"
@@ -346,7 +391,9 @@ def test_a_token_sets_its_holders_limits(tmp_path_factory):
         for number in range(14):
             held.send({"type": "ping", "id": number})
         answers = [held.next() for _ in range(14)]
-        assert [a.get("code") for a in answers if a["type"] == "error"][:1] == ["rate-limited"]
+        assert [a.get("code") for a in answers if a["type"] == "error"][:1] == [
+            "rate-limited"
+        ]
         assert sum(a["type"] == "pong" for a in answers) < 14
         raised.close()
         held.close()
@@ -395,7 +442,10 @@ def test_socketio_polling_takes_a_bearer_header(server):
         opened = requests.get(url, headers=headers, timeout=TIMEOUT)
         sid = json.loads(opened.text[1:])["sid"]
         session = f"{url}&sid={sid}"
-        assert requests.post(session, data="40", headers=headers, timeout=TIMEOUT).text == "ok"
+        assert (
+            requests.post(session, data="40", headers=headers, timeout=TIMEOUT).text
+            == "ok"
+        )
         return requests.get(session, headers=headers, timeout=TIMEOUT).text
 
     assert connect({"Authorization": "Bearer " + token("mia")}).startswith('40{"sid":')

@@ -19,11 +19,22 @@ TIMEOUT = 5
 
 
 def make_token(user_id: str, **claims) -> str:
-    return jwt.encode({"userId": user_id, "exp": int(time.time()) + 600, **claims}, SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"userId": user_id, "exp": int(time.time()) + 600, **claims},
+        SECRET,
+        algorithm="HS256",
+    )
 
 
 def _start(tmp_path_factory, name: str, *args: str):
-    server = TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *args, env={"JWT_SECRET": ""})
+    server = TwistdServer(
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        *args,
+        env={"JWT_SECRET": ""},
+    )
     server.start(tmp_path_factory.mktemp(name) / "twistd.log")
     server.http = server.urls[0].rsplit("/", 1)[0].replace("ws://", "http://")
     return server
@@ -69,8 +80,15 @@ def test_events_without_a_handler_get_no_answer(jwt_server):
         assert bob.next()[0] == "webrtc:room-joined"
         assert alice.next()[0] == "webrtc:participant-joined"
 
-        bob.emit("webrtc:signaling-error", {"callRoomId": "busy-call", "targetSocketId": alice.id, "error": "busy"})
-        bob.emit("chat:message", {"text": "hello"}, callback=lambda *answer: acknowledged.append(answer))
+        bob.emit(
+            "webrtc:signaling-error",
+            {"callRoomId": "busy-call", "targetSocketId": alice.id, "error": "busy"},
+        )
+        bob.emit(
+            "chat:message",
+            {"text": "hello"},
+            callback=lambda *answer: acknowledged.append(answer),
+        )
         bob.emit("typing", {"chatId": "c1"})
         # The next thing either hears is the answer to this, so nothing
         # came before it.
@@ -88,7 +106,12 @@ def test_events_without_a_handler_get_no_answer(jwt_server):
 
 
 def names(participant: dict) -> tuple:
-    return participant["socketId"], participant["userId"], participant["username"], participant["realName"]
+    return (
+        participant["socketId"],
+        participant["userId"],
+        participant["username"],
+        participant["realName"],
+    )
 
 
 def test_participants_carry_the_names_of_their_tokens(jwt_server):
@@ -97,24 +120,51 @@ def test_participants_carry_the_names_of_their_tokens(jwt_server):
     C{preferred_username}; C{realName} from its C{realName}, else C{name};
     a token without them leaves the join metadata's.
     """
-    alice = caller(jwt_server, {"token": make_token("alice", username="alice_w", name="Alice Wonder")})
-    bob = caller(jwt_server, {"token": make_token("bob", preferred_username="bobby", realName="Bob Builder", name="no")})
+    alice = caller(
+        jwt_server,
+        {"token": make_token("alice", username="alice_w", name="Alice Wonder")},
+    )
+    bob = caller(
+        jwt_server,
+        {
+            "token": make_token(
+                "bob", preferred_username="bobby", realName="Bob Builder", name="no"
+            )
+        },
+    )
     carol = caller(jwt_server, {"token": make_token("carol")})
     try:
-        alice.emit("webrtc:join-room", {"callRoomId": "named", "metadata": {"username": "not-alice"}})
+        alice.emit(
+            "webrtc:join-room",
+            {"callRoomId": "named", "metadata": {"username": "not-alice"}},
+        )
         assert alice.next()[0] == "webrtc:room-joined"
         bob.emit("webrtc:join-room", {"callRoomId": "named"})
         event, body = bob.next()
-        assert [names(p) for p in body["existingParticipants"]] == [(alice.id, "alice", "alice_w", "Alice Wonder")]
+        assert [names(p) for p in body["existingParticipants"]] == [
+            (alice.id, "alice", "alice_w", "Alice Wonder")
+        ]
         event, body = alice.next()
-        assert (event, names(body["participant"])) == ("webrtc:participant-joined", (bob.id, "bob", "bobby", "Bob Builder"))
-        carol.emit("webrtc:join-room", {"callRoomId": "named", "metadata": {"username": "carol", "realName": "Carol C"}})
+        assert (event, names(body["participant"])) == (
+            "webrtc:participant-joined",
+            (bob.id, "bob", "bobby", "Bob Builder"),
+        )
+        carol.emit(
+            "webrtc:join-room",
+            {
+                "callRoomId": "named",
+                "metadata": {"username": "carol", "realName": "Carol C"},
+            },
+        )
         assert carol.next()[0] == "webrtc:room-joined"
         event, body = alice.next()
         assert names(body["participant"]) == (carol.id, "carol", "carol", "Carol C")
         bob.emit("webrtc:leave-room", {"callRoomId": "named"})
         event, body = alice.next()
-        assert (event, names(body["participant"])) == ("webrtc:participant-left", (bob.id, "bob", "bobby", "Bob Builder"))
+        assert (event, names(body["participant"])) == (
+            "webrtc:participant-left",
+            (bob.id, "bob", "bobby", "Bob Builder"),
+        )
     finally:
         for client in (alice, bob, carol):
             client.close()
@@ -124,13 +174,24 @@ def test_tokenless_participants_carry_the_names_they_joined_with(open_server):
     dave = caller(open_server, {"userId": "dave"})
     erin = caller(open_server)
     try:
-        dave.emit("webrtc:join-room", {"callRoomId": "guests", "metadata": {"username": "dave", "realName": "Dave D"}})
+        dave.emit(
+            "webrtc:join-room",
+            {
+                "callRoomId": "guests",
+                "metadata": {"username": "dave", "realName": "Dave D"},
+            },
+        )
         assert dave.next()[0] == "webrtc:room-joined"
         erin.emit("webrtc:join-room", {"callRoomId": "guests"})
         event, body = erin.next()
-        assert [names(p) for p in body["existingParticipants"]] == [(dave.id, "dave", "dave", "Dave D")]
+        assert [names(p) for p in body["existingParticipants"]] == [
+            (dave.id, "dave", "dave", "Dave D")
+        ]
         event, body = dave.next()
-        assert (event, names(body["participant"])) == ("webrtc:participant-joined", (erin.id, None, None, None))
+        assert (event, names(body["participant"])) == (
+            "webrtc:participant-joined",
+            (erin.id, None, None, None),
+        )
     finally:
         dave.close()
         erin.close()
@@ -154,7 +215,11 @@ def test_joining_or_leaving_twice_is_answered_as_the_first_time(jwt_server):
 
         alice.emit("webrtc:join-room", {"callRoomId": "twice", "callType": "video"})
         event, body = alice.next()
-        assert (event, body["callRoomId"], body["participantCount"]) == ("webrtc:room-joined", "twice", 2)
+        assert (event, body["callRoomId"], body["participantCount"]) == (
+            "webrtc:room-joined",
+            "twice",
+            2,
+        )
         assert [p["socketId"] for p in body["existingParticipants"]] == [bob.id]
         assert body["metadata"]["createdBy"] == "alice"
 
@@ -165,7 +230,10 @@ def test_joining_or_leaving_twice_is_answered_as_the_first_time(jwt_server):
         assert (event, body["callRoomId"]) == ("webrtc:room-left", "twice")
         # Alice hears of one leave only, and of nothing before it.
         event, body = alice.next()
-        assert (event, body["participant"]["socketId"]) == ("webrtc:participant-left", bob.id)
+        assert (event, body["participant"]["socketId"]) == (
+            "webrtc:participant-left",
+            bob.id,
+        )
 
         bob.emit("webrtc:leave-room", {"room": "twice"})
         event, body = bob.next()

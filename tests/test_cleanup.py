@@ -36,7 +36,9 @@ class CleanupOptionsTests(SynchronousTestCase):
     def test_stale_timeout_without_pings(self):
         options = parse("--stale-timeout", "5", "--ping-interval", "0")
         self.assertEqual(options["stale-timeout"], 5)
-        self.assertEqual(parse("--stale-timeout", "0", "--ping-interval", "60")["stale-timeout"], 0)
+        self.assertEqual(
+            parse("--stale-timeout", "0", "--ping-interval", "60")["stale-timeout"], 0
+        )
 
     def test_bad_values_exit_with_one_line(self):
         for argv, words in [
@@ -44,7 +46,10 @@ class CleanupOptionsTests(SynchronousTestCase):
             (["--empty-room-ttl", "-5"], "--empty-room-ttl takes seconds"),
             (["--cleanup-interval", "0"], "--cleanup-interval must be above 0"),
             (["--stale-timeout", "30"], "must be above --ping-interval"),
-            (["--stale-timeout", "5", "--ping-interval", "10"], "must be above --ping-interval"),
+            (
+                ["--stale-timeout", "5", "--ping-interval", "10"],
+                "must be above --ping-interval",
+            ),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             self.assertIn(words, str(error.code))
@@ -57,7 +62,9 @@ class CleanupTimerTests(SynchronousTestCase):
         self.clock.advance(1_700_000_000)
 
     def start(self, *argv):
-        service = tap.make_service(parse("--port", "tcp:0", "--ping-interval", "0", *argv), self.clock)
+        service = tap.make_service(
+            parse("--port", "tcp:0", "--ping-interval", "0", *argv), self.clock
+        )
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)
@@ -74,7 +81,9 @@ class CleanupTimerTests(SynchronousTestCase):
         --stale-timeout is closed as stale, and a room empty for
         --empty-room-ttl is deleted.
         """
-        service = self.start("--stale-timeout", "20", "--empty-room-ttl", "10", "--cleanup-interval", "5")
+        service = self.start(
+            "--stale-timeout", "20", "--empty-room-ttl", "10", "--cleanup-interval", "5"
+        )
         hub = service.hub
         idle = RecordingConnection()
         hub.join(hub.connect(idle), "idle-room")

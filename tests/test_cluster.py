@@ -34,10 +34,13 @@ class RedisURLTests(SynchronousTestCase):
         port (6379 by default) and a database number.
         """
         self.assertEqual(
-            parse_redis_url("redis://localhost"), RedisAddress("redis", "localhost", 6379, 0)
+            parse_redis_url("redis://localhost"),
+            RedisAddress("redis", "localhost", 6379, 0),
         )
         address = parse_redis_url("redis://:s%40cret@10.0.0.5:7000/3")
-        self.assertEqual((address.host, address.port, address.db), ("10.0.0.5", 7000, 3))
+        self.assertEqual(
+            (address.host, address.port, address.db), ("10.0.0.5", 7000, 3)
+        )
         self.assertEqual((address.username, address.password), (None, "s@cret"))
         self.assertEqual(parse_redis_url("redis://ann:pw@h/1").username, "ann")
         self.assertIsInstance(address.endpoint(MemoryReactorClock()), HostnameEndpoint)
@@ -57,7 +60,9 @@ class RedisURLTests(SynchronousTestCase):
         """
         C{rediss://} may name the authority to trust with C{ssl_ca_certs}.
         """
-        address = parse_redis_url("rediss://redis.example/0?ssl_ca_certs=/etc/redis/ca.pem")
+        address = parse_redis_url(
+            "rediss://redis.example/0?ssl_ca_certs=/etc/redis/ca.pem"
+        )
         self.assertEqual(address.ca_certs, "/etc/redis/ca.pem")
 
     def test_unix(self):
@@ -67,17 +72,26 @@ class RedisURLTests(SynchronousTestCase):
         """
         address = parse_redis_url("unix:///run/redis/redis.sock?db=2&password=pw")
         self.assertEqual(
-            (address.host, address.db, address.password), ("/run/redis/redis.sock", 2, "pw")
+            (address.host, address.db, address.password),
+            ("/run/redis/redis.sock", 2, "pw"),
         )
         self.assertEqual(parse_redis_url("unix:/tmp/r.sock").host, "/tmp/r.sock")
-        self.assertIsInstance(address.endpoint(MemoryReactorClock()), UNIXClientEndpoint)
+        self.assertIsInstance(
+            address.endpoint(MemoryReactorClock()), UNIXClientEndpoint
+        )
 
     def test_invalid(self):
         """
         Other schemes, missing hosts, bad ports and databases are refused
         with a one-line reason.
         """
-        for url in ["http://x", "redis://", "redis://h:port", "redis://h/db", "unix://relative"]:
+        for url in [
+            "http://x",
+            "redis://",
+            "redis://h:port",
+            "redis://h/db",
+            "unix://relative",
+        ]:
             with self.assertRaises(InvalidRedisURL) as raised:
                 parse_redis_url(url)
             self.assertNotIn("\n", str(raised.exception))
@@ -154,6 +168,10 @@ class LayeringTests(SynchronousTestCase):
         self.assertIn("signaling.cluster.bus", loaded)
         for forbidden in forbidden_modules:
             self.assertEqual(
-                [name for name in loaded if name == forbidden or name.startswith(forbidden + ".")],
+                [
+                    name
+                    for name in loaded
+                    if name == forbidden or name.startswith(forbidden + ".")
+                ],
                 [],
             )

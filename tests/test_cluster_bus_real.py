@@ -105,7 +105,9 @@ async def test_envelopes_arrive_in_order(buses):
     sends = [
         alice_node.send(
             "node-b",
-            Envelope("message", "lobby", sender, ("bob",), {"seq": seq}, {"msgId": str(seq)}),
+            Envelope(
+                "message", "lobby", sender, ("bob",), {"seq": seq}, {"msgId": str(seq)}
+            ),
         )
         for seq in range(count)
     ]
@@ -113,7 +115,9 @@ async def test_envelopes_arrive_in_order(buses):
     await until(lambda: len(received) >= count)
     assert results == [True] * count
     assert [envelope.payload["seq"] for envelope in received] == list(range(count))
-    assert received[7] == Envelope("message", "lobby", sender, ("bob",), {"seq": 7}, {"msgId": "7"})
+    assert received[7] == Envelope(
+        "message", "lobby", sender, ("bob",), {"seq": 7}, {"msgId": "7"}
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -167,6 +171,7 @@ async def test_ids_are_unique_in_the_cluster(buses):
     Two nodes whose id sources draw the same 8-hex id first: the second node
     gets another one, and the directory knows which node holds which.
     """
+
     def source(*draws: bytes) -> IdSource:
         queue = list(draws)
         return IdSource(lambda size: queue.pop(0))
@@ -219,7 +224,9 @@ async def test_dead_node_is_reaped_and_dropped(buses):
     assert await node_a.stats() == ClusterStats(nodes=2, peers=1, rooms=1)
 
     await node_b.stop()
-    assert await node_a.send("node-b", Envelope("message", None, None, ("bob",))) is False
+    assert (
+        await node_a.send("node-b", Envelope("message", None, None, ("bob",))) is False
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -231,7 +238,12 @@ async def test_directory_binding_is_cluster_wide(buses):
     with proof.
     """
     node_a, node_b = await buses("node-a"), await buses("node-b")
-    for bus, peer_id in ((node_a, "a1"), (node_a, "a2"), (node_b, "b1"), (node_b, "b2")):
+    for bus, peer_id in (
+        (node_a, "a1"),
+        (node_a, "a2"),
+        (node_b, "b1"),
+        (node_b, "b2"),
+    ):
         assert await bus.claim_peer(peer_id)
 
     registered = await node_a.register_user("a1", "alice", "alice-key", proven=True)
@@ -249,7 +261,10 @@ async def test_directory_binding_is_cluster_wide(buses):
     await node_a.register_user("a2", "carol", "carol-key")
     with pytest.raises(DirectoryRefused) as refused:
         await node_b.register_user("b2", "carol", "another-key")
-    assert (refused.value.code, refused.value.holder) == ("user-id-in-use", ("node-a", "a2"))
+    assert (refused.value.code, refused.value.holder) == (
+        "user-id-in-use",
+        ("node-a", "a2"),
+    )
     taken = await node_b.register_user("b2", "carol", "another-key", gone="a2")
     assert taken.replaced == ("node-a", "a2")
 
@@ -288,7 +303,9 @@ async def test_redis_restart(redis, buses, log_events):
 
     redis.stop()
     await until(lambda: not node_a.available and not node_b.available)
-    assert await node_a.send("node-b", Envelope("message", None, None, ("bob",))) is False
+    assert (
+        await node_a.send("node-b", Envelope("message", None, None, ("bob",))) is False
+    )
     with pytest.raises(BusUnavailable):
         await node_a.members("lobby")
     released = await node_b.release_peer("bert")
@@ -332,7 +349,9 @@ async def test_redis_restart(redis, buses, log_events):
     failures = [event for event in log_events if "log_failure" in event]
     assert failures == []
     warnings = [
-        event for event in log_events if event.get("log_format", "").startswith("redis unreachable")
+        event
+        for event in log_events
+        if event.get("log_format", "").startswith("redis unreachable")
     ]
     assert len(warnings) == 2
 
@@ -374,12 +393,19 @@ async def test_password(tmp_path_factory):
     """
     redis = RedisServer(tmp_path_factory.mktemp("redis"), "--requirepass", "s3cret")
     redis.start()
-    good = RedisBus(parse_redis_url(redis.url + "?password=s3cret"), "node-a", reactor, SETTINGS)
-    bad = RedisBus(parse_redis_url(redis.url + "?password=wrong"), "node-b", reactor, SETTINGS)
+    good = RedisBus(
+        parse_redis_url(redis.url + "?password=s3cret"), "node-a", reactor, SETTINGS
+    )
+    bad = RedisBus(
+        parse_redis_url(redis.url + "?password=wrong"), "node-b", reactor, SETTINGS
+    )
     try:
         await good.start()
         assert await good.claim_peer("alice")
-        assert await good.send("node-a", Envelope("message", None, None, ("alice",))) is True
+        assert (
+            await good.send("node-a", Envelope("message", None, None, ("alice",)))
+            is True
+        )
         with pytest.raises(BusUnavailable) as refused:
             await bad.start()
         assert "WRONGPASS" in str(refused.value)
@@ -416,12 +442,18 @@ async def test_tls(tmp_path_factory, log_events):
     port = free_loopback_port()
     redis = RedisServer(
         directory,
-        "--bind", "127.0.0.1",
-        "--tls-port", str(port),
-        "--tls-cert-file", str(directory / "cert.pem"),
-        "--tls-key-file", str(directory / "key.pem"),
-        "--tls-ca-cert-file", str(directory / "ca.pem"),
-        "--tls-auth-clients", "no",
+        "--bind",
+        "127.0.0.1",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(directory / "cert.pem"),
+        "--tls-key-file",
+        str(directory / "key.pem"),
+        "--tls-ca-cert-file",
+        str(directory / "ca.pem"),
+        "--tls-auth-clients",
+        "no",
     )
     redis.start()
     url = f"rediss://localhost:{port}/0?ssl_ca_certs="
@@ -429,18 +461,25 @@ async def test_tls(tmp_path_factory, log_events):
         parse_redis_url(url + str(directory / "ca.pem")), "node-a", reactor, SETTINGS
     )
     untrusted = RedisBus(
-        parse_redis_url(url + str(directory / "other-ca.pem")), "node-b", reactor, SETTINGS
+        parse_redis_url(url + str(directory / "other-ca.pem")),
+        "node-b",
+        reactor,
+        SETTINGS,
     )
     try:
         await trusted.start()
         assert await trusted.claim_peer("alice")
-        assert await trusted.send("node-a", Envelope("message", None, None, ("alice",))) is True
+        assert (
+            await trusted.send("node-a", Envelope("message", None, None, ("alice",)))
+            is True
+        )
         starting = untrusted.start()
         await sleep(0.5)
         assert not starting.called
         assert await trusted.nodes() == ["node-a"]
         failures = [
-            event for event in log_events
+            event
+            for event in log_events
             if event.get("log_format", "").startswith("could not connect to redis")
         ]
         assert len(failures) == 1
@@ -471,7 +510,9 @@ async def test_bad_input_from_the_bus(redis, buses, log_events):
     assert await node_a.send("node-b", envelope)
     await until(lambda: received)
     assert received == [envelope] and deaths == []
-    warnings = [event["log_format"] for event in log_events if event["log_level"].name == "warn"]
+    warnings = [
+        event["log_format"] for event in log_events if event["log_level"].name == "warn"
+    ]
     assert warnings == [
         "dropped a message from the bus: {error}",
         "dropped a malformed node death: {error}",
@@ -486,7 +527,9 @@ async def test_redis_refusing_writes(redis, buses, log_events):
     takes writes again.
     """
     node_a = await buses("node-a")
-    assert redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction") == b"+OK\r\n"
+    assert (
+        redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction") == b"+OK\r\n"
+    )
     assert redis.command("CONFIG", "SET", "maxmemory", "1") == b"+OK\r\n"
     await until(lambda: not node_a.available)
     await sleep(3 * SETTINGS.heartbeat_interval)
@@ -494,7 +537,9 @@ async def test_redis_refusing_writes(redis, buses, log_events):
     await until(lambda: node_a.available)
     assert [event for event in log_events if "log_failure" in event] == []
     [warning] = [
-        event for event in log_events if event.get("log_format", "").startswith("redis unreachable")
+        event
+        for event in log_events
+        if event.get("log_format", "").startswith("redis unreachable")
     ]
     assert "OOM" in warning["error"]
 

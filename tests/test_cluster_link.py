@@ -12,7 +12,14 @@ from zope.interface.verify import verifyObject
 
 from signaling.cluster.envelope import Envelope, decode_envelope, encode_envelope
 from signaling.cluster.envelope import envelope_to_fields
-from signaling.cluster.link import BATCH, JOINED, LEFT, ClusterHub, ClusterLink, RemotePeerConnection
+from signaling.cluster.link import (
+    BATCH,
+    JOINED,
+    LEFT,
+    ClusterHub,
+    ClusterLink,
+    RemotePeerConnection,
+)
 from signaling.cluster.results import NodeDeath
 from signaling.errors import DeliveryRefused
 from signaling.hub import IPeerConnection, Member, PeerJoined, PeerLeft, Signal
@@ -68,14 +75,22 @@ class FakeBus:
 
 
 def remote_member(peer_id: str) -> Member:
-    return Member(peer_id=peer_id, dialect="native", metadata={"name": peer_id}, joined_at=5.0)
+    return Member(
+        peer_id=peer_id, dialect="native", metadata={"name": peer_id}, joined_at=5.0
+    )
 
 
 def batch_for(target: str, payloads: list) -> Envelope:
     sender = remote_member("far")
     return Envelope(
-        BATCH, None, None, (),
-        [envelope_to_fields(Envelope("offer", "lobby", sender, (target,), p)) for p in payloads],
+        BATCH,
+        None,
+        None,
+        (),
+        [
+            envelope_to_fields(Envelope("offer", "lobby", sender, (target,), p))
+            for p in payloads
+        ],
     )
 
 
@@ -91,7 +106,14 @@ class ClusterLinkTests(SynchronousTestCase):
 
     def remote_joins(self, peer_id: str, node: str = "there") -> None:
         self.bus.receive(
-            Envelope(JOINED, "lobby", remote_member(peer_id), (), None, {"node": node, "verified_only": False, "room_metadata": {}})
+            Envelope(
+                JOINED,
+                "lobby",
+                remote_member(peer_id),
+                (),
+                None,
+                {"node": node, "verified_only": False, "room_metadata": {}},
+            )
         )
 
     def test_remote_connection_is_a_peer_connection(self):
@@ -99,7 +121,9 @@ class ClusterLinkTests(SynchronousTestCase):
 
     def test_a_local_join_is_told_to_every_other_node(self):
         self.assertEqual(
-            sorted((node, envelope.kind, envelope.room) for node, envelope in self.bus.sent),
+            sorted(
+                (node, envelope.kind, envelope.room) for node, envelope in self.bus.sent
+            ),
             [("there", JOINED, "lobby"), ("yonder", JOINED, "lobby")],
         )
 
@@ -111,18 +135,28 @@ class ClusterLinkTests(SynchronousTestCase):
     def test_a_relay_to_a_remote_peer_is_published_to_its_node(self):
         self.remote_joins("far")
         del self.bus.sent[:]
-        self.hub.relay(self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", {"sdp": "x"}))
+        self.hub.relay(
+            self.peer,
+            "lobby",
+            "far",
+            Signal("offer", self.peer.id, "lobby", {"sdp": "x"}),
+        )
         self.assertEqual(self.bus.sent, [])
         self.bus.reactor.advance(0)
         [(node, envelope)] = self.bus.sent
-        self.assertEqual((node, envelope.kind, envelope.targets, envelope.payload), ("there", "offer", ("far",), {"sdp": "x"}))
+        self.assertEqual(
+            (node, envelope.kind, envelope.targets, envelope.payload),
+            ("there", "offer", ("far",), {"sdp": "x"}),
+        )
         self.assertEqual(envelope.sender.peer_id, self.peer.id)
 
     def test_a_broadcast_is_one_envelope_per_node(self):
         for peer_id, node in (("far1", "there"), ("far2", "there"), ("far3", "yonder")):
             self.remote_joins(peer_id, node)
         del self.bus.sent[:]
-        delivered = self.hub.broadcast(self.peer, "lobby", Signal("message", self.peer.id, "lobby", "hi"))
+        delivered = self.hub.broadcast(
+            self.peer, "lobby", Signal("message", self.peer.id, "lobby", "hi")
+        )
         self.assertEqual(delivered, 3)
         self.bus.reactor.advance(0)
         self.assertEqual(
@@ -134,7 +168,12 @@ class ClusterLinkTests(SynchronousTestCase):
         self.remote_joins("far")
         self.bus.reachable = False
         error = self.assertRaises(
-            DeliveryRefused, self.hub.relay, self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", None)
+            DeliveryRefused,
+            self.hub.relay,
+            self.peer,
+            "lobby",
+            "far",
+            Signal("offer", self.peer.id, "lobby", None),
         )
         self.assertEqual(error.reason, "closed")
         self.assertIsNotNone(self.hub.find("far"))
@@ -142,7 +181,9 @@ class ClusterLinkTests(SynchronousTestCase):
     def test_a_drop_learnt_later_ends_the_mirror(self):
         self.remote_joins("far")
         self.bus.pending = defer.Deferred()
-        self.hub.relay(self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", None))
+        self.hub.relay(
+            self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", None)
+        )
         self.bus.reactor.advance(0)
         self.bus.pending.callback(False)
         self.assertIsNone(self.hub.find("far"))
@@ -157,7 +198,9 @@ class ClusterLinkTests(SynchronousTestCase):
         self.remote_joins("far")
         del self.bus.sent[:]
         for n in range(3):
-            self.hub.relay(self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", n))
+            self.hub.relay(
+                self.peer, "lobby", "far", Signal("offer", self.peer.id, "lobby", n)
+            )
         other = self.hub.connect(RecordingConnection())
         self.hub.join(other, "lobby")
         [(node, batch), *joins] = self.bus.sent
@@ -170,9 +213,14 @@ class ClusterLinkTests(SynchronousTestCase):
 
     def test_a_signal_from_the_bus_reaches_its_local_target(self):
         sender = remote_member("far")
-        self.bus.receive(Envelope("answer", "lobby", sender, (self.peer.id,), {"sdp": "y"}, None))
+        self.bus.receive(
+            Envelope("answer", "lobby", sender, (self.peer.id,), {"sdp": "y"}, None)
+        )
         [signal] = self.local.events
-        self.assertEqual((signal.kind, signal.sender, signal.payload, signal.sender_member), ("answer", "far", {"sdp": "y"}, sender))
+        self.assertEqual(
+            (signal.kind, signal.sender, signal.payload, signal.sender_member),
+            ("answer", "far", {"sdp": "y"}, sender),
+        )
 
     def test_remote_leave_and_node_death(self):
         self.remote_joins("far1")
@@ -180,11 +228,16 @@ class ClusterLinkTests(SynchronousTestCase):
         self.bus.receive(Envelope(LEFT, "lobby", remote_member("far1"), ()))
         self.assertIsNone(self.hub.find("far1"))
         for callback in self.bus.dead_callbacks:
-            callback(NodeDeath("there", ("far2",), (("lobby", remote_member("far2")),), ()))
+            callback(
+                NodeDeath("there", ("far2",), (("lobby", remote_member("far2")),), ())
+            )
         self.assertIsNone(self.hub.find("far2"))
         self.assertEqual(
             self.local.events[-2:],
-            [PeerLeft("lobby", remote_member("far1")), PeerLeft("lobby", remote_member("far2"))],
+            [
+                PeerLeft("lobby", remote_member("far1")),
+                PeerLeft("lobby", remote_member("far2")),
+            ],
         )
         self.assertEqual(list(self.hub.room("lobby").members), [self.peer.id])
 

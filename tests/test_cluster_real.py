@@ -26,10 +26,14 @@ TIMEOUT = 10
 
 def start_node(redis: RedisServer, directory, name: str, *args: str) -> TwistdServer:
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1",
-        "--ping-interval", "0",
-        "--redis", redis.url,
-        "--node-id", name,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--redis",
+        redis.url,
+        "--node-id",
+        name,
         *args,
         env={"JWT_SECRET": ""},
     )
@@ -102,20 +106,27 @@ def wait_for(predicate, timeout: float = 5, interval: float = 0.02):
 
 
 def room_sizes(node: TwistdServer) -> dict[str, int]:
-    return {room["id"]: room["peer_count"] for room in get_json(node.http + "/api/rooms")["rooms"]}
+    return {
+        room["id"]: room["peer_count"]
+        for room in get_json(node.http + "/api/rooms")["rooms"]
+    }
 
 
 def wait_room(nodes, room: str, count: int, timeout: float = 5) -> None:
     """
     Wait until every node's C{/api/rooms} shows C{count} peers in C{room}.
     """
-    wait_for(lambda: all(room_sizes(node).get(room, 0) == count for node in nodes), timeout)
+    wait_for(
+        lambda: all(room_sizes(node).get(room, 0) == count for node in nodes), timeout
+    )
 
 
 class NativePeer:
     def __init__(self, node: TwistdServer, token: str | None = None) -> None:
         query = f"?token={token}" if token is not None else ""
-        self.ws = websocket.create_connection(f"{node.base}/signal{query}", timeout=TIMEOUT)
+        self.ws = websocket.create_connection(
+            f"{node.base}/signal{query}", timeout=TIMEOUT
+        )
         self.id = self.next()["peerId"]
 
     def send(self, message) -> None:
@@ -145,7 +156,9 @@ def test_every_dialect_across_two_nodes(cluster):
     as in one process; /api/rooms on both nodes shows the whole room.
     """
     nodes = cluster.nodes
-    every_dialect_in_one_room(nodes, settled=lambda count: wait_room(nodes, "lobby", count))
+    every_dialect_in_one_room(
+        nodes, settled=lambda count: wait_room(nodes, "lobby", count)
+    )
     wait_room(nodes, "lobby", 0)
 
 
@@ -161,7 +174,9 @@ def test_capacity_is_cluster_wide(cluster):
             wait_room(cluster.nodes, "full", peers.index(peer) + 1)
         for peer in peers[5:]:
             refused = peer.join("full")
-            assert refused["type"] == "error" and refused["code"] == "room-full", refused
+            assert refused["type"] == "error" and refused["code"] == "room-full", (
+                refused
+            )
     finally:
         for peer in peers:
             peer.close()
@@ -188,7 +203,10 @@ def test_a_verified_room_is_verified_only_on_every_node(faulty):
         assert event == "webrtc:room-joined", (event, data)
         assert [p["socketId"] for p in data["existingParticipants"]] == [alice.id]
         event, data = alice.next()
-        assert (event, data["participant"]["socketId"]) == ("webrtc:participant-joined", bob.id)
+        assert (event, data["participant"]["socketId"]) == (
+            "webrtc:participant-joined",
+            bob.id,
+        )
         wait_room(cluster.nodes, "vip", 2)
     finally:
         for client in (alice, bob, intruder):
@@ -214,10 +232,15 @@ def test_room_grants_hold_on_every_node(tmp_path):
         assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
         joined = bob.join("team-a")
         assert joined["type"] == "joined", joined
-        assert [(peer["id"], peer.get("userId")) for peer in joined["peers"]] == [(alice.id, "alice")]
+        assert [(peer["id"], peer.get("userId")) for peer in joined["peers"]] == [
+            (alice.id, "alice")
+        ]
         announced = alice.next()
         assert announced["type"] == "peer-joined", announced
-        assert (announced["peer"]["id"], announced["peer"].get("userId")) == (bob.id, "bob"), announced
+        assert (announced["peer"]["id"], announced["peer"].get("userId")) == (
+            bob.id,
+            "bob",
+        ), announced
     finally:
         alice.close()
         bob.close()
@@ -249,6 +272,7 @@ def test_stats_count_the_whole_cluster(cluster):
     /api/stats on one node counts the peers of the other, in rooms or not.
     """
     one, two = cluster.nodes
+
     def total():
         return get_json(one.http + "/api/stats")["peers"]["total"]
 
@@ -277,12 +301,20 @@ def test_a_killed_node_is_announced_gone(faulty):
     try:
         here.join("doomed")
         there.join("doomed")
-        assert here.next() == {"type": "peer-joined", "room": "doomed", "peer": {"id": there.id, "metadata": {}}}
+        assert here.next() == {
+            "type": "peer-joined",
+            "room": "doomed",
+            "peer": {"id": there.id, "metadata": {}},
+        }
         os.kill(two.process.pid, signal.SIGKILL)
         two.process.wait()
         killed = time.monotonic()
         here.ws.settimeout(5)
-        assert here.next() == {"type": "peer-left", "room": "doomed", "peer": {"id": there.id, "metadata": {}}}
+        assert here.next() == {
+            "type": "peer-left",
+            "room": "doomed",
+            "peer": {"id": there.id, "metadata": {}},
+        }
         assert time.monotonic() - killed < 2.0 + 2 * 0.5 + 0.5
         assert room_sizes(one) == {"doomed": 1}
     finally:
@@ -305,7 +337,17 @@ def test_redis_restart(faulty):
         faulty.redis.stop()
         time.sleep(0.3)
         first.offer("steady", second.id, {"n": 1})
-        wait_for(lambda: _next_of_type(second, "offer") == {"type": "offer", "room": "steady", "from": first.id, "payload": {"n": 1}})
+        wait_for(
+            lambda: (
+                _next_of_type(second, "offer")
+                == {
+                    "type": "offer",
+                    "room": "steady",
+                    "from": first.id,
+                    "payload": {"n": 1},
+                }
+            )
+        )
         first.offer("steady", remote.id, {"n": 2})
         refused = _next_of_type(first, "error")
         assert refused["code"] == "peer-not-found", refused
@@ -328,7 +370,9 @@ def test_redis_restart(faulty):
         assert time.monotonic() - restarted < 5
         # The late peer is put in the directory and announced to node one.
         wait_room(faulty.nodes, "steady", 4)
-        wait_for(lambda: b"node2" in faulty.redis.command("HGET", "signaling:peers", late.id))
+        wait_for(
+            lambda: b"node2" in faulty.redis.command("HGET", "signaling:peers", late.id)
+        )
         assert "Traceback" not in one.log() + two.log()
     finally:
         for peer in peers:
@@ -414,8 +458,13 @@ def test_bus_metrics_of_a_node(tmp_path):
         # Both read at a heartbeat of node one, which may have come before
         # node two joined.
         samples = wait_for(
-            lambda: (lambda s: s.get("signaling_bus_latency_seconds_count", 0) >= 1
-                     and s["signaling_bus_nodes_alive"] == 2 and s)(scrape(one))
+            lambda: (
+                lambda s: (
+                    s.get("signaling_bus_latency_seconds_count", 0) >= 1
+                    and s["signaling_bus_nodes_alive"] == 2
+                    and s
+                )
+            )(scrape(one))
         )
         assert samples["signaling_bus_published_total"] >= before + 1
         assert samples["signaling_bus_publish_dropped_total"] == 0

@@ -10,8 +10,20 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from signaling.cluster.envelope import Envelope
 from signaling.cluster.link import ClusterHub, ClusterLink
-from signaling.cluster.results import DirectoryRefused, NodeDeath, Registered, UserBinding
-from signaling.cluster.users import PRESENCE, PROBE, PROBED, REPLACED, ClusterDirectory, HeldElsewhere
+from signaling.cluster.results import (
+    DirectoryRefused,
+    NodeDeath,
+    Registered,
+    UserBinding,
+)
+from signaling.cluster.users import (
+    PRESENCE,
+    PROBE,
+    PROBED,
+    REPLACED,
+    ClusterDirectory,
+    HeldElsewhere,
+)
 from signaling.directory import KeyMismatch, Presence, Replaced, UserNotOnline
 
 from .support import RecordingConnection
@@ -81,19 +93,27 @@ class ClusterDirectoryTests(SynchronousTestCase):
         )
         self.assertEqual((registered.user_id, registered.peer), ("alice", peer))
         self.assertEqual(self.watcher_connection.events, [Presence("alice", True)])
-        self.assertEqual(self.sent(PRESENCE), [("there", {"userId": "alice", "online": True})])
-        self.assertEqual(self.sent(REPLACED), [("there", {"userId": "alice", "peer": "old-peer"})])
+        self.assertEqual(
+            self.sent(PRESENCE), [("there", {"userId": "alice", "online": True})]
+        )
+        self.assertEqual(
+            self.sent(REPLACED), [("there", {"userId": "alice", "peer": "old-peer"})]
+        )
         self.assertEqual(self.directory.user_of(peer), "alice")
 
     def test_refusals_become_the_directory_errors(self):
         peer = self.hub.connect(RecordingConnection())
         self.bus.registration = DirectoryRefused("key-mismatch")
-        self.failureResultOf(self.directory.register_in_cluster(peer, "alice", "k"), KeyMismatch)
+        self.failureResultOf(
+            self.directory.register_in_cluster(peer, "alice", "k"), KeyMismatch
+        )
         self.bus.registration = DirectoryRefused("user-id-in-use", ("there", "holder"))
         refused = self.failureResultOf(
             self.directory.register_in_cluster(peer, "alice", "k"), HeldElsewhere
         ).value
-        self.assertEqual((refused.node, refused.peer_id, refused.holder), ("there", "holder", None))
+        self.assertEqual(
+            (refused.node, refused.peer_id, refused.holder), ("there", "holder", None)
+        )
 
     def test_a_remote_holder_that_does_not_answer_is_gone(self):
         """
@@ -111,38 +131,58 @@ class ClusterDirectoryTests(SynchronousTestCase):
     def test_a_remote_holder_answers(self):
         probing = self.directory.probe_remote("there", "holder")
         [(_, payload)] = self.sent(PROBE)
-        self.bus.receive(Envelope(PROBED, None, None, (), {"probe": payload["probe"], "alive": True}))
+        self.bus.receive(
+            Envelope(PROBED, None, None, (), {"probe": payload["probe"], "alive": True})
+        )
         self.assertIs(self.successResultOf(probing), True)
         self.assertEqual(self.bus.reactor.getDelayedCalls(), [])
 
     def test_this_node_pings_its_holder_for_another(self):
         holder = self.hub.connect(ProbedConnection())
-        self.bus.receive(Envelope(PROBE, None, None, (), {"probe": 7, "peer": holder.id, "node": "there"}))
-        self.bus.receive(Envelope(PROBE, None, None, (), {"probe": 8, "peer": "nobody", "node": "there"}))
+        self.bus.receive(
+            Envelope(
+                PROBE, None, None, (), {"probe": 7, "peer": holder.id, "node": "there"}
+            )
+        )
+        self.bus.receive(
+            Envelope(
+                PROBE, None, None, (), {"probe": 8, "peer": "nobody", "node": "there"}
+            )
+        )
         self.assertEqual(
             self.sent(PROBED),
-            [("there", {"probe": 7, "alive": True}), ("there", {"probe": 8, "alive": False})],
+            [
+                ("there", {"probe": 7, "alive": True}),
+                ("there", {"probe": 8, "alive": False}),
+            ],
         )
 
     def test_presence_and_deaths_reach_local_watchers(self):
-        self.bus.receive(Envelope(PRESENCE, None, None, (), {"userId": "alice", "online": True}))
+        self.bus.receive(
+            Envelope(PRESENCE, None, None, (), {"userId": "alice", "online": True})
+        )
         for callback in self.bus.dead_callbacks:
             callback(NodeDeath("there", (), (), ("alice", "bob")))
         self.assertEqual(
-            self.watcher_connection.events, [Presence("alice", True), Presence("alice", False)]
+            self.watcher_connection.events,
+            [Presence("alice", True), Presence("alice", False)],
         )
 
     def test_a_takeover_from_another_node_is_told_to_the_old_holder(self):
         connection = RecordingConnection()
         peer = self.hub.connect(connection)
         self.successResultOf(self.directory.register_in_cluster(peer, "bob", "key"))
-        self.bus.receive(Envelope(REPLACED, None, None, (), {"userId": "bob", "peer": peer.id}))
+        self.bus.receive(
+            Envelope(REPLACED, None, None, (), {"userId": "bob", "peer": peer.id})
+        )
         self.assertEqual(connection.events, [Replaced("bob")])
         self.assertIsNone(self.directory.user_of(peer))
 
     def test_malformed_directory_messages_are_dropped(self):
         self.bus.receive(Envelope(PRESENCE, None, None, (), {"online": True}))
-        self.bus.receive(Envelope(PROBED, None, None, (), {"probe": "x", "alive": True}))
+        self.bus.receive(
+            Envelope(PROBED, None, None, (), {"probe": "x", "alive": True})
+        )
         self.assertEqual(self.watcher_connection.events, [])
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
@@ -150,9 +190,16 @@ class ClusterDirectoryTests(SynchronousTestCase):
         sender = self.hub.connect(RecordingConnection())
         self.successResultOf(self.directory.register_in_cluster(sender, "bob", "key"))
         self.bus.binding = UserBinding("alice", "there", "far", "k", False)
-        self.successResultOf(self.directory.relay(sender, "alice", "offer", {"sdp": "x"}))
+        self.successResultOf(
+            self.directory.relay(sender, "alice", "offer", {"sdp": "x"})
+        )
         [(node, envelope)] = [(n, e) for n, e in self.bus.sent if e.kind == "offer"]
-        self.assertEqual((node, envelope.targets, envelope.extra), ("there", ("far",), {"fromUserId": "bob"}))
+        self.assertEqual(
+            (node, envelope.targets, envelope.extra),
+            ("there", ("far",), {"fromUserId": "bob"}),
+        )
         self.assertEqual(envelope.sender.peer_id, sender.id)
         self.bus.binding = None
-        self.failureResultOf(self.directory.relay(sender, "alice", "offer", {}), UserNotOnline)
+        self.failureResultOf(
+            self.directory.relay(sender, "alice", "offer", {}), UserNotOnline
+        )

@@ -30,25 +30,56 @@ class NativeAndTopicTests(SynchronousTestCase):
         self.send(native, {"type": "join", "room": "lobby", "metadata": {"name": "n"}})
         self.assertEqual(
             native.take(),
-            [{"type": "joined", "room": "lobby", "peers": [{"id": topic_id, "metadata": {}}]}],
+            [
+                {
+                    "type": "joined",
+                    "room": "lobby",
+                    "peers": [{"id": topic_id, "metadata": {}}],
+                }
+            ],
         )
         self.assertEqual(
             topic.take(),
             [{"type": "peer-joined", "peerId": native_id, "metadata": {"name": "n"}}],
         )
 
-        self.send(topic, {"type": "offer", "to": native_id, "payload": {"sdp": "o"}, "msgId": "1"})
+        self.send(
+            topic,
+            {"type": "offer", "to": native_id, "payload": {"sdp": "o"}, "msgId": "1"},
+        )
         self.assertEqual(
             native.take(),
-            [{"type": "offer", "room": "lobby", "from": topic_id, "payload": {"sdp": "o"}}],
+            [
+                {
+                    "type": "offer",
+                    "room": "lobby",
+                    "from": topic_id,
+                    "payload": {"sdp": "o"},
+                }
+            ],
         )
-        self.send(native, {"type": "answer", "room": "lobby", "to": topic_id, "payload": {"sdp": "a"}})
-        self.send(native, {"type": "candidate", "room": "lobby", "payload": {"candidate": "c"}})
+        self.send(
+            native,
+            {
+                "type": "answer",
+                "room": "lobby",
+                "to": topic_id,
+                "payload": {"sdp": "a"},
+            },
+        )
+        self.send(
+            native,
+            {"type": "candidate", "room": "lobby", "payload": {"candidate": "c"}},
+        )
         self.assertEqual(
             topic.take(),
             [
                 {"type": "answer", "from": native_id, "payload": {"sdp": "a"}},
-                {"type": "ice-candidate", "from": native_id, "payload": {"candidate": "c"}},
+                {
+                    "type": "ice-candidate",
+                    "from": native_id,
+                    "payload": {"candidate": "c"},
+                },
             ],
         )
 
@@ -63,6 +94,9 @@ class NativeAndTopicTests(SynchronousTestCase):
         native.take()
         self.send(native, {"type": "join", "room": "lobby"})
         native.take(), topic.take()
-        self.send(native, {"type": "message", "room": "lobby", "to": topic_id, "payload": "hi"})
+        self.send(
+            native,
+            {"type": "message", "room": "lobby", "to": topic_id, "payload": "hi"},
+        )
         self.assertEqual(topic.take(), [])
         self.assertEqual(native.take(), [])

@@ -28,13 +28,17 @@ class Native:
         self = cls()
         self.client = await open_websocket(f"{base}/signal")
         self.id = (await self.client.next())["peerId"]
-        self.client.send_json({"type": "join", "room": room, "metadata": {"name": "native"}})
+        self.client.send_json(
+            {"type": "join", "room": room, "metadata": {"name": "native"}}
+        )
         self.joined = await self.client.next()
         self.room = room
         return self
 
     def send(self, kind, to, payload):
-        self.client.send_json({"type": kind, "room": self.room, "to": to, "payload": payload})
+        self.client.send_json(
+            {"type": kind, "room": self.room, "to": to, "payload": payload}
+        )
 
     async def receive(self):
         message = await self.client.next()
@@ -57,7 +61,9 @@ class Topic:
 
     def send(self, kind, to, payload):
         wire = {"candidate": "ice-candidate"}.get(kind, kind)
-        self.client.send_json({"type": wire, "to": to, "payload": payload, "msgId": "m"})
+        self.client.send_json(
+            {"type": wire, "to": to, "payload": payload, "msgId": "m"}
+        )
 
     async def receive(self):
         message = await self.client.next()
@@ -76,12 +82,21 @@ class Envelope:
         self = cls()
         self.client = await open_websocket(f"{base}/ws")
         self.id = (await self.client.next())["peer_id"]
-        self.client.send_json({"type": "JOIN", "room_id": room, "payload": {"display_name": "env"}, "request_id": "j"})
+        self.client.send_json(
+            {
+                "type": "JOIN",
+                "room_id": room,
+                "payload": {"display_name": "env"},
+                "request_id": "j",
+            }
+        )
         self.ack = await self.client.next()
         return self
 
     def send(self, kind, to, payload):
-        self.client.send_json({"type": kind.upper(), "target_id": to, "payload": payload})
+        self.client.send_json(
+            {"type": kind.upper(), "target_id": to, "payload": payload}
+        )
 
     async def receive(self):
         message = await self.client.next()
@@ -105,8 +120,14 @@ async def test_three_dialects_in_one_room(server):
     assert await topic.announced() == native.id
     assert await envelope.announced() == native.id
     # Each joiner's list names those already there, in its own shape.
-    assert [peer["peer_id"] for peer in envelope.ack["payload"]["peers"]] == [topic.id, envelope.id]
-    assert {"peer_id": topic.id, "joined_at": envelope.ack["payload"]["peers"][0]["joined_at"]} == envelope.ack["payload"]["peers"][0]
+    assert [peer["peer_id"] for peer in envelope.ack["payload"]["peers"]] == [
+        topic.id,
+        envelope.id,
+    ]
+    assert {
+        "peer_id": topic.id,
+        "joined_at": envelope.ack["payload"]["peers"][0]["joined_at"],
+    } == envelope.ack["payload"]["peers"][0]
     assert [peer["id"] for peer in native.joined["peers"]] == [topic.id, envelope.id]
     assert native.joined["peers"][1]["metadata"] == {"display_name": "env"}
 
@@ -118,7 +139,13 @@ async def test_three_dialects_in_one_room(server):
             for kind, payload in (
                 ("offer", {"type": "offer", "sdp": f"v=0 {sender.id}"}),
                 ("answer", {"type": "answer", "sdp": f"v=0 {receiver.id}"}),
-                ("candidate", {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}),
+                (
+                    "candidate",
+                    {
+                        "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                        "sdpMid": "0",
+                    },
+                ),
             ):
                 sender.send(kind, receiver.id, payload)
                 assert await receiver.receive() == (kind, sender.id, payload)

@@ -67,11 +67,16 @@ class Browser:
         deadline = time.monotonic() + 30
         url = None
         while url is None and time.monotonic() < deadline:
-            match = re.search(r"DevTools listening on (ws://\S+)", log_path.read_text(errors="replace"))
+            match = re.search(
+                r"DevTools listening on (ws://\S+)",
+                log_path.read_text(errors="replace"),
+            )
             if match:
                 url = match.group(1)
             elif self.process.poll() is not None:
-                raise AssertionError("chromium exited:\n" + log_path.read_text(errors="replace"))
+                raise AssertionError(
+                    "chromium exited:\n" + log_path.read_text(errors="replace")
+                )
             else:
                 time.sleep(0.05)
         assert url, "chromium did not start:\n" + log_path.read_text(errors="replace")
@@ -93,11 +98,17 @@ class Browser:
 
     def open_tab(self, url: str) -> str:
         target = self.call("Target.createTarget", url=url)["targetId"]
-        return self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        return self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
 
     def evaluate(self, session: str, expression: str) -> Any:
         result = self.call(
-            "Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True
+            "Runtime.evaluate",
+            session,
+            expression=expression,
+            awaitPromise=True,
+            returnByValue=True,
         )
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression}: {result['exceptionDetails']}")
@@ -129,7 +140,9 @@ class Browser:
 
 @pytest.fixture
 def browser(tmp_path):
-    browser = Browser(chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log")
+    browser = Browser(
+        chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log"
+    )
     yield browser
     browser.stop()
 
@@ -137,7 +150,12 @@ def browser(tmp_path):
 @pytest.fixture
 def server(tmp_path):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "10",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--resume-grace",
+        "10",
     )
     server.start(tmp_path / "twistd.log")
     server.port = int(server.urls[0].rsplit(":", 1)[1].split("/", 1)[0])
@@ -159,7 +177,9 @@ def test_two_tabs_connect_chat_and_survive_a_cut(browser, server, tmp_path):
     other never sees it leave; the camera button starts a call. The log
     says where the page is.
     """
-    assert f"demo page: open http://127.0.0.1:{server.port}/ in two tabs" in server.log()
+    assert (
+        f"demo page: open http://127.0.0.1:{server.port}/ in two tabs" in server.log()
+    )
     proxy = CuttableProxy(server.port)
     try:
         alice = browser.open_tab(f"http://127.0.0.1:{server.port}/?room=demo-test")
@@ -172,9 +192,13 @@ def test_two_tabs_connect_chat_and_survive_a_cut(browser, server, tmp_path):
         assert list(browser.evaluate(bob, "demo.peers()")) == [alice_id]
 
         browser.evaluate(alice, "demo.say('hello over the data channel')")
-        browser.wait_for(bob, "demo.chat.some(m => m.text === 'hello over the data channel')")
+        browser.wait_for(
+            bob, "demo.chat.some(m => m.text === 'hello over the data channel')"
+        )
 
-        browser.evaluate(alice, "window.left = []; demo.client.on('peer-left', e => left.push(e)); 1")
+        browser.evaluate(
+            alice, "window.left = []; demo.client.on('peer-left', e => left.push(e)); 1"
+        )
         browser.evaluate(
             bob,
             "window.states = []; window.welcomes = [];"
@@ -185,7 +209,12 @@ def test_two_tabs_connect_chat_and_survive_a_cut(browser, server, tmp_path):
         try:
             browser.wait_for(bob, "welcomes.length === 1", timeout=10)
         except AssertionError:
-            raise AssertionError(browser.evaluate(bob, "JSON.stringify([states, welcomes, demo.client.state])") + server.log()[-2000:])
+            raise AssertionError(
+                browser.evaluate(
+                    bob, "JSON.stringify([states, welcomes, demo.client.state])"
+                )
+                + server.log()[-2000:]
+            )
         welcome = browser.evaluate(bob, "welcomes[0]")
         assert (welcome["resumed"], welcome["peerId"]) == (True, bob_id)
         assert browser.evaluate(bob, "states") == ["reconnecting", "open"]
@@ -198,7 +227,10 @@ def test_two_tabs_connect_chat_and_survive_a_cut(browser, server, tmp_path):
             browser.evaluate(tab, "document.getElementById('media').click(); 1")
         for tab in (alice, bob):
             # Its own picture and the other's.
-            browser.wait_for(tab, "[...document.querySelectorAll('video')].filter(v => v.videoWidth > 0).length === 2")
+            browser.wait_for(
+                tab,
+                "[...document.querySelectorAll('video')].filter(v => v.videoWidth > 0).length === 2",
+            )
             browser.wait_for(tab, CONNECTED)
         png = browser.call("Page.captureScreenshot", alice, format="png")["data"]
         import base64

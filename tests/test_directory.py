@@ -24,7 +24,11 @@ from .support import Harness, RecordingConnection, counting_random_bytes, messag
 
 SDP_OFFER = {"type": "offer", "sdp": "v=0 offer"}
 SDP_ANSWER = {"type": "answer", "sdp": "v=0 answer"}
-CANDIDATE = {"candidate": "candidate:1 1 UDP 2113667326 192.0.2.1 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+CANDIDATE = {
+    "candidate": "candidate:1 1 UDP 2113667326 192.0.2.1 54400 typ host",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+}
 
 
 def b64(data: bytes) -> str:
@@ -51,8 +55,17 @@ class DirectoryTestCase(SynchronousTestCase):
 
     def registered(self, user_id, public_key=None):
         client = self.connect()
-        self.send(client, {"type": "register", "userId": user_id, "publicKey": public_key or f"{user_id}-key"})
-        self.assertEqual(client.take(), [{"type": "registered", "success": True, "userId": user_id}])
+        self.send(
+            client,
+            {
+                "type": "register",
+                "userId": user_id,
+                "publicKey": public_key or f"{user_id}-key",
+            },
+        )
+        self.assertEqual(
+            client.take(), [{"type": "registered", "success": True, "userId": user_id}]
+        )
         return client
 
     def discover(self, client, user_id, **fields):
@@ -83,9 +96,22 @@ class DirectoryTestCase(SynchronousTestCase):
         An offer and its answer still pass between two registered users.
         """
         self.send(first, {"type": "offer", "to": second_id, "offer": SDP_OFFER})
-        self.assertEqual(second.take(), [{"type": "offer", "from": first_id, "to": second_id, "offer": SDP_OFFER}])
+        self.assertEqual(
+            second.take(),
+            [{"type": "offer", "from": first_id, "to": second_id, "offer": SDP_OFFER}],
+        )
         self.send(second, {"type": "answer", "to": first_id, "answer": SDP_ANSWER})
-        self.assertEqual(first.take(), [{"type": "answer", "from": second_id, "to": first_id, "answer": SDP_ANSWER}])
+        self.assertEqual(
+            first.take(),
+            [
+                {
+                    "type": "answer",
+                    "from": second_id,
+                    "to": first_id,
+                    "answer": SDP_ANSWER,
+                }
+            ],
+        )
 
 
 class FlowTests(DirectoryTestCase):
@@ -100,8 +126,18 @@ class FlowTests(DirectoryTestCase):
 
     def test_register(self):
         client = self.connect()
-        self.send(client, {"type": "register", "userId": "alice@example.org", "publicKey": "alice-key"})
-        self.assertEqual(client.take(), [{"type": "registered", "success": True, "userId": "alice@example.org"}])
+        self.send(
+            client,
+            {
+                "type": "register",
+                "userId": "alice@example.org",
+                "publicKey": "alice-key",
+            },
+        )
+        self.assertEqual(
+            client.take(),
+            [{"type": "registered", "success": True, "userId": "alice@example.org"}],
+        )
 
     def test_discover_online_and_unknown(self):
         """
@@ -112,7 +148,12 @@ class FlowTests(DirectoryTestCase):
         bob = self.connect()
         self.assertEqual(
             self.discover(bob, "alice"),
-            {"type": "discover-response", "userId": "alice", "online": True, "publicKey": "alice-public-key"},
+            {
+                "type": "discover-response",
+                "userId": "alice",
+                "online": True,
+                "publicKey": "alice-public-key",
+            },
         )
         self.assertEqual(
             self.discover(bob, "ghost"),
@@ -127,25 +168,50 @@ class FlowTests(DirectoryTestCase):
         """
         alice = self.registered("alice")
         bob = self.registered("bob")
-        self.send(alice, {"type": "offer", "from": "mallory", "to": "bob", "offer": SDP_OFFER})
-        self.assertEqual(bob.take(), [{"type": "offer", "from": "alice", "to": "bob", "offer": SDP_OFFER}])
-        self.send(bob, {"type": "answer", "from": "bob", "to": "alice", "answer": SDP_ANSWER})
+        self.send(
+            alice, {"type": "offer", "from": "mallory", "to": "bob", "offer": SDP_OFFER}
+        )
+        self.assertEqual(
+            bob.take(),
+            [{"type": "offer", "from": "alice", "to": "bob", "offer": SDP_OFFER}],
+        )
+        self.send(
+            bob, {"type": "answer", "from": "bob", "to": "alice", "answer": SDP_ANSWER}
+        )
         self.send(bob, {"type": "ice-candidate", "to": "alice", "candidate": CANDIDATE})
         self.assertEqual(
             alice.take(),
             [
                 {"type": "answer", "from": "bob", "to": "alice", "answer": SDP_ANSWER},
-                {"type": "ice-candidate", "from": "bob", "to": "alice", "candidate": CANDIDATE},
+                {
+                    "type": "ice-candidate",
+                    "from": "bob",
+                    "to": "alice",
+                    "candidate": CANDIDATE,
+                },
             ],
         )
-        self.send(alice, {"type": "ice-candidate", "to": "bob", "candidate": "candidate:2 1 UDP 1 192.0.2.2 9 typ host"})
+        self.send(
+            alice,
+            {
+                "type": "ice-candidate",
+                "to": "bob",
+                "candidate": "candidate:2 1 UDP 1 192.0.2.2 9 typ host",
+            },
+        )
         [candidate] = bob.take()
-        self.assertEqual(candidate["candidate"], "candidate:2 1 UDP 1 192.0.2.2 9 typ host")
+        self.assertEqual(
+            candidate["candidate"], "candidate:2 1 UDP 1 192.0.2.2 9 typ host"
+        )
         self.assertEqual(alice.take(), [])
 
     def test_relay_to_offline_user(self):
         alice = self.registered("alice")
-        error = self.assertRefused(alice, {"type": "offer", "to": "charlie", "offer": SDP_OFFER}, "user-not-online")
+        error = self.assertRefused(
+            alice,
+            {"type": "offer", "to": "charlie", "offer": SDP_OFFER},
+            "user-not-online",
+        )
         self.assertEqual(error["message"], "User charlie is not online")
 
     def test_sending_before_registering(self):
@@ -172,7 +238,9 @@ class FlowTests(DirectoryTestCase):
         alice.sendClose()
         self.harness.flush()
         self.assertEqual(self.discover(bob, "alice")["online"], False)
-        self.assertRefused(bob, {"type": "offer", "to": "alice", "offer": SDP_OFFER}, "user-not-online")
+        self.assertRefused(
+            bob, {"type": "offer", "to": "alice", "offer": SDP_OFFER}, "user-not-online"
+        )
         self.assertEqual(self.directory.online_count(), 1)
         self.assertEqual(self.harness.hub.stats().peers_total, 1)
 
@@ -193,7 +261,9 @@ class FlowTests(DirectoryTestCase):
         """
         self.registered("alice")
         stats = self.harness.hub.stats()
-        self.assertEqual((stats.peers_total, stats.peers_without_room, stats.rooms_total), (1, 1, 0))
+        self.assertEqual(
+            (stats.peers_total, stats.peers_without_room, stats.rooms_total), (1, 1, 0)
+        )
 
 
 class OwnershipTests(DirectoryTestCase):
@@ -207,11 +277,19 @@ class OwnershipTests(DirectoryTestCase):
         bob = self.registered("bob")
         impostor = self.connect()
         for key in ("key-2", "key-1"):
-            self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": key}, "user-id-in-use")
+            self.assertRefused(
+                impostor,
+                {"type": "register", "userId": "alice", "publicKey": key},
+                "user-id-in-use",
+            )
         self.assertEqual(alice.take(), [])
         self.assertEqual(self.discover(bob, "alice")["publicKey"], "key-1")
         self.assertExchangeWorks(alice, "alice", bob, "bob")
-        self.assertRefused(impostor, {"type": "offer", "to": "bob", "offer": SDP_OFFER}, "not-registered")
+        self.assertRefused(
+            impostor,
+            {"type": "offer", "to": "bob", "offer": SDP_OFFER},
+            "not-registered",
+        )
 
     def test_silent_holder_is_replaced(self):
         """
@@ -226,14 +304,26 @@ class OwnershipTests(DirectoryTestCase):
         self.send(new, {"type": "register", "userId": "alice", "publicKey": "new-key"})
         self.assertEqual(new.take(), [])
         self.harness.advance(self.directory.probe_seconds + 0.1)
-        self.assertEqual(new.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(
+            new.take(), [{"type": "registered", "success": True, "userId": "alice"}]
+        )
         error = self.assertError(old, "replaced")
         self.assertIn("alice", error["message"])
         self.assertExchangeWorks(new, "alice", bob, "bob")
-        self.assertRefused(old, {"type": "offer", "to": "bob", "offer": SDP_OFFER}, "not-registered")
+        self.assertRefused(
+            old, {"type": "offer", "to": "bob", "offer": SDP_OFFER}, "not-registered"
+        )
         old.sendClose()
         self.harness.flush()
-        self.assertEqual(self.discover(bob, "alice"), {"type": "discover-response", "userId": "alice", "online": True, "publicKey": "new-key"})
+        self.assertEqual(
+            self.discover(bob, "alice"),
+            {
+                "type": "discover-response",
+                "userId": "alice",
+                "online": True,
+                "publicKey": "new-key",
+            },
+        )
         self.assertExchangeWorks(new, "alice", bob, "bob")
 
     def test_claims_share_one_ping_and_the_last_one_counts(self):
@@ -248,12 +338,18 @@ class OwnershipTests(DirectoryTestCase):
             self.send(client, {"type": "register", "userId": "alice", "publicKey": "k"})
         self.assertEqual(len(self.harness.clock.getDelayedCalls()), 1)
         self.send(fickle, {"type": "register", "userId": "fickle", "publicKey": "k"})
-        self.assertEqual(fickle.take(), [{"type": "registered", "success": True, "userId": "fickle"}])
+        self.assertEqual(
+            fickle.take(), [{"type": "registered", "success": True, "userId": "fickle"}]
+        )
         closing.sendClose()
         self.harness.advance(self.directory.probe_seconds + 0.1)
-        self.assertEqual(patient.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(
+            patient.take(), [{"type": "registered", "success": True, "userId": "alice"}]
+        )
         self.assertEqual(fickle.take(), [])
-        self.assertEqual(self.directory.user_of(self.directory.lookup("fickle").peer), "fickle")
+        self.assertEqual(
+            self.directory.user_of(self.directory.lookup("fickle").peer), "fickle"
+        )
 
     def test_holder_closing_during_the_probe_frees_the_user_id(self):
         """
@@ -268,7 +364,9 @@ class OwnershipTests(DirectoryTestCase):
         self.assertEqual(new.take(), [])
         old.sendClose()
         self.harness.flush()
-        self.assertEqual(new.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(
+            new.take(), [{"type": "registered", "success": True, "userId": "alice"}]
+        )
         self.assertEqual(self.harness.clock.getDelayedCalls(), [])
 
     def test_offline_user_id_is_free_at_once(self):
@@ -297,18 +395,26 @@ class OwnershipTests(DirectoryTestCase):
         alice = self.registered("alice", "key-1")
         bob = self.connect()
         self.send(alice, {"type": "register", "userId": "alice", "publicKey": "key-2"})
-        self.assertEqual(alice.take(), [{"type": "registered", "success": True, "userId": "alice"}])
+        self.assertEqual(
+            alice.take(), [{"type": "registered", "success": True, "userId": "alice"}]
+        )
         self.assertEqual(self.discover(bob, "alice")["publicKey"], "key-2")
 
     def test_registering_another_user_id_releases_the_first(self):
         client = self.registered("alice")
         bob = self.registered("bob")
         self.discover(bob, "alice", watch=True)
-        self.send(client, {"type": "register", "userId": "carol", "publicKey": "carol-key"})
+        self.send(
+            client, {"type": "register", "userId": "carol", "publicKey": "carol-key"}
+        )
         self.assertEqual(message_types(client.take()), ["registered"])
-        self.assertEqual(bob.take(), [{"type": "presence", "userId": "alice", "online": False}])
+        self.assertEqual(
+            bob.take(), [{"type": "presence", "userId": "alice", "online": False}]
+        )
         self.registered("alice", "new-key")
-        self.assertEqual(bob.take(), [{"type": "presence", "userId": "alice", "online": True}])
+        self.assertEqual(
+            bob.take(), [{"type": "presence", "userId": "alice", "online": True}]
+        )
         self.assertExchangeWorks(client, "carol", bob, "bob")
 
 
@@ -322,12 +428,18 @@ class PresenceTests(DirectoryTestCase):
         bystander = self.registered("carol")
         self.assertEqual(self.discover(watcher, "alice", watch=True)["online"], False)
         alice = self.registered("alice")
-        self.assertEqual(watcher.take(), [{"type": "presence", "userId": "alice", "online": True}])
+        self.assertEqual(
+            watcher.take(), [{"type": "presence", "userId": "alice", "online": True}]
+        )
         alice.sendClose()
         self.harness.flush()
-        self.assertEqual(watcher.take(), [{"type": "presence", "userId": "alice", "online": False}])
+        self.assertEqual(
+            watcher.take(), [{"type": "presence", "userId": "alice", "online": False}]
+        )
         self.registered("alice")
-        self.assertEqual(watcher.take(), [{"type": "presence", "userId": "alice", "online": True}])
+        self.assertEqual(
+            watcher.take(), [{"type": "presence", "userId": "alice", "online": True}]
+        )
         self.assertEqual(bystander.take(), [])
 
     def test_takeover_is_no_presence_change(self):
@@ -336,7 +448,9 @@ class PresenceTests(DirectoryTestCase):
         self.discover(watcher, "alice", watch=True)
         old.answer_pings = False
         new = self.connect()
-        self.send(new, {"type": "register", "userId": "alice", "publicKey": "alice-key"})
+        self.send(
+            new, {"type": "register", "userId": "alice", "publicKey": "alice-key"}
+        )
         self.harness.advance(self.directory.probe_seconds + 0.1)
         self.assertEqual(message_types(new.take()), ["registered"])
         old.sendClose()
@@ -368,13 +482,24 @@ class PresenceTests(DirectoryTestCase):
         self.registered("user-0")
         self.registered(f"user-{MAX_WATCHES_PER_PEER}")
         self.assertEqual(
-            watcher.take(), [{"type": "presence", "userId": f"user-{MAX_WATCHES_PER_PEER}", "online": True}]
+            watcher.take(),
+            [
+                {
+                    "type": "presence",
+                    "userId": f"user-{MAX_WATCHES_PER_PEER}",
+                    "online": True,
+                }
+            ],
         )
 
 
 def ed25519_identity():
     private = ed25519.Ed25519PrivateKey.generate()
-    public = b64(private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    public = b64(
+        private.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return private, public, lambda data: b64(private.sign(data))
 
 
@@ -383,7 +508,9 @@ def p256_webcrypto_identity():
     A P-256 key exported raw and raw r||s signatures, as WebCrypto makes them.
     """
     private = ec.generate_private_key(ec.SECP256R1())
-    public = b64(private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint))
+    public = b64(
+        private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    )
 
     def sign(data):
         r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
@@ -394,12 +521,25 @@ def p256_webcrypto_identity():
 
 class ProofTests(DirectoryTestCase):
     def register_with_proof(self, client, user_id, public_key, sign):
-        self.send(client, {"type": "register", "userId": user_id, "publicKey": public_key, "proof": True})
+        self.send(
+            client,
+            {
+                "type": "register",
+                "userId": user_id,
+                "publicKey": public_key,
+                "proof": True,
+            },
+        )
         [challenge] = client.take()
         self.assertEqual(set(challenge), {"type", "userId", "nonce"})
-        self.assertEqual((challenge["type"], challenge["userId"]), ("challenge", user_id))
+        self.assertEqual(
+            (challenge["type"], challenge["userId"]), ("challenge", user_id)
+        )
         signature = sign(challenge_text(user_id, challenge["nonce"]))
-        self.send(client, {"type": "register-proof", "userId": user_id, "signature": signature})
+        self.send(
+            client,
+            {"type": "register-proof", "userId": user_id, "signature": signature},
+        )
         return client.take()
 
     def test_ed25519_proof(self):
@@ -411,29 +551,52 @@ class ProofTests(DirectoryTestCase):
         alice = self.connect()
         self.assertEqual(
             self.register_with_proof(alice, "alice", public, sign),
-            [{"type": "registered", "success": True, "userId": "alice", "verified": True}],
+            [
+                {
+                    "type": "registered",
+                    "success": True,
+                    "userId": "alice",
+                    "verified": True,
+                }
+            ],
         )
         bob = self.registered("bob")
         self.assertEqual(
             self.discover(bob, "alice"),
-            {"type": "discover-response", "userId": "alice", "online": True, "publicKey": public, "verified": True},
+            {
+                "type": "discover-response",
+                "userId": "alice",
+                "online": True,
+                "publicKey": public,
+                "verified": True,
+            },
         )
         self.assertExchangeWorks(alice, "alice", bob, "bob")
 
     def test_webcrypto_p256_proof(self):
         _, public, sign = p256_webcrypto_identity()
         self.assertEqual(
-            message_types(self.register_with_proof(self.connect(), "alice", public, sign)), ["registered"]
+            message_types(
+                self.register_with_proof(self.connect(), "alice", public, sign)
+            ),
+            ["registered"],
         )
 
     def test_pem_key(self):
         private = ec.generate_private_key(ec.SECP384R1())
-        pem = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+        pem = (
+            private.public_key()
+            .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
         def sign(data):
             return b64(private.sign(data, ec.ECDSA(hashes.SHA384())))
 
-        self.assertEqual(message_types(self.register_with_proof(self.connect(), "alice", pem, sign)), ["registered"])
+        self.assertEqual(
+            message_types(self.register_with_proof(self.connect(), "alice", pem, sign)),
+            ["registered"],
+        )
 
     def test_verified_user_id_needs_proof_to_take_over(self):
         """
@@ -444,12 +607,23 @@ class ProofTests(DirectoryTestCase):
         alice = self.connect()
         self.register_with_proof(alice, "alice", public, sign)
         thief = self.connect()
-        self.assertRefused(thief, {"type": "register", "userId": "alice", "publicKey": public}, "proof-required")
+        self.assertRefused(
+            thief,
+            {"type": "register", "userId": "alice", "publicKey": public},
+            "proof-required",
+        )
         alice.sendClose()
         self.harness.flush()
-        self.assertRefused(thief, {"type": "register", "userId": "alice", "publicKey": public}, "proof-required")
+        self.assertRefused(
+            thief,
+            {"type": "register", "userId": "alice", "publicKey": public},
+            "proof-required",
+        )
         again = self.connect()
-        self.assertEqual(message_types(self.register_with_proof(again, "alice", public, sign)), ["registered"])
+        self.assertEqual(
+            message_types(self.register_with_proof(again, "alice", public, sign)),
+            ["registered"],
+        )
 
     def test_wrong_signature(self):
         _, public, _ = ed25519_identity()
@@ -458,24 +632,65 @@ class ProofTests(DirectoryTestCase):
         [error] = self.register_with_proof(client, "alice", public, other_sign)
         self.assertEqual((error["type"], error["code"]), ("error", "proof-failed"))
         self.assertIsNone(self.directory.lookup("alice"))
-        self.assertRefused(client, {"type": "register-proof", "userId": "alice", "signature": "AAAA"}, "no-challenge")
+        self.assertRefused(
+            client,
+            {"type": "register-proof", "userId": "alice", "signature": "AAAA"},
+            "no-challenge",
+        )
 
     def test_signature_over_another_nonce_fails(self):
         private, public, sign = ed25519_identity()
         client = self.connect()
-        self.send(client, {"type": "register", "userId": "alice", "publicKey": public, "proof": True})
+        self.send(
+            client,
+            {"type": "register", "userId": "alice", "publicKey": public, "proof": True},
+        )
         client.take()
         signature = sign(challenge_text("alice", "some-other-nonce"))
-        self.assertRefused(client, {"type": "register-proof", "userId": "alice", "signature": signature}, "proof-failed")
+        self.assertRefused(
+            client,
+            {"type": "register-proof", "userId": "alice", "signature": signature},
+            "proof-failed",
+        )
 
     def test_bad_proof_requests(self):
         client = self.connect()
         for message, code in (
-            ({"type": "register", "userId": "alice", "publicKey": "opaque-key", "proof": True}, "unsupported-key"),
-            ({"type": "register", "userId": "alice", "publicKey": b64(b"x" * 40), "proof": True}, "unsupported-key"),
-            ({"type": "register", "userId": "alice", "publicKey": "k", "proof": "yes"}, "invalid-field"),
-            ({"type": "register-proof", "userId": "alice", "signature": "AAAA"}, "no-challenge"),
-            ({"type": "register-proof", "userId": "alice", "signature": 5}, "invalid-field"),
+            (
+                {
+                    "type": "register",
+                    "userId": "alice",
+                    "publicKey": "opaque-key",
+                    "proof": True,
+                },
+                "unsupported-key",
+            ),
+            (
+                {
+                    "type": "register",
+                    "userId": "alice",
+                    "publicKey": b64(b"x" * 40),
+                    "proof": True,
+                },
+                "unsupported-key",
+            ),
+            (
+                {
+                    "type": "register",
+                    "userId": "alice",
+                    "publicKey": "k",
+                    "proof": "yes",
+                },
+                "invalid-field",
+            ),
+            (
+                {"type": "register-proof", "userId": "alice", "signature": "AAAA"},
+                "no-challenge",
+            ),
+            (
+                {"type": "register-proof", "userId": "alice", "signature": 5},
+                "invalid-field",
+            ),
             ({"type": "register-proof", "userId": "alice"}, "invalid-field"),
         ):
             self.assertRefused(client, message, code)
@@ -493,7 +708,17 @@ class ProofTests(DirectoryTestCase):
         holder.answer_pings = False
         self.assertEqual(self.register_with_proof(client, "alice", public, sign), [])
         self.harness.advance(self.directory.probe_seconds + 0.1)
-        self.assertEqual(client.take(), [{"type": "registered", "success": True, "userId": "alice", "verified": True}])
+        self.assertEqual(
+            client.take(),
+            [
+                {
+                    "type": "registered",
+                    "success": True,
+                    "userId": "alice",
+                    "verified": True,
+                }
+            ],
+        )
         self.assertEqual(message_types(holder.take()), ["error"])
 
     def test_proof_takes_over_at_once(self):
@@ -505,7 +730,10 @@ class ProofTests(DirectoryTestCase):
         old = self.connect()
         self.register_with_proof(old, "alice", public, sign)
         new = self.connect()
-        self.assertEqual(message_types(self.register_with_proof(new, "alice", public, sign)), ["registered"])
+        self.assertEqual(
+            message_types(self.register_with_proof(new, "alice", public, sign)),
+            ["registered"],
+        )
         self.assertError(old, "replaced")
 
     def test_proven_key_is_held_after_disconnect(self):
@@ -522,11 +750,27 @@ class ProofTests(DirectoryTestCase):
         self.harness.flush()
         impostor = self.connect()
         self.assertRefused(
-            impostor, {"type": "register", "userId": "alice", "publicKey": other_public, "proof": True}, "key-mismatch"
+            impostor,
+            {
+                "type": "register",
+                "userId": "alice",
+                "publicKey": other_public,
+                "proof": True,
+            },
+            "key-mismatch",
         )
-        self.assertRefused(impostor, {"type": "register", "userId": "alice", "publicKey": "k"}, "proof-required")
+        self.assertRefused(
+            impostor,
+            {"type": "register", "userId": "alice", "publicKey": "k"},
+            "proof-required",
+        )
         self.harness.clock.advance(HOLD_SECONDS)
-        self.assertEqual(message_types(self.register_with_proof(impostor, "alice", other_public, other_sign)), ["registered"])
+        self.assertEqual(
+            message_types(
+                self.register_with_proof(impostor, "alice", other_public, other_sign)
+            ),
+            ["registered"],
+        )
 
 
 class BadInputTests(DirectoryTestCase):
@@ -561,7 +805,13 @@ class BadInputTests(DirectoryTestCase):
 
     def test_unknown_type(self):
         client = self.connect()
-        for message in ({"type": "dance"}, {}, {"type": 5}, {"type": ["offer"]}, {"type": "x" * 10000}):
+        for message in (
+            {"type": "dance"},
+            {},
+            {"type": 5},
+            {"type": ["offer"]},
+            {"type": "x" * 10000},
+        ):
             error = self.assertRefused(client, message, "unknown-type")
             self.assertTrue(error["message"].startswith("Unknown message type"))
             self.assertLess(len(error["message"]), 200)
@@ -611,14 +861,24 @@ class BadInputTests(DirectoryTestCase):
     def test_ten_thousand_character_user_id(self):
         client = self.connect()
         for message_type in ("register", "discover"):
-            self.assertRefused(client, {"type": message_type, "userId": "u" * 10000, "publicKey": "k"}, "invalid-field")
+            self.assertRefused(
+                client,
+                {"type": message_type, "userId": "u" * 10000, "publicKey": "k"},
+                "invalid-field",
+            )
         self.send(client, {"type": "register", "userId": "u" * 256, "publicKey": "k"})
         self.assertEqual(message_types(client.take()), ["registered"])
-        self.assertRefused(client, {"type": "offer", "to": "u" * 10000, "offer": SDP_OFFER}, "invalid-field")
+        self.assertRefused(
+            client,
+            {"type": "offer", "to": "u" * 10000, "offer": SDP_OFFER},
+            "invalid-field",
+        )
 
     def test_ten_thousand_deep_payload(self):
         client = self.registered("mallory")
-        client.sendMessage(b'{"type":"offer","to":"bob","offer":' + b"[" * 10000 + b"]" * 10000 + b"}")
+        client.sendMessage(
+            b'{"type":"offer","to":"bob","offer":' + b"[" * 10000 + b"]" * 10000 + b"}"
+        )
         self.harness.flush()
         self.assertError(client, "invalid-json")
         self.assertEqual(self.bob.take(), [])
@@ -631,11 +891,16 @@ class BadInputTests(DirectoryTestCase):
         self.discover(self.alice, "mallory", watch=True)
         client = self.registered("mallory")
         self.alice.take()
-        client.sendMessage(orjson.dumps({"type": "offer", "to": "bob", "offer": {"sdp": "x" * 40000}}))
+        client.sendMessage(
+            orjson.dumps({"type": "offer", "to": "bob", "offer": {"sdp": "x" * 40000}})
+        )
         self.harness.flush()
         self.assertError(client, "message-too-large")
         self.assertEqual(client.close_code, 1009)
-        self.assertEqual(self.alice.take(), [{"type": "presence", "userId": "mallory", "online": False}])
+        self.assertEqual(
+            self.alice.take(),
+            [{"type": "presence", "userId": "mallory", "online": False}],
+        )
         self.assertEqual(self.bob.take(), [])
 
     def test_binary_frame_closes_1003(self):
@@ -659,14 +924,20 @@ class BadInputTests(DirectoryTestCase):
         self.discover(self.alice, "churn", watch=True)
         client = self.connect()
         for number in range(300):
-            client.send_json({"type": "register", "userId": "churn", "publicKey": f"key-{number}"})
+            client.send_json(
+                {"type": "register", "userId": "churn", "publicKey": f"key-{number}"}
+            )
             client.send_json({"type": "unregister"})
         self.harness.flush()
-        self.assertEqual(message_types(client.take()), ["registered", "unregistered"] * 300)
+        self.assertEqual(
+            message_types(client.take()), ["registered", "unregistered"] * 300
+        )
         self.assertEqual(message_types(self.alice.take()), ["presence"] * 600)
         for number in range(200):
             churn = self.connect()
-            churn.send_json({"type": "register", "userId": f"churn-{number}", "publicKey": "k"})
+            churn.send_json(
+                {"type": "register", "userId": f"churn-{number}", "publicKey": "k"}
+            )
             churn.sendClose()
         self.harness.flush()
         self.assertEqual(self.directory.online_count(), 2)
@@ -687,9 +958,15 @@ class DeliveryTests(DirectoryTestCase):
         """
         bob = self.registered("bob")
         recipient, _ = self.recording_user("alice")
-        for refusal, code in (("too-large", "message-too-large"), ("buffer-full", "dropped"), ("closed", "user-not-online")):
+        for refusal, code in (
+            ("too-large", "message-too-large"),
+            ("buffer-full", "dropped"),
+            ("closed", "user-not-online"),
+        ):
             recipient.refuse = refusal
-            self.assertRefused(bob, {"type": "offer", "to": "alice", "offer": SDP_OFFER}, code)
+            self.assertRefused(
+                bob, {"type": "offer", "to": "alice", "offer": SDP_OFFER}, code
+            )
         self.assertEqual(recipient.events, [])
 
     def test_refused_presence_is_skipped(self):
@@ -699,7 +976,9 @@ class DeliveryTests(DirectoryTestCase):
         other = self.connect()
         self.discover(other, "alice", watch=True)
         self.registered("alice")
-        self.assertEqual(other.take(), [{"type": "presence", "userId": "alice", "online": True}])
+        self.assertEqual(
+            other.take(), [{"type": "presence", "userId": "alice", "online": True}]
+        )
 
     def test_messages_are_not_rendered(self):
         """
@@ -711,7 +990,10 @@ class DeliveryTests(DirectoryTestCase):
         self.directory.relay(peer, "alice", "message", {"text": "hi"})
         self.directory.relay(peer, "alice", "offer", SDP_OFFER)
         self.harness.flush()
-        self.assertEqual(alice.take(), [{"type": "offer", "from": "bot", "to": "alice", "offer": SDP_OFFER}])
+        self.assertEqual(
+            alice.take(),
+            [{"type": "offer", "from": "bot", "to": "alice", "offer": SDP_OFFER}],
+        )
 
 
 class RateLimitTests(DirectoryTestCase):
@@ -731,14 +1013,19 @@ class RateLimitTests(DirectoryTestCase):
         self.harness.flush()
         replies = client.take()
         self.assertEqual(message_types(replies), ["registered"] * 20 + ["error"] * 5)
-        self.assertEqual({reply.get("code") for reply in replies[20:]}, {"rate-limited"})
+        self.assertEqual(
+            {reply.get("code") for reply in replies[20:]}, {"rate-limited"}
+        )
         for _ in range(50):
             client.send_json({"type": "unregister"})
         self.harness.flush()
         self.assertEqual(client.close_code, 1008)
         self.assertEqual(
             watcher.take(),
-            [{"type": "presence", "userId": "churn", "online": True}, {"type": "presence", "userId": "churn", "online": False}],
+            [
+                {"type": "presence", "userId": "churn", "online": True},
+                {"type": "presence", "userId": "churn", "online": False},
+            ],
         )
 
 
@@ -755,13 +1042,28 @@ class InternalErrorTests(DirectoryTestCase):
         def broken(*args):
             raise RuntimeError("bug")
 
-        self.patch(DirectorySession, "_handlers", {**DirectorySession._handlers, "discover": broken})
+        self.patch(
+            DirectorySession,
+            "_handlers",
+            {**DirectorySession._handlers, "discover": broken},
+        )
         bob.sendMessage(b'{"type":"discover","userId":"alice"}')
         self.harness.flush()
         self.assertEqual(bob.close_code, 1011)
-        self.assertEqual(bob.take(), [{"type": "error", "message": "internal server error", "code": "internal-error"}])
+        self.assertEqual(
+            bob.take(),
+            [
+                {
+                    "type": "error",
+                    "message": "internal server error",
+                    "code": "internal-error",
+                }
+            ],
+        )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        self.assertEqual(alice.take(), [{"type": "presence", "userId": "bob", "online": False}])
+        self.assertEqual(
+            alice.take(), [{"type": "presence", "userId": "bob", "online": False}]
+        )
 
 
 class HeartbeatTests(DirectoryTestCase):
@@ -777,7 +1079,9 @@ class HeartbeatTests(DirectoryTestCase):
         self.discover(alice, "bob", watch=True)
         bob.answer_pings = False
         self.harness.advance(5 + 3 + 0.5)
-        self.assertEqual(alice.take(), [{"type": "presence", "userId": "bob", "online": False}])
+        self.assertEqual(
+            alice.take(), [{"type": "presence", "userId": "bob", "online": False}]
+        )
         self.assertIsNone(alice.close_code)
         self.assertEqual(self.discover(alice, "bob")["online"], False)
 
@@ -804,33 +1108,89 @@ class RoomTests(DirectoryTestCase):
         alice_peer = joined["peerId"]
         self.assertEqual(
             joined,
-            {"type": "joined", "room": "lobby", "peerId": alice_peer, "peers": [{"peerId": nat.peer_id}]},
+            {
+                "type": "joined",
+                "room": "lobby",
+                "peerId": alice_peer,
+                "peers": [{"peerId": nat.peer_id}],
+            },
         )
-        self.assertEqual(
-            nat.take(),
-            [{"type": "peer-joined", "room": "lobby", "peer": {"id": alice_peer, "metadata": {"userId": "alice"}}}],
-        )
-        self.send(nat, {"type": "offer", "room": "lobby", "to": alice_peer, "payload": SDP_OFFER})
-        self.assertEqual(
-            alice.take(),
-            [{"type": "offer", "room": "lobby", "from": nat.peer_id, "to": alice_peer, "offer": SDP_OFFER}],
-        )
-        self.send(alice, {"type": "answer", "room": "lobby", "to": nat.peer_id, "answer": SDP_ANSWER})
-        self.send(alice, {"type": "ice-candidate", "room": "lobby", "to": nat.peer_id, "candidate": CANDIDATE})
         self.assertEqual(
             nat.take(),
             [
-                {"type": "answer", "room": "lobby", "from": alice_peer, "payload": SDP_ANSWER},
-                {"type": "candidate", "room": "lobby", "from": alice_peer, "payload": CANDIDATE},
+                {
+                    "type": "peer-joined",
+                    "room": "lobby",
+                    "peer": {"id": alice_peer, "metadata": {"userId": "alice"}},
+                }
             ],
         )
-        self.send(nat, {"type": "message", "room": "lobby", "to": alice_peer, "payload": "hi"})
+        self.send(
+            nat,
+            {"type": "offer", "room": "lobby", "to": alice_peer, "payload": SDP_OFFER},
+        )
+        self.assertEqual(
+            alice.take(),
+            [
+                {
+                    "type": "offer",
+                    "room": "lobby",
+                    "from": nat.peer_id,
+                    "to": alice_peer,
+                    "offer": SDP_OFFER,
+                }
+            ],
+        )
+        self.send(
+            alice,
+            {
+                "type": "answer",
+                "room": "lobby",
+                "to": nat.peer_id,
+                "answer": SDP_ANSWER,
+            },
+        )
+        self.send(
+            alice,
+            {
+                "type": "ice-candidate",
+                "room": "lobby",
+                "to": nat.peer_id,
+                "candidate": CANDIDATE,
+            },
+        )
+        self.assertEqual(
+            nat.take(),
+            [
+                {
+                    "type": "answer",
+                    "room": "lobby",
+                    "from": alice_peer,
+                    "payload": SDP_ANSWER,
+                },
+                {
+                    "type": "candidate",
+                    "room": "lobby",
+                    "from": alice_peer,
+                    "payload": CANDIDATE,
+                },
+            ],
+        )
+        self.send(
+            nat, {"type": "message", "room": "lobby", "to": alice_peer, "payload": "hi"}
+        )
         self.assertEqual(alice.take(), [])
         self.send(alice, {"type": "leave", "room": "lobby"})
         self.assertEqual(alice.take(), [{"type": "left", "room": "lobby"}])
         self.assertEqual(
             nat.take(),
-            [{"type": "peer-left", "room": "lobby", "peer": {"id": alice_peer, "metadata": {"userId": "alice"}}}],
+            [
+                {
+                    "type": "peer-left",
+                    "room": "lobby",
+                    "peer": {"id": alice_peer, "metadata": {"userId": "alice"}},
+                }
+            ],
         )
 
     def test_two_directory_users_in_a_room(self):
@@ -846,15 +1206,32 @@ class RoomTests(DirectoryTestCase):
         [joined] = bob.take()
         self.assertEqual(joined["peers"], [{"peerId": alice_peer, "userId": "alice"}])
         bob_peer = joined["peerId"]
-        self.assertEqual(alice.take(), [{"type": "peer-joined", "room": "r", "peerId": bob_peer, "userId": "bob"}])
-        self.send(bob, {"type": "offer", "room": "r", "to": alice_peer, "offer": SDP_OFFER})
         self.assertEqual(
             alice.take(),
-            [{"type": "offer", "room": "r", "from": bob_peer, "fromUserId": "bob", "to": alice_peer, "offer": SDP_OFFER}],
+            [{"type": "peer-joined", "room": "r", "peerId": bob_peer, "userId": "bob"}],
+        )
+        self.send(
+            bob, {"type": "offer", "room": "r", "to": alice_peer, "offer": SDP_OFFER}
+        )
+        self.assertEqual(
+            alice.take(),
+            [
+                {
+                    "type": "offer",
+                    "room": "r",
+                    "from": bob_peer,
+                    "fromUserId": "bob",
+                    "to": alice_peer,
+                    "offer": SDP_OFFER,
+                }
+            ],
         )
         bob.sendClose()
         self.harness.flush()
-        self.assertEqual(alice.take(), [{"type": "peer-left", "room": "r", "peerId": bob_peer, "userId": "bob"}])
+        self.assertEqual(
+            alice.take(),
+            [{"type": "peer-left", "room": "r", "peerId": bob_peer, "userId": "bob"}],
+        )
 
     def test_room_errors(self):
         nat = self.native("other")
@@ -864,14 +1241,34 @@ class RoomTests(DirectoryTestCase):
             ({"type": "join", "room": 5}, "invalid-field"),
             ({"type": "join", "room": "r" * 10000}, "invalid-field"),
             ({"type": "leave", "room": "lobby"}, "not-in-room"),
-            ({"type": "offer", "room": "other", "to": nat.peer_id, "offer": SDP_OFFER}, "not-in-room"),
-            ({"type": "offer", "room": ["other"], "to": nat.peer_id, "offer": SDP_OFFER}, "invalid-field"),
+            (
+                {
+                    "type": "offer",
+                    "room": "other",
+                    "to": nat.peer_id,
+                    "offer": SDP_OFFER,
+                },
+                "not-in-room",
+            ),
+            (
+                {
+                    "type": "offer",
+                    "room": ["other"],
+                    "to": nat.peer_id,
+                    "offer": SDP_OFFER,
+                },
+                "invalid-field",
+            ),
         ):
             self.assertRefused(client, message, code)
         self.send(client, {"type": "join", "room": "lobby"})
         client.take()
         self.assertRefused(client, {"type": "join", "room": "lobby"}, "already-in-room")
-        self.assertRefused(client, {"type": "offer", "room": "lobby", "to": nat.peer_id, "offer": SDP_OFFER}, "peer-not-found")
+        self.assertRefused(
+            client,
+            {"type": "offer", "room": "lobby", "to": nat.peer_id, "offer": SDP_OFFER},
+            "peer-not-found",
+        )
         self.assertEqual(nat.take(), [])
 
 
@@ -902,7 +1299,10 @@ class DirectoryStateTests(SynchronousTestCase):
         for user_id in ("a", "b", "c", "d"):
             _, peer = self.user(directory, user_id)
             directory.disconnected(peer)
-        self.assertEqual([directory.lookup(u) is not None for u in "abcd"], [True, True, False, False])
+        self.assertEqual(
+            [directory.lookup(u) is not None for u in "abcd"],
+            [True, True, False, False],
+        )
         self.assertEqual([event["count"] for event in events if "count" in event], [2])
         self.clock.advance(60)
         self.assertEqual([directory.lookup(u) for u in "abc"], [None, None, None])

@@ -31,7 +31,9 @@ OFFER = {"type": "offer", "sdp": "v=0"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("dircluster"), "--directory-probe-timeout", str(PROBE))
+    cluster = Cluster(
+        tmp_path_factory.mktemp("dircluster"), "--directory-probe-timeout", str(PROBE)
+    )
     try:
         yield cluster.start(2)
     finally:
@@ -81,8 +83,12 @@ class User:
             {"type": "register", "userId": user_id, "publicKey": public, "proof": True}
         )
         assert challenge["type"] == "challenge", challenge
-        signature = base64.b64encode(private.sign(challenge_text(user_id, challenge["nonce"]))).decode()
-        return self.request({"type": "register-proof", "userId": user_id, "signature": signature})
+        signature = base64.b64encode(
+            private.sign(challenge_text(user_id, challenge["nonce"]))
+        ).decode()
+        return self.request(
+            {"type": "register-proof", "userId": user_id, "signature": signature}
+        )
 
     def close(self) -> None:
         self.ws.close()
@@ -107,17 +113,34 @@ def test_register_discover_relay_presence_across_nodes(cluster):
         assert bob.register("bob", "bob-key") == registered("bob")
         started = time.monotonic()
         refused = mallory.register("alice", "mallory-key")
-        assert (refused["type"], refused["code"]) == ("error", "user-id-in-use"), refused
+        assert (refused["type"], refused["code"]) == ("error", "user-id-in-use"), (
+            refused
+        )
         assert time.monotonic() - started < 2 * PROBE + 1
         assert bob.request({"type": "discover", "userId": "alice", "watch": True}) == {
-            "type": "discover-response", "userId": "alice", "online": True, "publicKey": "alice-key",
+            "type": "discover-response",
+            "userId": "alice",
+            "online": True,
+            "publicKey": "alice-key",
         }
         bob.send({"type": "offer", "to": "alice", "offer": OFFER, "from": "forged"})
-        assert alice.next() == {"type": "offer", "from": "bob", "to": "alice", "offer": OFFER}
+        assert alice.next() == {
+            "type": "offer",
+            "from": "bob",
+            "to": "alice",
+            "offer": OFFER,
+        }
         alice.send({"type": "answer", "to": "bob", "answer": {"sdp": "a"}})
-        assert bob.next() == {"type": "answer", "from": "alice", "to": "bob", "answer": {"sdp": "a"}}
+        assert bob.next() == {
+            "type": "answer",
+            "from": "alice",
+            "to": "bob",
+            "answer": {"sdp": "a"},
+        }
         refused = bob.request({"type": "offer", "to": "nobody", "offer": OFFER})
-        assert (refused["type"], refused["code"]) == ("error", "user-not-online"), refused
+        assert (refused["type"], refused["code"]) == ("error", "user-not-online"), (
+            refused
+        )
         alice.close()
         assert bob.next() == {"type": "presence", "userId": "alice", "online": False}
         again = User(one)
@@ -147,7 +170,10 @@ def test_a_silent_holder_on_another_node_loses_its_user_id(cluster):
         assert silent.next()["code"] == "replaced"
         checker = User(one)
         assert checker.request({"type": "discover", "userId": "dave"}) == {
-            "type": "discover-response", "userId": "dave", "online": True, "publicKey": "dave-new-key",
+            "type": "discover-response",
+            "userId": "dave",
+            "online": True,
+            "publicKey": "dave-new-key",
         }
         checker.close()
     finally:
@@ -166,21 +192,32 @@ def test_proven_user_ids_across_nodes(cluster):
     other_private, other_public = ed25519_identity()
     owner, intruder, forger, heir = User(one), User(two), User(two), User(two)
     try:
-        assert owner.register_with_proof("erin", private, public) == registered("erin", verified=True)
+        assert owner.register_with_proof("erin", private, public) == registered(
+            "erin", verified=True
+        )
         refused = intruder.register("erin", public)
-        assert (refused["type"], refused["code"]) == ("error", "proof-required"), refused
+        assert (refused["type"], refused["code"]) == ("error", "proof-required"), (
+            refused
+        )
         refused = forger.register_with_proof("erin", other_private, other_public)
         assert (refused["type"], refused["code"]) == ("error", "key-mismatch"), refused
-        assert heir.register_with_proof("erin", private, public) == registered("erin", verified=True)
+        assert heir.register_with_proof("erin", private, public) == registered(
+            "erin", verified=True
+        )
         assert owner.next()["code"] == "replaced"
         heir.close()
         checker = User(one)
         assert checker.request({"type": "discover", "userId": "erin"}) == {
-            "type": "discover-response", "userId": "erin", "online": False,
-            "publicKey": public, "verified": True,
+            "type": "discover-response",
+            "userId": "erin",
+            "online": False,
+            "publicKey": public,
+            "verified": True,
         }
         refused = checker.register("erin", "another-key")
-        assert (refused["type"], refused["code"]) == ("error", "proof-required"), refused
+        assert (refused["type"], refused["code"]) == ("error", "proof-required"), (
+            refused
+        )
         checker.close()
     finally:
         for user in (owner, intruder, forger, heir):
@@ -199,9 +236,13 @@ def test_a_killed_node_frees_and_holds_its_user_ids(tmp_path):
     try:
         frank, grace = User(two), User(two)
         assert frank.register("frank", "frank-key") == registered("frank")
-        assert grace.register_with_proof("grace", private, public) == registered("grace", verified=True)
+        assert grace.register_with_proof("grace", private, public) == registered(
+            "grace", verified=True
+        )
         for user_id in ("frank", "grace"):
-            reply = watcher.request({"type": "discover", "userId": user_id, "watch": True})
+            reply = watcher.request(
+                {"type": "discover", "userId": user_id, "watch": True}
+            )
             assert reply["online"] is True, reply
         os.kill(two.process.pid, signal.SIGKILL)
         two.process.wait()
@@ -213,7 +254,9 @@ def test_a_killed_node_frees_and_holds_its_user_ids(tmp_path):
         newcomer = User(one)
         assert newcomer.register("frank", "another-key") == registered("frank")
         refused = newcomer.register("grace", "another-key")
-        assert (refused["type"], refused["code"]) == ("error", "proof-required"), refused
+        assert (refused["type"], refused["code"]) == ("error", "proof-required"), (
+            refused
+        )
         newcomer.close()
     finally:
         watcher.close()
@@ -224,12 +267,16 @@ def user_node(server, user_id: str) -> str | None:
     """
     The node holding C{user_id}, from the workers' private Redis.
     """
-    path = re.search(r"joining the cluster at unix://(\S+) as node", server.log()).group(1)
+    path = re.search(
+        r"joining the cluster at unix://(\S+) as node", server.log()
+    ).group(1)
     key = f"signaling:user:{user_id}".encode()
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(5)
         client.connect(path)
-        client.sendall(b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$4\r\nnode\r\n" % (len(key), key))
+        client.sendall(
+            b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$4\r\nnode\r\n" % (len(key), key)
+        )
         reply = client.recv(4096)
     return None if reply.startswith(b"$-1") else reply.split(b"\r\n")[1].decode()
 
@@ -240,7 +287,9 @@ def test_user_ids_across_workers(tmp_path):
     each other and exchange offers by userId; the userId of a live user on
     the other worker cannot be taken.
     """
-    server = start_workers(tmp_path / "twistd.log", "--directory-probe-timeout", str(PROBE))
+    server = start_workers(
+        tmp_path / "twistd.log", "--directory-probe-timeout", str(PROBE)
+    )
     users: list[User] = []
     try:
         # Users until both workers hold one (the kernel decides which).
@@ -259,12 +308,22 @@ def test_user_ids_across_workers(tmp_path):
         else:
             raise AssertionError("every user landed on one worker")
         assert other.request({"type": "discover", "userId": "u0"}) == {
-            "type": "discover-response", "userId": "u0", "online": True, "publicKey": "key-0",
+            "type": "discover-response",
+            "userId": "u0",
+            "online": True,
+            "publicKey": "key-0",
         }
         other.send({"type": "offer", "to": "u0", "offer": OFFER})
-        assert first.next() == {"type": "offer", "from": f"u{index}", "to": "u0", "offer": OFFER}
+        assert first.next() == {
+            "type": "offer",
+            "from": f"u{index}",
+            "to": "u0",
+            "offer": OFFER,
+        }
         refused = other.register("u0", "stolen")
-        assert (refused["type"], refused["code"]) == ("error", "user-id-in-use"), refused
+        assert (refused["type"], refused["code"]) == ("error", "user-id-in-use"), (
+            refused
+        )
     finally:
         for user in users:
             user.close()

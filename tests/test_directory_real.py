@@ -29,10 +29,14 @@ PROBE = 0.3
 @pytest.fixture
 def server(tmp_path):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1",
-        "--directory-probe-timeout", str(PROBE),
-        "--directory-max-held", "2",
-        "--root-dialect", "directory",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--directory-probe-timeout",
+        str(PROBE),
+        "--directory-max-held",
+        "2",
+        "--root-dialect",
+        "directory",
     )
     [url] = server.start(tmp_path / "twistd.log")
     server.base = url.rsplit("/", 1)[0]
@@ -48,7 +52,11 @@ def directory_url(server):
 async def register(url, user_id, public_key):
     client = await open_websocket(url)
     client.send_json({"type": "register", "userId": user_id, "publicKey": public_key})
-    assert await client.next() == {"type": "registered", "success": True, "userId": user_id}
+    assert await client.next() == {
+        "type": "registered",
+        "success": True,
+        "userId": user_id,
+    }
     return client
 
 
@@ -77,18 +85,54 @@ async def test_register_discover_relay_cleanup(directory_url):
         "publicKey": "alice-public-key",
     }
 
-    bob.send_json({"type": "offer", "from": "mallory", "to": "alice@example.org", "offer": OFFER})
-    assert await alice.next() == {"type": "offer", "from": "bob@example.org", "to": "alice@example.org", "offer": OFFER}
-    alice.send_json({"type": "answer", "from": "alice@example.org", "to": "bob@example.org", "answer": ANSWER})
-    assert await bob.next() == {"type": "answer", "from": "alice@example.org", "to": "bob@example.org", "answer": ANSWER}
-    candidate = {"candidate": "candidate:1 1 UDP 2113667326 192.0.2.1 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
-    alice.send_json({"type": "ice-candidate", "to": "bob@example.org", "candidate": candidate})
-    assert await bob.next() == {"type": "ice-candidate", "from": "alice@example.org", "to": "bob@example.org", "candidate": candidate}
-    bob.send_json({"type": "ice-candidate", "to": "alice@example.org", "candidate": candidate})
+    bob.send_json(
+        {"type": "offer", "from": "mallory", "to": "alice@example.org", "offer": OFFER}
+    )
+    assert await alice.next() == {
+        "type": "offer",
+        "from": "bob@example.org",
+        "to": "alice@example.org",
+        "offer": OFFER,
+    }
+    alice.send_json(
+        {
+            "type": "answer",
+            "from": "alice@example.org",
+            "to": "bob@example.org",
+            "answer": ANSWER,
+        }
+    )
+    assert await bob.next() == {
+        "type": "answer",
+        "from": "alice@example.org",
+        "to": "bob@example.org",
+        "answer": ANSWER,
+    }
+    candidate = {
+        "candidate": "candidate:1 1 UDP 2113667326 192.0.2.1 54400 typ host",
+        "sdpMid": "0",
+        "sdpMLineIndex": 0,
+    }
+    alice.send_json(
+        {"type": "ice-candidate", "to": "bob@example.org", "candidate": candidate}
+    )
+    assert await bob.next() == {
+        "type": "ice-candidate",
+        "from": "alice@example.org",
+        "to": "bob@example.org",
+        "candidate": candidate,
+    }
+    bob.send_json(
+        {"type": "ice-candidate", "to": "alice@example.org", "candidate": candidate}
+    )
     assert (await alice.next())["from"] == "bob@example.org"
 
     await close(alice)
-    assert await bob.next() == {"type": "presence", "userId": "alice@example.org", "online": False}
+    assert await bob.next() == {
+        "type": "presence",
+        "userId": "alice@example.org",
+        "online": False,
+    }
     bob.send_json({"type": "discover", "userId": "alice@example.org"})
     assert (await bob.next())["online"] is False
     bob.send_json({"type": "offer", "to": "alice@example.org", "offer": OFFER})
@@ -101,7 +145,11 @@ async def test_register_discover_relay_cleanup(directory_url):
     # Without proof an offline userId is free at once, as in the original:
     # a user who made a new key gets it back on reconnecting.
     alice = await register(directory_url, "alice@example.org", "alice-new-key")
-    assert await bob.next() == {"type": "presence", "userId": "alice@example.org", "online": True}
+    assert await bob.next() == {
+        "type": "presence",
+        "userId": "alice@example.org",
+        "online": True,
+    }
     bob.send_json({"type": "offer", "to": "alice@example.org", "offer": OFFER})
     assert (await alice.next())["offer"] == OFFER
     await close(alice, bob)
@@ -123,7 +171,12 @@ async def test_takeover_and_bad_input(directory_url):
     await close(old)
 
     bob.send_json({"type": "offer", "to": "alice", "offer": OFFER})
-    assert await new.next() == {"type": "offer", "from": "bob", "to": "alice", "offer": OFFER}
+    assert await new.next() == {
+        "type": "offer",
+        "from": "bob",
+        "to": "alice",
+        "offer": OFFER,
+    }
 
     mallory = await open_websocket(directory_url)
     mallory.sendMessage(b"{nope")
@@ -141,7 +194,12 @@ async def test_takeover_and_bad_input(directory_url):
     assert await huge.closed == 1009
 
     new.send_json({"type": "answer", "to": "bob", "answer": ANSWER})
-    assert await bob.next() == {"type": "answer", "from": "alice", "to": "bob", "answer": ANSWER}
+    assert await bob.next() == {
+        "type": "answer",
+        "from": "alice",
+        "to": "bob",
+        "answer": ANSWER,
+    }
     await close(new, bob)
 
 
@@ -152,15 +210,28 @@ async def test_registration_with_proof(directory_url):
     """
     private = ed25519.Ed25519PrivateKey.generate()
     public = base64.b64encode(
-        private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        private.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        )
     ).decode()
     alice = await open_websocket(directory_url)
-    alice.send_json({"type": "register", "userId": "alice", "publicKey": public, "proof": True})
+    alice.send_json(
+        {"type": "register", "userId": "alice", "publicKey": public, "proof": True}
+    )
     challenge = await alice.next()
     assert challenge["type"] == "challenge"
-    signature = base64.b64encode(private.sign(challenge_text("alice", challenge["nonce"]))).decode()
-    alice.send_json({"type": "register-proof", "userId": "alice", "signature": signature})
-    assert await alice.next() == {"type": "registered", "success": True, "userId": "alice", "verified": True}
+    signature = base64.b64encode(
+        private.sign(challenge_text("alice", challenge["nonce"]))
+    ).decode()
+    alice.send_json(
+        {"type": "register-proof", "userId": "alice", "signature": signature}
+    )
+    assert await alice.next() == {
+        "type": "registered",
+        "success": True,
+        "userId": "alice",
+        "verified": True,
+    }
     await close(alice)
 
 
@@ -185,35 +256,60 @@ async def test_user_id_of_a_live_holder_cannot_be_taken(directory_url):
         "message": "userId bob is in use by another connection",
     }
     carol.send_json({"type": "offer", "to": "bob", "offer": OFFER})
-    assert await bob.next() == {"type": "offer", "from": "carol", "to": "bob", "offer": OFFER}
+    assert await bob.next() == {
+        "type": "offer",
+        "from": "carol",
+        "to": "bob",
+        "offer": OFFER,
+    }
     mallory.send_json({"type": "offer", "to": "carol", "offer": OFFER})
     assert (await mallory.next())["code"] == "not-registered"
 
     bob.answer_pings = False
     started = reactor.seconds()
     again = await register(directory_url, "bob", "bob-new-key")
-    assert PROBE <= reactor.seconds() - started < 5  # the original client gives register() 5 s
+    assert (
+        PROBE <= reactor.seconds() - started < 5
+    )  # the original client gives register() 5 s
     assert (await bob.next())["code"] == "replaced"
     carol.send_json({"type": "offer", "to": "bob", "offer": OFFER})
-    assert await again.next() == {"type": "offer", "from": "carol", "to": "bob", "offer": OFFER}
+    assert await again.next() == {
+        "type": "offer",
+        "from": "carol",
+        "to": "bob",
+        "offer": OFFER,
+    }
     await close(bob, carol, mallory, again)
 
 
 def ed25519_identity():
     private = ed25519.Ed25519PrivateKey.generate()
     public = base64.b64encode(
-        private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        private.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        )
     ).decode()
     return private, public
 
 
 async def register_with_proof(url, user_id, private, public):
     client = await open_websocket(url)
-    client.send_json({"type": "register", "userId": user_id, "publicKey": public, "proof": True})
+    client.send_json(
+        {"type": "register", "userId": user_id, "publicKey": public, "proof": True}
+    )
     challenge = await client.next()
-    signature = base64.b64encode(private.sign(challenge_text(user_id, challenge["nonce"]))).decode()
-    client.send_json({"type": "register-proof", "userId": user_id, "signature": signature})
-    assert await client.next() == {"type": "registered", "success": True, "userId": user_id, "verified": True}
+    signature = base64.b64encode(
+        private.sign(challenge_text(user_id, challenge["nonce"]))
+    ).decode()
+    client.send_json(
+        {"type": "register-proof", "userId": user_id, "signature": signature}
+    )
+    assert await client.next() == {
+        "type": "registered",
+        "success": True,
+        "userId": user_id,
+        "verified": True,
+    }
     return client
 
 
@@ -232,7 +328,9 @@ async def test_proven_holds_survive_a_flood(server, directory_url):
     await close(first, second)
 
     for number in range(3):
-        throwaway = await register_with_proof(directory_url, f"flood-{number}", *ed25519_identity())
+        throwaway = await register_with_proof(
+            directory_url, f"flood-{number}", *ed25519_identity()
+        )
         await close(throwaway)
     mallory = await open_websocket(directory_url)
     mallory.send_json({"type": "register", "userId": "alice", "publicKey": public})
@@ -258,9 +356,17 @@ async def test_presence_only_for_watchers(directory_url):
     watcher.send_json({"type": "discover", "userId": "alice", "watch": True})
     assert (await watcher.next())["online"] is True
     await close(alice)
-    assert await watcher.next() == {"type": "presence", "userId": "alice", "online": False}
+    assert await watcher.next() == {
+        "type": "presence",
+        "userId": "alice",
+        "online": False,
+    }
     plain.send_json({"type": "discover", "userId": "alice"})
-    assert await plain.next() == {"type": "discover-response", "userId": "alice", "online": False}
+    assert await plain.next() == {
+        "type": "discover-response",
+        "userId": "alice",
+        "online": False,
+    }
     watcher.send_json({"type": "discover", "userId": "alice", "watch": False})
     await watcher.next()
     alice = await register(directory_url, "alice", "alice-key")
@@ -287,7 +393,12 @@ async def test_root_url_speaks_the_root_dialect(server):
     root = await register(server.base + "/", "alice", "alice-key")
     other = await register(server.base + "/directory", "bob", "bob-key")
     other.send_json({"type": "offer", "to": "alice", "offer": OFFER})
-    assert await root.next() == {"type": "offer", "from": "bob", "to": "alice", "offer": OFFER}
+    assert await root.next() == {
+        "type": "offer",
+        "from": "bob",
+        "to": "alice",
+        "offer": OFFER,
+    }
     status, body = http_get(server.base.replace("ws://", "http://") + "/")
     assert status == 200 and b"<!doctype html>" in body.lower()
     await close(root, other)
@@ -320,7 +431,9 @@ async def test_hold_of_a_proven_user_id_ends(tmp_path):
     --directory-hold sets how long a proven userId stays bound to its key
     after its connection closed; then anyone may register it.
     """
-    server = TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--directory-hold", "0.5")
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", "--directory-hold", "0.5"
+    )
     try:
         [url] = server.start(tmp_path / "twistd.log")
         directory_url = url.rsplit("/", 1)[0] + "/directory"

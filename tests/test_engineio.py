@@ -63,7 +63,8 @@ class HandshakeTests(SocketIOCase):
             },
         )
         self.assertEqual(
-            client.handshake_response.header("content-type"), "text/plain; charset=UTF-8"
+            client.handshake_response.header("content-type"),
+            "text/plain; charset=UTF-8",
         )
 
     def test_sid_is_not_the_socket_id(self):
@@ -77,7 +78,9 @@ class HandshakeTests(SocketIOCase):
         self.settings = WebSocketSettings(ping_interval=0)
         self.setUp()
         client = self.polling()
-        self.assertEqual((client.open["pingInterval"], client.open["pingTimeout"]), (25000, 10000))
+        self.assertEqual(
+            (client.open["pingInterval"], client.open["pingTimeout"]), (25000, 10000)
+        )
 
 
 class ErrorTests(SocketIOCase):
@@ -90,7 +93,9 @@ class ErrorTests(SocketIOCase):
 
     def test_unknown_sid(self):
         self.assertEngineError(self.http("GET", "EIO=4&transport=polling&sid=nope"), 1)
-        self.assertEngineError(self.http("POST", "EIO=4&transport=polling&sid=nope", b"40"), 1)
+        self.assertEngineError(
+            self.http("POST", "EIO=4&transport=polling&sid=nope", b"40"), 1
+        )
 
     def test_post_without_sid_is_a_bad_handshake_method(self):
         self.assertEngineError(self.http("POST", "EIO=4&transport=polling", b"40"), 2)
@@ -137,7 +142,11 @@ class PollingTests(SocketIOCase):
         together, separated by the record separator.
         """
         client = self.polling()
-        client.post("40", '42["join-room",{"roomId":"r","userId":"u"}]', '421["leave-room",{"roomId":"r"}]')
+        client.post(
+            "40",
+            '42["join-room",{"roomId":"r","userId":"u"}]',
+            '421["leave-room",{"roomId":"r"}]',
+        )
         packets = client.get()
         self.assertEqual([packet[:2] for packet in packets], ["40", "42", "43"])
         self.assertEqual(events(packets)[0][0], "room-users")
@@ -314,7 +323,12 @@ class UpgradeTests(SocketIOCase):
         self.ws_send(websocket, "5")
         self.assertEqual(
             self.ws_events(websocket),
-            [("room-users", {"roomId": "r", "users": [{"socketId": other.id, "userId": "o"}]})],
+            [
+                (
+                    "room-users",
+                    {"roomId": "r", "users": [{"socketId": other.id, "userId": "o"}]},
+                )
+            ],
         )
         self.ws_emit(websocket, "leave-room", {"roomId": "r"})
         self.assertEqual(
@@ -361,30 +375,46 @@ class CorsTests(SocketIOCase):
         headers = {"Origin": "http://localhost:3000"}
         client = self.polling(headers=headers)
         response = client.handshake_response
-        self.assertEqual(response.header("access-control-allow-origin"), "http://localhost:3000")
+        self.assertEqual(
+            response.header("access-control-allow-origin"), "http://localhost:3000"
+        )
         self.assertEqual(response.header("access-control-allow-credentials"), "true")
-        self.assertEqual(client.post("40").header("access-control-allow-origin"), "http://localhost:3000")
+        self.assertEqual(
+            client.post("40").header("access-control-allow-origin"),
+            "http://localhost:3000",
+        )
 
     def test_preflight(self):
         response = self.http(
             "OPTIONS",
             "EIO=4&transport=polling",
-            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Headers": "content-type"},
+            headers={
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Headers": "content-type",
+            },
         )
         self.assertEqual(response.code, 204)
-        self.assertEqual(response.header("access-control-allow-methods"), "GET, POST, OPTIONS")
-        self.assertEqual(response.header("access-control-allow-headers"), "content-type")
+        self.assertEqual(
+            response.header("access-control-allow-methods"), "GET, POST, OPTIONS"
+        )
+        self.assertEqual(
+            response.header("access-control-allow-headers"), "content-type"
+        )
         self.assertEqual(response.header("access-control-allow-credentials"), "true")
 
     def test_other_origins_are_forbidden(self):
-        response = self.http("GET", "EIO=4&transport=polling", headers={"Origin": "https://evil.example"})
+        response = self.http(
+            "GET", "EIO=4&transport=polling", headers={"Origin": "https://evil.example"}
+        )
         self.assertEngineError(response, 4, status=403)
         self.assertIsNone(response.header("access-control-allow-origin"))
         self.assertEqual(self.sessions, {})
 
 
 class WebSocketLimitTests(SocketIOCase):
-    settings = WebSocketSettings(ping_interval=25, ping_timeout=20, max_message_rate=1, max_send_buffer=1000)
+    settings = WebSocketSettings(
+        ping_interval=25, ping_timeout=20, max_message_rate=1, max_send_buffer=1000
+    )
 
     def test_persistent_excess_over_the_rate_closes_1008(self):
         """
@@ -416,7 +446,11 @@ class WebSocketLimitTests(SocketIOCase):
         already = len(slow.received)
         for _ in range(10):
             self.clock.advance(2)
-            self.ws_emit(sender, "offer", {"roomId": "r", "targetId": slow.id, "offer": {"sdp": "x" * 200}})
+            self.ws_emit(
+                sender,
+                "offer",
+                {"roomId": "r", "targetId": slow.id, "offer": {"sdp": "x" * 200}},
+            )
         received = sum(len(frame) for frame in slow.received[already:])
         self.assertGreater(received, 0)
         self.assertLessEqual(received, 1000)
@@ -435,7 +469,9 @@ class PollingRateTests(SocketIOCase):
         client.connect()
         response = client.post(*['42["join-room",{"roomId":"r"}]'] * 5)
         self.assertEqual(response.body, "ok")
-        self.assertEqual([name for name, _ in client.events()], ["room-users", "error", "error"])
+        self.assertEqual(
+            [name for name, _ in client.events()], ["room-users", "error", "error"]
+        )
 
     def test_persistent_excess_ends_the_session(self):
         """
@@ -457,7 +493,9 @@ class PollingRateTests(SocketIOCase):
         client.connect()
         for _ in range(3):
             self.clock.advance(2)
-            self.assertEqual(client.post(*['42["leave-room",{"roomId":"r"}]'] * 3).body, "ok")
+            self.assertEqual(
+                client.post(*['42["leave-room",{"roomId":"r"}]'] * 3).body, "ok"
+            )
         self.assertEqual(len(self.sessions), 1)
 
     def test_upgraded_session_keeps_its_count(self):
@@ -527,7 +565,6 @@ class UpgradeDeadlineTests(SocketIOCase):
         client.post("1")
         self.harness.flush()
         self.assertEqual(websocket.close_code, 1000)
-
 
 
 class UpgradeHeartbeatTests(SocketIOCase):

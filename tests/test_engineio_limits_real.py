@@ -22,7 +22,9 @@ RATE = 20
 UPGRADE_TIMEOUT = 1.0
 
 
-def _start(tmp_path_factory, name: str, *args: str, env: dict | None = None) -> TwistdServer:
+def _start(
+    tmp_path_factory, name: str, *args: str, env: dict | None = None
+) -> TwistdServer:
     server = TwistdServer("--port", "tcp:0:interface=127.0.0.1", *args, env=env)
     server.start(tmp_path_factory.mktemp(name) / "twistd.log")
     server.port = int(server.urls[0].rsplit(":", 1)[1].split("/", 1)[0])
@@ -35,9 +37,12 @@ def server(tmp_path_factory):
     server = _start(
         tmp_path_factory,
         "limits",
-        "--max-message-rate", str(RATE),
-        "--upgrade-timeout", str(UPGRADE_TIMEOUT),
-        "--empty-room-ttl", "60",
+        "--max-message-rate",
+        str(RATE),
+        "--upgrade-timeout",
+        str(UPGRADE_TIMEOUT),
+        "--empty-room-ttl",
+        "60",
         env={"JWT_SECRET": SECRET},
     )
     yield server
@@ -52,7 +57,9 @@ class Polling:
     def __init__(self, server: TwistdServer) -> None:
         self.url = server.http_url + "/socket.io/"
         self.http = requests.Session()
-        opened = self.http.get(self.url, params={"EIO": "4", "transport": "polling"}, timeout=5)
+        opened = self.http.get(
+            self.url, params={"EIO": "4", "transport": "polling"}, timeout=5
+        )
         assert opened.status_code == 200, opened.text
         self.sid = orjson.loads(opened.text[1:])["sid"]
 
@@ -61,7 +68,9 @@ class Polling:
         return {"EIO": "4", "transport": "polling", "sid": self.sid}
 
     def post(self, *packets: str) -> requests.Response:
-        return self.http.post(self.url, params=self.params, data="\x1e".join(packets).encode(), timeout=5)
+        return self.http.post(
+            self.url, params=self.params, data="\x1e".join(packets).encode(), timeout=5
+        )
 
     def get(self) -> requests.Response:
         return self.http.get(self.url, params=self.params, timeout=5)
@@ -104,12 +113,17 @@ def test_polling_is_held_to_the_message_rate(server):
     try:
         for client in (victim, attacker):
             client.connect()
-            assert client.post(emit("join-room", {"roomId": room, "userId": "x"})).text == "ok"
+            assert (
+                client.post(emit("join-room", {"roomId": room, "userId": "x"})).text
+                == "ok"
+            )
         victim.packets()
         attacker.packets()
 
         # The issue's flood: 1,260 events in one body within --max-message-size.
-        flood = attacker.post(*[emit("ice-candidate", {"roomId": room, "candidate": "c"})] * 1260)
+        flood = attacker.post(
+            *[emit("ice-candidate", {"roomId": room, "candidate": "c"})] * 1260
+        )
         assert flood.status_code == 429
         assert flood.json() == {"code": 3, "message": "Too many packets"}
         assert attacker.packets()[-1] == "1"
@@ -129,7 +143,9 @@ def test_room_churn_over_polling_is_counted(server):
     Joining and leaving new rooms is held to the same rate: a body of 1,200
     join/leave events leaves at most a burst of empty rooms behind.
     """
-    before = requests.get(server.http_url + "/api/stats", timeout=5).json()["rooms"]["total"]
+    before = requests.get(server.http_url + "/api/stats", timeout=5).json()["rooms"][
+        "total"
+    ]
     churner = Polling(server)
     try:
         churner.connect()
@@ -140,7 +156,9 @@ def test_room_churn_over_polling_is_counted(server):
         assert churner.post(*body).status_code == 429
     finally:
         churner.close()
-    after = requests.get(server.http_url + "/api/stats", timeout=5).json()["rooms"]["total"]
+    after = requests.get(server.http_url + "/api/stats", timeout=5).json()["rooms"][
+        "total"
+    ]
     assert after - before <= RATE
 
 
@@ -167,7 +185,8 @@ def test_websocket_flood_closes_with_1008(server):
 
 def _upgrade_socket(server, sid: str) -> websocket.WebSocket:
     return websocket.create_connection(
-        f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket&sid={sid}", timeout=5
+        f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        timeout=5,
     )
 
 
@@ -217,9 +236,13 @@ def test_expired_token_ends_the_session(server):
     over polling and over a WebSocket.
     """
     expires_in = 1.0
-    token = jwt.encode({"userId": "u", "exp": time.time() - 30 + expires_in}, SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {"userId": "u", "exp": time.time() - 30 + expires_in}, SECRET, algorithm="HS256"
+    )
     modes = ("polling", "websocket")
-    recorders = [Recorder(mode).connect(server.http_url, auth={"token": token}) for mode in modes]
+    recorders = [
+        Recorder(mode).connect(server.http_url, auth={"token": token}) for mode in modes
+    ]
     try:
         connected = time.monotonic()
         for mode, recorder in zip(modes, recorders, strict=True):
@@ -231,11 +254,15 @@ def test_expired_token_ends_the_session(server):
             assert refused["data"] == {"code": "token-expired"}
         assert expires_in - 0.3 <= time.monotonic() - connected < expires_in + 3
         deadline = time.monotonic() + 5
-        while any(r.client.connected for r in recorders) and time.monotonic() < deadline:
+        while (
+            any(r.client.connected for r in recorders) and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         for mode, recorder in zip(modes, recorders, strict=True):
             assert not recorder.client.connected, mode
-            room = requests.get(server.http_url + f"/api/rooms/expiring-{mode}", timeout=5).json()
+            room = requests.get(
+                server.http_url + f"/api/rooms/expiring-{mode}", timeout=5
+            ).json()
             assert room["peer_count"] == 0, mode
     finally:
         for recorder in recorders:
@@ -260,15 +287,27 @@ def _hold_and_close_sessions(port: int, websockets: int, polling: int) -> None:
     sids = []
     with requests.Session() as http:
         for _ in range(polling):
-            opened = http.get(url, params={"EIO": "4", "transport": "polling"}, timeout=5)
+            opened = http.get(
+                url, params={"EIO": "4", "transport": "polling"}, timeout=5
+            )
             sid = orjson.loads(opened.text[1:])["sid"]
-            http.post(url, params={"EIO": "4", "transport": "polling", "sid": sid}, data=b"40", timeout=5)
+            http.post(
+                url,
+                params={"EIO": "4", "transport": "polling", "sid": sid},
+                data=b"40",
+                timeout=5,
+            )
             sids.append(sid)
         time.sleep(0.15)
         for connection in held:
             connection.close()
         for sid in sids:
-            http.post(url, params={"EIO": "4", "transport": "polling", "sid": sid}, data=b"1", timeout=5)
+            http.post(
+                url,
+                params={"EIO": "4", "transport": "polling", "sid": sid},
+                data=b"1",
+                timeout=5,
+            )
     time.sleep(0.15)
 
 
@@ -279,7 +318,9 @@ def test_churned_sessions_give_their_memory_back(tmp_path_factory):
     what it was after the first round, with no peer left.
     """
     # The churn opens sessions far faster than one address may by default.
-    churned = _start(tmp_path_factory, "churn", "--max-new-connections-per-address", "0")
+    churned = _start(
+        tmp_path_factory, "churn", "--max-new-connections-per-address", "0"
+    )
     try:
         _hold_and_close_sessions(churned.port, 200, 100)
         baseline = pid_rss(churned.process.pid)

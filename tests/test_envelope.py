@@ -127,7 +127,15 @@ class ConnectionFlowTests(EnvelopeTestCase):
         with A's peer_id; B's ANSWER reaches A; candidates go both ways.
         """
         alice = self.connect()
-        self.send(alice, {"type": "JOIN", "room_id": "room-1", "payload": ALICE, "request_id": "req-1"})
+        self.send(
+            alice,
+            {
+                "type": "JOIN",
+                "room_id": "room-1",
+                "payload": ALICE,
+                "request_id": "req-1",
+            },
+        )
         alice_info = {"peer_id": alice.peer_id, **ALICE, "joined_at": NOW_MS}
         self.assertEqual(
             alice.take(),
@@ -171,8 +179,20 @@ class ConnectionFlowTests(EnvelopeTestCase):
             ],
         )
 
-        offer = {"endpoint": ALICE["endpoint"], "session_id": "sess-abc123", "initiator_id": alice.peer_id}
-        self.send(alice, {"type": "OFFER", "target_id": bob.peer_id, "payload": offer, "request_id": "o1"})
+        offer = {
+            "endpoint": ALICE["endpoint"],
+            "session_id": "sess-abc123",
+            "initiator_id": alice.peer_id,
+        }
+        self.send(
+            alice,
+            {
+                "type": "OFFER",
+                "target_id": bob.peer_id,
+                "payload": offer,
+                "request_id": "o1",
+            },
+        )
         self.assertEqual(alice.take(), [])
         self.assertEqual(
             bob.take(),
@@ -188,10 +208,30 @@ class ConnectionFlowTests(EnvelopeTestCase):
                 }
             ],
         )
-        answer = {"endpoint": BOB["endpoint"], "session_id": "sess-abc123", "accepted": True}
-        self.send(bob, {"type": "ANSWER", "target_id": alice.peer_id, "payload": answer})
-        self.send(bob, {"type": "CANDIDATE", "target_id": alice.peer_id, "payload": {"candidate": "b1"}})
-        self.send(alice, {"type": "CANDIDATE", "target_id": bob.peer_id, "payload": {"candidate": "a1"}})
+        answer = {
+            "endpoint": BOB["endpoint"],
+            "session_id": "sess-abc123",
+            "accepted": True,
+        }
+        self.send(
+            bob, {"type": "ANSWER", "target_id": alice.peer_id, "payload": answer}
+        )
+        self.send(
+            bob,
+            {
+                "type": "CANDIDATE",
+                "target_id": alice.peer_id,
+                "payload": {"candidate": "b1"},
+            },
+        )
+        self.send(
+            alice,
+            {
+                "type": "CANDIDATE",
+                "target_id": bob.peer_id,
+                "payload": {"candidate": "a1"},
+            },
+        )
         self.assertEqual(
             alice.take(),
             [
@@ -219,7 +259,15 @@ class ConnectionFlowTests(EnvelopeTestCase):
         alice = self.joined()
         bob = self.joined()
         alice.take()
-        self.send(bob, {"type": "OFFER", "peer_id": "deadbeef", "target_id": alice.peer_id, "payload": {}})
+        self.send(
+            bob,
+            {
+                "type": "OFFER",
+                "peer_id": "deadbeef",
+                "target_id": alice.peer_id,
+                "payload": {},
+            },
+        )
         [offer] = alice.take()
         self.assertEqual(offer["peer_id"], bob.peer_id)
 
@@ -229,17 +277,29 @@ class ConnectionFlowTests(EnvelopeTestCase):
         endpoint; a relay without a payload arrives without one.
         """
         alice = self.connect()
-        self.send(alice, {"type": "JOIN", "room_id": "bare", "payload": {"display_name": ""}})
+        self.send(
+            alice, {"type": "JOIN", "room_id": "bare", "payload": {"display_name": ""}}
+        )
         [ack] = alice.take()
-        self.assertEqual(ack["payload"]["peers"], [{"peer_id": alice.peer_id, "joined_at": NOW_MS}])
+        self.assertEqual(
+            ack["payload"]["peers"], [{"peer_id": alice.peer_id, "joined_at": NOW_MS}]
+        )
         self.assertNotIn("request_id", ack)
         bob = self.joined("bare")
         self.send(bob, {"type": "CANDIDATE", "target_id": alice.peer_id})
         [joined, candidate] = alice.take()
-        self.assertEqual(joined["payload"], {"peer_id": bob.peer_id, "joined_at": NOW_MS})
+        self.assertEqual(
+            joined["payload"], {"peer_id": bob.peer_id, "joined_at": NOW_MS}
+        )
         self.assertEqual(
             candidate,
-            {"type": "CANDIDATE", "peer_id": bob.peer_id, "target_id": alice.peer_id, "room_id": "bare", "timestamp": NOW_MS},
+            {
+                "type": "CANDIDATE",
+                "peer_id": bob.peer_id,
+                "target_id": alice.peer_id,
+                "room_id": "bare",
+                "timestamp": NOW_MS,
+            },
         )
 
     def test_joined_at_and_timestamps_follow_the_clock(self):
@@ -249,7 +309,9 @@ class ConnectionFlowTests(EnvelopeTestCase):
         self.send(bob, {"type": "JOIN", "room_id": "room-1"})
         [ack] = bob.take()
         self.assertEqual(ack["timestamp"], NOW_MS + 2500)
-        self.assertEqual([p["joined_at"] for p in ack["payload"]["peers"]], [NOW_MS, NOW_MS + 2500])
+        self.assertEqual(
+            [p["joined_at"] for p in ack["payload"]["peers"]], [NOW_MS, NOW_MS + 2500]
+        )
         self.assertEqual(alice.take()[0]["timestamp"], NOW_MS + 2500)
 
 
@@ -279,7 +341,14 @@ class RoomTests(EnvelopeTestCase):
         )
         self.assertEqual(
             alice.take(),
-            [{"type": "PEER_LEFT", "peer_id": bob.peer_id, "room_id": "room-1", "timestamp": NOW_MS}],
+            [
+                {
+                    "type": "PEER_LEFT",
+                    "peer_id": bob.peer_id,
+                    "room_id": "room-1",
+                    "timestamp": NOW_MS,
+                }
+            ],
         )
         self.send(bob, {"type": "LEAVE", "request_id": "again"})
         self.assertError(bob, "NOT_IN_ROOM", "again")
@@ -303,11 +372,22 @@ class RoomTests(EnvelopeTestCase):
         alice.take()
         self.send(alice, {"type": "JOIN", "room_id": "two", "request_id": 2})
         [ack] = alice.take()
-        self.assertEqual((ack["type"], ack["room_id"], ack["request_id"]), ("ACK", "two", 2))
-        self.assertEqual([p["peer_id"] for p in ack["payload"]["peers"]], [alice.peer_id])
+        self.assertEqual(
+            (ack["type"], ack["room_id"], ack["request_id"]), ("ACK", "two", 2)
+        )
+        self.assertEqual(
+            [p["peer_id"] for p in ack["payload"]["peers"]], [alice.peer_id]
+        )
         self.assertEqual(
             carol.take(),
-            [{"type": "PEER_LEFT", "peer_id": alice.peer_id, "room_id": "one", "timestamp": NOW_MS}],
+            [
+                {
+                    "type": "PEER_LEFT",
+                    "peer_id": alice.peer_id,
+                    "room_id": "one",
+                    "timestamp": NOW_MS,
+                }
+            ],
         )
         self.assertEqual(list(self.harness.hub.find(alice.peer_id).rooms), ["two"])
         self.send(carol, {"type": "OFFER", "target_id": alice.peer_id, "payload": {}})
@@ -334,7 +414,9 @@ class RoomTests(EnvelopeTestCase):
         self.send(switcher, {"type": "JOIN", "room_id": "full"})
         self.assertError(switcher, "ROOM_FULL")
         self.assertEqual(friend.take(), [])
-        self.send(friend, {"type": "OFFER", "target_id": switcher.peer_id, "payload": {}})
+        self.send(
+            friend, {"type": "OFFER", "target_id": switcher.peer_id, "payload": {}}
+        )
         self.assertEqual(message_types(switcher.take()), ["OFFER"])
 
     def test_keep_alive(self):
@@ -342,7 +424,14 @@ class RoomTests(EnvelopeTestCase):
         self.send(client, {"type": "KEEP_ALIVE", "request_id": "k"})
         self.assertEqual(
             client.take(),
-            [{"type": "ACK", "peer_id": client.peer_id, "request_id": "k", "timestamp": NOW_MS}],
+            [
+                {
+                    "type": "ACK",
+                    "peer_id": client.peer_id,
+                    "request_id": "k",
+                    "timestamp": NOW_MS,
+                }
+            ],
         )
 
 
@@ -387,7 +476,9 @@ class DiscoverTests(EnvelopeTestCase):
         self.assertError(bob, "NOT_IN_ROOM", 9)
         self.send(bob, {"type": "DISCOVER", "room_id": "here"})
         [peer_list] = bob.take()
-        self.assertEqual([p["peer_id"] for p in peer_list["payload"]["peers"]], [bob.peer_id])
+        self.assertEqual(
+            [p["peer_id"] for p in peer_list["payload"]["peers"]], [bob.peer_id]
+        )
         self.assertEqual(alice.take(), [])
 
     def test_discover_outside_a_room(self):
@@ -415,13 +506,28 @@ class RelayErrorTests(EnvelopeTestCase):
     def test_target_required(self):
         alice = self.joined()
         for kind in ("OFFER", "ANSWER", "CANDIDATE"):
-            for target in ({}, {"target_id": ""}, {"target_id": 5}, {"target_id": None}):
-                self.send(alice, {"type": kind, "payload": {}, "request_id": kind, **target})
+            for target in (
+                {},
+                {"target_id": ""},
+                {"target_id": 5},
+                {"target_id": None},
+            ):
+                self.send(
+                    alice, {"type": kind, "payload": {}, "request_id": kind, **target}
+                )
                 self.assertError(alice, "INVALID_MESSAGE", kind)
 
     def test_unknown_target(self):
         alice = self.joined()
-        self.send(alice, {"type": "OFFER", "target_id": "00000000", "payload": {}, "request_id": "t"})
+        self.send(
+            alice,
+            {
+                "type": "OFFER",
+                "target_id": "00000000",
+                "payload": {},
+                "request_id": "t",
+            },
+        )
         error = self.assertError(alice, "PEER_NOT_FOUND", "t")
         self.assertEqual(error["payload"]["message"], "target peer not found")
 
@@ -435,7 +541,10 @@ class RelayErrorTests(EnvelopeTestCase):
     def test_relay_outside_a_room(self):
         alice = self.connect()
         bob = self.joined()
-        self.send(alice, {"type": "OFFER", "target_id": bob.peer_id, "payload": {}, "request_id": 1})
+        self.send(
+            alice,
+            {"type": "OFFER", "target_id": bob.peer_id, "payload": {}, "request_id": 1},
+        )
         self.assertError(alice, "NOT_IN_ROOM", 1)
         self.assertEqual(bob.take(), [])
 
@@ -451,9 +560,21 @@ class RelayErrorTests(EnvelopeTestCase):
         self.harness.hub.join(peer, "room-1")
         self.harness.flush()
         alice.take()
-        for reason, code in [("closed", "PEER_NOT_FOUND"), ("too-large", "INVALID_MESSAGE"), ("buffer-full", "INTERNAL_ERROR")]:
+        for reason, code in [
+            ("closed", "PEER_NOT_FOUND"),
+            ("too-large", "INVALID_MESSAGE"),
+            ("buffer-full", "INTERNAL_ERROR"),
+        ]:
             target.refuse = reason
-            self.send(alice, {"type": "OFFER", "target_id": peer.id, "payload": {}, "request_id": reason})
+            self.send(
+                alice,
+                {
+                    "type": "OFFER",
+                    "target_id": peer.id,
+                    "payload": {},
+                    "request_id": reason,
+                },
+            )
             error = self.assertError(alice, code, reason)
             self.assertEqual(error["payload"]["details"], reason)
         self.assertEqual(target.events, [])
@@ -470,7 +591,14 @@ class BadInputTests(EnvelopeTestCase):
 
     def tearDown(self):
         # Whatever a client sent, the other peers carry on.
-        self.send(self.other, {"type": "OFFER", "target_id": self.bystander.peer_id, "payload": {"still": "here"}})
+        self.send(
+            self.other,
+            {
+                "type": "OFFER",
+                "target_id": self.bystander.peer_id,
+                "payload": {"still": "here"},
+            },
+        )
         [offer] = self.bystander.take()
         self.assertEqual(offer["payload"], {"still": "here"})
 
@@ -490,7 +618,14 @@ class BadInputTests(EnvelopeTestCase):
 
     def test_unknown_or_missing_type(self):
         client = self.connect()
-        for message in ({"type": "DANCE"}, {"type": "join"}, {}, {"type": 5}, {"type": ["JOIN"]}, {"type": "x" * 900}):
+        for message in (
+            {"type": "DANCE"},
+            {"type": "join"},
+            {},
+            {"type": 5},
+            {"type": ["JOIN"]},
+            {"type": "x" * 900},
+        ):
             self.send(client, {**message, "request_id": "u"})
             self.assertError(client, "INVALID_MESSAGE", "u")
 
@@ -526,7 +661,15 @@ class BadInputTests(EnvelopeTestCase):
         """
         client = self.joined("calm")
         self.bystander.take(), self.other.take()
-        client.sendMessage(orjson.dumps({"type": "OFFER", "target_id": self.other.peer_id, "payload": "x" * 2000}))
+        client.sendMessage(
+            orjson.dumps(
+                {
+                    "type": "OFFER",
+                    "target_id": self.other.peer_id,
+                    "payload": "x" * 2000,
+                }
+            )
+        )
         self.harness.flush()
         self.assertError(client, "INVALID_MESSAGE")
         self.assertEqual(client.close_code, 1009)
@@ -576,7 +719,6 @@ class BadInputTests(EnvelopeTestCase):
         self.assertEqual(message_types(seen), ["PEER_JOINED", "PEER_LEFT"] * 300)
         self.assertEqual(len(self.harness.hub.room("calm").members), 2)
 
-
     def test_hundreds_of_connections_come_and_go(self):
         """
         200 clients connect, join and close in quick succession; the room's
@@ -587,7 +729,9 @@ class BadInputTests(EnvelopeTestCase):
             client.send_json({"type": "JOIN", "room_id": "calm"})
             client.sendClose()
         self.harness.flush()
-        self.assertEqual(message_types(self.bystander.take()), ["PEER_JOINED", "PEER_LEFT"] * 200)
+        self.assertEqual(
+            message_types(self.bystander.take()), ["PEER_JOINED", "PEER_LEFT"] * 200
+        )
         self.other.take()
         self.assertEqual(self.harness.hub.stats().peers_total, 2)
 
@@ -607,7 +751,14 @@ class BigFrameTests(EnvelopeTestCase):
         alice = self.joined()
         bob = self.joined()
         alice.take()
-        frame = b'{"type":"OFFER","target_id":"' + alice.peer_id.encode() + b'","payload":' + b"[" * 10000 + b"]" * 10000 + b"}"
+        frame = (
+            b'{"type":"OFFER","target_id":"'
+            + alice.peer_id.encode()
+            + b'","payload":'
+            + b"[" * 10000
+            + b"]" * 10000
+            + b"}"
+        )
         bob.sendMessage(frame)
         self.harness.flush()
         self.assertError(bob, "INVALID_MESSAGE")
@@ -637,7 +788,11 @@ class InternalErrorTests(EnvelopeTestCase):
         def broken(*args):
             raise RuntimeError("bug")
 
-        self.patch(EnvelopeSession, "_handlers", {**EnvelopeSession._handlers, "KEEP_ALIVE": broken})
+        self.patch(
+            EnvelopeSession,
+            "_handlers",
+            {**EnvelopeSession._handlers, "KEEP_ALIVE": broken},
+        )
         self.send(bob, {"type": "KEEP_ALIVE", "request_id": "k"})
         self.assertError(bob, "INTERNAL_ERROR", "k")
         self.assertEqual(bob.close_code, 1011)
@@ -657,7 +812,9 @@ class CrossDialectTests(EnvelopeTestCase):
         native = self.harness.connect("/signal")
         [welcome] = native.take()
         native_id = welcome["peerId"]
-        self.send(native, {"type": "join", "room": "mixed", "metadata": {"name": "nat"}})
+        self.send(
+            native, {"type": "join", "room": "mixed", "metadata": {"name": "nat"}}
+        )
         [joined] = native.take()
         self.assertEqual(joined["peers"], [{"id": alice.peer_id, "metadata": ALICE}])
         self.assertEqual(
@@ -667,13 +824,28 @@ class CrossDialectTests(EnvelopeTestCase):
                     "type": "PEER_JOINED",
                     "peer_id": native_id,
                     "room_id": "mixed",
-                    "payload": {"peer_id": native_id, "display_name": "nat", "joined_at": NOW_MS},
+                    "payload": {
+                        "peer_id": native_id,
+                        "display_name": "nat",
+                        "joined_at": NOW_MS,
+                    },
                     "timestamp": NOW_MS,
                 }
             ],
         )
-        self.send(native, {"type": "offer", "room": "mixed", "to": alice.peer_id, "payload": {"sdp": "o"}})
-        self.send(native, {"type": "message", "room": "mixed", "to": alice.peer_id, "payload": "hi"})
+        self.send(
+            native,
+            {
+                "type": "offer",
+                "room": "mixed",
+                "to": alice.peer_id,
+                "payload": {"sdp": "o"},
+            },
+        )
+        self.send(
+            native,
+            {"type": "message", "room": "mixed", "to": alice.peer_id, "payload": "hi"},
+        )
         self.assertEqual(
             alice.take(),
             [
@@ -687,12 +859,20 @@ class CrossDialectTests(EnvelopeTestCase):
                 }
             ],
         )
-        self.send(alice, {"type": "ANSWER", "target_id": native_id, "payload": {"sdp": "a"}})
+        self.send(
+            alice, {"type": "ANSWER", "target_id": native_id, "payload": {"sdp": "a"}}
+        )
         self.assertEqual(
             native.take(),
-            [{"type": "answer", "room": "mixed", "from": alice.peer_id, "payload": {"sdp": "a"}}],
+            [
+                {
+                    "type": "answer",
+                    "room": "mixed",
+                    "from": alice.peer_id,
+                    "payload": {"sdp": "a"},
+                }
+            ],
         )
-
 
     def test_topic_and_envelope_peers_share_a_room(self):
         """
@@ -706,15 +886,34 @@ class CrossDialectTests(EnvelopeTestCase):
         self.assertEqual([peer["id"] for peer in peer_list["peers"]], [alice.peer_id])
         [joined] = alice.take()
         self.assertEqual(joined["payload"], {"peer_id": topic_id, "joined_at": NOW_MS})
-        self.send(topic, {"type": "ice-candidate", "to": alice.peer_id, "payload": {"candidate": "t"}, "msgId": "m"})
+        self.send(
+            topic,
+            {
+                "type": "ice-candidate",
+                "to": alice.peer_id,
+                "payload": {"candidate": "t"},
+                "msgId": "m",
+            },
+        )
         [candidate] = alice.take()
         self.assertEqual(
             (candidate["type"], candidate["peer_id"], candidate["payload"]),
             ("CANDIDATE", topic_id, {"candidate": "t"}),
         )
-        self.send(alice, {"type": "OFFER", "target_id": topic_id, "payload": {"sdp": "o"}, "request_id": "r"})
+        self.send(
+            alice,
+            {
+                "type": "OFFER",
+                "target_id": topic_id,
+                "payload": {"sdp": "o"},
+                "request_id": "r",
+            },
+        )
         [offer] = topic.take()
-        self.assertEqual((offer["type"], offer["from"], offer["payload"]), ("offer", alice.peer_id, {"sdp": "o"}))
+        self.assertEqual(
+            (offer["type"], offer["from"], offer["payload"]),
+            ("offer", alice.peer_id, {"sdp": "o"}),
+        )
 
 
 class StaleTests(EnvelopeTestCase):
@@ -742,7 +941,10 @@ class StaleTests(EnvelopeTestCase):
         self.assertEqual(bob.close_code, 4000)
         self.assertIsNone(alice.close_code)
         self.assertIsNone(self.harness.hub.find(bob.peer_id))
-        self.assertEqual([m.peer_id for m in self.harness.hub.room("room-1").members.values()], [alice.peer_id])
+        self.assertEqual(
+            [m.peer_id for m in self.harness.hub.room("room-1").members.values()],
+            [alice.peer_id],
+        )
 
 
 class RateLimitTests(SynchronousTestCase):
@@ -751,7 +953,9 @@ class RateLimitTests(SynchronousTestCase):
         Messages over --max-message-rate are discarded with RATE_LIMITED,
         echoing nothing (the frame was not read).
         """
-        harness = Harness(settings=WebSocketSettings(ping_interval=0, max_message_rate=1))
+        harness = Harness(
+            settings=WebSocketSettings(ping_interval=0, max_message_rate=1)
+        )
         self.addCleanup(harness.restore)
         client = harness.connect("/ws")
         client.take()

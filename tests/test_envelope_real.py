@@ -66,53 +66,104 @@ async def test_connection_flow_and_javascript_client(twistd):
 
     alice = await connect(url)
     assert len(alice.peer_id) == 8 and int(alice.peer_id, 16) >= 0
-    alice.send_json({"type": "JOIN", "room_id": "my-room", "payload": {"display_name": "Alice", "endpoint": alice_endpoint}})
+    alice.send_json(
+        {
+            "type": "JOIN",
+            "room_id": "my-room",
+            "payload": {"display_name": "Alice", "endpoint": alice_endpoint},
+        }
+    )
     ack = await alice.next()
     assert ack["type"] == "ACK"
     assert_recent(ack["timestamp"])
     [alice_info] = ack["payload"]["peers"]
-    assert alice_info == {"peer_id": alice.peer_id, "display_name": "Alice", "endpoint": alice_endpoint, "joined_at": alice_info["joined_at"]}
+    assert alice_info == {
+        "peer_id": alice.peer_id,
+        "display_name": "Alice",
+        "endpoint": alice_endpoint,
+        "joined_at": alice_info["joined_at"],
+    }
 
     bob = await connect(url)
-    bob.send_json({"type": "JOIN", "room_id": "my-room", "payload": {"display_name": "Bob", "endpoint": bob_endpoint}, "request_id": "req-123"})
+    bob.send_json(
+        {
+            "type": "JOIN",
+            "room_id": "my-room",
+            "payload": {"display_name": "Bob", "endpoint": bob_endpoint},
+            "request_id": "req-123",
+        }
+    )
     ack = await bob.next()
-    assert (ack["type"], ack["request_id"], ack["payload"]["room_id"]) == ("ACK", "req-123", "my-room")
-    assert [peer["peer_id"] for peer in ack["payload"]["peers"]] == [alice.peer_id, bob.peer_id]
+    assert (ack["type"], ack["request_id"], ack["payload"]["room_id"]) == (
+        "ACK",
+        "req-123",
+        "my-room",
+    )
+    assert [peer["peer_id"] for peer in ack["payload"]["peers"]] == [
+        alice.peer_id,
+        bob.peer_id,
+    ]
 
     # case 'PEER_JOINED': send an offer to the new peer.
     joined = await alice.next()
-    assert (joined["type"], joined["peer_id"], joined["room_id"]) == ("PEER_JOINED", bob.peer_id, "my-room")
+    assert (joined["type"], joined["peer_id"], joined["room_id"]) == (
+        "PEER_JOINED",
+        bob.peer_id,
+        "my-room",
+    )
     assert joined["payload"]["display_name"] == "Bob"
     assert joined["payload"]["endpoint"] == bob_endpoint
-    offer = {"endpoint": alice_endpoint, "session_id": "sess-abc123", "initiator_id": alice.peer_id}
+    offer = {
+        "endpoint": alice_endpoint,
+        "session_id": "sess-abc123",
+        "initiator_id": alice.peer_id,
+    }
     alice.send_json({"type": "OFFER", "target_id": joined["peer_id"], "payload": offer})
 
     # case 'OFFER': answer it.
     received = await bob.next()
-    assert (received["type"], received["peer_id"], received["target_id"]) == ("OFFER", alice.peer_id, bob.peer_id)
+    assert (received["type"], received["peer_id"], received["target_id"]) == (
+        "OFFER",
+        alice.peer_id,
+        bob.peer_id,
+    )
     assert received["payload"] == offer
     assert_recent(received["timestamp"])
     bob.send_json(
         {
             "type": "ANSWER",
             "target_id": received["peer_id"],
-            "payload": {"endpoint": bob_endpoint, "session_id": received["payload"]["session_id"], "accepted": True},
+            "payload": {
+                "endpoint": bob_endpoint,
+                "session_id": received["payload"]["session_id"],
+                "accepted": True,
+            },
         }
     )
 
     # case 'ANSWER': begin hole punching.
     answer = await alice.next()
     assert (answer["type"], answer["peer_id"]) == ("ANSWER", bob.peer_id)
-    assert answer["payload"] == {"endpoint": bob_endpoint, "session_id": "sess-abc123", "accepted": True}
+    assert answer["payload"] == {
+        "endpoint": bob_endpoint,
+        "session_id": "sess-abc123",
+        "accepted": True,
+    }
 
-    alice.send_json({"type": "CANDIDATE", "target_id": bob.peer_id, "payload": {"candidate": "c1"}})
+    alice.send_json(
+        {"type": "CANDIDATE", "target_id": bob.peer_id, "payload": {"candidate": "c1"}}
+    )
     assert (await bob.next())["payload"] == {"candidate": "c1"}
 
     port = url.rsplit(":", 1)[1].split("/")[0]
     # Not from the shared pool: a later test's server may get the same port.
-    response = await treq.get(f"http://127.0.0.1:{port}/api/rooms/my-room", persistent=False)
+    response = await treq.get(
+        f"http://127.0.0.1:{port}/api/rooms/my-room", persistent=False
+    )
     room = orjson.loads(await response.content())
-    assert [(p["peer_id"], p["display_name"], p["endpoint"]) for p in room["peers"]] == [
+    assert [
+        (p["peer_id"], p["display_name"], p["endpoint"]) for p in room["peers"]
+    ] == [
         (alice.peer_id, "Alice", alice_endpoint),
         (bob.peer_id, "Bob", bob_endpoint),
     ]
@@ -131,9 +182,20 @@ async def test_connection_flow_and_javascript_client(twistd):
     left = await bob.next()
     assert (left["type"], left["payload"]) == ("ACK", {"message": "left room"})
     gone = await alice.next()
-    assert (gone["type"], gone["peer_id"], gone["room_id"]) == ("PEER_LEFT", bob.peer_id, "my-room")
+    assert (gone["type"], gone["peer_id"], gone["room_id"]) == (
+        "PEER_LEFT",
+        bob.peer_id,
+        "my-room",
+    )
 
-    bob.send_json({"type": "OFFER", "target_id": alice.peer_id, "payload": {}, "request_id": "late"})
+    bob.send_json(
+        {
+            "type": "OFFER",
+            "target_id": alice.peer_id,
+            "payload": {},
+            "request_id": "late",
+        }
+    )
     error = await bob.next()
     assert error["type"] == "ERROR"
     assert (error["payload"]["code"], error["request_id"]) == ("NOT_IN_ROOM", "late")
@@ -151,10 +213,14 @@ async def test_cleanup_timer_removes_a_silent_peer(twistd):
     room; a peer sending KEEP_ALIVE stays.
     """
     server = twistd(
-        "--port", "tcp:0:interface=127.0.0.1",
-        "--ping-interval", "0",
-        "--stale-timeout", "1",
-        "--cleanup-interval", "0.2",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--stale-timeout",
+        "1",
+        "--cleanup-interval",
+        "0.2",
     )
     url = envelope_url(server)
     alice = await connect(url)
@@ -178,7 +244,9 @@ async def test_cleanup_timer_removes_a_silent_peer(twistd):
     peer_list = await alice.next()
     while peer_list["type"] == "ACK":
         peer_list = await alice.next()
-    assert [peer["peer_id"] for peer in peer_list["payload"]["peers"]] == [alice.peer_id]
+    assert [peer["peer_id"] for peer in peer_list["payload"]["peers"]] == [
+        alice.peer_id
+    ]
     alice.sendClose()
     await alice.closed
 
@@ -220,11 +288,24 @@ async def test_a_refused_join_keeps_the_room_one_is_in(twistd):
     """
     server = twistd("--port", "tcp:0:interface=127.0.0.1", "--max-metadata-size", "200")
     alice = await connect(envelope_url(server))
-    alice.send_json({"type": "JOIN", "room_id": "home", "payload": {"display_name": "Alice"}})
+    alice.send_json(
+        {"type": "JOIN", "room_id": "home", "payload": {"display_name": "Alice"}}
+    )
     assert (await alice.next())["type"] == "ACK"
-    alice.send_json({"type": "JOIN", "room_id": "away", "payload": {"display_name": "A" * 300}, "request_id": 2})
+    alice.send_json(
+        {
+            "type": "JOIN",
+            "room_id": "away",
+            "payload": {"display_name": "A" * 300},
+            "request_id": 2,
+        }
+    )
     refused = await alice.next()
-    assert (refused["type"], refused["request_id"], refused["payload"]["code"]) == ("ERROR", 2, "INVALID_MESSAGE")
+    assert (refused["type"], refused["request_id"], refused["payload"]["code"]) == (
+        "ERROR",
+        2,
+        "INVALID_MESSAGE",
+    )
     alice.send_json({"type": "DISCOVER", "request_id": 3})
     listing = await alice.next()
     assert (listing["type"], listing["room_id"]) == ("PEER_LIST", "home")

@@ -45,7 +45,9 @@ INSTALLED = fastpath.Versions.installed()
 #: tests of their workings are skipped: the fast paths are off there on
 #: purpose, and the rest of the suite tests the fallback.
 VERIFIED = fastpath.check(INSTALLED) is None
-only_where_verified = skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+only_where_verified = skipUnless(
+    VERIFIED, "the fast paths are off for the installed versions"
+)
 
 
 class InstallTests(SynchronousTestCase):
@@ -64,7 +66,10 @@ class InstallTests(SynchronousTestCase):
         self.assertTrue(fastpath.install())
         self.assertIs(autobahn_protocol.create_xor_masker, createXorMasker)
         masked = createXorMasker(b"\x01\x02\x03\x04", 6).process(b"abcdef")
-        self.assertEqual(bytes(masked), bytes(autobahn_masker(b"\x01\x02\x03\x04", 6).process(b"abcdef")))
+        self.assertEqual(
+            bytes(masked),
+            bytes(autobahn_masker(b"\x01\x02\x03\x04", 6).process(b"abcdef")),
+        )
 
     @only_where_verified
     def test_connection_options_formatted_only_when_debugging(self):
@@ -75,9 +80,15 @@ class InstallTests(SynchronousTestCase):
         fastpath.install()
         self.addCleanup(logs.set_level, "info")
         logs.set_level("info")
-        self.assertNotIn("maxFramePayloadSize", autobahn_protocol.pformat([("maxFramePayloadSize", 1)]))
+        self.assertNotIn(
+            "maxFramePayloadSize",
+            autobahn_protocol.pformat([("maxFramePayloadSize", 1)]),
+        )
         logs.set_level("debug")
-        self.assertIn("maxFramePayloadSize", autobahn_protocol.pformat([("maxFramePayloadSize", 1)]))
+        self.assertIn(
+            "maxFramePayloadSize",
+            autobahn_protocol.pformat([("maxFramePayloadSize", 1)]),
+        )
 
     def test_turned_off_autobahn_is_left_as_it_is(self):
         """
@@ -88,7 +99,11 @@ class InstallTests(SynchronousTestCase):
         self.assertFalse(fastpath.install(enabled=False))
         self.assertIs(autobahn_protocol.create_xor_masker, autobahn_masker)
         self.assertIs(autobahn_protocol.pformat, pprint.pformat)
-        factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession, WebSocketSettings(fast_paths=False))
+        factory = SignalingFactory(
+            Hub(clock=MemoryReactorClock()),
+            NativeSession,
+            WebSocketSettings(fast_paths=False),
+        )
         self.assertFalse(factory.fast_paths)
         self.assertIs(factory.protocol, SignalingProtocol)
         self.assertNotIsInstance(factory.buildProtocol(None), fastpath.FastPaths)
@@ -96,7 +111,9 @@ class InstallTests(SynchronousTestCase):
     def test_factory_uses_the_fast_paths_where_verified(self):
         factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession)
         self.assertEqual(factory.fast_paths, VERIFIED)
-        self.assertIs(factory.protocol, FastSignalingProtocol if VERIFIED else SignalingProtocol)
+        self.assertIs(
+            factory.protocol, FastSignalingProtocol if VERIFIED else SignalingProtocol
+        )
 
     def test_unverified_versions_fall_back_with_one_log_line(self):
         """
@@ -119,13 +136,20 @@ class InstallTests(SynchronousTestCase):
         The installed versions pass; an older or newer Autobahn or Twisted
         outside the verified range, or no wsaccel, is refused with the reason.
         """
-        verified = fastpath.Versions(autobahn="26.10.2", twisted="26.10.0", wsaccel=True)
+        verified = fastpath.Versions(
+            autobahn="26.10.2", twisted="26.10.0", wsaccel=True
+        )
         self.assertIsNone(fastpath.check(verified))
-        self.assertIsNone(fastpath.check(attrs.evolve(verified, autobahn="26.99", twisted="26.4.0")))
+        self.assertIsNone(
+            fastpath.check(attrs.evolve(verified, autobahn="26.99", twisted="26.4.0"))
+        )
         for versions, reason in [
             (attrs.evolve(verified, autobahn="26.7.1"), "Autobahn 26.7.1 is outside"),
             (attrs.evolve(verified, autobahn="27.0.0"), "Autobahn 27.0.0 is outside"),
-            (attrs.evolve(verified, autobahn="27.0.0rc1"), "Autobahn 27.0.0rc1 is outside"),
+            (
+                attrs.evolve(verified, autobahn="27.0.0rc1"),
+                "Autobahn 27.0.0rc1 is outside",
+            ),
             (attrs.evolve(verified, twisted="25.5.0"), "Twisted 25.5.0 is outside"),
             (attrs.evolve(verified, twisted="27.1.0"), "Twisted 27.1.0 is outside"),
             (attrs.evolve(verified, autobahn="unknown"), "Autobahn unknown is outside"),
@@ -181,7 +205,9 @@ class PrivateNamesTests(SynchronousTestCase):
         ours, theirs = socket.socketpair()
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
-        transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 40000), None, 1, MemoryReactor())
+        transport = tcp.Server(
+            ours, Protocol(), ("127.0.0.1", 40000), None, 1, MemoryReactor()
+        )
         for name in fastpath.PRIVATE_NAMES:
             owner, _, attribute = name.rpartition(".")
             if owner == "transport":
@@ -312,7 +338,8 @@ class WholeFrameTests(SynchronousTestCase):
         frames = _server_frames(transport.value())
         transport.clear()
         return [
-            (opcode, orjson.loads(body) if opcode == 0x1 else body) for opcode, body in frames
+            (opcode, orjson.loads(body) if opcode == 0x1 else body)
+            for opcode, body in frames
         ]
 
     def test_any_split_of_the_stream_gives_the_same_replies(self):
@@ -332,7 +359,10 @@ class WholeFrameTests(SynchronousTestCase):
         protocol.dataReceived(stream)
         expected = self.replies(transport)
         self.assertEqual(
-            [(opcode, body["type"] if opcode == 0x1 else body) for opcode, body in expected],
+            [
+                (opcode, body["type"] if opcode == 0x1 else body)
+                for opcode, body in expected
+            ],
             [(0x1, "joined"), (0xA, b"hello"), (0x1, "pong"), (0x1, "pong")],
         )
         for cut in range(1, len(stream)):
@@ -341,8 +371,16 @@ class WholeFrameTests(SynchronousTestCase):
             protocol.dataReceived(stream[cut:])
             replies = self.replies(transport)
             self.assertEqual(
-                [(o, b) for o, b in replies if not (o == 0x1 and b["type"] == "joined")],
-                [(o, b) for o, b in expected if not (o == 0x1 and b["type"] == "joined")],
+                [
+                    (o, b)
+                    for o, b in replies
+                    if not (o == 0x1 and b["type"] == "joined")
+                ],
+                [
+                    (o, b)
+                    for o, b in expected
+                    if not (o == 0x1 and b["type"] == "joined")
+                ],
                 f"cut at {cut}",
             )
 
@@ -353,7 +391,9 @@ class WholeFrameTests(SynchronousTestCase):
         """
         self.settings = attrs.evolve(self.settings, max_message_size=100)
         protocol, transport = self.connect()
-        protocol.dataReceived(_client_frame(orjson.dumps({"type": "ping", "id": "x" * 200})))
+        protocol.dataReceived(
+            _client_frame(orjson.dumps({"type": "ping", "id": "x" * 200}))
+        )
         closes = [body for opcode, body in self.replies(transport) if opcode == 0x8]
         self.assertEqual(closes[0][:2], struct.pack("!H", 1009))
 
@@ -376,7 +416,9 @@ class SameOnTheWireTests(SynchronousTestCase):
 
     def wire(self, fast_paths: bool, stream: bytes, cut: int) -> bytes:
         hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
-        settings = WebSocketSettings(ping_interval=0, max_message_size=300, fast_paths=fast_paths)
+        settings = WebSocketSettings(
+            ping_interval=0, max_message_size=300, fast_paths=fast_paths
+        )
         protocol, transport = _connect(SignalingFactory(hub, NativeSession, settings))
         protocol.dataReceived(stream[:cut])
         protocol.dataReceived(stream[cut:])

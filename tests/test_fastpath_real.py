@@ -17,8 +17,13 @@ from .realsockets import TwistdServer, open_websocket
 @pytest.fixture(params=[(), ("--no-fast-paths",)], ids=["fast-paths", "plain-autobahn"])
 def server(request, tmp_path):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0",
-        "--max-message-size", "2000", *request.param,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--max-message-size",
+        "2000",
+        *request.param,
     )
     server.start(tmp_path / "twistd.log")
     yield server
@@ -45,6 +50,7 @@ async def test_relay_and_framing(server):
     alice = await join(url, "r")
     bob = await join(url, "r")
     assert (await alice.next())["type"] == "peer-joined"
+
     def offer(payload: str) -> dict:
         return {"type": "offer", "room": "r", "to": bob.peer_id, "payload": payload}
 
@@ -53,7 +59,9 @@ async def test_relay_and_framing(server):
     sizes = [1, 125 - overhead, 126 - overhead, 1000]
     for size in sizes:
         alice.send_json(offer("x" * size))
-    alice.sendFrame(1, b'{"type":"offer","room":"r","to":"' + bob.peer_id.encode(), fin=False)
+    alice.sendFrame(
+        1, b'{"type":"offer","room":"r","to":"' + bob.peer_id.encode(), fin=False
+    )
     alice.sendFrame(0, b'","payload":"fragmented"}', fin=True)
     received = [(await bob.next())["payload"] for _ in range(len(sizes) + 1)]
     assert received == ["x" * size for size in sizes] + ["fragmented"]

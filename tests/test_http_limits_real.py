@@ -24,8 +24,12 @@ from .realsockets import TwistdServer
 EIO = "/socket.io/?EIO=4&transport=polling"
 
 
-def _start(tmp_path_factory, name: str, *args: str, file_limit: int | None = None) -> TwistdServer:
-    server = TwistdServer("--port", "tcp:0:interface=127.0.0.1", *args, file_limit=file_limit)
+def _start(
+    tmp_path_factory, name: str, *args: str, file_limit: int | None = None
+) -> TwistdServer:
+    server = TwistdServer(
+        "--port", "tcp:0:interface=127.0.0.1", *args, file_limit=file_limit
+    )
     server.start(tmp_path_factory.mktemp(name) / "twistd.log")
     server.port = int(server.urls[0].rsplit(":", 1)[1].split("/", 1)[0])
     server.http_url = f"http://127.0.0.1:{server.port}"
@@ -38,8 +42,12 @@ def capped(tmp_path_factory):
     Three connections per address, no rate limit, defaults otherwise.
     """
     server = _start(
-        tmp_path_factory, "capped",
-        "--max-connections-per-address", "3", "--max-new-connections-per-address", "0",
+        tmp_path_factory,
+        "capped",
+        "--max-connections-per-address",
+        "3",
+        "--max-new-connections-per-address",
+        "0",
     )
     yield server
     server.stop()
@@ -52,9 +60,19 @@ def strict(tmp_path_factory):
     no allowed origins.
     """
     server = _start(
-        tmp_path_factory, "strict",
-        "--request-timeout", "0.5", "--max-message-size", "1024", "--max-request-body", "2048",
-        "--access-log", "--api-token", "s3cret-api-token", "--max-rooms-page", "3",
+        tmp_path_factory,
+        "strict",
+        "--request-timeout",
+        "0.5",
+        "--max-message-size",
+        "1024",
+        "--max-request-body",
+        "2048",
+        "--access-log",
+        "--api-token",
+        "s3cret-api-token",
+        "--max-rooms-page",
+        "3",
     )
     yield server
     server.stop()
@@ -74,8 +92,12 @@ def response_of(connection: socket.socket) -> tuple[int, dict, bytes]:
     return response.status, {k.lower(): v for k, v in response.getheaders()}, body
 
 
-def get(connection: socket.socket, path: str, headers: str = "") -> tuple[int, dict, bytes]:
-    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n".encode())
+def get(
+    connection: socket.socket, path: str, headers: str = ""
+) -> tuple[int, dict, bytes]:
+    connection.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n".encode()
+    )
     return response_of(connection)
 
 
@@ -104,14 +126,19 @@ def test_connections_over_the_cap_get_429_at_accept(capped):
         assert get(connection, "/healthz")[0] == 200
     refused = connect(capped)
     status, headers, body = response_of(refused)
-    assert (status, orjson.loads(body)) == (429, {"error": "too many connections from this address"})
+    assert (status, orjson.loads(body)) == (
+        429,
+        {"error": "too many connections from this address"},
+    )
     assert refused.recv(1) == b""
     refused.close()
     for _ in range(3):
         again = connect(capped)
         assert response_of(again)[0] == 429
         again.close()
-    lines = [line for line in capped.log().splitlines() if "refused connections from" in line]
+    lines = [
+        line for line in capped.log().splitlines() if "refused connections from" in line
+    ]
     assert len(lines) == 1 and "127.0.0.x" in lines[0] and "127.0.0.1" not in lines[0]
 
     held.pop().close()
@@ -166,12 +193,19 @@ def test_websockets_over_tls_free_their_slot(tmp_path_factory):
     cert_path, ca_path = directory / "cert.pem", directory / "ca.pem"
     issued = ca.issue_cert("localhost", "127.0.0.1")
     cert_path.write_bytes(
-        b"".join(blob.bytes() for blob in issued.cert_chain_pems) + issued.private_key_pem.bytes()
+        b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+        + issued.private_key_pem.bytes()
     )
     ca.cert_pem.write_to_path(str(ca_path))
     server = TwistdServer(
-        "--port", "tls:0:interface=127.0.0.1", "--tls-cert", str(cert_path),
-        "--max-connections-per-address", "1", "--max-new-connections-per-address", "0",
+        "--port",
+        "tls:0:interface=127.0.0.1",
+        "--tls-cert",
+        str(cert_path),
+        "--max-connections-per-address",
+        "1",
+        "--max-new-connections-per-address",
+        "0",
     )
     server.start(directory / "twistd.log")
     try:
@@ -198,9 +232,12 @@ def test_polling_sessions_count_as_connections(capped):
             sids.append(json.loads(response.text[1:])["sid"])
         refused = open_session(session, capped)
         assert (refused.status_code, refused.json()) == (
-            429, {"code": 3, "message": "Too many connections from this address"},
+            429,
+            {"code": 3, "message": "Too many connections from this address"},
         )
-        closed = session.post(capped.http_url + EIO + "&sid=" + sids[0], data=b"1", timeout=5)
+        closed = session.post(
+            capped.http_url + EIO + "&sid=" + sids[0], data=b"1", timeout=5
+        )
         assert closed.text == "ok"
         assert open_session(session, capped).status_code == 200
     # The sids of the sessions never reach the log below debug.
@@ -239,8 +276,13 @@ def test_trusted_proxy_hops(tmp_path_factory):
     access log shows the forwarded address, truncated.
     """
     server = _start(
-        tmp_path_factory, "proxy",
-        "--trust-forwarded", "1", "--max-connections-per-address", "1", "--access-log",
+        tmp_path_factory,
+        "proxy",
+        "--trust-forwarded",
+        "1",
+        "--max-connections-per-address",
+        "1",
+        "--access-log",
     )
     try:
         first = connect(server)
@@ -248,9 +290,15 @@ def test_trusted_proxy_hops(tmp_path_factory):
         assert get(first, "/healthz", xff)[0] == 200
         second = connect(server)
         status, _, body = get(second, "/healthz", xff)
-        assert (status, orjson.loads(body)) == (429, {"error": "too many connections from this address"})
+        assert (status, orjson.loads(body)) == (
+            429,
+            {"error": "too many connections from this address"},
+        )
         forwarded = connect(server)
-        assert get(forwarded, "/healthz", "Forwarded: for=198.51.100.7;proto=https\r\n")[0] == 429
+        assert (
+            get(forwarded, "/healthz", "Forwarded: for=198.51.100.7;proto=https\r\n")[0]
+            == 429
+        )
         other = connect(server)
         assert get(other, "/healthz", "X-Forwarded-For: 198.51.100.8\r\n")[0] == 200
         for connection in (first, second, forwarded, other):
@@ -282,7 +330,10 @@ def test_slow_request_head_is_cut_at_the_deadline(strict):
         except OSError:
             break
     status, _, body = response_of(slow)
-    assert (status, orjson.loads(body)) == (408, {"error": "the request took too long to arrive"})
+    assert (status, orjson.loads(body)) == (
+        408,
+        {"error": "the request took too long to arrive"},
+    )
     assert time.monotonic() - started < 2
     assert silent.recv(100) == b""
     slow.close()
@@ -311,8 +362,13 @@ def test_open_files_warning(tmp_path_factory):
     not one per connection.
     """
     server = _start(
-        tmp_path_factory, "files", "--max-connections-per-address", "0",
-        "--max-new-connections-per-address", "0", file_limit=64,
+        tmp_path_factory,
+        "files",
+        "--max-connections-per-address",
+        "0",
+        "--max-new-connections-per-address",
+        "0",
+        file_limit=64,
     )
     connections = []
     try:
@@ -320,7 +376,11 @@ def test_open_files_warning(tmp_path_factory):
             connections.append(connect(server))
         eventually(lambda: "file descriptors are open" in server.log())
         time.sleep(0.2)
-        lines = [line for line in server.log().splitlines() if "file descriptors are open" in line]
+        lines = [
+            line
+            for line in server.log().splitlines()
+            if "file descriptors are open" in line
+        ]
         assert len(lines) == 1 and "of 64 file descriptors" in lines[0]
     finally:
         for connection in connections:
@@ -336,17 +396,27 @@ def test_oversized_content_length_is_refused_before_the_body(strict):
     A 300 MiB Content-Length is answered 413 at once, without the body.
     """
     connection = connect(strict)
-    connection.sendall(b"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 314572800\r\n\r\n")
+    connection.sendall(
+        b"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 314572800\r\n\r\n"
+    )
     status, _, body = response_of(connection)
-    assert (status, orjson.loads(body)) == (413, {"error": "request body too large", "limit": 2048})
+    assert (status, orjson.loads(body)) == (
+        413,
+        {"error": "request body too large", "limit": 2048},
+    )
     connection.close()
 
 
 def test_get_takes_no_body(strict):
     connection = connect(strict)
-    connection.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n0123456789")
+    connection.sendall(
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n0123456789"
+    )
     status, _, body = response_of(connection)
-    assert (status, orjson.loads(body)) == (413, {"error": "this request takes no body"})
+    assert (status, orjson.loads(body)) == (
+        413,
+        {"error": "this request takes no body"},
+    )
     connection.close()
 
 
@@ -371,7 +441,10 @@ def test_chunked_polling_body_is_cut_past_the_max_payload(strict):
     except OSError:
         pass
     status, _, body = response_of(connection)
-    assert (status, orjson.loads(body)) == (413, {"code": 3, "message": "Payload too large"})
+    assert (status, orjson.loads(body)) == (
+        413,
+        {"code": 3, "message": "Payload too large"},
+    )
     connection.settimeout(5)
     while connection.recv(65536):
         pass
@@ -395,10 +468,17 @@ def test_access_log_redacts_secrets(strict):
     redacted and the client address truncated.
     """
     token = "eyJhbGciOiJIUzI1NiJ9.secret-token-body.sig"
-    requests.get(strict.http_url + f"/healthz?token={token}&room=r1&auth=x1y2z3", timeout=5)
+    requests.get(
+        strict.http_url + f"/healthz?token={token}&room=r1&auth=x1y2z3", timeout=5
+    )
     with requests.Session() as session:
         sid = json.loads(open_session(session, strict).text[1:])["sid"]
-        assert session.post(strict.http_url + EIO + "&sid=" + sid, data=b"6", timeout=5).text == "ok"
+        assert (
+            session.post(
+                strict.http_url + EIO + "&sid=" + sid, data=b"6", timeout=5
+            ).text
+            == "ok"
+        )
     eventually(lambda: "/healthz?" in strict.log() and "sid=REDACTED" in strict.log())
     log = strict.log()
     assert '127.0.0.x "GET /healthz?token=REDACTED&room=r1&auth=REDACTED" 200' in log
@@ -411,7 +491,11 @@ def test_access_log_redacts_secrets(strict):
 
 def test_cors_without_allowed_origins_has_no_credentials(strict):
     for path in ("/api/rooms", EIO):
-        response = requests.get(strict.http_url + path, headers={"Origin": "https://evil.example"}, timeout=5)
+        response = requests.get(
+            strict.http_url + path,
+            headers={"Origin": "https://evil.example"},
+            timeout=5,
+        )
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "Access-Control-Allow-Credentials" not in response.headers
 
@@ -428,14 +512,25 @@ def test_room_detail_needs_the_api_token_and_takes_a_slash(strict):
         client.send(json.dumps({"type": "join", "room": "a/b"}))
         assert json.loads(client.recv())["type"] == "joined"
         url = strict.http_url + "/api/rooms/a%2Fb"
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-api-token"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "s3cret-api-token"},
+        ):
             refused = requests.get(url, headers=headers, timeout=5)
             assert refused.status_code == 401
-            assert refused.json() == {"error": "this API needs Authorization: Bearer <api token>"}
+            assert refused.json() == {
+                "error": "this API needs Authorization: Bearer <api token>"
+            }
             assert refused.headers["WWW-Authenticate"].startswith("Bearer")
-        room = requests.get(url, headers={"Authorization": "Bearer s3cret-api-token"}, timeout=5)
+        room = requests.get(
+            url, headers={"Authorization": "Bearer s3cret-api-token"}, timeout=5
+        )
         assert room.status_code == 200
-        assert (room.json()["id"], [p["peer_id"] for p in room.json()["peers"]]) == ("a/b", [peer_id])
+        assert (room.json()["id"], [p["peer_id"] for p in room.json()["peers"]]) == (
+            "a/b",
+            [peer_id],
+        )
     finally:
         client.close()
 
@@ -457,18 +552,33 @@ def test_rooms_are_paginated(strict):
             assert json.loads(client.recv())["type"] == "joined"
         seen, after = [], "page-"
         while after is not None:
-            page = requests.get(strict.http_url + "/api/rooms", params={"limit": 2, "after": after}, timeout=5).json()
+            page = requests.get(
+                strict.http_url + "/api/rooms",
+                params={"limit": 2, "after": after},
+                timeout=5,
+            ).json()
             assert len(page["rooms"]) <= 2
-            seen += [room["id"] for room in page["rooms"] if room["id"].startswith("page-")]
+            seen += [
+                room["id"] for room in page["rooms"] if room["id"].startswith("page-")
+            ]
             after = page["next_after"]
         assert seen == names
         too_many = requests.get(strict.http_url + "/api/rooms?limit=4", timeout=5)
-        assert (too_many.status_code, too_many.json()) == (400, {"error": "limit must be a whole number from 1 to 3"})
-        assert len(requests.get(strict.http_url + "/api/rooms", timeout=5).json()["rooms"]) == 3
+        assert (too_many.status_code, too_many.json()) == (
+            400,
+            {"error": "limit must be a whole number from 1 to 3"},
+        )
+        assert (
+            len(requests.get(strict.http_url + "/api/rooms", timeout=5).json()["rooms"])
+            == 3
+        )
     finally:
         client.close()
 
 
 def test_unknown_api_path_is_a_json_404(strict):
     response = requests.get(strict.http_url + "/api/nope", timeout=5)
-    assert (response.status_code, response.json()) == (404, {"error": "not found", "path": "/api/nope"})
+    assert (response.status_code, response.json()) == (
+        404,
+        {"error": "not found", "path": "/api/nope"},
+    )

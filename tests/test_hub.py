@@ -18,7 +18,16 @@ from signaling.errors import (
     TooManyRooms,
     VerifiedOnly,
 )
-from signaling.hub import MAX_ROOM_NAME_LENGTH, CloseReason, Hub, HubLimits, IPeerConnection, PeerJoined, PeerLeft, Signal
+from signaling.hub import (
+    MAX_ROOM_NAME_LENGTH,
+    CloseReason,
+    Hub,
+    HubLimits,
+    IPeerConnection,
+    PeerJoined,
+    PeerLeft,
+    Signal,
+)
 from signaling.ids import IdShape, IdSource, encode_ulid
 from signaling.metadata import MetadataLimits
 
@@ -145,7 +154,12 @@ class HubTests(SynchronousTestCase):
         self.hub.disconnect(bob)
         self.assertEqual(
             [(type(e).__name__, e.room) for e in alice_conn.events],
-            [("PeerJoined", "a"), ("PeerJoined", "b"), ("PeerLeft", "a"), ("PeerLeft", "b")],
+            [
+                ("PeerJoined", "a"),
+                ("PeerJoined", "b"),
+                ("PeerLeft", "a"),
+                ("PeerLeft", "b"),
+            ],
         )
         self.assertIsNone(self.hub.find(bob.id))
 
@@ -159,7 +173,9 @@ class HubTests(SynchronousTestCase):
         signal = Signal("offer", alice.id, "lobby", {"sdp": "x"})
         self.hub.relay(alice, "lobby", bob.id, signal)
         self.assertEqual(bob_conn.events[-1], signal)
-        self.assertRaises(PeerNotFound, self.hub.relay, alice, "lobby", carol.id, signal)
+        self.assertRaises(
+            PeerNotFound, self.hub.relay, alice, "lobby", carol.id, signal
+        )
         self.assertRaises(NotInRoom, self.hub.relay, alice, "other", carol.id, signal)
         self.assertRaises(NotInRoom, self.hub.relay, alice, None, carol.id, signal)
 
@@ -176,7 +192,10 @@ class HubTests(SynchronousTestCase):
         self.assertNotIn(signal, alice_conn.events)
 
     def test_limits(self):
-        hub = Hub(clock=self.clock, limits=HubLimits(max_peers_per_room=2, max_rooms_per_peer=2))
+        hub = Hub(
+            clock=self.clock,
+            limits=HubLimits(max_peers_per_room=2, max_rooms_per_peer=2),
+        )
         peers = [self.peer(hub)[0] for _ in range(3)]
         hub.join(peers[0], "a")
         hub.join(peers[1], "a")
@@ -186,7 +205,10 @@ class HubTests(SynchronousTestCase):
         self.assertRaises(AlreadyInRoom, hub.join, peers[0], "a")
 
     def test_unlimited(self):
-        hub = Hub(clock=self.clock, limits=HubLimits(max_peers_per_room=0, max_rooms_per_peer=0))
+        hub = Hub(
+            clock=self.clock,
+            limits=HubLimits(max_peers_per_room=0, max_rooms_per_peer=0),
+        )
         peers = [self.peer(hub)[0] for _ in range(150)]
         for peer in peers:
             hub.join(peer, "big")
@@ -226,7 +248,9 @@ class HubTests(SynchronousTestCase):
         room = self.hub.join(alice, "call")
         self.assertTrue(room.verified_only)
         self.assertEqual(room.members[alice.id].verified_user_id, "alice")
-        error = self.assertRaises(VerifiedOnly, self.hub.join, intruder, "call", {"userId": "alice"})
+        error = self.assertRaises(
+            VerifiedOnly, self.hub.join, intruder, "call", {"userId": "alice"}
+        )
         self.assertEqual(error.reason, "verified-only")
         self.assertEqual(list(room.members), [alice.id])
         self.assertEqual(intruder.rooms, {})
@@ -250,7 +274,8 @@ class HubTests(SynchronousTestCase):
         self.hub.join(other, "open")
         self.assertFalse(room.verified_only)
         self.assertEqual(
-            [member.verified_user_id for member in room.members.values()], [None, "alice", None]
+            [member.verified_user_id for member in room.members.values()],
+            [None, "alice", None],
         )
 
     def test_stats(self):
@@ -262,7 +287,12 @@ class HubTests(SynchronousTestCase):
         self.hub.join(bob, "a")
         stats = self.hub.stats()
         self.assertEqual(
-            (stats.peers_total, stats.peers_without_room, stats.rooms_total, stats.peers_in_rooms),
+            (
+                stats.peers_total,
+                stats.peers_without_room,
+                stats.rooms_total,
+                stats.peers_in_rooms,
+            ),
             (3, 1, 2, 2),
         )
         self.assertEqual(self.hub.peer_count(), 3)
@@ -356,8 +386,12 @@ class RecipientFailureTests(SynchronousTestCase):
 
 class MetadataLimitTests(SynchronousTestCase):
     def setUp(self):
-        limits = HubLimits(metadata=MetadataLimits(max_size=64, max_depth=2, max_elements=4))
-        self.hub = Hub(clock=Clock(), limits=limits, ids=IdSource(counting_random_bytes()))
+        limits = HubLimits(
+            metadata=MetadataLimits(max_size=64, max_depth=2, max_elements=4)
+        )
+        self.hub = Hub(
+            clock=Clock(), limits=limits, ids=IdSource(counting_random_bytes())
+        )
         self.peer = self.hub.connect(RecordingConnection())
 
     def test_peer_metadata(self):
@@ -383,12 +417,18 @@ class MetadataLimitTests(SynchronousTestCase):
     def test_zero_is_unlimited(self):
         hub = Hub(
             clock=Clock(),
-            limits=HubLimits(metadata=MetadataLimits(max_size=0, max_depth=0, max_elements=0)),
+            limits=HubLimits(
+                metadata=MetadataLimits(max_size=0, max_depth=0, max_elements=0)
+            ),
         )
         deep: object = 1
         for _ in range(50):
             deep = [deep]
-        hub.join(hub.connect(RecordingConnection()), "room", {"deep": deep, "many": list(range(500))})
+        hub.join(
+            hub.connect(RecordingConnection()),
+            "room",
+            {"deep": deep, "many": list(range(500))},
+        )
 
 
 class OperationsTests(SynchronousTestCase):
@@ -407,7 +447,9 @@ class OperationsTests(SynchronousTestCase):
         alice = hub.connect(first)
         hub.connect(second)
         self.assertEqual(hub.close_all(CloseReason.GOING_AWAY), 2)
-        self.assertEqual((first.closed, second.closed), (["going away"], ["going away"]))
+        self.assertEqual(
+            (first.closed, second.closed), (["going away"], ["going away"])
+        )
         self.assertEqual(hub.peer_count(), 2)
         hub.disconnect(alice)
         self.assertEqual(hub.peer_count(), 1)
@@ -425,8 +467,12 @@ class OperationsTests(SynchronousTestCase):
         hub.join(bob, "r")
         offer = Signal(kind="offer", sender=alice.id, room="r", payload={})
         hub.relay(alice, "r", bob.id, offer)
-        hub.broadcast(alice, "r", Signal(kind="candidate", sender=alice.id, room="r", payload={}))
+        hub.broadcast(
+            alice, "r", Signal(kind="candidate", sender=alice.id, room="r", payload={})
+        )
         bob_connection.refuse = "buffer-full"
         self.assertRaises(DeliveryRefused, hub.relay, alice, "r", bob.id, offer)
-        self.assertEqual(hub.counters.relayed, {("offer", "topic"): 2, ("candidate", "topic"): 1})
+        self.assertEqual(
+            hub.counters.relayed, {("offer", "topic"): 2, ("candidate", "topic"): 1}
+        )
         self.assertEqual(hub.counters.refused, {"buffer-full": 1})

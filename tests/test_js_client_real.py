@@ -20,7 +20,6 @@ from .realsockets import NODE_DIR, TwistdServer, node_with_packages
 AUTH_SECRET = "the JavaScript client's test secret, long enough for HS256"
 
 
-
 @pytest.fixture(scope="module")
 def node():
     """
@@ -32,7 +31,12 @@ def node():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--resume-grace",
+        "5",
     )
     server.start(tmp_path_factory.mktemp("js-client") / "twistd.log")
     server.http_url = server.urls[0].replace("ws://", "http://").rsplit("/", 1)[0]
@@ -43,8 +47,16 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
-        "--auth", "required", "--jwt-secret", AUTH_SECRET,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--resume-grace",
+        "5",
+        "--auth",
+        "required",
+        "--jwt-secret",
+        AUTH_SECRET,
     )
     server.start(tmp_path_factory.mktemp("js-client-auth") / "twistd.log")
     server.http_url = server.urls[0].replace("ws://", "http://").rsplit("/", 1)[0]
@@ -58,13 +70,20 @@ def test_javascript_client_with_a_token(node, auth_server):
     again for every connection) makes it a verified peer, and it resumes
     its verified session after a cut.
     """
-    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, AUTH_SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 600}, AUTH_SECRET, algorithm="HS256"
+    )
     result = subprocess.run(
         [node, str(NODE_DIR / "client-flows.mjs"), auth_server.http_url, "auth"],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=60,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "TOKEN": token},
     )
-    assert result.returncode == 0, result.stdout + result.stderr + auth_server.log()[-3000:]
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + auth_server.log()[-3000:]
+    )
     assert result.stdout.strip().endswith("ok auth")
 
 
@@ -80,7 +99,10 @@ def test_javascript_client(node, server, flow):
     """
     result = subprocess.run(
         [node, str(NODE_DIR / "client-flows.mjs"), server.http_url, flow],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=60,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr + server.log()[-3000:]
     assert result.stdout.strip().endswith(f"ok {flow}")

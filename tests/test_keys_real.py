@@ -35,7 +35,9 @@ def hs256_with(secret: bytes, claims: dict) -> str:
     An HS256 token signed with C{secret}, made by hand: PyJWT refuses to
     sign with a PEM public key as an HMAC secret, which is the attack.
     """
-    signing_input = _b64(b'{"alg":"HS256","typ":"JWT"}') + "." + _b64(json.dumps(claims).encode())
+    signing_input = (
+        _b64(b'{"alg":"HS256","typ":"JWT"}') + "." + _b64(json.dumps(claims).encode())
+    )
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return signing_input + "." + _b64(signature)
 
@@ -57,7 +59,13 @@ def status_of(url: str) -> int:
 
 def start(tmp_path, *args: str) -> TwistdServer:
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--auth", "required", *args,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--auth",
+        "required",
+        *args,
         env={"JWT_SECRET": ""},
     )
     server.start(tmp_path / "twistd.log")
@@ -146,12 +154,26 @@ def test_jwks_keys_are_fetched_again_on_an_unknown_kid(tmp_path, key_set):
     one = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     two = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_set.publish(one=one)
-    server = start(tmp_path, "--jwt-jwks-url", key_set.url, "--jwt-jwks-min-interval", "1")
+    server = start(
+        tmp_path, "--jwt-jwks-url", key_set.url, "--jwt-jwks-min-interval", "1"
+    )
     try:
         url = server.base + "/ws?token="
-        assert status_of(url + jwt.encode(claims(), one, algorithm="RS256", headers={"kid": "one"})) == 101
+        assert (
+            status_of(
+                url
+                + jwt.encode(claims(), one, algorithm="RS256", headers={"kid": "one"})
+            )
+            == 101
+        )
         key_set.publish(two=two)
-        assert status_of(url + jwt.encode(claims(), two, algorithm="RS256", headers={"kid": "two"})) == 101
+        assert (
+            status_of(
+                url
+                + jwt.encode(claims(), two, algorithm="RS256", headers={"kid": "two"})
+            )
+            == 101
+        )
         fetched = key_set.fetches
         assert fetched >= 2
         unknown = jwt.encode(claims(), two, algorithm="RS256", headers={"kid": "three"})
@@ -163,7 +185,13 @@ def test_jwks_keys_are_fetched_again_on_an_unknown_kid(tmp_path, key_set):
         assert status_of(url + unknown) == 401
         assert key_set.fetches == flooded + 1
         # The old key is gone from the set.
-        assert status_of(url + jwt.encode(claims(), one, algorithm="RS256", headers={"kid": "one"})) == 401
+        assert (
+            status_of(
+                url
+                + jwt.encode(claims(), one, algorithm="RS256", headers={"kid": "one"})
+            )
+            == 401
+        )
     finally:
         server.stop()
     assert "fetched 1 keys from the JWKS" in server.log()

@@ -89,7 +89,9 @@ def import_graph(root: Path = PACKAGE) -> dict[str, list[tuple[str, bool]]]:
     paths = {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
     modules = set(paths)
     return {
-        name: imports_of(path.read_text("utf-8"), name, path.name == "__init__.py", modules)
+        name: imports_of(
+            path.read_text("utf-8"), name, path.name == "__init__.py", modules
+        )
         for name, path in paths.items()
     }
 
@@ -101,7 +103,9 @@ def layer_violations(graph: dict[str, list[tuple[str, bool]]]) -> list[str]:
     broken = []
     for importer, targets in graph.items():
         for target, _ in targets:
-            if within(importer, "signaling.dialects") and within(target, "signaling.transports"):
+            if within(importer, "signaling.dialects") and within(
+                target, "signaling.transports"
+            ):
                 broken.append(f"{importer} -> {target}: a dialect imports a transport")
             if (
                 within(importer, "signaling.transports")
@@ -109,8 +113,12 @@ def layer_violations(graph: dict[str, list[tuple[str, bool]]]) -> list[str]:
                 and target not in ("signaling.dialects", DIALECT_INTERFACES)
             ):
                 broken.append(f"{importer} -> {target}: a transport imports a dialect")
-            if importer == "signaling.hub" and any(within(target, above) for above in ABOVE_THE_HUB):
-                broken.append(f"{importer} -> {target}: the hub imports what stands on it")
+            if importer == "signaling.hub" and any(
+                within(target, above) for above in ABOVE_THE_HUB
+            ):
+                broken.append(
+                    f"{importer} -> {target}: the hub imports what stands on it"
+                )
             if target == "signaling.tap":
                 broken.append(f"{importer} -> {target}: nothing imports tap")
     return broken
@@ -133,7 +141,7 @@ def cycles(graph: dict[str, list[tuple[str, bool]]]) -> list[list[str]]:
         stack.append(name)
         for target in edges.get(name, ()):
             if state.get(target) == "open":
-                found.append(stack[stack.index(target):] + [target])
+                found.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         stack.pop()
@@ -157,7 +165,8 @@ class LayerTests(SynchronousTestCase):
         self.assertIn("signaling.transports.websocket", self.graph)
         self.assertIn("signaling.dialects.socketio.socketio", self.graph)
         self.assertIn(
-            ("signaling.dialects.base", True), self.graph["signaling.transports.websocket"]
+            ("signaling.dialects.base", True),
+            self.graph["signaling.transports.websocket"],
         )
         self.assertIn(("signaling.hub", True), self.graph["signaling.dialects.native"])
 

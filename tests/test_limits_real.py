@@ -172,7 +172,12 @@ def test_envelope_metadata_limits(server):
     """
     alice = Envelope(server)
     alice.send(
-        {"type": "JOIN", "room_id": "meta-envelope", "payload": {"endpoint": _nested(5)}, "request_id": 1}
+        {
+            "type": "JOIN",
+            "room_id": "meta-envelope",
+            "payload": {"endpoint": _nested(5)},
+            "request_id": 1,
+        }
     )
     error = alice.next()
     assert error["type"] == "ERROR"
@@ -189,7 +194,10 @@ def test_socketio_calls_metadata_limits(server):
     with C{webrtc:join-room-error}, code C{invalid-metadata}.
     """
     alice = SocketIO(server)
-    alice.emit("webrtc:join-room", {"callRoomId": "meta-calls", "metadata": {"note": "x" * 1100}})
+    alice.emit(
+        "webrtc:join-room",
+        {"callRoomId": "meta-calls", "metadata": {"note": "x" * 1100}},
+    )
     name, body = alice.next_event()
     assert name == "webrtc:join-room-error"
     assert body["code"] == "invalid-metadata"
@@ -263,7 +271,15 @@ def test_frame_too_large_for_one_recipient(server):
     # Sized so that the native frame out (its first event: seq 1) is just
     # under the limit.
     overhead = len(
-        orjson.dumps({"type": "candidate", "room": "wide", "from": sender.id, "payload": "", "seq": 1})
+        orjson.dumps(
+            {
+                "type": "candidate",
+                "room": "wide",
+                "from": sender.id,
+                "payload": "",
+                "seq": 1,
+            }
+        )
     )
     payload = "c" * (MAX_MESSAGE_SIZE - overhead - 1)
     sender.send({"type": "candidate", "room": "wide", "payload": payload})
@@ -308,7 +324,10 @@ def test_native_join_reply_too_large(server):
     reply = late.join("crowded-native", {"name": "late"})
     assert reply["type"] == "error"
     assert reply["code"] == "reply-too-large"
-    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == ["peer-joined", "peer-left"]
+    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == [
+        "peer-joined",
+        "peer-left",
+    ]
     late.send({"type": "message", "room": "crowded-native", "payload": "hello"})
     assert late.next()["code"] == "not-in-room"
     for peer in [late, *crowd]:
@@ -373,7 +392,10 @@ def test_socketio_join_reply_too_large(server):
     name, body = late.next_event()
     assert name == "webrtc:join-room-error"
     assert body["code"] == "reply-too-large"
-    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == ["peer-joined", "peer-left"]
+    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == [
+        "peer-joined",
+        "peer-left",
+    ]
     for peer in [late, *crowd]:
         peer.ws.close()
 
@@ -392,7 +414,10 @@ def test_topic_peer_list_too_large(server):
     error = _next(late)
     assert (error["type"], error["code"]) == ("error", "peer_list_too_large")
     assert _close_code(late) == 1008
-    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == ["peer-joined", "peer-left"]
+    assert [crowd[0].next()["type"], crowd[0].next()["type"]] == [
+        "peer-joined",
+        "peer-left",
+    ]
     assert _stats(server)["peers"]["total"] == before
     for peer in crowd:
         peer.ws.close()

@@ -85,7 +85,10 @@ class WelcomeAndJoinTests(NativeTestCase):
         alice = self.joined(metadata={"name": "alice"})
         bob = self.joined(metadata={"name": "bob"})
         carol = self.connect()
-        self.send(carol, {"type": "join", "room": "lobby", "metadata": {"name": "carol"}, "id": 7})
+        self.send(
+            carol,
+            {"type": "join", "room": "lobby", "metadata": {"name": "carol"}, "id": 7},
+        )
         [joined] = carol.take()
         self.assertEqual(
             joined,
@@ -102,8 +105,16 @@ class WelcomeAndJoinTests(NativeTestCase):
         self.assertEqual(
             alice.take(),
             [
-                {"type": "peer-joined", "room": "lobby", "peer": {"id": bob.peer_id, "metadata": {"name": "bob"}}},
-                {"type": "peer-joined", "room": "lobby", "peer": {"id": carol.peer_id, "metadata": {"name": "carol"}}},
+                {
+                    "type": "peer-joined",
+                    "room": "lobby",
+                    "peer": {"id": bob.peer_id, "metadata": {"name": "bob"}},
+                },
+                {
+                    "type": "peer-joined",
+                    "room": "lobby",
+                    "peer": {"id": carol.peer_id, "metadata": {"name": "carol"}},
+                },
             ],
         )
         self.assertEqual(message_types(bob.take()), ["peer-joined"])
@@ -116,7 +127,13 @@ class WelcomeAndJoinTests(NativeTestCase):
         self.assertEqual(bob.take(), [{"type": "left", "room": "lobby", "id": "x"}])
         self.assertEqual(
             alice.take(),
-            [{"type": "peer-left", "room": "lobby", "peer": {"id": bob.peer_id, "metadata": {}}}],
+            [
+                {
+                    "type": "peer-left",
+                    "room": "lobby",
+                    "peer": {"id": bob.peer_id, "metadata": {}},
+                }
+            ],
         )
 
     def test_several_rooms(self):
@@ -150,18 +167,47 @@ class RelayTests(NativeTestCase):
         bob = self.joined()
         alice.take()
         offer = {"type": "offer", "sdp": "v=0..."}
-        self.send(bob, {"type": "offer", "room": "lobby", "to": alice.peer_id, "payload": offer})
+        self.send(
+            bob,
+            {"type": "offer", "room": "lobby", "to": alice.peer_id, "payload": offer},
+        )
         self.assertEqual(
             alice.take(),
             [{"type": "offer", "room": "lobby", "from": bob.peer_id, "payload": offer}],
         )
-        self.send(alice, {"type": "answer", "room": "lobby", "to": bob.peer_id, "payload": {"sdp": "a"}})
-        self.send(alice, {"type": "ice-candidate", "room": "lobby", "to": bob.peer_id, "payload": {"candidate": "c1"}})
+        self.send(
+            alice,
+            {
+                "type": "answer",
+                "room": "lobby",
+                "to": bob.peer_id,
+                "payload": {"sdp": "a"},
+            },
+        )
+        self.send(
+            alice,
+            {
+                "type": "ice-candidate",
+                "room": "lobby",
+                "to": bob.peer_id,
+                "payload": {"candidate": "c1"},
+            },
+        )
         self.assertEqual(
             bob.take(),
             [
-                {"type": "answer", "room": "lobby", "from": alice.peer_id, "payload": {"sdp": "a"}},
-                {"type": "candidate", "room": "lobby", "from": alice.peer_id, "payload": {"candidate": "c1"}},
+                {
+                    "type": "answer",
+                    "room": "lobby",
+                    "from": alice.peer_id,
+                    "payload": {"sdp": "a"},
+                },
+                {
+                    "type": "candidate",
+                    "room": "lobby",
+                    "from": alice.peer_id,
+                    "payload": {"candidate": "c1"},
+                },
             ],
         )
 
@@ -174,7 +220,16 @@ class RelayTests(NativeTestCase):
         bob = self.joined()
         alice.take()
         self.harness.server_side(alice).sendClose(1000)
-        self.send(bob, {"type": "offer", "room": "lobby", "to": alice.peer_id, "payload": {}, "id": 4})
+        self.send(
+            bob,
+            {
+                "type": "offer",
+                "room": "lobby",
+                "to": alice.peer_id,
+                "payload": {},
+                "id": 4,
+            },
+        )
         error, left = bob.take()
         self.assertEqual((error["code"], error["id"]), ("peer-not-found", 4))
         self.assertEqual(left["type"], "peer-left")
@@ -184,7 +239,16 @@ class RelayTests(NativeTestCase):
         alice = self.joined()
         bob = self.joined()
         alice.take()
-        self.send(bob, {"type": "message", "room": "lobby", "to": alice.peer_id, "from": "mallory", "payload": 1})
+        self.send(
+            bob,
+            {
+                "type": "message",
+                "room": "lobby",
+                "to": alice.peer_id,
+                "from": "mallory",
+                "payload": 1,
+            },
+        )
         [message] = alice.take()
         self.assertEqual(message["from"], bob.peer_id)
 
@@ -193,7 +257,9 @@ class RelayTests(NativeTestCase):
         bob = self.joined()
         carol = self.joined()
         alice.take(), bob.take()
-        self.send(alice, {"type": "message", "room": "lobby", "payload": {"chat": "hi"}})
+        self.send(
+            alice, {"type": "message", "room": "lobby", "payload": {"chat": "hi"}}
+        )
         self.send(alice, {"type": "candidate", "room": "lobby", "payload": "c"})
         for client in (bob, carol):
             self.assertEqual(message_types(client.take()), ["message", "candidate"])
@@ -207,9 +273,20 @@ class RelayTests(NativeTestCase):
     def test_only_room_mates_are_reachable(self):
         alice = self.joined("a")
         bob = self.joined("b")
-        self.send(alice, {"type": "offer", "room": "a", "to": bob.peer_id, "payload": {}, "id": "r1"})
+        self.send(
+            alice,
+            {
+                "type": "offer",
+                "room": "a",
+                "to": bob.peer_id,
+                "payload": {},
+                "id": "r1",
+            },
+        )
         self.assertError(alice, "peer-not-found", "r1")
-        self.send(alice, {"type": "offer", "room": "b", "to": bob.peer_id, "payload": {}})
+        self.send(
+            alice, {"type": "offer", "room": "b", "to": bob.peer_id, "payload": {}}
+        )
         self.assertError(alice, "not-in-room")
         self.assertEqual(bob.take(), [])
 
@@ -280,7 +357,9 @@ class ErrorTests(NativeTestCase):
         alice = self.joined("a")
         bob = self.joined("a")
         alice.take()
-        bob.sendMessage(orjson.dumps({"type": "message", "room": "a", "payload": "x" * 2000}))
+        bob.sendMessage(
+            orjson.dumps({"type": "message", "room": "a", "payload": "x" * 2000})
+        )
         self.harness.flush()
         self.assertError(bob, "message-too-large")
         self.assertEqual(bob.close_code, 1009)
@@ -298,10 +377,15 @@ class ErrorTests(NativeTestCase):
         self.harness.flush()
         self.assertEqual(message_types(bob.take()), ["peer-joined"])
         recipient.refuse = "too-large"
-        self.send(bob, {"type": "message", "room": "a", "to": peer.id, "payload": "x", "id": 1})
+        self.send(
+            bob,
+            {"type": "message", "room": "a", "to": peer.id, "payload": "x", "id": 1},
+        )
         self.assertError(bob, "message-too-large", 1)
         recipient.refuse = "buffer-full"
-        self.send(bob, {"type": "offer", "room": "a", "to": peer.id, "payload": "x", "id": 2})
+        self.send(
+            bob, {"type": "offer", "room": "a", "to": peer.id, "payload": "x", "id": 2}
+        )
         self.assertError(bob, "dropped", 2)
         self.assertEqual(recipient.events, [])
 
@@ -334,7 +418,16 @@ class SendBufferTests(NativeTestCase):
         already = len(alice.raw)
         outcomes = []
         for index in range(10):
-            self.send(bob, {"type": "message", "room": "lobby", "to": alice.peer_id, "payload": "x" * 200, "id": index})
+            self.send(
+                bob,
+                {
+                    "type": "message",
+                    "room": "lobby",
+                    "to": alice.peer_id,
+                    "payload": "x" * 200,
+                    "id": index,
+                },
+            )
             outcomes.append(bob.take())
         delivered = [o for o in outcomes if o == []]
         dropped = [o[0] for o in outcomes if o and o[0].get("code") == "dropped"]
@@ -344,7 +437,9 @@ class SendBufferTests(NativeTestCase):
         self.assertLessEqual(sum(len(frame) for frame in alice.raw[already:]), 1000)
         self.assertEqual(len(alice.take()), len(delivered))
         self.harness.server_side(alice).send_buffer.resumeProducing()
-        self.send(bob, {"type": "message", "room": "lobby", "to": alice.peer_id, "payload": 1})
+        self.send(
+            bob, {"type": "message", "room": "lobby", "to": alice.peer_id, "payload": 1}
+        )
         self.assertEqual(bob.take(), [])
         self.assertEqual(message_types(alice.take()), ["message"])
 
@@ -412,13 +507,20 @@ class ChurnAndLongNameTests(NativeTestCase):
             client.send_json({"type": "join", "room": "busy"})
             client.sendClose()
             self.harness.flush()
-        self.assertEqual(message_types(bystander.take()), ["peer-joined", "peer-left"] * 400)
+        self.assertEqual(
+            message_types(bystander.take()), ["peer-joined", "peer-left"] * 400
+        )
         self.send(churner, {"type": "join", "room": "busy"})
         churner.take()
-        self.send(churner, {"type": "offer", "room": "busy", "to": bystander.peer_id, "payload": 1})
+        self.send(
+            churner,
+            {"type": "offer", "room": "busy", "to": bystander.peer_id, "payload": 1},
+        )
         self.assertEqual(message_types(bystander.take()), ["peer-joined", "offer"])
         stats = self.harness.hub.stats()
-        self.assertEqual((stats.peers_total, stats.rooms_total, stats.peers_in_rooms), (2, 1, 2))
+        self.assertEqual(
+            (stats.peers_total, stats.rooms_total, stats.peers_in_rooms), (2, 1, 2)
+        )
 
 
 class NestedPayloadTests(NativeTestCase):
@@ -430,7 +532,12 @@ class NestedPayloadTests(NativeTestCase):
         alice = self.joined("a")
         bob = self.joined("a")
         alice.take()
-        frame = b'{"type":"message","room":"a","payload":' + b"[" * 10000 + b"]" * 10000 + b"}"
+        frame = (
+            b'{"type":"message","room":"a","payload":'
+            + b"[" * 10000
+            + b"]" * 10000
+            + b"}"
+        )
         bob.sendMessage(frame)
         self.harness.flush()
         self.assertError(bob, "invalid-json")
@@ -452,17 +559,24 @@ class InternalErrorTests(NativeTestCase):
         def broken(*args):
             raise RuntimeError("bug")
 
-        self.patch(NativeSession, "_handlers", {**NativeSession._handlers, "ping": broken})
+        self.patch(
+            NativeSession, "_handlers", {**NativeSession._handlers, "ping": broken}
+        )
         bob.sendMessage(b'{"type":"ping"}')
         self.harness.flush()
         self.assertEqual(bob.close_code, 1011)
         self.assertEqual(
             bob.take(),
-            [{"type": "error", "code": "internal-error", "message": "internal server error"}],
+            [
+                {
+                    "type": "error",
+                    "code": "internal-error",
+                    "message": "internal server error",
+                }
+            ],
         )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(message_types(alice.take()), ["peer-left"])
-
 
     def test_a_failing_recipient_closes_1011_and_the_room_carries_on(self):
         """
@@ -545,7 +659,9 @@ class HeartbeatTests(NativeTestCase):
 
 
 class OriginTests(NativeTestCase):
-    settings = WebSocketSettings(ping_interval=0, allowed_origins=("https://app.example",))
+    settings = WebSocketSettings(
+        ping_interval=0, allowed_origins=("https://app.example",)
+    )
 
     def test_allowed_origin_connects(self):
         client = self.connect(origin="https://app.example")
@@ -605,7 +721,16 @@ class RecipientBugTests(NativeTestCase):
             raise RuntimeError("render bug")
 
         self.harness.server_side(alice).session.render = broken
-        self.send(bob, {"type": "offer", "room": "lobby", "to": alice.peer_id, "payload": {}, "id": 1})
+        self.send(
+            bob,
+            {
+                "type": "offer",
+                "room": "lobby",
+                "to": alice.peer_id,
+                "payload": {},
+                "id": 1,
+            },
+        )
         self.assertEqual(alice.close_code, 1011)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         error, left = bob.take()

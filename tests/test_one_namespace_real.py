@@ -23,7 +23,11 @@ TIMEOUT = 10
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", env={"JWT_SECRET": ""}
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        env={"JWT_SECRET": ""},
     )
     server.start(tmp_path_factory.mktemp("namespace") / "twistd.log")
     server.base = server.urls[0].rsplit("/", 1)[0]
@@ -56,7 +60,9 @@ class Native(RawPeer):
     def __init__(self, server) -> None:
         super().__init__(f"{server.base}/signal")
         self.id = self.next()["peerId"]
-        self.send_json({"type": "join", "room": "lobby", "metadata": {"name": "native"}})
+        self.send_json(
+            {"type": "join", "room": "lobby", "metadata": {"name": "native"}}
+        )
         self.existing = [peer["id"] for peer in self.next()["peers"]]
 
     def announced(self) -> str:
@@ -101,9 +107,17 @@ class Envelope(RawPeer):
     def __init__(self, server) -> None:
         super().__init__(f"{server.base}/ws")
         self.id = self.next()["peer_id"]
-        self.send_json({"type": "JOIN", "room_id": "lobby", "payload": {"display_name": "envelope"}})
+        self.send_json(
+            {
+                "type": "JOIN",
+                "room_id": "lobby",
+                "payload": {"display_name": "envelope"},
+            }
+        )
         peers = self.next()["payload"]["peers"]
-        self.existing = [peer["peer_id"] for peer in peers if peer["peer_id"] != self.id]
+        self.existing = [
+            peer["peer_id"] for peer in peers if peer["peer_id"] != self.id
+        ]
 
     def announced(self) -> str:
         message = self.next()
@@ -129,8 +143,15 @@ class SocketIOPeer:
         self.inbox: queue.Queue = queue.Queue()
         self.client = socketio.Client(reconnection=False)
         for event in self.events:
-            self.client.on(event, lambda data, event=event: self.inbox.put((event, data)))
-        self.client.connect(server.http, transports=["websocket"], auth={"userId": self.name}, wait_timeout=TIMEOUT)
+            self.client.on(
+                event, lambda data, event=event: self.inbox.put((event, data))
+            )
+        self.client.connect(
+            server.http,
+            transports=["websocket"],
+            auth={"userId": self.name},
+            wait_timeout=TIMEOUT,
+        )
         self.id = self.client.get_sid()
 
     def next(self):
@@ -179,7 +200,9 @@ class Calls(SocketIOPeer):
 
     def __init__(self, server) -> None:
         super().__init__(server)
-        self.client.emit("webrtc:join-room", {"callRoomId": "lobby", "callType": "video"})
+        self.client.emit(
+            "webrtc:join-room", {"callRoomId": "lobby", "callType": "video"}
+        )
         event, data = self.next()
         assert event == "webrtc:room-joined", (event, data)
         self.existing = [p["socketId"] for p in data["existingParticipants"]]
@@ -191,7 +214,9 @@ class Calls(SocketIOPeer):
 
     def send(self, kind, to, payload) -> None:
         event = "webrtc:ice-candidate" if kind == "candidate" else f"webrtc:{kind}"
-        self.client.emit(event, {"callRoomId": "lobby", "targetSocketId": to, kind: payload})
+        self.client.emit(
+            event, {"callRoomId": "lobby", "targetSocketId": to, kind: payload}
+        )
 
     def receive(self):
         event, data = self.next()
@@ -229,10 +254,21 @@ def every_dialect_in_one_room(servers, settled=lambda count: None):
                 for kind, payload in (
                     ("offer", {"type": "offer", "sdp": f"v=0 from {sender.name}"}),
                     ("answer", {"type": "answer", "sdp": f"v=0 from {sender.name}"}),
-                    ("candidate", {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0}),
+                    (
+                        "candidate",
+                        {
+                            "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                            "sdpMid": "0",
+                            "sdpMLineIndex": 0,
+                        },
+                    ),
                 ):
                     sender.send(kind, receiver.id, payload)
-                    assert receiver.receive() == (kind, sender.id, payload), (sender.name, receiver.name, kind)
+                    assert receiver.receive() == (kind, sender.id, payload), (
+                        sender.name,
+                        receiver.name,
+                        kind,
+                    )
     finally:
         for peer in peers:
             peer.close()

@@ -39,7 +39,9 @@ def issue(directory, cert_name="cert.pem", key_name="key.pem"):
     """
     authority = trustme.CA()
     issued = authority.issue_cert("localhost", "127.0.0.1")
-    (directory / cert_name).write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    (directory / cert_name).write_bytes(
+        b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+    )
     (directory / key_name).write_bytes(issued.private_key_pem.bytes())
     ca_path = directory.parent / f"ca-{id(authority)}.pem"
     authority.cert_pem.write_to_path(str(ca_path))
@@ -56,8 +58,10 @@ def peer_fingerprint(port):
     context.verify_mode = ssl.CERT_NONE
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw) as tls:
-            digest = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+            digest = (
+                hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest().upper()
+            )
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def health(port, ca_path):
@@ -67,7 +71,9 @@ def health(port, ca_path):
     context = ssl.create_default_context(cafile=ca_path)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            tls.sendall(
+                b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
             response = b""
             while chunk := tls.recv(65536):
                 response += chunk
@@ -91,7 +97,11 @@ def test_tls_shorthand_finds_the_credentials_directory(twistd, tmp_path):
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     ca_path = issue(credentials, "fullchain.pem", "privkey.pem")
-    server = twistd("--port", "tls:0:interface=127.0.0.1", env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    server = twistd(
+        "--port",
+        "tls:0:interface=127.0.0.1",
+        env={"CREDENTIALS_DIRECTORY": str(credentials)},
+    )
     assert health(port_of(server), ca_path) == b"HTTP/1.1 200 OK"
     assert "self-signed" not in server.log()
 
@@ -101,7 +111,11 @@ def test_tls_shorthand_on_loopback_makes_a_self_signed_certificate(twistd, tmp_p
     With no certificate anywhere, a loopback C{tls:PORT} serves a new
     self-signed certificate whose fingerprint is in the log.
     """
-    server = twistd("--port", "tls:0:interface=127.0.0.1", env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    server = twistd(
+        "--port",
+        "tls:0:interface=127.0.0.1",
+        env={"CREDENTIALS_DIRECTORY": str(tmp_path)},
+    )
     logged = re.search(r"self-signed .* SHA-256 ([0-9A-F:]{95})", server.log()).group(1)
     assert peer_fingerprint(port_of(server)) == logged
 
@@ -113,8 +127,11 @@ def test_tls_shorthand_on_every_interface_needs_a_certificate(tmp_path):
     """
     result = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "signaling", "--port", "tls:0"],
-        cwd=ROOT, env={**os.environ, "CREDENTIALS_DIRECTORY": str(tmp_path)},
-        capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
@@ -135,8 +152,12 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(twistd, tmp_path):
     directory.mkdir()
     old_ca = issue(directory)
     server = twistd(
-        "--port", "tls:0:interface=127.0.0.1",
-        "--tls-cert", str(directory / "cert.pem"), "--tls-key", str(directory / "key.pem"),
+        "--port",
+        "tls:0:interface=127.0.0.1",
+        "--tls-cert",
+        str(directory / "cert.pem"),
+        "--tls-key",
+        str(directory / "key.pem"),
     )
     port = port_of(server)
     url = f"wss://127.0.0.1:{port}/signal"
@@ -155,7 +176,10 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(twistd, tmp_path):
 
         (directory / "cert.pem").write_text("not a certificate")
         os.kill(server.process.pid, signal.SIGHUP)
-        wait_for(server, r"TLS certificate not reloaded, keeping the old one: no certificate in")
+        wait_for(
+            server,
+            r"TLS certificate not reloaded, keeping the old one: no certificate in",
+        )
         assert health(port, new_ca) == b"HTTP/1.1 200 OK"
         client.send(orjson.dumps({"type": "leave", "room": "r"}))
         assert orjson.loads(client.recv())["type"] == "left"
@@ -188,7 +212,12 @@ def test_sighup_without_tls_keeps_the_server(twistd):
     # systemd, which reloads only after READY=1).
     import requests
 
-    assert requests.get(f"http://127.0.0.1:{plain_port(server)}/health", timeout=5).status_code == 200
+    assert (
+        requests.get(
+            f"http://127.0.0.1:{plain_port(server)}/health", timeout=5
+        ).status_code
+        == 200
+    )
     os.kill(server.process.pid, signal.SIGHUP)
     wait_for(server, r"SIGHUP: no tls:PORT certificate to reload")
     with socket.create_connection(("127.0.0.1", plain_port(server)), timeout=5):
@@ -217,7 +246,11 @@ def test_sigterm_drains_every_dialect(twistd):
 
     started = time.monotonic()
     os.kill(server.process.pid, signal.SIGTERM)
-    assert orjson.loads(native.recv()) == {"type": "reconnect", "reason": "going-away", "delayMs": 1000}
+    assert orjson.loads(native.recv()) == {
+        "type": "reconnect",
+        "reason": "going-away",
+        "delayMs": 1000,
+    }
     assert close_code(native) == 1001
     assert close_code(topic) == 1001
     assert engine.recv() == "1"
@@ -259,7 +292,8 @@ def test_systemd_notifications(twistd, tmp_path):
     receiver.settimeout(5)
     try:
         server = twistd(
-            "--port", "tcp:0:interface=127.0.0.1",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
             env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"},
         )
         assert receiver.recv(256) == b"READY=1"
@@ -305,13 +339,20 @@ def test_metrics_on_their_own_port(twistd):
     import requests
 
     server = twistd(
-        "--port", "tcp:0:interface=127.0.0.1",
-        "--metrics-port", "tcp:0:interface=127.0.0.1",
-        "--allowed-origin", "https://app.example",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--metrics-port",
+        "tcp:0:interface=127.0.0.1",
+        "--allowed-origin",
+        "https://app.example",
     )
     port = plain_port(server)
-    alice = websocket.create_connection(f"ws://127.0.0.1:{port}/signal", timeout=5, suppress_origin=True)
-    bob = websocket.create_connection(f"ws://127.0.0.1:{port}/signal", timeout=5, suppress_origin=True)
+    alice = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/signal", timeout=5, suppress_origin=True
+    )
+    bob = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/signal", timeout=5, suppress_origin=True
+    )
     try:
         alice_id = orjson.loads(alice.recv())["peerId"]
         orjson.loads(bob.recv())
@@ -319,17 +360,25 @@ def test_metrics_on_their_own_port(twistd):
             client.send(orjson.dumps({"type": "join", "room": "r"}))
             assert orjson.loads(client.recv())["type"] == "joined"
         assert orjson.loads(alice.recv())["type"] == "peer-joined"
-        bob.send(orjson.dumps({"type": "offer", "room": "r", "to": alice_id, "payload": {"sdp": "x"}}))
+        bob.send(
+            orjson.dumps(
+                {"type": "offer", "room": "r", "to": alice_id, "payload": {"sdp": "x"}}
+            )
+        )
         assert orjson.loads(alice.recv())["type"] == "offer"
         bob.send("not json")
         assert orjson.loads(bob.recv())["code"] == "invalid-json"
         with pytest.raises(websocket.WebSocketBadStatusException):
             websocket.create_connection(
-                f"ws://127.0.0.1:{port}/signal", timeout=5, origin="https://evil.example"
+                f"ws://127.0.0.1:{port}/signal",
+                timeout=5,
+                origin="https://evil.example",
             )
 
         engine = websocket.create_connection(
-            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=5, suppress_origin=True
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+            timeout=5,
+            suppress_origin=True,
         )
         assert engine.recv().startswith("0{")
         engine.send("40")
@@ -337,22 +386,35 @@ def test_metrics_on_their_own_port(twistd):
 
         samples = scrape(server)
         engine.close()
-        assert samples['signaling_connections{dialect="native",transport="websocket"}'] == 2
-        assert samples['signaling_connections{dialect="socketio",transport="websocket"}'] == 1
+        assert (
+            samples['signaling_connections{dialect="native",transport="websocket"}']
+            == 2
+        )
+        assert (
+            samples['signaling_connections{dialect="socketio",transport="websocket"}']
+            == 1
+        )
         assert samples["signaling_peers"] == 3
         assert samples["signaling_rooms"] == 1
         assert samples['signaling_relayed_total{dialect="native",kind="offer"}'] == 1
         assert samples['signaling_errors_total{code="invalid-json"}'] == 1
         assert samples['signaling_handshakes_refused_total{reason="origin"}'] == 1
         assert samples["signaling_received_bytes_total"] > 0
-        assert samples["signaling_sent_bytes_total"] > samples["signaling_received_bytes_total"]
+        assert (
+            samples["signaling_sent_bytes_total"]
+            > samples["signaling_received_bytes_total"]
+        )
         assert samples["signaling_reactor_lag_seconds_count"] >= 1
-        assert any(name.startswith("signaling_gc_pause_seconds_count") for name in samples)
+        assert any(
+            name.startswith("signaling_gc_pause_seconds_count") for name in samples
+        )
         assert not any(alice_id in name or '"r"' in name for name in samples)
     finally:
         alice.close()
         bob.close()
-    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404
+    assert (
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404
+    )
 
 
 def test_connections_are_logged_with_dialect_peer_and_truncated_address(twistd):
@@ -363,7 +425,9 @@ def test_connections_are_logged_with_dialect_peer_and_truncated_address(twistd):
     server = twistd("--port", "tcp:0:interface=127.0.0.1", "--trust-forwarded", "1")
     port = plain_port(server)
     client = websocket.create_connection(
-        f"ws://127.0.0.1:{port}/ws/lobby", timeout=5, header=["X-Forwarded-For: 203.0.113.7"]
+        f"ws://127.0.0.1:{port}/ws/lobby",
+        timeout=5,
+        header=["X-Forwarded-For: 203.0.113.7"],
     )
     peer_id = orjson.loads(client.recv())["selfId"]
     client.close()
@@ -381,7 +445,8 @@ def test_json_log_format(tmp_path):
     try:
         server.start(tmp_path / "twistd.log")
         [listening] = [
-            record for record in map(orjson.loads, server.log().splitlines())
+            record
+            for record in map(orjson.loads, server.log().splitlines())
             if record["message"].startswith("signaling listening on")
         ]
         assert listening["level"] == "info"
@@ -394,9 +459,14 @@ def test_json_log_format(tmp_path):
     records = [orjson.loads(line) for line in server.log().splitlines()]
     [opened] = [record for record in records if record.get("what") == "opened"]
     assert {key: opened[key] for key in ("dialect", "peer", "address", "level")} == {
-        "dialect": "native", "peer": peer_id, "address": "127.0.0.x", "level": "info",
+        "dialect": "native",
+        "peer": peer_id,
+        "address": "127.0.0.x",
+        "level": "info",
     }
-    assert opened["message"] == f"native connection opened: peer {peer_id} from 127.0.0.x"
+    assert (
+        opened["message"] == f"native connection opened: peer {peer_id} from 127.0.0.x"
+    )
 
 
 def test_sigterm_sends_a_polling_client_the_engineio_close_packet(twistd):

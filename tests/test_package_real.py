@@ -31,21 +31,56 @@ def installed(tmp_path_factory):
     """
     work = tmp_path_factory.mktemp("package")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(work / "dist"), str(ROOT)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(work / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     [wheel] = (work / "dist").glob("signaling-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        check=True,
+        timeout=60,
+    )
     python = venv / "bin" / "python"
-    site = Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [
+                str(python),
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('purelib'))",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (site / "test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     # Twisted's own console script, as installing Twisted into it would
     # have made it.
@@ -70,16 +105,33 @@ def test_installed_twistd_signaling_help_and_version(installed):
     twistd = str(venv / "bin" / "twistd")
     # Run outside the tree: only the wheel's plugin can be found.
     help_text = subprocess.run(
-        [twistd, "signaling", "--help"], cwd=work, check=True, capture_output=True, text=True, timeout=60,
+        [twistd, "signaling", "--help"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     assert "--metrics-port" in help_text
     version = subprocess.run(
-        [twistd, "signaling", "--version"], cwd=work, check=True, capture_output=True, text=True, timeout=60,
+        [twistd, "signaling", "--version"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     assert version.startswith(f"signaling {__version__} (Twisted ")
     location = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import signaling; print(signaling.__file__)"],
-        cwd=work, check=True, capture_output=True, text=True,
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import signaling; print(signaling.__file__)",
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     assert location.startswith(str(venv))
 
@@ -89,15 +141,31 @@ def test_installed_server_answers_health(installed):
     log_path = work / "twistd.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [str(venv / "bin" / "twistd"), "-n", "--pidfile=", "signaling", "--port", "tcp:0:interface=127.0.0.1"],
-            cwd=work, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""},
+            [
+                str(venv / "bin" / "twistd"),
+                "-n",
+                "--pidfile=",
+                "signaling",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+            ],
+            cwd=work,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": ""},
         )
     try:
         deadline = time.monotonic() + 20
-        while not (found := re.search(r"ws://127\.0\.0\.1:(\d+)/", log_path.read_text())):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        while not (
+            found := re.search(r"ws://127\.0\.0\.1:(\d+)/", log_path.read_text())
+        ):
+            assert process.poll() is None and time.monotonic() < deadline, (
+                log_path.read_text()
+            )
             time.sleep(0.05)
-        with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/health", timeout=5) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{found.group(1)}/health", timeout=5
+        ) as response:
             assert response.status == 200
             assert b'"status":"ok"' in response.read()
     finally:

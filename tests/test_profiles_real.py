@@ -29,7 +29,11 @@ NATIVE_METADATA = {
 @pytest.fixture
 def server(tmp_path):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", env={"JWT_SECRET": ""}
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        env={"JWT_SECRET": ""},
     )
     server.start(tmp_path / "twistd.log")
     server.base = server.urls[0].rsplit("/", 1)[0]
@@ -46,12 +50,16 @@ def receive(ws: websocket.WebSocket) -> dict:
     return json.loads(ws.recv())
 
 
-def socketio_client(server, events: tuple[str, ...], auth: dict) -> tuple[socketio.Client, queue.Queue]:
+def socketio_client(
+    server, events: tuple[str, ...], auth: dict
+) -> tuple[socketio.Client, queue.Queue]:
     inbox: queue.Queue = queue.Queue()
     client = socketio.Client(reconnection=False)
     for event in events:
         client.on(event, lambda data, event=event: inbox.put((event, data)))
-    client.connect(server.http, transports=["websocket"], auth=auth, wait_timeout=TIMEOUT)
+    client.connect(
+        server.http, transports=["websocket"], auth=auth, wait_timeout=TIMEOUT
+    )
     return client, inbox
 
 
@@ -68,7 +76,11 @@ def test_members_of_every_dialect_as_the_others_show_them(server):
 
     envelope = raw(f"{server.base}/ws")
     envelope_id = receive(envelope)["peer_id"]
-    envelope.send(json.dumps({"type": "JOIN", "room_id": ROOM, "payload": {"display_name": "Eve"}}))
+    envelope.send(
+        json.dumps(
+            {"type": "JOIN", "room_id": ROOM, "payload": {"display_name": "Eve"}}
+        )
+    )
     peers = receive(envelope)["payload"]["peers"]
     assert peers[0] == {
         "peer_id": native_id,
@@ -76,10 +88,15 @@ def test_members_of_every_dialect_as_the_others_show_them(server):
         "endpoint": {"ip": "192.0.2.1", "port": 5000},
         "joined_at": peers[0]["joined_at"],
     }
-    assert receive(native)["peer"] == {"id": envelope_id, "metadata": {"display_name": "Eve"}}
+    assert receive(native)["peer"] == {
+        "id": envelope_id,
+        "metadata": {"display_name": "Eve"},
+    }
 
     rooms, rooms_inbox = socketio_client(server, ("room-users",), {"userId": "rita"})
-    calls, calls_inbox = socketio_client(server, ("webrtc:room-joined",), {"userId": "carl"})
+    calls, calls_inbox = socketio_client(
+        server, ("webrtc:room-joined",), {"userId": "carl"}
+    )
     try:
         rooms.emit("join-room", {"roomId": ROOM})
         event, data = rooms_inbox.get(timeout=TIMEOUT)
@@ -90,9 +107,14 @@ def test_members_of_every_dialect_as_the_others_show_them(server):
         ]
         rooms_id = rooms.get_sid()
         joined = receive(envelope)
-        assert (joined["type"], joined["payload"]["display_name"]) == ("PEER_JOINED", "rita")
+        assert (joined["type"], joined["payload"]["display_name"]) == (
+            "PEER_JOINED",
+            "rita",
+        )
 
-        calls.emit("webrtc:join-room", {"callRoomId": ROOM, "metadata": {"username": "carl"}})
+        calls.emit(
+            "webrtc:join-room", {"callRoomId": ROOM, "metadata": {"username": "carl"}}
+        )
         event, data = calls_inbox.get(timeout=TIMEOUT)
         assert event == "webrtc:room-joined"
         shown = {
@@ -105,7 +127,10 @@ def test_members_of_every_dialect_as_the_others_show_them(server):
             rooms_id: ("rita", None, None, None),
         }
         joined = receive(envelope)
-        assert (joined["type"], joined["payload"]["display_name"]) == ("PEER_JOINED", "carl")
+        assert (joined["type"], joined["payload"]["display_name"]) == (
+            "PEER_JOINED",
+            "carl",
+        )
     finally:
         rooms.disconnect()
         calls.disconnect()

@@ -25,7 +25,12 @@ AUTH_SECRET = "the Python client's test secret, long enough for HS256"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--resume-grace",
+        "5",
     )
     server.start(tmp_path_factory.mktemp("python-client") / "twistd.log")
     yield server
@@ -34,7 +39,11 @@ def server(tmp_path_factory):
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 
@@ -46,14 +55,28 @@ def test_python_client_with_a_token(tmp_path):
     its verified session after its connection is aborted.
     """
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--resume-grace", "5",
-        "--auth", "required", "--jwt-secret", AUTH_SECRET,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--resume-grace",
+        "5",
+        "--auth",
+        "required",
+        "--jwt-secret",
+        AUTH_SECRET,
     )
     server.start(tmp_path / "twistd.log")
     try:
-        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, AUTH_SECRET, algorithm="HS256")
+        token = jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 600},
+            AUTH_SECRET,
+            algorithm="HS256",
+        )
         result = run(str(FLOWS), server.urls[0], "auth", env={"TOKEN": token})
-        assert result.returncode == 0, result.stdout + result.stderr + server.log()[-3000:]
+        assert result.returncode == 0, (
+            result.stdout + result.stderr + server.log()[-3000:]
+        )
         assert result.stdout.strip().endswith("ok auth")
     finally:
         server.stop()
@@ -79,7 +102,13 @@ def test_aiortc_example(server):
     server and a message crosses a real data channel, and its echo back.
     """
     # Loopback only: the test's traffic stays on 127.0.0.1.
-    result = run("examples/aiortc_datachannel.py", server.urls[0], "--timeout", "20", "--loopback")
+    result = run(
+        "examples/aiortc_datachannel.py",
+        server.urls[0],
+        "--timeout",
+        "20",
+        "--loopback",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         "callee received over the data channel: hello over WebRTC",

@@ -60,12 +60,48 @@ def unnumbered(event: dict) -> dict:
 
 
 async def offer_answer_candidate(alice, bob, room):
-    bob.send_json({"type": "offer", "room": room, "to": alice.peer_id, "payload": {"sdp": "offer-sdp"}})
-    assert unnumbered(await alice.next()) == {"type": "offer", "room": room, "from": bob.peer_id, "payload": {"sdp": "offer-sdp"}}
-    alice.send_json({"type": "answer", "room": room, "to": bob.peer_id, "payload": {"sdp": "answer-sdp"}})
-    assert unnumbered(await bob.next()) == {"type": "answer", "room": room, "from": alice.peer_id, "payload": {"sdp": "answer-sdp"}}
-    alice.send_json({"type": "candidate", "room": room, "to": bob.peer_id, "payload": {"candidate": "c"}})
-    assert unnumbered(await bob.next()) == {"type": "candidate", "room": room, "from": alice.peer_id, "payload": {"candidate": "c"}}
+    bob.send_json(
+        {
+            "type": "offer",
+            "room": room,
+            "to": alice.peer_id,
+            "payload": {"sdp": "offer-sdp"},
+        }
+    )
+    assert unnumbered(await alice.next()) == {
+        "type": "offer",
+        "room": room,
+        "from": bob.peer_id,
+        "payload": {"sdp": "offer-sdp"},
+    }
+    alice.send_json(
+        {
+            "type": "answer",
+            "room": room,
+            "to": bob.peer_id,
+            "payload": {"sdp": "answer-sdp"},
+        }
+    )
+    assert unnumbered(await bob.next()) == {
+        "type": "answer",
+        "room": room,
+        "from": alice.peer_id,
+        "payload": {"sdp": "answer-sdp"},
+    }
+    alice.send_json(
+        {
+            "type": "candidate",
+            "room": room,
+            "to": bob.peer_id,
+            "payload": {"candidate": "c"},
+        }
+    )
+    assert unnumbered(await bob.next()) == {
+        "type": "candidate",
+        "room": room,
+        "from": alice.peer_id,
+        "payload": {"candidate": "c"},
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -76,12 +112,23 @@ async def test_service_over_tls_in_process(certificate):
     """
     cert_path, key_path, trust_root = certificate
     options = tap.Options(environ={})
-    options.parseOptions(["--port", "tls:0:interface=127.0.0.1", "--tls-cert", str(cert_path), "--tls-key", str(key_path)])
+    options.parseOptions(
+        [
+            "--port",
+            "tls:0:interface=127.0.0.1",
+            "--tls-cert",
+            str(cert_path),
+            "--tls-key",
+            str(key_path),
+        ]
+    )
     service = tap.make_service(options, reactor)
     service.privilegedStartService()
     service.startService()
     try:
-        [listener] = [child for child in service if isinstance(child, tap.ListeningService)]
+        [listener] = [
+            child for child in service if isinstance(child, tap.ListeningService)
+        ]
         port = listener.port.getHost().port
         context = ssl.optionsForClientTLS("localhost", trustRoot=trust_root)
         url = f"wss://localhost:{port}/signal"
@@ -105,7 +152,14 @@ async def test_twistd_serves_wss_and_https(certificate, twistd):
     wss://…/signal and https://…/health.
     """
     cert_path, key_path, trust_root = certificate
-    server = twistd("--port", "tls:0:interface=127.0.0.1", "--tls-cert", str(cert_path), "--tls-key", str(key_path))
+    server = twistd(
+        "--port",
+        "tls:0:interface=127.0.0.1",
+        "--tls-cert",
+        str(cert_path),
+        "--tls-key",
+        str(key_path),
+    )
     [url] = server.urls
     assert url.startswith("wss://")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -115,7 +169,9 @@ async def test_twistd_serves_wss_and_https(certificate, twistd):
     assert (await alice.next())["peer"]["id"] == bob.peer_id
     await offer_answer_candidate(alice, bob, "tls-room")
 
-    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust_root))
+    agent = Agent(
+        reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+    )
     response = await treq.get(f"https://localhost:{port}/health", agent=agent)
     assert response.code == 200
     body = orjson.loads(await response.content())
@@ -135,8 +191,14 @@ async def test_three_native_clients_and_a_silent_one(twistd):
     the resume grace it is waited for.
     """
     server = twistd(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "1", "--ping-timeout", "1",
-        "--resume-grace", "0.5",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "1",
+        "--resume-grace",
+        "0.5",
     )
     [url] = server.urls
     assert url.startswith("ws://127.0.0.1:") and url.endswith("/signal")
@@ -147,7 +209,10 @@ async def test_three_native_clients_and_a_silent_one(twistd):
         {"id": alice.peer_id, "metadata": {"name": "alice"}},
         {"id": bob.peer_id, "metadata": {"name": "bob"}},
     ]
-    assert [(await alice.next())["peer"]["id"] for _ in range(2)] == [bob.peer_id, carol.peer_id]
+    assert [(await alice.next())["peer"]["id"] for _ in range(2)] == [
+        bob.peer_id,
+        carol.peer_id,
+    ]
     assert (await bob.next())["peer"]["id"] == carol.peer_id
     await offer_answer_candidate(alice, carol, "trio")
 
@@ -155,7 +220,9 @@ async def test_three_native_clients_and_a_silent_one(twistd):
     started = time.monotonic()
     gone = [await alice.next(timeout=5), await bob.next(timeout=5)]
     elapsed = time.monotonic() - started
-    assert [(m["type"], m["peer"]["id"]) for m in gone] == [("peer-left", carol.peer_id)] * 2
+    assert [(m["type"], m["peer"]["id"]) for m in gone] == [
+        ("peer-left", carol.peer_id)
+    ] * 2
     # ping interval 1 s + timeout 1 s + grace 0.5 s, and Autobahn's 0.2 s
     # timer buckets.
     assert elapsed < 2 + 0.5 + 0.5 + 1, elapsed
@@ -209,7 +276,18 @@ async def test_systemd_socket_activation(tmp_path):
     log_path = tmp_path / "systemd.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-c", _ACTIVATE, str(fd), TWISTD, "-n", "--pidfile=", "signaling", "--port", "systemd:domain=INET:index=0"],
+            [
+                sys.executable,
+                "-c",
+                _ACTIVATE,
+                str(fd),
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "signaling",
+                "--port",
+                "systemd:domain=INET:index=0",
+            ],
             cwd=ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -37,7 +37,9 @@ class RecipientFailureTests(SocketIOCase):
         self.harness.flush()
         self.other.take()
         self.sender.take()
-        self.sender.send_json({"type": "candidate", "room": "room", "payload": {"candidate": "c"}})
+        self.sender.send_json(
+            {"type": "candidate", "room": "room", "payload": {"candidate": "c"}}
+        )
         self.harness.flush()
 
     def assertRestOfRoomServed(self, failed_id: str) -> None:
@@ -49,14 +51,21 @@ class RecipientFailureTests(SocketIOCase):
         received = self.other.take()
         self.assertEqual(
             received[0],
-            {"type": "candidate", "room": "room", "from": self.sender.id, "payload": {"candidate": "c"}},
+            {
+                "type": "candidate",
+                "room": "room",
+                "from": self.sender.id,
+                "payload": {"candidate": "c"},
+            },
         )
         self.assertEqual([m["type"] for m in received[1:]], ["peer-left"])
         self.assertEqual(received[1]["peer"]["id"], failed_id)
         self.assertEqual([m["type"] for m in self.sender.take()], ["peer-left"])
         self.assertIsNone(self.sender.close_code)
         self.assertIsNone(self.hub.find(failed_id))
-        self.assertEqual(set(self.hub.room("room").members), {self.sender.id, self.other.id})
+        self.assertEqual(
+            set(self.hub.room("room").members), {self.sender.id, self.other.id}
+        )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_native_websocket(self) -> None:
@@ -83,7 +92,9 @@ class RecipientFailureTests(SocketIOCase):
         Socket.IO DISCONNECT (the client may reconnect).
         """
         broken = self.ws_socket()
-        self.socketio_join(lambda *a: self.ws_emit(broken, *a), lambda: self.ws_events(broken))
+        self.socketio_join(
+            lambda *a: self.ws_emit(broken, *a), lambda: self.ws_events(broken)
+        )
         self.break_socketio(broken.id)
         self.broadcast()
         self.assertRestOfRoomServed(broken.id)

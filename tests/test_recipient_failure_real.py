@@ -12,7 +12,11 @@ import orjson
 import pytest
 import pytest_twisted
 import treq
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.web.server import Site
@@ -77,9 +81,16 @@ async def broadcast_and_check(hub: Hub, sender, other, failed_id: str) -> None:
     then hears the failed peer leave; the sender stays open; the hub has
     forgotten the failed peer.
     """
-    sender.send_json({"type": "candidate", "room": "room", "payload": {"candidate": "c"}})
+    sender.send_json(
+        {"type": "candidate", "room": "room", "payload": {"candidate": "c"}}
+    )
     candidate = await other.next()
-    assert candidate == {"type": "candidate", "room": "room", "from": sender.id, "payload": {"candidate": "c"}}
+    assert candidate == {
+        "type": "candidate",
+        "room": "room",
+        "from": sender.id,
+        "payload": {"candidate": "c"},
+    }
     left = await other.next()
     assert (left["type"], left["peer"]["id"]) == ("peer-left", failed_id)
     assert (await sender.next())["type"] == "peer-left"
@@ -125,7 +136,9 @@ async def test_socketio_websocket_recipient(server):
     """
     hub, base = server
     sender, other = await two_natives(base)
-    factory = WebSocketClientFactory(f"ws://{base}/socket.io/?EIO=4&transport=websocket")
+    factory = WebSocketClientFactory(
+        f"ws://{base}/socket.io/?EIO=4&transport=websocket"
+    )
     factory.protocol = EngineIOClient
     factory.setProtocolOptions(autoPingInterval=0, failByDrop=False)
     factory.opened = Deferred()
@@ -156,8 +169,12 @@ async def test_socketio_polling_recipient(server):
     sender, other = await two_natives(base)
     url = f"http://{base}/socket.io/?EIO=4&transport=polling"
 
-    async def request(method: str, query: str = "", body: bytes | None = None) -> tuple[int, str]:
-        response = await treq.request(method, url + query, data=body).addTimeout(TIMEOUT, reactor)
+    async def request(
+        method: str, query: str = "", body: bytes | None = None
+    ) -> tuple[int, str]:
+        response = await treq.request(method, url + query, data=body).addTimeout(
+            TIMEOUT, reactor
+        )
         return response.code, (await treq.text_content(response, "utf-8"))
 
     code, opened = await request("GET")
@@ -166,7 +183,9 @@ async def test_socketio_polling_recipient(server):
     assert (await request("POST", query, b"40"))[0] == 200
     code, connected = await request("GET", query)
     socket_id = orjson.loads(connected[2:])["sid"]
-    assert (await request("POST", query, b'42["join-room",{"roomId":"room"}]'))[0] == 200
+    assert (await request("POST", query, b'42["join-room",{"roomId":"room"}]'))[
+        0
+    ] == 200
     code, joined = await request("GET", query)
     assert joined.startswith('42["room-users"')
     for client in (sender, other):

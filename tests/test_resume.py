@@ -13,7 +13,12 @@ from zope.interface.verify import verifyObject
 from signaling.errors import DeliveryRefused
 from signaling.hub import CloseReason, Hub, IPeerConnection, Signal
 from signaling.ids import IdSource
-from signaling.resume import ISessionStore, MemorySessionStore, ResumableConnection, ResumeSettings
+from signaling.resume import (
+    ISessionStore,
+    MemorySessionStore,
+    ResumableConnection,
+    ResumeSettings,
+)
 
 from .support import RecordingConnection, counting_random_bytes
 
@@ -42,7 +47,11 @@ class RecordingSocket:
 
 
 def body(event) -> dict | None:
-    return {"type": event.kind, "payload": event.payload} if isinstance(event, Signal) else None
+    return (
+        {"type": event.kind, "payload": event.payload}
+        if isinstance(event, Signal)
+        else None
+    )
 
 
 class ResumableConnectionTests(SynchronousTestCase):
@@ -50,7 +59,9 @@ class ResumableConnectionTests(SynchronousTestCase):
         self.clock = Clock()
         self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()))
         self.store = MemorySessionStore(ids=IdSource(counting_random_bytes()))
-        self.connection = self.make(ResumeSettings(grace=10, max_messages=3, max_bytes=1000))
+        self.connection = self.make(
+            ResumeSettings(grace=10, max_messages=3, max_bytes=1000)
+        )
         self.other = self.hub.connect(RecordingConnection())
         self.hub.join(self.connection.peer, "r")
         self.hub.join(self.other, "r")
@@ -62,7 +73,12 @@ class ResumableConnectionTests(SynchronousTestCase):
         return connection
 
     def relay(self, text: str) -> None:
-        self.hub.relay(self.other, "r", self.connection.peer.id, Signal("message", self.other.id, "r", text))
+        self.hub.relay(
+            self.other,
+            "r",
+            self.connection.peer.id,
+            Signal("message", self.other.id, "r", text),
+        )
 
     def test_interfaces(self) -> None:
         verifyObject(IPeerConnection, self.connection)
@@ -81,14 +97,19 @@ class ResumableConnectionTests(SynchronousTestCase):
         socket = RecordingSocket()
         self.connection.attach(socket, last_seen=1)
         self.connection.replay()
-        self.assertEqual([(f["payload"], f["seq"]) for f in socket.frames], [("b", 2), ("c", 3)])
+        self.assertEqual(
+            [(f["payload"], f["seq"]) for f in socket.frames], [("b", 2), ("c", 3)]
+        )
 
     def test_a_refused_frame_is_not_kept_or_numbered(self) -> None:
         self.connection.socket.refuse = "buffer-full"
         self.assertRaises(DeliveryRefused, self.relay, "lost")
         self.connection.socket.refuse = None
         self.relay("next")
-        self.assertEqual(self.connection.socket.frames, [{"type": "message", "payload": "next", "seq": 1}])
+        self.assertEqual(
+            self.connection.socket.frames,
+            [{"type": "message", "payload": "next", "seq": 1}],
+        )
 
     def test_acknowledged_events_are_not_replayed(self) -> None:
         self.relay("a")
@@ -151,8 +172,9 @@ class ResumableConnectionTests(SynchronousTestCase):
         self.connection.close(CloseReason.STALE)
         self.assertIs(socket.closed, CloseReason.STALE)
         self.assertIsNone(self.store.claim(token))
-        self.assertRaises(DeliveryRefused, self.connection.deliver, Signal("message", "x", "r", 1))
-
+        self.assertRaises(
+            DeliveryRefused, self.connection.deliver, Signal("message", "x", "r", 1)
+        )
 
     def test_a_handed_over_session_goes_on_where_it_is_adopted(self) -> None:
         """
@@ -173,27 +195,41 @@ class ResumableConnectionTests(SynchronousTestCase):
         self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
 
         hub = Hub(clock=self.clock)
-        adopted = ResumableConnection.adopted(hub, self.store, self.connection.settings, body, state)
+        adopted = ResumableConnection.adopted(
+            hub, self.store, self.connection.settings, body, state
+        )
         adopted.peer = hub.connect(adopted)
         adopted.attach(RecordingSocket(), last_seen=1)
         adopted.replay()
         adopted.deliver(Signal("message", "x", "r", "c"))
         self.assertEqual(
-            [(f["payload"], f["seq"]) for f in adopted.socket.frames], [("b", 2), ("c", 3)]
+            [(f["payload"], f["seq"]) for f in adopted.socket.frames],
+            [("b", 2), ("c", 3)],
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-        waiting = ResumableConnection.adopted(hub, self.store, self.connection.settings, body, state)
+        waiting = ResumableConnection.adopted(
+            hub, self.store, self.connection.settings, body, state
+        )
         waiting.peer = hub.connect(waiting)
         self.clock.advance(10)
         self.assertIsNone(hub.find(waiting.peer.id))
 
     def test_a_state_that_is_not_a_handover_is_refused(self) -> None:
-        for state in ({}, {"next_seq": "x", "kept": []}, {"next_seq": 1, "kept": [[1]]}, None):
+        for state in (
+            {},
+            {"next_seq": "x", "kept": []},
+            {"next_seq": 1, "kept": [[1]]},
+            None,
+        ):
             self.assertRaises(
                 ValueError,
                 ResumableConnection.adopted,
-                self.hub, self.store, self.connection.settings, body, state,
+                self.hub,
+                self.store,
+                self.connection.settings,
+                body,
+                state,
             )
 
 

@@ -26,7 +26,9 @@ class Client:
     A native client that keeps the C{seq} of what it receives.
     """
 
-    def __init__(self, base: str, token: str | None = None, last: int | None = None) -> None:
+    def __init__(
+        self, base: str, token: str | None = None, last: int | None = None
+    ) -> None:
         url = f"{base}/signal"
         if token is not None:
             url += f"?resume={token}" + ("" if last is None else f"&last={last}")
@@ -96,7 +98,9 @@ class Client:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("resume-cluster"), "--resume-grace", str(GRACE))
+    cluster = Cluster(
+        tmp_path_factory.mktemp("resume-cluster"), "--resume-grace", str(GRACE)
+    )
     try:
         yield cluster.start(2)
     finally:
@@ -106,10 +110,14 @@ def cluster(tmp_path_factory):
 def in_room(nodes, room: str, clients) -> None:
     for count, client in enumerate(clients, 1):
         client.join(room)
-        wait_for(lambda count=count: all(room_sizes(node).get(room, 0) == count for node in nodes))
+        wait_for(
+            lambda count=count: all(
+                room_sizes(node).get(room, 0) == count for node in nodes
+            )
+        )
     for index, client in enumerate(clients):
         # The peer-joined of those who came after it.
-        for _ in clients[index + 1:]:
+        for _ in clients[index + 1 :]:
             assert client.next()["type"] == "peer-joined"
 
 
@@ -136,14 +144,23 @@ def test_resume_on_another_node(cluster):
     time.sleep(0.2)
 
     back = Client(node2.base, bob.token, last=bob.last)
-    assert (back.id, back.welcome["resumed"], back.welcome["rooms"]) == (bob.id, True, ["r"])
+    assert (back.id, back.welcome["resumed"], back.welcome["rooms"]) == (
+        bob.id,
+        True,
+        ["r"],
+    )
     assert back.token != bob.token
-    assert back.received(3) == [("a1", alice.id, 2), ("c1", carol.id, 3), ("a2", alice.id, 4)]
+    assert back.received(3) == [
+        ("a1", alice.id, 2),
+        ("c1", carol.id, 3),
+        ("a2", alice.id, 4),
+    ]
     alice.message("r", bob.id, "a3")
     carol.message("r", bob.id, "c2")
     got = back.received(2)
     assert sorted(got) == [("a3", alice.id, 5), ("c2", carol.id, 6)] or sorted(got) == [
-        ("a3", alice.id, 6), ("c2", carol.id, 5)
+        ("a3", alice.id, 6),
+        ("c2", carol.id, 5),
     ]
     back.message("r", None, "hello")
     assert alice.received(1)[0][:2] == ("hello", bob.id)

@@ -23,9 +23,17 @@ MAX_BYTES = 3000
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0",
-        "--resume-grace", str(GRACE), "--resume-max-messages", str(MAX_MESSAGES),
-        "--resume-max-bytes", str(MAX_BYTES), "--access-log",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--resume-grace",
+        str(GRACE),
+        "--resume-max-messages",
+        str(MAX_MESSAGES),
+        "--resume-max-bytes",
+        str(MAX_BYTES),
+        "--access-log",
     )
     server.start(tmp_path_factory.mktemp("resume") / "twistd.log")
     yield server
@@ -117,7 +125,9 @@ async def test_resume_keeps_id_rooms_and_missed_messages(server):
     # The access log never shows a token (a WebSocket is not logged; a
     # plain GET with one is, redacted).
     http_url = url.replace("ws://", "http://")
-    assert requests.get(f"{http_url}?resume={token}&last=1", timeout=5).status_code == 426
+    assert (
+        requests.get(f"{http_url}?resume={token}&last=1", timeout=5).status_code == 426
+    )
     await sleep(0.1)
     assert "/signal?resume=REDACTED&last=1" in server.log()
     assert token not in server.log()
@@ -157,7 +167,10 @@ async def test_in_flight_messages_come_exactly_once(server):
 
     bob.send_json({"type": "ack", "seq": "x", "id": 7})
     assert await bob.next() == {
-        "type": "error", "code": "invalid-field", "message": "'seq' must be a whole number", "id": 7,
+        "type": "error",
+        "code": "invalid-field",
+        "message": "'seq' must be a whole number",
+        "id": 7,
     }
     await close(alice, bob)
 
@@ -178,8 +191,10 @@ async def test_queue_bound_tells_the_sender_dropped(server):
         alice.send_json(message("r3", bob.peer_id, f"q{index}"))
     alice.send_json({**message("r3", bob.peer_id, "one too many"), "id": "x"})
     assert await alice.next() == {
-        "type": "error", "code": "dropped",
-        "message": "the recipient is not reading; message dropped", "id": "x",
+        "type": "error",
+        "code": "dropped",
+        "message": "the recipient is not reading; message dropped",
+        "id": "x",
     }
     bob = await connect(url, bob.welcome["resumeToken"], last=0)
     assert [(await bob.next())["payload"] for _ in range(MAX_MESSAGES)] == [
@@ -333,7 +348,9 @@ def jwt_token(sub: str, lifetime: float = 600) -> str:
     import jwt
 
     # The server accepts a token up to 30 s (its leeway) past its exp.
-    return jwt.encode({"sub": sub, "exp": int(time.time() + lifetime)}, AUTH_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"sub": sub, "exp": int(time.time() + lifetime)}, AUTH_SECRET, algorithm="HS256"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -344,8 +361,16 @@ async def test_resume_keeps_the_verified_user_and_its_token_expiry(tmp_path):
     resumed once that token has expired.
     """
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--auth", "optional",
-        "--jwt-secret", AUTH_SECRET, "--resume-grace", "10",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--auth",
+        "optional",
+        "--jwt-secret",
+        AUTH_SECRET,
+        "--resume-grace",
+        "10",
     )
     server.start(tmp_path / "twistd.log")
     try:
@@ -353,13 +378,21 @@ async def test_resume_keeps_the_verified_user_and_its_token_expiry(tmp_path):
         bob = await connect(url + f"?token={jwt_token('bob')}")
         assert bob.welcome["userId"] == "bob"
         await lose(bob)
-        mallory = await connect(url + f"?token={jwt_token('mallory')}&resume={bob.welcome['resumeToken']}")
-        assert (mallory.welcome["resumed"], mallory.welcome["userId"]) == (False, "mallory")
+        mallory = await connect(
+            url + f"?token={jwt_token('mallory')}&resume={bob.welcome['resumeToken']}"
+        )
+        assert (mallory.welcome["resumed"], mallory.welcome["userId"]) == (
+            False,
+            "mallory",
+        )
 
         bob = await connect(url + f"?token={jwt_token('bob')}")
         await lose(bob)
         again = await connect(url, bob.welcome["resumeToken"])
-        assert (again.welcome["resumed"], again.welcome["peerId"]) == (True, bob.peer_id)
+        assert (again.welcome["resumed"], again.welcome["peerId"]) == (
+            True,
+            bob.peer_id,
+        )
         assert again.welcome["userId"] == "bob"
 
         # Accepted for about 1.5 s more (exp plus the leeway).

@@ -5,7 +5,10 @@ deadlines, body limits, per-address refusals, the fd warning, redaction.
 
 import orjson
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.internet.testing import (
+    MemoryReactorClock,
+    StringTransportWithDisconnection,
+)
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -24,22 +27,30 @@ class Echo(Resource):
 class SiteTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.limiter = AddressLimiter(self.reactor, AddressLimits(max_connections=2, max_new_per_second=0))
+        self.limiter = AddressLimiter(
+            self.reactor, AddressLimits(max_connections=2, max_new_per_second=0)
+        )
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def site(self, **limits):
         return GuardedSite(
-            Echo(), HTTPLimits(**{"request_timeout": 30, "max_body": 16, **limits}), self.limiter,
-            self.reactor, open_files=lambda: self.open_files, file_limit=10,
+            Echo(),
+            HTTPLimits(**{"request_timeout": 30, "max_body": 16, **limits}),
+            self.limiter,
+            self.reactor,
+            open_files=lambda: self.open_files,
+            file_limit=10,
         )
 
     open_files = 0
 
     def connect(self, site, host="192.0.2.7"):
         channel = site.buildProtocol(None)
-        transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, 40000))
+        transport = StringTransportWithDisconnection(
+            peerAddress=IPv4Address("TCP", host, 40000)
+        )
         transport.protocol = channel
         channel.makeConnection(transport)
         return channel, transport
@@ -75,7 +86,10 @@ class SiteTests(SynchronousTestCase):
         channel, transport = self.connect(self.site())
         channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n")
         self.assertEqual(self.status(transport), b"HTTP/1.1 413 Content Too Large")
-        self.assertEqual(orjson.loads(transport.value().split(b"\r\n\r\n", 1)[1]), {"error": "request body too large", "limit": 16})
+        self.assertEqual(
+            orjson.loads(transport.value().split(b"\r\n\r\n", 1)[1]),
+            {"error": "request body too large", "limit": 16},
+        )
 
     def test_chunked_body_stops_at_the_limit(self):
         channel, transport = self.connect(self.site())
@@ -110,7 +124,9 @@ class SiteTests(SynchronousTestCase):
         site = self.site(trusted_hops=1)
         for _ in range(2):
             channel, transport = self.connect(site, host="10.0.0.1")
-            channel.dataReceived(b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n")
+            channel.dataReceived(
+                b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n"
+            )
             self.assertIn(b"body:", transport.value())
         channel, transport = self.connect(site, host="10.0.0.1")
         channel.dataReceived(b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n")
@@ -128,11 +144,19 @@ class SiteTests(SynchronousTestCase):
         self.connect(site)
         self.reactor.advance(1)
         self.connect(site)
-        warnings = [e for e in self.events if "file descriptors are open" in e.get("log_format", "")]
-        self.assertEqual([(e["in_use"], e["file_limit"]) for e in warnings], [(9, 10), (9, 10)])
+        warnings = [
+            e
+            for e in self.events
+            if "file descriptors are open" in e.get("log_format", "")
+        ]
+        self.assertEqual(
+            [(e["in_use"], e["file_limit"]) for e in warnings], [(9, 10), (9, 10)]
+        )
 
     def test_redaction(self):
         self.assertEqual(
-            redact_uri(b"/socket.io/?EIO=4&transport=polling&sid=abc&token=x.y.z&room=r&access_key=k&flag"),
+            redact_uri(
+                b"/socket.io/?EIO=4&transport=polling&sid=abc&token=x.y.z&room=r&access_key=k&flag"
+            ),
             "/socket.io/?EIO=4&transport=polling&sid=REDACTED&token=REDACTED&room=r&access_key=REDACTED&flag",
         )

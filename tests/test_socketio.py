@@ -33,7 +33,11 @@ from .socketio_support import SECRET, SocketIOCase, token
 
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}
 ANSWER = {"type": "answer", "sdp": "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\n"}
-CANDIDATE = {"candidate": "candidate:1 1 udp 1 10.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+CANDIDATE = {
+    "candidate": "candidate:1 1 udp 1 10.0.0.1 5000 typ host",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+}
 NOW = "2023-11-14T22:13:20.000Z"
 
 
@@ -43,16 +47,27 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual(decode('0{"token":"t"}'), Packet(CONNECT, data={"token": "t"}))
         self.assertEqual(decode("0/admin,"), Packet(CONNECT, namespace="/admin"))
         self.assertEqual(decode('212["a",1]'), Packet(EVENT, data=["a", 1], id=12))
-        self.assertEqual(decode('2/x,3["a"]'), Packet(EVENT, namespace="/x", data=["a"], id=3))
+        self.assertEqual(
+            decode('2/x,3["a"]'), Packet(EVENT, namespace="/x", data=["a"], id=3)
+        )
         self.assertEqual(
             decode('51-["a",{"_placeholder":true,"num":0}]'),
-            Packet(BINARY_EVENT, data=["a", {"_placeholder": True, "num": 0}], attachments=1),
+            Packet(
+                BINARY_EVENT,
+                data=["a", {"_placeholder": True, "num": 0}],
+                attachments=1,
+            ),
         )
 
     def test_encode(self):
         self.assertEqual(encode(Packet(CONNECT, data={"sid": "s"})), '0{"sid":"s"}')
-        self.assertEqual(encode(Packet(4, namespace="/a", data={"message": "m"})), '4/a,{"message":"m"}')
-        self.assertEqual(encode(Packet(3, data=[{"ok": True}], id=7)), '37[{"ok":true}]')
+        self.assertEqual(
+            encode(Packet(4, namespace="/a", data={"message": "m"})),
+            '4/a,{"message":"m"}',
+        )
+        self.assertEqual(
+            encode(Packet(3, data=[{"ok": True}], id=7)), '37[{"ok":true}]'
+        )
         self.assertEqual(encode(Packet(1)), "1")
 
     @given(st.text(max_size=40))
@@ -63,7 +78,7 @@ class CodecTests(SynchronousTestCase):
             return
         self.assertIsInstance(packet, Packet)
 
-    @given(st.text(alphabet="0123456/,-[]{}\"a:1²", max_size=20))
+    @given(st.text(alphabet='0123456/,-[]{}"a:1²', max_size=20))
     def test_packet_like_text_decodes_or_is_a_packet_error(self, text):
         try:
             decode(text)
@@ -71,7 +86,19 @@ class CodecTests(SynchronousTestCase):
             pass
 
     def test_bad_packets(self):
-        for text in ("", "9", "2", '2{"a":1}', "2[1]", "2[]", "3[1]", "0[1]", "2[not json", "5x-[]", "0/a,{"):
+        for text in (
+            "",
+            "9",
+            "2",
+            '2{"a":1}',
+            "2[1]",
+            "2[]",
+            "3[1]",
+            "0[1]",
+            "2[not json",
+            "5x-[]",
+            "0/a,{",
+        ):
             with self.assertRaises(PacketError, msg=text):
                 decode(text)
 
@@ -156,7 +183,10 @@ class SocketIOTests(SocketIOCase):
         self.ws_emit(bob, "join-room", {"roomId": "r", "userId": "bob"})
         alice.take()
         self.ws_send(bob, "41")
-        self.assertEqual(self.ws_events(alice), [("user-left", {"roomId": "r", "socketId": bob.id, "userId": "bob"})])
+        self.assertEqual(
+            self.ws_events(alice),
+            [("user-left", {"roomId": "r", "socketId": bob.id, "userId": "bob"})],
+        )
         self.assertIsNone(self.hub.find(bob.id))
 
 
@@ -178,7 +208,10 @@ class RoomsTests(SocketIOCase):
         self.assertEqual(alice.users, [])
         bob = self.joined("bob")
         self.assertEqual(bob.users, [{"socketId": alice.id, "userId": "alice"}])
-        self.assertEqual(self.ws_events(alice), [("user-joined", {"roomId": "r", "socketId": bob.id, "userId": "bob"})])
+        self.assertEqual(
+            self.ws_events(alice),
+            [("user-joined", {"roomId": "r", "socketId": bob.id, "userId": "bob"})],
+        )
 
     def test_join_with_ack(self):
         alice = self.joined("alice")
@@ -187,21 +220,71 @@ class RoomsTests(SocketIOCase):
         packets = bob.take()
         self.assertEqual(
             orjson.loads(packets[1][3:]),
-            [{"ok": True, "roomId": "r", "users": [{"socketId": alice.id, "userId": "alice"}]}],
+            [
+                {
+                    "ok": True,
+                    "roomId": "r",
+                    "users": [{"socketId": alice.id, "userId": "alice"}],
+                }
+            ],
         )
 
     def test_relays_name_the_sender_and_pass_the_field_through(self):
         alice = self.joined("alice")
         bob = self.joined("bob")
         alice.take()
-        self.ws_emit(bob, "offer", {"roomId": "r", "targetId": alice.id, "offer": OFFER})
-        self.assertEqual(self.ws_events(alice), [("offer", {"roomId": "r", "senderId": bob.id, "userId": "bob", "offer": OFFER})])
-        self.ws_emit(alice, "answer", {"roomId": "r", "targetId": bob.id, "answer": ANSWER})
-        self.assertEqual(self.ws_events(bob), [("answer", {"roomId": "r", "senderId": alice.id, "userId": "alice", "answer": ANSWER})])
-        self.ws_emit(alice, "ice-candidate", {"roomId": "r", "targetId": bob.id, "candidate": CANDIDATE})
+        self.ws_emit(
+            bob, "offer", {"roomId": "r", "targetId": alice.id, "offer": OFFER}
+        )
+        self.assertEqual(
+            self.ws_events(alice),
+            [
+                (
+                    "offer",
+                    {
+                        "roomId": "r",
+                        "senderId": bob.id,
+                        "userId": "bob",
+                        "offer": OFFER,
+                    },
+                )
+            ],
+        )
+        self.ws_emit(
+            alice, "answer", {"roomId": "r", "targetId": bob.id, "answer": ANSWER}
+        )
         self.assertEqual(
             self.ws_events(bob),
-            [("ice-candidate", {"roomId": "r", "senderId": alice.id, "userId": "alice", "candidate": CANDIDATE})],
+            [
+                (
+                    "answer",
+                    {
+                        "roomId": "r",
+                        "senderId": alice.id,
+                        "userId": "alice",
+                        "answer": ANSWER,
+                    },
+                )
+            ],
+        )
+        self.ws_emit(
+            alice,
+            "ice-candidate",
+            {"roomId": "r", "targetId": bob.id, "candidate": CANDIDATE},
+        )
+        self.assertEqual(
+            self.ws_events(bob),
+            [
+                (
+                    "ice-candidate",
+                    {
+                        "roomId": "r",
+                        "senderId": alice.id,
+                        "userId": "alice",
+                        "candidate": CANDIDATE,
+                    },
+                )
+            ],
         )
         self.assertEqual(bob.take() + alice.take(), [])
 
@@ -211,7 +294,10 @@ class RoomsTests(SocketIOCase):
         alice.take()
         self.ws_emit(bob, "leave-room", {"roomId": "r"}, ack=1)
         self.assertEqual(bob.take(), ['431[{"ok":true,"roomId":"r"}]'])
-        self.assertEqual(self.ws_events(alice), [("user-left", {"roomId": "r", "socketId": bob.id, "userId": "bob"})])
+        self.assertEqual(
+            self.ws_events(alice),
+            [("user-left", {"roomId": "r", "socketId": bob.id, "userId": "bob"})],
+        )
 
     def test_bad_input(self):
         """
@@ -227,15 +313,25 @@ class RoomsTests(SocketIOCase):
             ("join-room", {"roomId": "r2", "userId": 5}, "invalid-field"),
             ("join-room", {"roomId": "r"}, "already-in-room"),
             ("leave-room", {"roomId": "nowhere"}, "not-in-room"),
-            ("offer", {"roomId": "r", "targetId": "nobody", "offer": OFFER}, "peer-not-found"),
+            (
+                "offer",
+                {"roomId": "r", "targetId": "nobody", "offer": OFFER},
+                "peer-not-found",
+            ),
             ("offer", {"roomId": "r", "targetId": alice.id}, "invalid-field"),
-            ("answer", {"roomId": "elsewhere", "targetId": alice.id, "answer": ANSWER}, "not-in-room"),
+            (
+                "answer",
+                {"roomId": "elsewhere", "targetId": alice.id, "answer": ANSWER},
+                "not-in-room",
+            ),
             ("ice-candidate", [1, 2], "invalid-payload"),
         ]
         for name, data, code in cases:
             self.ws_emit(bob, name, data)
             [(event, body)] = self.ws_events(bob)
-            self.assertEqual((event, body["code"], body["event"]), ("error", code, name))
+            self.assertEqual(
+                (event, body["code"], body["event"]), ("error", code, name)
+            )
         self.assertEqual(alice.take(), [])
 
     def test_candidate_without_target_goes_to_the_room(self):
@@ -261,14 +357,21 @@ class CallsTests(SocketIOCase):
         return client
 
     def test_join_flow(self):
-        alice = self.joined("user-a", callType="video", metadata={"groupId": "group_456"})
+        alice = self.joined(
+            "user-a", callType="video", metadata={"groupId": "group_456"}
+        )
         self.assertEqual(
             alice.joined,
             {
                 "callRoomId": "call_123",
                 "participantCount": 1,
                 "existingParticipants": [],
-                "metadata": {"groupId": "group_456", "callType": "video", "createdAt": NOW, "createdBy": "user-a"},
+                "metadata": {
+                    "groupId": "group_456",
+                    "callType": "video",
+                    "createdAt": NOW,
+                    "createdBy": "user-a",
+                },
                 "timestamp": NOW,
             },
         )
@@ -312,7 +415,17 @@ class CallsTests(SocketIOCase):
         alice = self.joined("user-a")
         bob = self.joined("user-b")
         alice.take()
-        self.ws_emit(alice, "webrtc:offer", {"callRoomId": "call_123", "targetSocketId": bob.id, "offer": OFFER, "sdpMid": "0", "sdpMLineIndex": 0})
+        self.ws_emit(
+            alice,
+            "webrtc:offer",
+            {
+                "callRoomId": "call_123",
+                "targetSocketId": bob.id,
+                "offer": OFFER,
+                "sdpMid": "0",
+                "sdpMLineIndex": 0,
+            },
+        )
         self.assertEqual(
             self.ws_events(bob),
             [
@@ -330,12 +443,35 @@ class CallsTests(SocketIOCase):
                 )
             ],
         )
-        self.ws_emit(bob, "webrtc:answer", {"callRoomId": "call_123", "targetSocketId": alice.id, "answer": ANSWER})
+        self.ws_emit(
+            bob,
+            "webrtc:answer",
+            {"callRoomId": "call_123", "targetSocketId": alice.id, "answer": ANSWER},
+        )
         self.assertEqual(
             self.ws_events(alice),
-            [("webrtc:answer", {"callRoomId": "call_123", "fromSocketId": bob.id, "fromUserId": "user-b", "answer": ANSWER, "timestamp": NOW})],
+            [
+                (
+                    "webrtc:answer",
+                    {
+                        "callRoomId": "call_123",
+                        "fromSocketId": bob.id,
+                        "fromUserId": "user-b",
+                        "answer": ANSWER,
+                        "timestamp": NOW,
+                    },
+                )
+            ],
         )
-        self.ws_emit(bob, "webrtc:ice-candidate", {"callRoomId": "call_123", "targetSocketId": alice.id, "candidate": CANDIDATE})
+        self.ws_emit(
+            bob,
+            "webrtc:ice-candidate",
+            {
+                "callRoomId": "call_123",
+                "targetSocketId": alice.id,
+                "candidate": CANDIDATE,
+            },
+        )
         self.assertEqual(self.ws_events(alice)[0][1]["candidate"], CANDIDATE)
 
     def test_candidate_without_target_is_broadcast(self):
@@ -343,10 +479,17 @@ class CallsTests(SocketIOCase):
         bob = self.joined("user-b")
         carol = self.joined("user-c")
         alice.take(), bob.take()
-        self.ws_emit(carol, "webrtc:ice-candidate", {"callRoomId": "call_123", "candidate": CANDIDATE, "sdpMLineIndex": 0})
+        self.ws_emit(
+            carol,
+            "webrtc:ice-candidate",
+            {"callRoomId": "call_123", "candidate": CANDIDATE, "sdpMLineIndex": 0},
+        )
         for client in (alice, bob):
             [(name, body)] = self.ws_events(client)
-            self.assertEqual((name, body["fromSocketId"], body["sdpMLineIndex"]), ("webrtc:ice-candidate", carol.id, 0))
+            self.assertEqual(
+                (name, body["fromSocketId"], body["sdpMLineIndex"]),
+                ("webrtc:ice-candidate", carol.id, 0),
+            )
         self.assertEqual(carol.take(), [])
 
     def test_room_isolation(self):
@@ -358,7 +501,11 @@ class CallsTests(SocketIOCase):
         bob = self.joined("user-b", room="call_other")
         carol = self.joined("user-c", room="call_other")
         bob.take()
-        self.ws_emit(alice, "webrtc:offer", {"callRoomId": "call_123", "targetSocketId": bob.id, "offer": OFFER})
+        self.ws_emit(
+            alice,
+            "webrtc:offer",
+            {"callRoomId": "call_123", "targetSocketId": bob.id, "offer": OFFER},
+        )
         self.assertEqual(
             self.ws_events(alice),
             [
@@ -375,37 +522,68 @@ class CallsTests(SocketIOCase):
                 )
             ],
         )
-        self.ws_emit(alice, "webrtc:offer", {"callRoomId": "call_other", "targetSocketId": bob.id, "offer": OFFER})
+        self.ws_emit(
+            alice,
+            "webrtc:offer",
+            {"callRoomId": "call_other", "targetSocketId": bob.id, "offer": OFFER},
+        )
         [(name, body)] = self.ws_events(alice)
-        self.assertEqual((name, body["code"]), ("webrtc:signaling-error", "not-in-room"))
-        self.ws_emit(alice, "webrtc:ice-candidate", {"callRoomId": "call_other", "candidate": CANDIDATE})
+        self.assertEqual(
+            (name, body["code"]), ("webrtc:signaling-error", "not-in-room")
+        )
+        self.ws_emit(
+            alice,
+            "webrtc:ice-candidate",
+            {"callRoomId": "call_other", "candidate": CANDIDATE},
+        )
         [(name, body)] = self.ws_events(alice)
-        self.assertEqual((name, body["code"]), ("webrtc:signaling-error", "not-in-room"))
+        self.assertEqual(
+            (name, body["code"]), ("webrtc:signaling-error", "not-in-room")
+        )
         self.assertEqual(bob.take() + carol.take(), [])
 
     def test_join_errors(self):
         alice = self.caller("user-a")
-        for data in ({"callType": "video"}, {"callRoomId": ""}, "call_1", {"callRoomId": "c", "metadata": []}):
+        for data in (
+            {"callType": "video"},
+            {"callRoomId": ""},
+            "call_1",
+            {"callRoomId": "c", "metadata": []},
+        ):
             self.ws_emit(alice, "webrtc:join-room", data)
             [(name, body)] = self.ws_events(alice)
             self.assertEqual(name, "webrtc:join-room-error")
             self.assertEqual(body["timestamp"], NOW)
         self.ws_emit(alice, "webrtc:join-room", {"callType": "video"}, ack=2)
         packets = alice.take()
-        self.assertEqual(orjson.loads(packets[1][3:]), [{"ok": False, "code": "invalid-field", "error": "callRoomId is required"}])
+        self.assertEqual(
+            orjson.loads(packets[1][3:]),
+            [{"ok": False, "code": "invalid-field", "error": "callRoomId is required"}],
+        )
 
     def test_leave(self):
         alice = self.joined("user-a")
         bob = self.joined("user-b")
         alice.take()
         self.ws_emit(bob, "webrtc:leave-room", {"callRoomId": "call_123"})
-        self.assertEqual(self.ws_events(bob), [("webrtc:room-left", {"callRoomId": "call_123", "timestamp": NOW})])
+        self.assertEqual(
+            self.ws_events(bob),
+            [("webrtc:room-left", {"callRoomId": "call_123", "timestamp": NOW})],
+        )
         [(name, body)] = self.ws_events(alice)
-        self.assertEqual((name, body["participant"]["socketId"]), ("webrtc:participant-left", bob.id))
+        self.assertEqual(
+            (name, body["participant"]["socketId"]), ("webrtc:participant-left", bob.id)
+        )
         self.clock.advance(1)
         self.ws_emit(bob, "webrtc:leave-room", {"callRoomId": "call_123"})
         self.assertEqual(
-            self.ws_events(bob), [("webrtc:room-left", {"callRoomId": "call_123", "timestamp": "2023-11-14T22:13:21.000Z"})]
+            self.ws_events(bob),
+            [
+                (
+                    "webrtc:room-left",
+                    {"callRoomId": "call_123", "timestamp": "2023-11-14T22:13:21.000Z"},
+                )
+            ],
         )
         self.assertEqual(self.ws_events(alice), [])
 
@@ -416,7 +594,9 @@ class CallsTests(SocketIOCase):
         bob.sendClose()
         self.harness.flush()
         [(name, body)] = self.ws_events(alice)
-        self.assertEqual((name, body["participant"]["userId"]), ("webrtc:participant-left", "user-b"))
+        self.assertEqual(
+            (name, body["participant"]["userId"]), ("webrtc:participant-left", "user-b")
+        )
 
 
 class SecretAuthTests(SocketIOCase):
@@ -425,17 +605,25 @@ class SecretAuthTests(SocketIOCase):
     def connect_error(self, auth=None, query=""):
         client = self.websocket(query)
         client.take()
-        self.ws_send(client, "40" + (orjson.dumps(auth).decode() if auth is not None else ""))
+        self.ws_send(
+            client, "40" + (orjson.dumps(auth).decode() if auth is not None else "")
+        )
         [reply] = client.take()
         self.assertEqual(reply[:2], "44")
         return orjson.loads(reply[2:])["message"]
 
     def test_token_names_the_user(self):
-        for claims in ({"userId": "user-a"}, {"sub": "user-a"}, {"userId": "user-a", "sub": "other"}):
+        for claims in (
+            {"userId": "user-a"},
+            {"sub": "user-a"},
+            {"userId": "user-a", "sub": "other"},
+        ):
             client = self.ws_socket({"token": token(claims)})
             self.ws_emit(client, "webrtc:join-room", {"callRoomId": "c"})
             [(name, body)] = self.ws_events(client)
-            self.assertEqual((name, body["metadata"]["createdBy"]), ("webrtc:room-joined", "user-a"))
+            self.assertEqual(
+                (name, body["metadata"]["createdBy"]), ("webrtc:room-joined", "user-a")
+            )
             client.sendClose()
             self.harness.flush()
 
@@ -454,16 +642,45 @@ class SecretAuthTests(SocketIOCase):
         self.ws_emit(guest, "join-room", {"roomId": "open", "userId": "alice"})
         self.assertEqual(
             self.ws_events(guest),
-            [("room-users", {"roomId": "open", "users": [{"socketId": welcome["peerId"], "userId": None, "claimedUserId": "alice"}]})],
+            [
+                (
+                    "room-users",
+                    {
+                        "roomId": "open",
+                        "users": [
+                            {
+                                "socketId": welcome["peerId"],
+                                "userId": None,
+                                "claimedUserId": "alice",
+                            }
+                        ],
+                    },
+                )
+            ],
         )
         bob = self.ws_socket({"token": token({"userId": "bob"})})
         self.ws_emit(bob, "webrtc:join-room", {"callRoomId": "open"})
         [(_, joined)] = self.ws_events(bob)
         self.assertEqual(
-            [(p["socketId"], p["userId"], p["claimedUserId"], p["username"], p["realName"]) for p in joined["existingParticipants"]],
-            [(welcome["peerId"], None, "alice", "Nat", "Nat King"), (guest.id, None, "alice", None, None)],
+            [
+                (
+                    p["socketId"],
+                    p["userId"],
+                    p["claimedUserId"],
+                    p["username"],
+                    p["realName"],
+                )
+                for p in joined["existingParticipants"]
+            ],
+            [
+                (welcome["peerId"], None, "alice", "Nat", "Nat King"),
+                (guest.id, None, "alice", None, None),
+            ],
         )
-        self.assertEqual(self.ws_events(guest), [("user-joined", {"roomId": "open", "socketId": bob.id, "userId": "bob"})])
+        self.assertEqual(
+            self.ws_events(guest),
+            [("user-joined", {"roomId": "open", "socketId": bob.id, "userId": "bob"})],
+        )
 
     def test_token_in_the_query(self):
         client = self.ws_socket(query="&token=" + token({"userId": "q"}))
@@ -505,7 +722,10 @@ class SecretAuthTests(SocketIOCase):
         self.assertEqual(refused[:2], "44")
         self.assertEqual(
             orjson.loads(refused[2:]),
-            {"message": "Authentication failed: the token has expired", "data": {"code": "token-expired"}},
+            {
+                "message": "Authentication failed: the token has expired",
+                "data": {"code": "token-expired"},
+            },
         )
         self.assertEqual(disconnect, "41")
         self.assertEqual(client.close_code, 1000)
@@ -533,7 +753,13 @@ class SecretAuthTests(SocketIOCase):
         now = int(self.clock.seconds())
         client = self.ws_socket({"token": token({"userId": "a", "exp": now - 20})})
         self.ws_send(client, "41")
-        self.ws_send(client, "40" + orjson.dumps({"token": token({"userId": "a", "exp": now + 3600})}).decode())
+        self.ws_send(
+            client,
+            "40"
+            + orjson.dumps(
+                {"token": token({"userId": "a", "exp": now + 3600})}
+            ).decode(),
+        )
         self.assertEqual(client.take()[0][:2], "40")
         self.harness.advance(15, step=1)
         self.assertEqual(client.take(), [])
@@ -558,18 +784,30 @@ class SecretAuthTests(SocketIOCase):
     def test_without_a_token_rooms_work_and_calls_are_refused(self):
         client = self.ws_socket({"userId": "guest"})
         self.ws_emit(client, "join-room", {"roomId": "r", "userId": "guest"})
-        self.assertEqual(self.ws_events(client), [("room-users", {"roomId": "r", "users": []})])
+        self.assertEqual(
+            self.ws_events(client), [("room-users", {"roomId": "r", "users": []})]
+        )
         self.ws_emit(client, "webrtc:join-room", {"callRoomId": "c"})
         [(name, body)] = self.ws_events(client)
-        self.assertEqual((name, body["code"]), ("webrtc:join-room-error", "unauthenticated"))
+        self.assertEqual(
+            (name, body["code"]), ("webrtc:join-room-error", "unauthenticated")
+        )
         self.assertIn("Authentication required", body["error"])
         for event in ("webrtc:offer", "webrtc:answer", "webrtc:ice-candidate"):
-            self.ws_emit(client, event, {"callRoomId": "r", "targetSocketId": "x", "offer": OFFER})
+            self.ws_emit(
+                client,
+                event,
+                {"callRoomId": "r", "targetSocketId": "x", "offer": OFFER},
+            )
             [(name, body)] = self.ws_events(client)
-            self.assertEqual((name, body["code"]), ("webrtc:signaling-error", "unauthenticated"))
+            self.assertEqual(
+                (name, body["code"]), ("webrtc:signaling-error", "unauthenticated")
+            )
         self.ws_emit(client, "webrtc:leave-room", {"callRoomId": "r"})
         [(name, body)] = self.ws_events(client)
-        self.assertEqual((name, body["code"]), ("webrtc:leave-room-error", "unauthenticated"))
+        self.assertEqual(
+            (name, body["code"]), ("webrtc:leave-room-error", "unauthenticated")
+        )
 
     def test_reconnecting_without_a_token_drops_the_identity(self):
         """
@@ -582,30 +820,49 @@ class SecretAuthTests(SocketIOCase):
         self.assertEqual(connected[:2], "40")
         self.ws_emit(client, "webrtc:join-room", {"callRoomId": "c"})
         [(name, body)] = self.ws_events(client)
-        self.assertEqual((name, body["code"]), ("webrtc:join-room-error", "unauthenticated"))
+        self.assertEqual(
+            (name, body["code"]), ("webrtc:join-room-error", "unauthenticated")
+        )
 
     def test_wrong_algorithm_is_refused(self):
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        self.assertIn("Authentication failed", self.connect_error({"token": token({"userId": "a"}, pem, "ES256")}))
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.assertIn(
+            "Authentication failed",
+            self.connect_error({"token": token({"userId": "a"}, pem, "ES256")}),
+        )
 
 
 class PublicKeyAuthTests(SocketIOCase):
     key = ec.generate_private_key(ec.SECP256R1())
     verifier = TokenVerifier.from_public_key(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
 
     def test_es256_token(self):
-        pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         client = self.ws_socket({"token": token({"userId": "ec-user"}, pem, "ES256")})
         self.ws_emit(client, "webrtc:join-room", {"callRoomId": "c"})
-        self.assertEqual(self.ws_events(client)[0][1]["metadata"]["createdBy"], "ec-user")
+        self.assertEqual(
+            self.ws_events(client)[0][1]["metadata"]["createdBy"], "ec-user"
+        )
 
     def test_hs256_token_signed_with_the_public_key_is_refused(self):
         client = self.websocket()
         client.take()
-        self.ws_send(client, "40" + orjson.dumps({"token": token({"userId": "a"})}).decode())
+        self.ws_send(
+            client, "40" + orjson.dumps({"token": token({"userId": "a"})}).decode()
+        )
         self.assertEqual(client.take()[0][:2], "44")
 
 
@@ -616,9 +873,17 @@ class NoKeyTests(SocketIOCase):
         self.assertEqual(self.ws_events(client)[0][1]["metadata"]["createdBy"], "plain")
 
     def test_unverified_token_still_names_the_user(self):
-        client = self.ws_socket({"token": token({"userId": "from-token"}, secret="anything at all, nobody checks it")})
+        client = self.ws_socket(
+            {
+                "token": token(
+                    {"userId": "from-token"}, secret="anything at all, nobody checks it"
+                )
+            }
+        )
         self.ws_emit(client, "webrtc:join-room", {"callRoomId": "c"})
-        self.assertEqual(self.ws_events(client)[0][1]["metadata"]["createdBy"], "from-token")
+        self.assertEqual(
+            self.ws_events(client)[0][1]["metadata"]["createdBy"], "from-token"
+        )
 
     def test_no_user_at_all(self):
         client = self.ws_socket()
@@ -641,7 +906,15 @@ class OneNamespaceTests(SocketIOCase):
         self.ws_emit(rooms, "join-room", {"roomId": "x", "userId": "roomie"})
         self.assertEqual(
             self.ws_events(rooms),
-            [("room-users", {"roomId": "x", "users": [{"socketId": welcome["peerId"], "userId": None}]})],
+            [
+                (
+                    "room-users",
+                    {
+                        "roomId": "x",
+                        "users": [{"socketId": welcome["peerId"], "userId": None}],
+                    },
+                )
+            ],
         )
         calls = self.ws_socket({"userId": "caller"})
         self.ws_emit(calls, "webrtc:join-room", {"callRoomId": "x"})
@@ -651,38 +924,106 @@ class OneNamespaceTests(SocketIOCase):
             [(welcome["peerId"], None), (rooms.id, "roomie")],
         )
         self.assertEqual(joined["existingParticipants"][0]["metadata"], {"name": "nat"})
-        self.assertEqual(self.ws_events(rooms), [("user-joined", {"roomId": "x", "socketId": calls.id, "userId": "caller"})])
         self.assertEqual(
-            [(m["type"], m["peer"]["id"], m["peer"]["metadata"].get("userId")) for m in native.take()],
+            self.ws_events(rooms),
+            [
+                (
+                    "user-joined",
+                    {"roomId": "x", "socketId": calls.id, "userId": "caller"},
+                )
+            ],
+        )
+        self.assertEqual(
+            [
+                (m["type"], m["peer"]["id"], m["peer"]["metadata"].get("userId"))
+                for m in native.take()
+            ],
             [("peer-joined", rooms.id, "roomie"), ("peer-joined", calls.id, "caller")],
         )
 
-        self.ws_emit(calls, "webrtc:offer", {"callRoomId": "x", "targetSocketId": rooms.id, "offer": OFFER})
-        self.assertEqual(self.ws_events(rooms), [("offer", {"roomId": "x", "senderId": calls.id, "userId": "caller", "offer": OFFER})])
-        self.ws_emit(rooms, "answer", {"roomId": "x", "targetId": calls.id, "answer": ANSWER})
+        self.ws_emit(
+            calls,
+            "webrtc:offer",
+            {"callRoomId": "x", "targetSocketId": rooms.id, "offer": OFFER},
+        )
+        self.assertEqual(
+            self.ws_events(rooms),
+            [
+                (
+                    "offer",
+                    {
+                        "roomId": "x",
+                        "senderId": calls.id,
+                        "userId": "caller",
+                        "offer": OFFER,
+                    },
+                )
+            ],
+        )
+        self.ws_emit(
+            rooms, "answer", {"roomId": "x", "targetId": calls.id, "answer": ANSWER}
+        )
         self.assertEqual(
             self.ws_events(calls),
-            [("webrtc:answer", {"callRoomId": "x", "fromSocketId": rooms.id, "fromUserId": "roomie", "answer": ANSWER, "timestamp": NOW})],
+            [
+                (
+                    "webrtc:answer",
+                    {
+                        "callRoomId": "x",
+                        "fromSocketId": rooms.id,
+                        "fromUserId": "roomie",
+                        "answer": ANSWER,
+                        "timestamp": NOW,
+                    },
+                )
+            ],
         )
-        self.ws_emit(calls, "webrtc:ice-candidate", {"callRoomId": "x", "targetSocketId": welcome["peerId"], "candidate": CANDIDATE})
+        self.ws_emit(
+            calls,
+            "webrtc:ice-candidate",
+            {
+                "callRoomId": "x",
+                "targetSocketId": welcome["peerId"],
+                "candidate": CANDIDATE,
+            },
+        )
         self.assertEqual(
             native.take(),
-            [{"type": "candidate", "room": "x", "from": calls.id, "payload": CANDIDATE}],
+            [
+                {
+                    "type": "candidate",
+                    "room": "x",
+                    "from": calls.id,
+                    "payload": CANDIDATE,
+                }
+            ],
         )
-        native.send_json({"type": "offer", "room": "x", "to": calls.id, "payload": OFFER})
-        native.send_json({"type": "message", "room": "x", "to": rooms.id, "payload": "hi"})
+        native.send_json(
+            {"type": "offer", "room": "x", "to": calls.id, "payload": OFFER}
+        )
+        native.send_json(
+            {"type": "message", "room": "x", "to": rooms.id, "payload": "hi"}
+        )
         self.harness.flush()
         [(name, body)] = self.ws_events(calls)
-        self.assertEqual((name, body["fromSocketId"], body["fromUserId"], body["offer"]), ("webrtc:offer", welcome["peerId"], None, OFFER))
+        self.assertEqual(
+            (name, body["fromSocketId"], body["fromUserId"], body["offer"]),
+            ("webrtc:offer", welcome["peerId"], None, OFFER),
+        )
         self.assertEqual(rooms.take(), [])
 
     def test_rest_api_lists_socketio_members(self):
         client = self.ws_socket()
         self.ws_emit(client, "join-room", {"roomId": "listed", "userId": "u"})
         self.stub.flush()
-        response = self.successResultOf(self.stub.get("http://localhost:8080/api/rooms/listed"))
+        response = self.successResultOf(
+            self.stub.get("http://localhost:8080/api/rooms/listed")
+        )
         detail = orjson.loads(self.successResultOf(response.content()))
-        self.assertEqual([(p["peer_id"], p["dialect"]) for p in detail["peers"]], [(client.id, "rooms")])
+        self.assertEqual(
+            [(p["peer_id"], p["dialect"]) for p in detail["peers"]],
+            [(client.id, "rooms")],
+        )
 
 
 class OptionsTests(SynchronousTestCase):
@@ -703,8 +1044,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(self.parse()["token-verifier"])
 
     def test_secret_from_option_or_environment(self):
-        self.assertEqual(self.parse("--jwt-secret", "s3cret")["token-verifier"].algorithms, ("HS256",))
-        self.assertEqual(self.parse(environ={"JWT_SECRET": "env"})["token-verifier"].key, b"env")
+        self.assertEqual(
+            self.parse("--jwt-secret", "s3cret")["token-verifier"].algorithms,
+            ("HS256",),
+        )
+        self.assertEqual(
+            self.parse(environ={"JWT_SECRET": "env"})["token-verifier"].key, b"env"
+        )
 
     def test_public_keys(self):
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -715,8 +1061,16 @@ class OptionsTests(SynchronousTestCase):
         ):
             path = self.path("key.pem")
             with open(path, "wb") as pem:
-                pem.write(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-            self.assertEqual(self.parse("--jwt-public-key", path)["token-verifier"].algorithms, (algorithm,))
+                pem.write(
+                    key.public_key().public_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PublicFormat.SubjectPublicKeyInfo,
+                    )
+                )
+            self.assertEqual(
+                self.parse("--jwt-public-key", path)["token-verifier"].algorithms,
+                (algorithm,),
+            )
 
     def test_bad_keys_are_usage_errors(self):
         garbage = self.path("garbage.pem")

@@ -29,11 +29,17 @@ MODES = {
 ORIGIN = "http://localhost:3000"
 OFFER = {"type": "offer", "sdp": "v=0\r\n"}
 ANSWER = {"type": "answer", "sdp": "v=0\r\n"}
-CANDIDATE = {"candidate": "candidate:1 1 udp 1 10.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+CANDIDATE = {
+    "candidate": "candidate:1 1 udp 1 10.0.0.1 5000 typ host",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+}
 
 
 def make_token(user_id: str, secret: str = SECRET) -> str:
-    return jwt.encode({"userId": user_id, "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    return jwt.encode(
+        {"userId": user_id, "exp": int(time.time()) + 600}, secret, algorithm="HS256"
+    )
 
 
 def _start(tmp_path_factory, name: str, *args: str, env: dict | None = None):
@@ -49,7 +55,9 @@ def open_server(tmp_path_factory):
     """
     No JWT key; browsers only from L{ORIGIN}.
     """
-    server = _start(tmp_path_factory, "open", "--allowed-origin", ORIGIN, env={"JWT_SECRET": ""})
+    server = _start(
+        tmp_path_factory, "open", "--allowed-origin", ORIGIN, env={"JWT_SECRET": ""}
+    )
     yield server
     server.stop()
 
@@ -78,10 +86,14 @@ class Recorder:
         self.transports = MODES[mode]
         # python-engineio's WebSocket sends the server's own URL as Origin
         # unless told otherwise; be the app at ORIGIN, as a browser would.
-        self.client = socketio.Client(reconnection=False, websocket_extra_options={"origin": ORIGIN})
+        self.client = socketio.Client(
+            reconnection=False, websocket_extra_options={"origin": ORIGIN}
+        )
         self.queues: dict[str, queue.Queue] = {}
         self.client.on("*", self._any)
-        self.client.on("connect_error", lambda data=None: self._any("connect_error", data))
+        self.client.on(
+            "connect_error", lambda data=None: self._any("connect_error", data)
+        )
 
     def _any(self, event, data=None):
         self.queues.setdefault(event, queue.Queue()).put(data)
@@ -106,7 +118,9 @@ class Recorder:
     def wait_for_upgrade(self) -> None:
         if self.transports == ["polling", "websocket"]:
             deadline = time.monotonic() + 5
-            while self.client.transport() != "websocket" and time.monotonic() < deadline:
+            while (
+                self.client.transport() != "websocket" and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             assert self.client.transport() == "websocket"
         else:
@@ -126,22 +140,46 @@ def test_python_client_rooms_flow(open_server, mode):
         alice.emit("join-room", {"roomId": room, "userId": "alice"})
         assert alice.next("room-users") == {"roomId": room, "users": []}
         reply = bob.call("join-room", {"roomId": room, "userId": "bob"})
-        assert reply == {"ok": True, "roomId": room, "users": [{"socketId": alice.id, "userId": "alice"}]}
-        assert bob.next("room-users")["users"] == [{"socketId": alice.id, "userId": "alice"}]
-        assert alice.next("user-joined") == {"roomId": room, "socketId": bob.id, "userId": "bob"}
+        assert reply == {
+            "ok": True,
+            "roomId": room,
+            "users": [{"socketId": alice.id, "userId": "alice"}],
+        }
+        assert bob.next("room-users")["users"] == [
+            {"socketId": alice.id, "userId": "alice"}
+        ]
+        assert alice.next("user-joined") == {
+            "roomId": room,
+            "socketId": bob.id,
+            "userId": "bob",
+        }
 
         bob.emit("offer", {"roomId": room, "targetId": alice.id, "offer": OFFER})
         offer = alice.next("offer")
-        assert offer == {"roomId": room, "senderId": bob.id, "userId": "bob", "offer": OFFER}
-        alice.emit("answer", {"roomId": room, "targetId": offer["senderId"], "answer": ANSWER})
+        assert offer == {
+            "roomId": room,
+            "senderId": bob.id,
+            "userId": "bob",
+            "offer": OFFER,
+        }
+        alice.emit(
+            "answer", {"roomId": room, "targetId": offer["senderId"], "answer": ANSWER}
+        )
         assert bob.next("answer")["answer"] == ANSWER
-        alice.emit("ice-candidate", {"roomId": room, "targetId": bob.id, "candidate": CANDIDATE})
+        alice.emit(
+            "ice-candidate",
+            {"roomId": room, "targetId": bob.id, "candidate": CANDIDATE},
+        )
         assert bob.next("ice-candidate")["candidate"] == CANDIDATE
 
         alice.wait_for_upgrade()
         bob.wait_for_upgrade()
         bob.emit("leave-room", {"roomId": room})
-        assert alice.next("user-left") == {"roomId": room, "socketId": bob.id, "userId": "bob"}
+        assert alice.next("user-left") == {
+            "roomId": room,
+            "socketId": bob.id,
+            "userId": "bob",
+        }
     finally:
         alice.disconnect()
         bob.disconnect()
@@ -160,11 +198,25 @@ def test_python_client_calls_flow(open_server, jwt_server, mode, with_key):
     callee = Recorder(mode).connect(url, auth={"token": make_token("user-b")})
 
     def on_offer(data):
-        callee.emit("webrtc:answer", {"callRoomId": data["callRoomId"], "targetSocketId": data["fromSocketId"], "answer": ANSWER})
+        callee.emit(
+            "webrtc:answer",
+            {
+                "callRoomId": data["callRoomId"],
+                "targetSocketId": data["fromSocketId"],
+                "answer": ANSWER,
+            },
+        )
 
     callee.client.on("webrtc:offer", on_offer)
     try:
-        caller.emit("webrtc:join-room", {"callRoomId": room, "callType": "video", "metadata": {"groupId": "group_456"}})
+        caller.emit(
+            "webrtc:join-room",
+            {
+                "callRoomId": room,
+                "callType": "video",
+                "metadata": {"groupId": "group_456"},
+            },
+        )
         joined = caller.next("webrtc:room-joined")
         assert (joined["participantCount"], joined["existingParticipants"]) == (1, [])
         assert joined["metadata"]["callType"] == "video"
@@ -173,26 +225,56 @@ def test_python_client_calls_flow(open_server, jwt_server, mode, with_key):
 
         callee.emit("webrtc:join-room", {"callRoomId": room, "callType": "video"})
         joined = callee.next("webrtc:room-joined")
-        assert [(p["socketId"], p["userId"]) for p in joined["existingParticipants"]] == [(caller.id, "user-a")]
+        assert [
+            (p["socketId"], p["userId"]) for p in joined["existingParticipants"]
+        ] == [(caller.id, "user-a")]
         notice = caller.next("webrtc:participant-joined")
-        assert (notice["participant"]["socketId"], notice["participant"]["userId"]) == (callee.id, "user-b")
+        assert (notice["participant"]["socketId"], notice["participant"]["userId"]) == (
+            callee.id,
+            "user-b",
+        )
 
-        caller.emit("webrtc:offer", {"callRoomId": room, "targetSocketId": callee.id, "offer": OFFER})
+        caller.emit(
+            "webrtc:offer",
+            {"callRoomId": room, "targetSocketId": callee.id, "offer": OFFER},
+        )
         answer = caller.next("webrtc:answer")
-        assert (answer["fromSocketId"], answer["fromUserId"], answer["answer"]) == (callee.id, "user-b", ANSWER)
+        assert (answer["fromSocketId"], answer["fromUserId"], answer["answer"]) == (
+            callee.id,
+            "user-b",
+            ANSWER,
+        )
 
-        caller.emit("webrtc:ice-candidate", {"callRoomId": room, "candidate": CANDIDATE, "sdpMid": "0", "sdpMLineIndex": 0})
+        caller.emit(
+            "webrtc:ice-candidate",
+            {
+                "callRoomId": room,
+                "candidate": CANDIDATE,
+                "sdpMid": "0",
+                "sdpMLineIndex": 0,
+            },
+        )
         candidate = callee.next("webrtc:ice-candidate")
-        assert (candidate["fromSocketId"], candidate["candidate"], candidate["sdpMid"]) == (caller.id, CANDIDATE, "0")
+        assert (
+            candidate["fromSocketId"],
+            candidate["candidate"],
+            candidate["sdpMid"],
+        ) == (caller.id, CANDIDATE, "0")
 
-        caller.emit("webrtc:offer", {"callRoomId": "elsewhere", "targetSocketId": callee.id, "offer": OFFER})
+        caller.emit(
+            "webrtc:offer",
+            {"callRoomId": "elsewhere", "targetSocketId": callee.id, "offer": OFFER},
+        )
         assert caller.next("webrtc:signaling-error")["code"] == "not-in-room"
 
         caller.wait_for_upgrade()
         callee.wait_for_upgrade()
         callee.emit("webrtc:leave-room", {"callRoomId": room})
         assert callee.next("webrtc:room-left")["callRoomId"] == room
-        assert caller.next("webrtc:participant-left")["participant"]["socketId"] == callee.id
+        assert (
+            caller.next("webrtc:participant-left")["participant"]["socketId"]
+            == callee.id
+        )
     finally:
         caller.disconnect()
         callee.disconnect()
@@ -204,14 +286,24 @@ def test_python_client_needs_a_token_for_calls(jwt_server, mode):
     anonymous = Recorder(mode).connect(url)
     try:
         anonymous.emit("webrtc:join-room", {"callRoomId": "c"})
-        assert "Authentication required" in anonymous.next("webrtc:join-room-error")["error"]
+        assert (
+            "Authentication required"
+            in anonymous.next("webrtc:join-room-error")["error"]
+        )
         anonymous.emit("join-room", {"roomId": f"open-{mode}", "userId": "guest"})
         assert anonymous.next("room-users")["users"] == []
     finally:
         anonymous.disconnect()
     forged = Recorder(mode)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        forged.connect(url, auth={"token": make_token("user-a", secret="a forged secret, also long enough")})
+        forged.connect(
+            url,
+            auth={
+                "token": make_token(
+                    "user-a", secret="a forged secret, also long enough"
+                )
+            },
+        )
     assert "Authentication failed" in forged.next("connect_error")["message"]
     forged.disconnect()
 
@@ -219,11 +311,19 @@ def test_python_client_needs_a_token_for_calls(jwt_server, mode):
 NODE_CASES = [
     (mode, flow, server)
     for mode in MODES
-    for flow, server in (("rooms", "open"), ("calls", "open"), ("rooms", "jwt"), ("calls", "jwt"), ("calls-refused", "jwt"))
+    for flow, server in (
+        ("rooms", "open"),
+        ("calls", "open"),
+        ("rooms", "jwt"),
+        ("calls", "jwt"),
+        ("calls-refused", "jwt"),
+    )
 ]
 
 
-@pytest.mark.parametrize("mode,flow,server", NODE_CASES, ids=["-".join(case) for case in NODE_CASES])
+@pytest.mark.parametrize(
+    "mode,flow,server", NODE_CASES, ids=["-".join(case) for case in NODE_CASES]
+)
 def test_npm_socket_io_client(node, open_server, jwt_server, mode, flow, server):
     """
     Unmodified socket.io-client code in the style of both documents runs its
@@ -234,7 +334,9 @@ def test_npm_socket_io_client(node, open_server, jwt_server, mode, flow, server)
         **os.environ,
         "TOKEN_A": make_token("user-a"),
         "TOKEN_B": make_token("user-b"),
-        "FORGED_TOKEN": make_token("user-a", secret="a forged secret, also long enough"),
+        "FORGED_TOKEN": make_token(
+            "user-a", secret="a forged secret, also long enough"
+        ),
         "KEYED": "1" if server == "jwt" else "",
     }
     result = subprocess.run(
@@ -256,10 +358,16 @@ def test_cors_and_origin_checks(open_server):
     assert allowed.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert allowed.headers["Access-Control-Allow-Credentials"] == "true"
     refused = requests.get(base, headers={"Origin": "https://evil.example"}, timeout=5)
-    assert (refused.status_code, refused.json()) == (403, {"code": 4, "message": "Forbidden"})
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"code": 4, "message": "Forbidden"},
+    )
     assert "Access-Control-Allow-Origin" not in refused.headers
 
-    ws_url = open_server.http_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    ws_url = (
+        open_server.http_url.replace("http", "ws")
+        + "/socket.io/?EIO=4&transport=websocket"
+    )
     with pytest.raises(websocket.WebSocketBadStatusException):
         websocket.create_connection(ws_url, origin="https://evil.example", timeout=5)
     connection = websocket.create_connection(ws_url, origin=ORIGIN, timeout=5)

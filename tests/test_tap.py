@@ -37,14 +37,35 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["log-format"], "text")
 
     def test_environment(self):
-        options = parse(environ={"PORT": "9000", "CLIENT_URL": "http://a.example/, https://b.example", "LOG_LEVEL": "DEBUG"})
+        options = parse(
+            environ={
+                "PORT": "9000",
+                "CLIENT_URL": "http://a.example/, https://b.example",
+                "LOG_LEVEL": "DEBUG",
+            }
+        )
         self.assertEqual(options["ports"], ["tcp:9000:interface=127.0.0.1"])
-        self.assertEqual(options["allowed-origins"], ["http://a.example", "https://b.example"])
+        self.assertEqual(
+            options["allowed-origins"], ["http://a.example", "https://b.example"]
+        )
         self.assertEqual(options["log-level"], "debug")
 
     def test_options_override_environment(self):
-        options = parse("--port", "tcp:1", "--port", "unix:/tmp/x", "--allowed-origin", "https://c.example", "--log-level", "warn",
-                        environ={"PORT": "9000", "CLIENT_URL": "http://a.example", "LOG_LEVEL": "debug"})
+        options = parse(
+            "--port",
+            "tcp:1",
+            "--port",
+            "unix:/tmp/x",
+            "--allowed-origin",
+            "https://c.example",
+            "--log-level",
+            "warn",
+            environ={
+                "PORT": "9000",
+                "CLIENT_URL": "http://a.example",
+                "LOG_LEVEL": "debug",
+            },
+        )
         self.assertEqual(options["ports"], ["tcp:1", "unix:/tmp/x"])
         self.assertEqual(options["allowed-origins"], ["https://c.example"])
         self.assertEqual(options["log-level"], "warn")
@@ -57,14 +78,29 @@ class OptionsTests(SynchronousTestCase):
             (["--port", "tls:8443"], "--tls-cert"),
             (["--tls-key", "k.pem"], "--tls-cert"),
             (["--bogus"], "bogus"),
-            (["--root-dialect", "topic"], "--root-dialect must be one of native, directory, envelope or none"),
+            (
+                ["--root-dialect", "topic"],
+                "--root-dialect must be one of native, directory, envelope or none",
+            ),
             (["--directory-hold", "-1"], "--directory-hold takes seconds"),
-            (["--directory-max-held", "many"], "--directory-max-held takes a whole number"),
-            (["--directory-probe-timeout", "0"], "--directory-probe-timeout must be above 0"),
-            (["--resume-max-messages", "0"], "--resume-max-messages and --resume-max-bytes must be above 0"),
+            (
+                ["--directory-max-held", "many"],
+                "--directory-max-held takes a whole number",
+            ),
+            (
+                ["--directory-probe-timeout", "0"],
+                "--directory-probe-timeout must be above 0",
+            ),
+            (
+                ["--resume-max-messages", "0"],
+                "--resume-max-messages and --resume-max-bytes must be above 0",
+            ),
             (["--resume-grace", "soon"], "--resume-grace takes seconds"),
             (["--drain-timeout", "-1"], "--drain-timeout takes seconds"),
-            (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
+            (
+                ["--log-format", "xml"],
+                "--log-format must be one of text, json, not 'xml'",
+            ),
         ]:
             error = self.assertRaises(SystemExit, parse, *argv)
             message = str(error.code)
@@ -107,15 +143,29 @@ class ServiceTests(SynchronousTestCase):
 
     def test_repeated_ports(self):
         self.start("--port", "tcp:9001", "--port", "tcp:9002:backlog=10")
-        self.assertEqual([(p[0], p[2]) for p in self.reactor.tcpServers], [(9001, 1024), (9002, 10)])
+        self.assertEqual(
+            [(p[0], p[2]) for p in self.reactor.tcpServers], [(9001, 1024), (9002, 10)]
+        )
 
     def test_tls_shorthand(self):
-        self.start("--port", "tls:8443", "--tls-cert", self.cert_path.path, "--tls-key", self.key_path.path)
+        self.start(
+            "--port",
+            "tls:8443",
+            "--tls-cert",
+            self.cert_path.path,
+            "--tls-key",
+            self.key_path.path,
+        )
         [(port, factory, context, backlog, interface)] = self.reactor.sslServers
         self.assertEqual((port, backlog, interface), (8443, 1024, ""))
 
     def test_tls_shorthand_with_combined_pem_and_interface(self):
-        self.start("--port", "tls:8443:interface=127.0.0.1", "--tls-cert", self.combined_path.path)
+        self.start(
+            "--port",
+            "tls:8443:interface=127.0.0.1",
+            "--tls-cert",
+            self.combined_path.path,
+        )
         [(port, factory, context, backlog, interface)] = self.reactor.sslServers
         self.assertEqual((port, interface), (8443, "127.0.0.1"))
 
@@ -129,8 +179,10 @@ class ServiceTests(SynchronousTestCase):
 
     def test_unreadable_certificate_exits(self):
         error = self.assertRaises(
-            SystemExit, tap.make_service,
-            parse("--port", "tls:8443", "--tls-cert", "/nonexistent/cert.pem"), self.reactor,
+            SystemExit,
+            tap.make_service,
+            parse("--port", "tls:8443", "--tls-cert", "/nonexistent/cert.pem"),
+            self.reactor,
         )
         self.assertIn("cannot load the TLS certificate", str(error.code))
         self.assertNotIn("\n", str(error.code))
@@ -144,7 +196,9 @@ class ServiceTests(SynchronousTestCase):
 
         class BusyReactor(MemoryReactorClock):
             def listenTCP(self, port, factory, backlog=50, interface=""):
-                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+                raise CannotListenError(
+                    interface, port, OSError(98, "Address already in use")
+                )
 
         service = tap.make_service(parse("--port", "tcp:8080"), BusyReactor())
         error = self.assertRaises(SystemExit, service.privilegedStartService)
@@ -152,7 +206,12 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn("Address already in use", str(error.code))
 
     def test_bad_endpoint_exits(self):
-        error = self.assertRaises(SystemExit, tap.make_service, parse("--port", "carrier-pigeon:1"), self.reactor)
+        error = self.assertRaises(
+            SystemExit,
+            tap.make_service,
+            parse("--port", "carrier-pigeon:1"),
+            self.reactor,
+        )
         self.assertIn("bad --port", str(error.code))
 
     def test_log_level_filters_our_events(self):
@@ -172,20 +231,35 @@ class ServiceTests(SynchronousTestCase):
         log.info("hidden")
         log.warn("shown")
         self.assertEqual(
-            [event["log_format"] for event in events if event["log_namespace"] == "signaling.test"],
+            [
+                event["log_format"]
+                for event in events
+                if event["log_namespace"] == "signaling.test"
+            ],
             ["shown"],
         )
 
     def test_settings_reach_the_hub(self):
         service = self.start("--max-peers-per-room", "3", "--max-rooms-per-peer", "4")
-        self.assertEqual((service.hub.limits.max_peers_per_room, service.hub.limits.max_rooms_per_peer), (3, 4))
+        self.assertEqual(
+            (
+                service.hub.limits.max_peers_per_room,
+                service.hub.limits.max_rooms_per_peer,
+            ),
+            (3, 4),
+        )
 
 
 class DirectoryOptionsTests(SynchronousTestCase):
     def test_defaults(self):
         options = parse()
         self.assertEqual(
-            (options["directory-hold"], options["directory-max-held"], options["directory-probe-timeout"], options["root-dialect"]),
+            (
+                options["directory-hold"],
+                options["directory-max-held"],
+                options["directory-probe-timeout"],
+                options["root-dialect"],
+            ),
             (60.0, 10000, 2.0, "native"),
         )
 
@@ -221,11 +295,17 @@ class ClusterOptionsTests(SynchronousTestCase):
         import socket
 
         options = parse()
-        self.assertEqual((options["redis"], options["node-id"], options["redis-address"]), (None, None, None))
+        self.assertEqual(
+            (options["redis"], options["node-id"], options["redis-address"]),
+            (None, None, None),
+        )
         options = parse("--redis", "unix:///run/redis.sock")
         self.assertEqual(options["node-id"], f"{socket.gethostname()}-{os.getpid()}")
         self.assertEqual(options["redis-address"].describe(), "unix:///run/redis.sock")
-        self.assertEqual(parse("--redis", "redis://127.0.0.1:6379/2", "--node-id", "a-1")["node-id"], "a-1")
+        self.assertEqual(
+            parse("--redis", "redis://127.0.0.1:6379/2", "--node-id", "a-1")["node-id"],
+            "a-1",
+        )
         for argv, words in [
             (["--node-id", "a"], "--node-id needs --redis"),
             (["--redis", "http://127.0.0.1"], "--redis: "),
@@ -242,7 +322,13 @@ class OperationsOptionsTests(SynchronousTestCase):
         --metrics-port with --workers is served by the parent, which asks
         its workers; it has no hub of its own to count.
         """
-        top = tap.make_service(parse("--workers", "2", "--metrics-port", "tcp:0"), MemoryReactorClock())
-        listeners = [service for service in top if isinstance(service, tap.MetricsListener)]
+        top = tap.make_service(
+            parse("--workers", "2", "--metrics-port", "tcp:0"), MemoryReactorClock()
+        )
+        listeners = [
+            service for service in top if isinstance(service, tap.MetricsListener)
+        ]
         self.assertEqual(len(listeners), 1)
-        self.assertIsInstance(listeners[0].factory.resource.children[b"metrics"], WorkersMetricsResource)
+        self.assertIsInstance(
+            listeners[0].factory.resource.children[b"metrics"], WorkersMetricsResource
+        )

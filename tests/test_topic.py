@@ -52,35 +52,90 @@ class TypicalFlowTests(TopicTestCase):
         alice.peer_id = welcome["selfId"]
 
         bob = self.connect()
-        self.assertEqual(bob.peer_list, {"type": "peer-list", "peers": [{"id": alice.peer_id}]})
+        self.assertEqual(
+            bob.peer_list, {"type": "peer-list", "peers": [{"id": alice.peer_id}]}
+        )
         self.assertEqual(alice.take(), [{"type": "peer-joined", "peerId": bob.peer_id}])
 
-        self.send(bob, {"type": "offer", "to": alice.peer_id, "payload": {"sdp": "offer"}, "msgId": "m1"})
+        self.send(
+            bob,
+            {
+                "type": "offer",
+                "to": alice.peer_id,
+                "payload": {"sdp": "offer"},
+                "msgId": "m1",
+            },
+        )
         self.assertEqual(bob.take(), [])
         self.assertEqual(
             alice.take(),
-            [{"type": "offer", "from": bob.peer_id, "payload": {"sdp": "offer"}, "msgId": "m1"}],
+            [
+                {
+                    "type": "offer",
+                    "from": bob.peer_id,
+                    "payload": {"sdp": "offer"},
+                    "msgId": "m1",
+                }
+            ],
         )
-        self.send(alice, {"type": "answer", "to": bob.peer_id, "payload": {"sdp": "answer"}, "msgId": "m2"})
-        self.send(alice, {"type": "ice-candidate", "to": bob.peer_id, "payload": {"candidate": "a"}})
-        self.send(bob, {"type": "ice-candidate", "to": alice.peer_id, "payload": {"candidate": "b"}, "msgId": 3})
+        self.send(
+            alice,
+            {
+                "type": "answer",
+                "to": bob.peer_id,
+                "payload": {"sdp": "answer"},
+                "msgId": "m2",
+            },
+        )
+        self.send(
+            alice,
+            {"type": "ice-candidate", "to": bob.peer_id, "payload": {"candidate": "a"}},
+        )
+        self.send(
+            bob,
+            {
+                "type": "ice-candidate",
+                "to": alice.peer_id,
+                "payload": {"candidate": "b"},
+                "msgId": 3,
+            },
+        )
         self.assertEqual(
             bob.take(),
             [
-                {"type": "answer", "from": alice.peer_id, "payload": {"sdp": "answer"}, "msgId": "m2"},
-                {"type": "ice-candidate", "from": alice.peer_id, "payload": {"candidate": "a"}},
+                {
+                    "type": "answer",
+                    "from": alice.peer_id,
+                    "payload": {"sdp": "answer"},
+                    "msgId": "m2",
+                },
+                {
+                    "type": "ice-candidate",
+                    "from": alice.peer_id,
+                    "payload": {"candidate": "a"},
+                },
             ],
         )
         self.assertEqual(
             alice.take(),
-            [{"type": "ice-candidate", "from": bob.peer_id, "payload": {"candidate": "b"}, "msgId": 3}],
+            [
+                {
+                    "type": "ice-candidate",
+                    "from": bob.peer_id,
+                    "payload": {"candidate": "b"},
+                    "msgId": 3,
+                }
+            ],
         )
 
     def test_from_cannot_be_spoofed(self):
         alice = self.connect()
         bob = self.connect()
         alice.take()
-        self.send(bob, {"type": "offer", "to": alice.peer_id, "from": "01MALLORY", "payload": {}})
+        self.send(
+            bob,
+            {"type": "offer", "to": alice.peer_id, "from": "01MALLORY", "payload": {}},
+        )
         [offer] = alice.take()
         self.assertEqual(offer["from"], bob.peer_id)
 
@@ -97,10 +152,19 @@ class TypicalFlowTests(TopicTestCase):
         alice = self.connect("one")
         bob = self.connect("two")
         self.assertEqual(bob.peer_list["peers"], [])
-        self.send(bob, {"type": "offer", "to": alice.peer_id, "payload": {}, "msgId": "x"})
+        self.send(
+            bob, {"type": "offer", "to": alice.peer_id, "payload": {}, "msgId": "x"}
+        )
         self.assertEqual(
             bob.take(),
-            [{"type": "error", "code": "target_not_found", "message": "peer not found", "msgId": "x"}],
+            [
+                {
+                    "type": "error",
+                    "code": "target_not_found",
+                    "message": "peer not found",
+                    "msgId": "x",
+                }
+            ],
         )
         self.assertEqual(alice.take(), [])
 
@@ -111,7 +175,9 @@ class TypicalFlowTests(TopicTestCase):
 
 
 class ErrorTests(TopicTestCase):
-    settings = WebSocketSettings(ping_interval=0, max_message_size=4096, max_send_buffer=600)
+    settings = WebSocketSettings(
+        ping_interval=0, max_message_size=4096, max_send_buffer=600
+    )
 
     def assertError(self, client, code, msg_id=None):
         [error] = client.take()
@@ -123,7 +189,11 @@ class ErrorTests(TopicTestCase):
 
     def test_invalid_type(self):
         client = self.connect()
-        for message in ({"type": "join", "msgId": 1}, {"msgId": 1}, {"type": ["offer"], "msgId": 1}):
+        for message in (
+            {"type": "join", "msgId": 1},
+            {"msgId": 1},
+            {"type": ["offer"], "msgId": 1},
+        ):
             self.send(client, message)
             self.assertError(client, "invalid_type", 1)
         for frame in (b"[1]", b"7", b'"offer"'):
@@ -133,13 +203,19 @@ class ErrorTests(TopicTestCase):
 
     def test_missing_target(self):
         client = self.connect()
-        for message in ({"type": "offer", "payload": {}}, {"type": "answer", "to": ""}, {"type": "offer", "to": 5}):
+        for message in (
+            {"type": "offer", "payload": {}},
+            {"type": "answer", "to": ""},
+            {"type": "offer", "to": 5},
+        ):
             self.send(client, {**message, "msgId": "q"})
             self.assertError(client, "missing_target", "q")
 
     def test_target_not_found(self):
         client = self.connect()
-        self.send(client, {"type": "offer", "to": "01NOBODY", "payload": {}, "msgId": 9})
+        self.send(
+            client, {"type": "offer", "to": "01NOBODY", "payload": {}, "msgId": 9}
+        )
         self.assertError(client, "target_not_found", 9)
 
     def test_dropped_when_the_target_is_not_reading(self):
@@ -154,14 +230,27 @@ class ErrorTests(TopicTestCase):
         already = len(alice.raw)
         replies = []
         for index in range(5):
-            self.send(bob, {"type": "offer", "to": alice.peer_id, "payload": "x" * 150, "msgId": index})
+            self.send(
+                bob,
+                {
+                    "type": "offer",
+                    "to": alice.peer_id,
+                    "payload": "x" * 150,
+                    "msgId": index,
+                },
+            )
             replies.extend(bob.take())
         # Each relayed frame is about 260 bytes: two fit in 600.
-        self.assertEqual([(r["code"], r["msgId"]) for r in replies], [("dropped", 2), ("dropped", 3), ("dropped", 4)])
+        self.assertEqual(
+            [(r["code"], r["msgId"]) for r in replies],
+            [("dropped", 2), ("dropped", 3), ("dropped", 4)],
+        )
         self.assertEqual([m["msgId"] for m in alice.take()], [0, 1])
         self.assertLessEqual(sum(len(frame) for frame in alice.raw[already:]), 600)
         self.harness.server_side(alice).send_buffer.resumeProducing()
-        self.send(bob, {"type": "offer", "to": alice.peer_id, "payload": {}, "msgId": 5})
+        self.send(
+            bob, {"type": "offer", "to": alice.peer_id, "payload": {}, "msgId": 5}
+        )
         self.assertEqual(bob.take(), [])
         self.assertEqual(message_types(alice.take()), ["offer"])
 
@@ -182,16 +271,22 @@ class ErrorTests(TopicTestCase):
         alice = self.connect()
         bob = self.connect()
         alice.take()
-        bob.sendMessage(b'{"type":"offer","to":"x","payload":' + b"[" * 10000 + b"]" * 10000 + b"}")
+        bob.sendMessage(
+            b'{"type":"offer","to":"x","payload":' + b"[" * 10000 + b"]" * 10000 + b"}"
+        )
         self.harness.flush()
         # 20,000 bytes is over this test's 4,096-byte limit: 1009 first.
         self.assertEqual(bob.close_code, 1009)
         carol = self.connect()
-        carol.sendMessage(b'{"type":"offer","to":"x","payload":' + b"[" * 2000 + b"]" * 2000 + b"}")
+        carol.sendMessage(
+            b'{"type":"offer","to":"x","payload":' + b"[" * 2000 + b"]" * 2000 + b"}"
+        )
         self.harness.flush()
         self.assertEqual(carol.close_code, 1007)
         self.assertIsNone(alice.close_code)
-        self.assertEqual(message_types(alice.take()), ["peer-left", "peer-joined", "peer-left"])
+        self.assertEqual(
+            message_types(alice.take()), ["peer-left", "peer-joined", "peer-left"]
+        )
 
     def test_binary_json_is_a_message(self):
         """
@@ -201,10 +296,20 @@ class ErrorTests(TopicTestCase):
         alice = self.connect()
         bob = self.connect()
         alice.take()
-        bob.sendMessage(orjson.dumps({"type": "offer", "to": alice.peer_id, "payload": {"sdp": "o"}}), isBinary=True)
-        bob.sendMessage(orjson.dumps({"type": "offer", "to": "nobody", "msgId": 1}), isBinary=True)
+        bob.sendMessage(
+            orjson.dumps(
+                {"type": "offer", "to": alice.peer_id, "payload": {"sdp": "o"}}
+            ),
+            isBinary=True,
+        )
+        bob.sendMessage(
+            orjson.dumps({"type": "offer", "to": "nobody", "msgId": 1}), isBinary=True
+        )
         self.harness.flush()
-        self.assertEqual(alice.take(), [{"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}}])
+        self.assertEqual(
+            alice.take(),
+            [{"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}}],
+        )
         self.assertEqual(message_types(bob.take()), ["error"])
 
     def test_binary_invalid_utf8_and_oversized(self):
@@ -213,7 +318,11 @@ class ErrorTests(TopicTestCase):
             (b"\x01\x02", True, 1007),
             (b'{"type":"offer","to":"\xc3\x28"}', True, 1007),
             (b'{"type":"offer","to":"\xc3\x28"}', False, 1007),
-            (orjson.dumps({"type": "offer", "to": "x", "payload": "y" * 5000}), False, 1009),
+            (
+                orjson.dumps({"type": "offer", "to": "x", "payload": "y" * 5000}),
+                False,
+                1009,
+            ),
         ):
             client = self.connect()
             client.sendMessage(frame, isBinary=binary)
@@ -223,7 +332,9 @@ class ErrorTests(TopicTestCase):
         self.assertEqual(message_types(alice.take()), ["peer-joined", "peer-left"] * 4)
 
     def test_rate_limited(self):
-        harness = Harness(settings=WebSocketSettings(ping_interval=0, max_message_rate=1))
+        harness = Harness(
+            settings=WebSocketSettings(ping_interval=0, max_message_rate=1)
+        )
         self.addCleanup(harness.restore)
         client = harness.connect("/ws/x")
         client.take()
@@ -247,7 +358,9 @@ class ErrorTests(TopicTestCase):
         self.assertEqual(self.harness.hub.stats().peers_total, 0)
 
     def test_full_topic(self):
-        harness = Harness(HubLimits(max_peers_per_room=1), WebSocketSettings(ping_interval=0))
+        harness = Harness(
+            HubLimits(max_peers_per_room=1), WebSocketSettings(ping_interval=0)
+        )
         self.addCleanup(harness.restore)
         harness.connect("/ws/small")
         client = harness.connect("/ws/small")
@@ -266,6 +379,8 @@ class ErrorTests(TopicTestCase):
             client = self.harness.connect("/ws/my-room")
             client.sendClose()
             self.harness.flush()
-        self.assertEqual(message_types(alice.take()), ["peer-joined", "peer-left"] * 300)
+        self.assertEqual(
+            message_types(alice.take()), ["peer-joined", "peer-left"] * 300
+        )
         stats = self.harness.hub.stats()
         self.assertEqual((stats.peers_total, stats.rooms_total), (1, 1))

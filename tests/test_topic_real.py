@@ -12,7 +12,14 @@ from .realsockets import TwistdServer, open_websocket
 @pytest.fixture
 def server(tmp_path):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--max-send-buffer", "65536", "--max-message-rate", "0"
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--max-send-buffer",
+        "65536",
+        "--max-message-rate",
+        "0",
     )
     server.start(tmp_path / "twistd.log")
     yield server
@@ -43,13 +50,31 @@ async def test_typical_flow(server):
     assert bob.peer_list == {"type": "peer-list", "peers": [{"id": alice.peer_id}]}
     assert await alice.next() == {"type": "peer-joined", "peerId": bob.peer_id}
 
-    bob.send_json({"type": "offer", "to": alice.peer_id, "payload": {"sdp": "o"}, "msgId": "1"})
+    bob.send_json(
+        {"type": "offer", "to": alice.peer_id, "payload": {"sdp": "o"}, "msgId": "1"}
+    )
     # As the original's outbound message: {type, from, payload, msgId}, no "to".
-    assert await alice.next() == {"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}, "msgId": "1"}
-    alice.send_json({"type": "answer", "to": bob.peer_id, "payload": {"sdp": "a"}, "msgId": "2"})
-    assert await bob.next() == {"type": "answer", "from": alice.peer_id, "payload": {"sdp": "a"}, "msgId": "2"}
-    alice.send_json({"type": "ice-candidate", "to": bob.peer_id, "payload": {"candidate": "a1"}})
-    bob.send_json({"type": "ice-candidate", "to": alice.peer_id, "payload": {"candidate": "b1"}})
+    assert await alice.next() == {
+        "type": "offer",
+        "from": bob.peer_id,
+        "payload": {"sdp": "o"},
+        "msgId": "1",
+    }
+    alice.send_json(
+        {"type": "answer", "to": bob.peer_id, "payload": {"sdp": "a"}, "msgId": "2"}
+    )
+    assert await bob.next() == {
+        "type": "answer",
+        "from": alice.peer_id,
+        "payload": {"sdp": "a"},
+        "msgId": "2",
+    }
+    alice.send_json(
+        {"type": "ice-candidate", "to": bob.peer_id, "payload": {"candidate": "a1"}}
+    )
+    bob.send_json(
+        {"type": "ice-candidate", "to": alice.peer_id, "payload": {"candidate": "b1"}}
+    )
     assert (await bob.next())["payload"] == {"candidate": "a1"}
     assert (await alice.next())["payload"] == {"candidate": "b1"}
 
@@ -74,7 +99,9 @@ async def test_stalled_reader_makes_the_sender_see_dropped(server):
     payload = "x" * 60000
     dropped = None
     for index in range(400):
-        sender.send_json({"type": "offer", "to": slow.peer_id, "payload": payload, "msgId": index})
+        sender.send_json(
+            {"type": "offer", "to": slow.peer_id, "payload": payload, "msgId": index}
+        )
         if index % 20 == 19:
             sender.send_json({"type": "offer", "to": "nobody", "msgId": "probe"})
             while True:
@@ -88,7 +115,10 @@ async def test_stalled_reader_makes_the_sender_see_dropped(server):
     assert dropped is not None, "the sender never saw dropped"
 
     third = await connect(server, "flood")
-    assert {peer["id"] for peer in third.peer_list["peers"]} == {slow.peer_id, sender.peer_id}
+    assert {peer["id"] for peer in third.peer_list["peers"]} == {
+        slow.peer_id,
+        sender.peer_id,
+    }
     for client in (third, sender):
         client.sendClose()
         await client.closed
@@ -104,10 +134,24 @@ async def test_binary_frames_as_the_original(server):
     alice = await connect(server, "binary")
     bob = await connect(server, "binary")
     await alice.next()
-    bob.sendMessage(b'{"type":"offer","to":"%s","payload":{"sdp":"o"},"msgId":7}' % alice.peer_id.encode(), isBinary=True)
-    assert await alice.next() == {"type": "offer", "from": bob.peer_id, "payload": {"sdp": "o"}, "msgId": 7}
+    bob.sendMessage(
+        b'{"type":"offer","to":"%s","payload":{"sdp":"o"},"msgId":7}'
+        % alice.peer_id.encode(),
+        isBinary=True,
+    )
+    assert await alice.next() == {
+        "type": "offer",
+        "from": bob.peer_id,
+        "payload": {"sdp": "o"},
+        "msgId": 7,
+    }
     bob.sendMessage(b'{"type":"offer","to":"nobody","msgId":8}', isBinary=True)
-    assert await bob.next() == {"type": "error", "code": "target_not_found", "message": "peer not found", "msgId": 8}
+    assert await bob.next() == {
+        "type": "error",
+        "code": "target_not_found",
+        "message": "peer not found",
+        "msgId": 8,
+    }
     bob.sendMessage(b"\x00\x01 not json", isBinary=True)
     assert await bob.closed == 1007
     assert await alice.next() == {"type": "peer-left", "peerId": bob.peer_id}

@@ -43,9 +43,15 @@ def _attribute(kind: int, value: bytes) -> bytes:
     return struct.pack("!HH", kind, len(value)) + value + padding
 
 
-def _message(kind: int, attributes: bytes, transaction: bytes, key: bytes | None = None) -> bytes:
+def _message(
+    kind: int, attributes: bytes, transaction: bytes, key: bytes | None = None
+) -> bytes:
     if key is None:
-        return struct.pack("!HHI", kind, len(attributes), _MAGIC) + transaction + attributes
+        return (
+            struct.pack("!HHI", kind, len(attributes), _MAGIC)
+            + transaction
+            + attributes
+        )
     # MESSAGE-INTEGRITY covers the header with the length it will have.
     header = struct.pack("!HHI", kind, len(attributes) + 24, _MAGIC) + transaction
     digest = hmac.new(key, header + attributes, hashlib.sha1).digest()
@@ -56,13 +62,17 @@ def _parse(data: bytes) -> tuple[int, dict[int, bytes]]:
     kind, length = struct.unpack("!HH", data[:4])
     attributes, position = {}, 20
     while position < 20 + length:
-        attr_kind, attr_length = struct.unpack("!HH", data[position:position + 4])
-        attributes.setdefault(attr_kind, data[position + 4:position + 4 + attr_length])
+        attr_kind, attr_length = struct.unpack("!HH", data[position : position + 4])
+        attributes.setdefault(
+            attr_kind, data[position + 4 : position + 4 + attr_length]
+        )
         position += 4 + attr_length + (-attr_length % 4)
     return kind, attributes
 
 
-def _exchange(port: int, message: bytes, udp: socket.socket | None = None) -> tuple[int, dict[int, bytes]]:
+def _exchange(
+    port: int, message: bytes, udp: socket.socket | None = None
+) -> tuple[int, dict[int, bytes]]:
     if udp is None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             return _exchange(port, message, udp)
@@ -83,7 +93,9 @@ def allocate(port: int, username: str, password: str) -> int:
 
 def _allocate(port: int, username: str, password: str, udp: socket.socket) -> int:
     transport = _attribute(_REQUESTED_TRANSPORT, bytes([_UDP, 0, 0, 0]))
-    kind, attributes = _exchange(port, _message(_ALLOCATE, transport, os.urandom(12)), udp)
+    kind, attributes = _exchange(
+        port, _message(_ALLOCATE, transport, os.urandom(12)), udp
+    )
     assert kind == 0x0113, "an Allocate without credentials is challenged"
     realm, nonce = attributes[_REALM], attributes[_NONCE]
     key = hashlib.md5(f"{username}:{realm.decode()}:{password}".encode()).digest()
@@ -93,7 +105,9 @@ def _allocate(port: int, username: str, password: str, udp: socket.socket) -> in
         + _attribute(_REALM, realm)
         + _attribute(_NONCE, nonce)
     )
-    kind, attributes = _exchange(port, _message(_ALLOCATE, signed, os.urandom(12), key), udp)
+    kind, attributes = _exchange(
+        port, _message(_ALLOCATE, signed, os.urandom(12), key), udp
+    )
     if kind == 0x0103:
         return 200
     error = attributes[_ERROR_CODE]
@@ -110,21 +124,35 @@ def _free_port() -> int:
 def coturn(tmp_path_factory):
     turnserver = shutil.which("turnserver")
     if turnserver is None:
-        pytest.fail("coturn's turnserver is not installed (apt-get install coturn; .ci/run does)")
+        pytest.fail(
+            "coturn's turnserver is not installed (apt-get install coturn; .ci/run does)"
+        )
     directory = tmp_path_factory.mktemp("coturn")
     port = _free_port()
     relay_port = min(_free_port(), 65535 - 32)
     process = subprocess.Popen(
         [
-            turnserver, "-n", "--no-cli", "--no-tls", "--no-dtls", "--no-tcp",
-            "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
+            turnserver,
+            "-n",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--no-tcp",
+            "--listening-ip=127.0.0.1",
+            f"--listening-port={port}",
+            "--relay-ip=127.0.0.1",
             # Each Allocate holds a relay port until its lifetime ends.
-            f"--min-port={relay_port}", f"--max-port={min(relay_port + 32, 65535)}",
-            "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}", f"--realm={REALM}",
+            f"--min-port={relay_port}",
+            f"--max-port={min(relay_port + 32, 65535)}",
+            "--use-auth-secret",
+            f"--static-auth-secret={TURN_SECRET}",
+            f"--realm={REALM}",
             # Both aiortc peers and their relay addresses are on loopback.
             "--allow-loopback-peers",
-            f"--db={directory / 'turndb'}", f"--pidfile={directory / 'turn.pid'}",
-            f"--log-file={directory / 'turn.log'}", "--simple-log",
+            f"--db={directory / 'turndb'}",
+            f"--pidfile={directory / 'turn.pid'}",
+            f"--log-file={directory / 'turn.log'}",
+            "--simple-log",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -148,10 +176,22 @@ def coturn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, coturn):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0",
-        "--auth", "required", "--jwt-secret", JWT_SECRET,
-        "--turn-secret", TURN_SECRET, "--turn-uri", f"turn:127.0.0.1:{coturn}?transport=udp",
-        "--stun-uri", f"stun:127.0.0.1:{coturn}", "--turn-ttl", "2",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--auth",
+        "required",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--turn-secret",
+        TURN_SECRET,
+        "--turn-uri",
+        f"turn:127.0.0.1:{coturn}?transport=udp",
+        "--stun-uri",
+        f"stun:127.0.0.1:{coturn}",
+        "--turn-ttl",
+        "2",
         env={"JWT_SECRET": "", "TURN_SECRET": ""},
     )
     server.start(tmp_path_factory.mktemp("turn") / "twistd.log")
@@ -162,7 +202,9 @@ def server(tmp_path_factory, coturn):
 
 
 def token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"sub": sub, "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256"
+    )
 
 
 def turn_entry(ice_servers: list) -> dict:
@@ -176,7 +218,9 @@ def test_the_welcome_credentials_open_a_turn_allocation(server, coturn):
     C{expiry:user} username; coturn grants an Allocate with it. Before the
     2 s they last run out, fresh ones are pushed.
     """
-    client = websocket.create_connection(server.base + "/signal?token=" + token("alice"), timeout=TIMEOUT)
+    client = websocket.create_connection(
+        server.base + "/signal?token=" + token("alice"), timeout=TIMEOUT
+    )
     try:
         welcome = json.loads(client.recv())
         assert welcome["iceServers"][0] == {"urls": [f"stun:127.0.0.1:{coturn}"]}
@@ -200,10 +244,14 @@ def test_coturn_refuses_forged_and_expired_credentials(coturn):
     """
     username = f"{int(time.time()) + 600}:mallory"
     assert allocate(coturn, username, "forged") == 401
-    wrong = base64.b64encode(hmac.new(b"another secret", username.encode(), hashlib.sha1).digest()).decode()
+    wrong = base64.b64encode(
+        hmac.new(b"another secret", username.encode(), hashlib.sha1).digest()
+    ).decode()
     assert allocate(coturn, username, wrong) == 401
     expired = f"{int(time.time()) - 10}:mallory"
-    right = base64.b64encode(hmac.new(TURN_SECRET.encode(), expired.encode(), hashlib.sha1).digest()).decode()
+    right = base64.b64encode(
+        hmac.new(TURN_SECRET.encode(), expired.encode(), hashlib.sha1).digest()
+    ).decode()
     assert allocate(coturn, expired, right) == 401
 
 
@@ -216,7 +264,9 @@ def test_the_http_endpoint_needs_a_token(server, coturn):
     assert refused.status_code == 401
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
     answer = requests.get(
-        server.http + "/api/ice-servers", headers={"Authorization": "Bearer " + token("bob")}, timeout=TIMEOUT
+        server.http + "/api/ice-servers",
+        headers={"Authorization": "Bearer " + token("bob")},
+        timeout=TIMEOUT,
     )
     assert answer.status_code == 200
     entry = turn_entry(answer.json()["iceServers"])
@@ -262,11 +312,18 @@ async def _data_channel_through(ice_servers: list) -> tuple[str, set[str]]:
 
         @callee.on("datachannel")
         def on_datachannel(incoming) -> None:
-            incoming.on("message", lambda message: received.done() or received.set_result(message))
+            incoming.on(
+                "message",
+                lambda message: received.done() or received.set_result(message),
+            )
 
         await caller.setLocalDescription(await caller.createOffer())
         offer = caller.localDescription
-        kinds = {line.split()[7] for line in offer.sdp.splitlines() if line.startswith("a=candidate:")}
+        kinds = {
+            line.split()[7]
+            for line in offer.sdp.splitlines()
+            if line.startswith("a=candidate:")
+        }
         await callee.setRemoteDescription(offer)
         await callee.setLocalDescription(await callee.createAnswer())
         await caller.setRemoteDescription(callee.localDescription)
@@ -284,7 +341,9 @@ def test_two_relay_only_peers_connect_a_data_channel(server, coturn):
     import asyncio
 
     answer = requests.get(
-        server.http + "/api/ice-servers", headers={"Authorization": "Bearer " + token("dave")}, timeout=TIMEOUT
+        server.http + "/api/ice-servers",
+        headers={"Authorization": "Bearer " + token("dave")},
+        timeout=TIMEOUT,
     )
     ice_servers = [s for s in answer.json()["iceServers"] if "username" in s]
     message, kinds = asyncio.run(_data_channel_through(ice_servers))

@@ -23,13 +23,22 @@ OFFER = {"type": "offer", "sdp": "v=0\r\n"}
 
 
 def make_token(user_id: str, **claims) -> str:
-    return jwt.encode({"userId": user_id, "exp": int(time.time()) + 600, **claims}, SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"userId": user_id, "exp": int(time.time()) + 600, **claims},
+        SECRET,
+        algorithm="HS256",
+    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--jwt-secret", SECRET,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--jwt-secret",
+        SECRET,
         env={"JWT_SECRET": ""},
     )
     server.start(tmp_path_factory.mktemp("verified") / "twistd.log")
@@ -81,23 +90,40 @@ def test_a_verified_call_room_refuses_tokenless_peers_of_every_dialect(server):
         assert intruder.next()[0] == "webrtc:join-room-error"
         intruder.emit("join-room", {"roomId": room, "userId": "alice"})
         event, body = intruder.next()
-        assert (event, body["event"], body["code"]) == ("error", "join-room", "forbidden")
+        assert (event, body["event"], body["code"]) == (
+            "error",
+            "join-room",
+            "forbidden",
+        )
         intruder.emit("offer", {"roomId": room, "targetId": alice.id, "offer": OFFER})
         assert intruder.next()[1]["code"] == "not-in-room"
 
         native = Raw(f"{server.base}/signal")
         opened.append(native)
         native.next()
-        native.send({"type": "join", "room": room, "metadata": {"userId": "alice"}, "id": 1})
+        native.send(
+            {"type": "join", "room": room, "metadata": {"userId": "alice"}, "id": 1}
+        )
         reply = native.next()
         assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", 1)
 
         envelope = Raw(f"{server.base}/ws")
         opened.append(envelope)
         envelope.next()
-        envelope.send({"type": "JOIN", "room_id": room, "request_id": "j1", "payload": {"display_name": "alice"}})
+        envelope.send(
+            {
+                "type": "JOIN",
+                "room_id": room,
+                "request_id": "j1",
+                "payload": {"display_name": "alice"},
+            }
+        )
         reply = envelope.next()
-        assert (reply["type"], reply["payload"]["code"], reply["request_id"]) == ("ERROR", "UNAUTHORIZED", "j1")
+        assert (reply["type"], reply["payload"]["code"], reply["request_id"]) == (
+            "ERROR",
+            "UNAUTHORIZED",
+            "j1",
+        )
 
         directory = Raw(f"{server.base}/directory")
         opened.append(directory)
@@ -112,7 +138,10 @@ def test_a_verified_call_room_refuses_tokenless_peers_of_every_dialect(server):
         reply = topic.next()
         assert (reply["type"], reply["code"]) == ("error", "forbidden")
         opcode, data = topic.ws.recv_data(control_frame=True)
-        assert (opcode, int.from_bytes(data[:2], "big")) == (websocket.ABNF.OPCODE_CLOSE, 1008)
+        assert (opcode, int.from_bytes(data[:2], "big")) == (
+            websocket.ABNF.OPCODE_CLOSE,
+            1008,
+        )
 
         detail = requests.get(f"{server.http}/api/rooms/{room}", timeout=TIMEOUT).json()
         assert [peer["peer_id"] for peer in detail["peers"]] == [alice.id]
@@ -124,8 +153,14 @@ def test_a_verified_call_room_refuses_tokenless_peers_of_every_dialect(server):
         assert (event, body["participantCount"]) == ("webrtc:room-joined", 2)
         # Alice's first notice since she joined is Bob: no intruder got in.
         event, body = alice.next()
-        assert (event, body["participant"]["socketId"], body["participant"]["userId"]) == (
-            "webrtc:participant-joined", bob.id, "bob",
+        assert (
+            event,
+            body["participant"]["socketId"],
+            body["participant"]["userId"],
+        ) == (
+            "webrtc:participant-joined",
+            bob.id,
+            "bob",
         )
     finally:
         for client in opened:
@@ -152,7 +187,13 @@ def test_a_claimed_user_id_is_not_shown_as_userId(server):
         native.send({"type": "join", "room": room, "metadata": {"userId": "alice"}})
         assert native.next()["type"] == "joined"
         assert squatter.next() == (
-            "user-joined", {"roomId": room, "socketId": native_id, "userId": None, "claimedUserId": "alice"},
+            "user-joined",
+            {
+                "roomId": room,
+                "socketId": native_id,
+                "userId": None,
+                "claimedUserId": "alice",
+            },
         )
 
         bob = socketio_client(server, {"token": make_token("bob")})
@@ -160,19 +201,33 @@ def test_a_claimed_user_id_is_not_shown_as_userId(server):
         bob.emit("webrtc:join-room", {"callRoomId": room})
         event, body = bob.next()
         assert event == "webrtc:room-joined"
-        shown = {p["socketId"]: (p["userId"], p["claimedUserId"]) for p in body["existingParticipants"]}
+        shown = {
+            p["socketId"]: (p["userId"], p["claimedUserId"])
+            for p in body["existingParticipants"]
+        }
         assert shown == {squatter.id: (None, "alice"), native_id: (None, "alice")}
 
         event, body = squatter.next()
-        assert (event, body["socketId"], body["userId"]) == ("user-joined", bob.id, "bob")
+        assert (event, body["socketId"], body["userId"]) == (
+            "user-joined",
+            bob.id,
+            "bob",
+        )
         squatter.emit("offer", {"roomId": room, "targetId": bob.id, "offer": OFFER})
         event, body = bob.next()
         assert (event, body["fromSocketId"], body["fromUserId"], body["offer"]) == (
-            "webrtc:offer", squatter.id, None, OFFER,
+            "webrtc:offer",
+            squatter.id,
+            None,
+            OFFER,
         )
         native.send({"type": "offer", "room": room, "to": bob.id, "payload": OFFER})
         event, body = bob.next()
-        assert (event, body["fromSocketId"], body["fromUserId"]) == ("webrtc:offer", native_id, None)
+        assert (event, body["fromSocketId"], body["fromUserId"]) == (
+            "webrtc:offer",
+            native_id,
+            None,
+        )
     finally:
         for client in opened:
             client.close()

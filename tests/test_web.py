@@ -29,14 +29,18 @@ class WebTests(SynchronousTestCase):
         self.treq = StubTreq(make_site(self.hub, settings).resource())
 
     def get(self, path, **kwargs):
-        response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))
+        response = self.successResultOf(
+            self.treq.get("http://localhost" + path, **kwargs)
+        )
         body = self.successResultOf(response.content())
         return response, body
 
     def get_json(self, path, code=200, **kwargs):
         response, body = self.get(path, **kwargs)
         self.assertEqual(response.code, code, body)
-        self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
+        self.assertEqual(
+            response.headers.getRawHeaders("content-type"), ["application/json"]
+        )
         return orjson.loads(body)
 
     def test_the_directory_is_built_beside_the_hub(self):
@@ -48,12 +52,17 @@ class WebTests(SynchronousTestCase):
         self.assertRaises(TypeError, SignalingSite, self.hub)
 
     def test_health(self):
-        self.assertEqual(self.get_json("/health"), {"status": "ok", "timestamp": 1703894400000})
+        self.assertEqual(
+            self.get_json("/health"), {"status": "ok", "timestamp": 1703894400000}
+        )
 
     def test_healthz(self):
         response, body = self.get("/healthz")
         self.assertEqual((response.code, body), (200, b"ok"))
-        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/plain; charset=utf-8"])
+        self.assertEqual(
+            response.headers.getRawHeaders("content-type"),
+            ["text/plain; charset=utf-8"],
+        )
 
     def populate(self):
         alice = self.hub.connect(RecordingConnection(), shape=IdShape.HEX8)
@@ -87,7 +96,14 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(
             self.get_json("/api/rooms"),
             {
-                "rooms": [{"id": "room-1", "peer_count": 2, "max_peers": 5, "created_at": "2023-12-30T00:00:00.000Z"}],
+                "rooms": [
+                    {
+                        "id": "room-1",
+                        "peer_count": 2,
+                        "max_peers": 5,
+                        "created_at": "2023-12-30T00:00:00.000Z",
+                    }
+                ],
                 "next_after": None,
             },
         )
@@ -106,7 +122,11 @@ class WebTests(SynchronousTestCase):
                         "joined_at": 1703894400000,
                         "dialect": "native",
                     },
-                    {"peer_id": bob.id, "joined_at": 1703894401000, "dialect": "native"},
+                    {
+                        "peer_id": bob.id,
+                        "joined_at": 1703894401000,
+                        "dialect": "native",
+                    },
                 ],
                 "peer_count": 2,
                 "max_peers": 5,
@@ -116,29 +136,50 @@ class WebTests(SynchronousTestCase):
         )
 
     def test_missing_room_and_unknown_path_are_json_404(self):
-        self.assertEqual(self.get_json("/api/rooms/nope", 404), {"error": "room not found", "id": "nope"})
-        self.assertEqual(self.get_json("/no/such/thing", 404), {"error": "not found", "path": "/no/such/thing"})
+        self.assertEqual(
+            self.get_json("/api/rooms/nope", 404),
+            {"error": "room not found", "id": "nope"},
+        )
+        self.assertEqual(
+            self.get_json("/no/such/thing", 404),
+            {"error": "not found", "path": "/no/such/thing"},
+        )
 
     def test_cors_for_allowed_origin_only(self):
-        response, _ = self.get("/api/rooms", headers={"Origin": "http://localhost:3000"})
-        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://localhost:3000"])
-        self.assertEqual(response.headers.getRawHeaders("access-control-allow-credentials"), ["true"])
+        response, _ = self.get(
+            "/api/rooms", headers={"Origin": "http://localhost:3000"}
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders("access-control-allow-origin"),
+            ["http://localhost:3000"],
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders("access-control-allow-credentials"), ["true"]
+        )
         response, _ = self.get("/api/rooms", headers={"Origin": "http://evil.example"})
         self.assertIsNone(response.headers.getRawHeaders("access-control-allow-origin"))
 
     def test_preflight(self):
         response = self.successResultOf(
-            self.treq.request("OPTIONS", "http://localhost/api/rooms", headers={"Origin": "http://localhost:3000"})
+            self.treq.request(
+                "OPTIONS",
+                "http://localhost/api/rooms",
+                headers={"Origin": "http://localhost:3000"},
+            )
         )
         self.assertEqual(response.code, 204)
-        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://localhost:3000"])
+        self.assertEqual(
+            response.headers.getRawHeaders("access-control-allow-origin"),
+            ["http://localhost:3000"],
+        )
 
     def test_signal_without_upgrade(self):
         """
         A plain GET of a WebSocket URL is answered, not crashed on.
         """
         self.assertEqual(
-            self.get_json("/signal", 426), {"error": "this URL takes WebSocket connections"}
+            self.get_json("/signal", 426),
+            {"error": "this URL takes WebSocket connections"},
         )
 
 
@@ -150,11 +191,19 @@ class RoomAPITests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.hub = Hub(clock=self.clock, ids=IdSource(counting_random_bytes()), limits=HubLimits(max_rooms_per_peer=0))
-        self.treq = StubTreq(make_site(self.hub, WebSocketSettings(), api_token="t0ken").resource())
+        self.hub = Hub(
+            clock=self.clock,
+            ids=IdSource(counting_random_bytes()),
+            limits=HubLimits(max_rooms_per_peer=0),
+        )
+        self.treq = StubTreq(
+            make_site(self.hub, WebSocketSettings(), api_token="t0ken").resource()
+        )
 
     def get(self, path, **kwargs):
-        response = self.successResultOf(self.treq.get("http://localhost" + path, **kwargs))
+        response = self.successResultOf(
+            self.treq.get("http://localhost" + path, **kwargs)
+        )
         return response, orjson.loads(self.successResultOf(response.content()))
 
     def test_default_page_and_next(self):
@@ -165,7 +214,10 @@ class RoomAPITests(SynchronousTestCase):
         self.assertEqual(len(first["rooms"]), DEFAULT_ROOMS_PAGE)
         self.assertEqual(first["next_after"], f"room-{DEFAULT_ROOMS_PAGE - 1:04d}")
         _, last = self.get("/api/rooms?after=" + first["next_after"])
-        self.assertEqual(([r["id"] for r in last["rooms"]], last["next_after"]), ([f"room-{DEFAULT_ROOMS_PAGE:04d}"], None))
+        self.assertEqual(
+            ([r["id"] for r in last["rooms"]], last["next_after"]),
+            ([f"room-{DEFAULT_ROOMS_PAGE:04d}"], None),
+        )
         response, error = self.get(f"/api/rooms?limit={MAX_ROOMS_PAGE + 1}")
         self.assertEqual(response.code, 400)
         response, _ = self.get("/api/rooms?limit=0")
@@ -175,17 +227,32 @@ class RoomAPITests(SynchronousTestCase):
         peer = self.hub.connect(RecordingConnection())
         self.hub.join(peer, "a/b")
         response, body = self.get("/api/rooms/a%2Fb")
-        self.assertEqual((response.code, body), (401, {"error": "this API needs Authorization: Bearer <api token>"}))
-        response, body = self.get("/api/rooms/a%2Fb", headers={"Authorization": "Bearer t0ken"})
+        self.assertEqual(
+            (response.code, body),
+            (401, {"error": "this API needs Authorization: Bearer <api token>"}),
+        )
+        response, body = self.get(
+            "/api/rooms/a%2Fb", headers={"Authorization": "Bearer t0ken"}
+        )
         self.assertEqual((response.code, body["id"]), (200, "a/b"))
 
     def test_cors_without_origins_is_a_star_without_credentials(self):
-        response, _ = self.get("/api/stats", headers={"Origin": "http://anywhere.example"})
-        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["*"])
-        self.assertIsNone(response.headers.getRawHeaders("access-control-allow-credentials"))
+        response, _ = self.get(
+            "/api/stats", headers={"Origin": "http://anywhere.example"}
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders("access-control-allow-origin"), ["*"]
+        )
+        self.assertIsNone(
+            response.headers.getRawHeaders("access-control-allow-credentials")
+        )
 
     def test_unknown_api_path_is_404(self):
         response, body = self.get("/api/nope")
-        self.assertEqual((response.code, body), (404, {"error": "not found", "path": "/api/nope"}))
-        preflight = self.successResultOf(self.treq.request("OPTIONS", "http://localhost/api/rooms/x"))
+        self.assertEqual(
+            (response.code, body), (404, {"error": "not found", "path": "/api/nope"})
+        )
+        preflight = self.successResultOf(
+            self.treq.request("OPTIONS", "http://localhost/api/rooms/x")
+        )
         self.assertEqual(preflight.code, 204)

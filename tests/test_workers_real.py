@@ -22,7 +22,13 @@ from .test_one_namespace_real import every_dialect_in_one_room
 
 def start_workers(log_path, *args: str) -> TwistdServer:
     server = TwistdServer(
-        "--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", "--workers", "2", *args,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--ping-interval",
+        "0",
+        "--workers",
+        "2",
+        *args,
         env={"JWT_SECRET": ""},
     )
     server.start(log_path)
@@ -37,23 +43,35 @@ def worker_pids(server: TwistdServer) -> dict[str, int]:
     """
     The latest pid of each worker index, from the parent's log.
     """
-    return {index: int(pid) for index, pid in re.findall(r"worker (\d+) started \(pid (\d+)", server.log())}
+    return {
+        index: int(pid)
+        for index, pid in re.findall(r"worker (\d+) started \(pid (\d+)", server.log())
+    }
 
 
 def private_redis_pid(server: TwistdServer) -> int:
-    return int(re.search(r"private redis-server for the workers \(pid (\d+)\)", server.log()).group(1))
+    return int(
+        re.search(
+            r"private redis-server for the workers \(pid (\d+)\)", server.log()
+        ).group(1)
+    )
 
 
 def node_of(server: TwistdServer, peer_id: str) -> str | None:
     """
     The node holding C{peer_id}, from the workers' private Redis.
     """
-    path = re.search(r"joining the cluster at unix://(\S+) as node", server.log()).group(1)
+    path = re.search(
+        r"joining the cluster at unix://(\S+) as node", server.log()
+    ).group(1)
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(5)
         client.connect(path)
         key = b"signaling:peers"
-        client.sendall(b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(peer_id), peer_id.encode()))
+        client.sendall(
+            b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+            % (len(key), key, len(peer_id), peer_id.encode())
+        )
         reply = client.recv(4096)
     if reply.startswith(b"$-1"):
         return None
@@ -76,7 +94,9 @@ def alive(pid: int) -> bool:
 def test_every_dialect_over_two_workers(tmp_path):
     server = start_workers(tmp_path / "twistd.log")
     try:
-        every_dialect_in_one_room([server], settled=lambda count: wait_room([server], "lobby", count))
+        every_dialect_in_one_room(
+            [server], settled=lambda count: wait_room([server], "lobby", count)
+        )
     finally:
         server.stop()
 
@@ -95,7 +115,9 @@ def test_a_dead_worker_is_restarted_and_its_peers_announced_gone(tmp_path):
         # the other a moment between connections.
         while len(held_by) < 2 and len(peers) < 90:
             peers.append(NativePeer(server))
-            held_by.add(wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0])
+            held_by.add(
+                wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0]
+            )
             if len(held_by) < 2:
                 time.sleep(0.02)
         known = {}
@@ -125,7 +147,11 @@ def test_a_dead_worker_is_restarted_and_its_peers_announced_gone(tmp_path):
                 received = peer.ws.recv()
             except websocket.WebSocketTimeoutException:
                 survivors.append(peer)
-            except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+            except (
+                websocket.WebSocketConnectionClosedException,
+                ConnectionError,
+                OSError,
+            ):
                 dead.append(peer)
             else:
                 if received:
@@ -174,14 +200,26 @@ def test_workers_need_a_redis(tmp_path):
     --workers with no --redis and no redis-server installed: one clear line.
     """
     done = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "signaling", "--port", "tcp:0:interface=127.0.0.1", "--workers", "2"],
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "signaling",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--workers",
+            "2",
+        ],
         cwd=ROOT,
         env={**os.environ, "PATH": str(tmp_path)},
         capture_output=True,
         timeout=30,
     )
     assert done.returncode != 0
-    assert "--workers needs a Redis: install redis-server, or give --redis" in (done.stdout + done.stderr).decode()
+    assert (
+        "--workers needs a Redis: install redis-server, or give --redis"
+        in (done.stdout + done.stderr).decode()
+    )
 
 
 def test_polling_sessions_across_workers(tmp_path):
@@ -201,8 +239,16 @@ def test_polling_sessions_across_workers(tmp_path):
             inbox: queue.Queue = queue.Queue()
             client = socketio.Client(reconnection=False)
             for event in ("room-users", "user-joined", "offer"):
-                client.on(event, lambda data, event=event, inbox=inbox: inbox.put((event, data)))
-            client.connect(server.http, transports=["polling"], auth={"userId": name}, wait_timeout=10)
+                client.on(
+                    event,
+                    lambda data, event=event, inbox=inbox: inbox.put((event, data)),
+                )
+            client.connect(
+                server.http,
+                transports=["polling"],
+                auth={"userId": name},
+                wait_timeout=10,
+            )
             client.emit("join-room", {"roomId": "polled", "userId": name})
             event, _ = inbox.get(timeout=10)
             assert event == "room-users"
@@ -211,12 +257,22 @@ def test_polling_sessions_across_workers(tmp_path):
         (left, left_inbox), (right, right_inbox) = clients
         # Many requests, so that both workers see some of each session's.
         for n in range(10):
-            left.emit("offer", {"roomId": "polled", "targetId": right.get_sid(), "offer": {"n": n}})
+            left.emit(
+                "offer",
+                {"roomId": "polled", "targetId": right.get_sid(), "offer": {"n": n}},
+            )
             event, data = right_inbox.get(timeout=10)
             while event == "user-joined":
                 event, data = right_inbox.get(timeout=10)
-            assert (event, data["offer"], data["senderId"]) == ("offer", {"n": n}, left.get_sid())
-            right.emit("offer", {"roomId": "polled", "targetId": left.get_sid(), "offer": {"n": -n}})
+            assert (event, data["offer"], data["senderId"]) == (
+                "offer",
+                {"n": n},
+                left.get_sid(),
+            )
+            right.emit(
+                "offer",
+                {"roomId": "polled", "targetId": left.get_sid(), "offer": {"n": -n}},
+            )
             event, data = left_inbox.get(timeout=10)
             while event == "user-joined":
                 event, data = left_inbox.get(timeout=10)
@@ -235,13 +291,17 @@ def test_one_scrape_counts_every_worker(tmp_path):
     """
     from .test_operations_real import scrape
 
-    server = start_workers(tmp_path / "twistd.log", "--metrics-port", "tcp:0:interface=127.0.0.1")
+    server = start_workers(
+        tmp_path / "twistd.log", "--metrics-port", "tcp:0:interface=127.0.0.1"
+    )
     peers = []
     try:
         held_by = set()
         while len(held_by) < 2 and len(peers) < 90:
             peers.append(NativePeer(server))
-            held_by.add(wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0])
+            held_by.add(
+                wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0]
+            )
             if len(held_by) < 2:
                 time.sleep(0.02)
         assert held_by == {"0", "1"}
@@ -251,12 +311,23 @@ def test_one_scrape_counts_every_worker(tmp_path):
         samples = scrape(server)
         assert samples["signaling_peers"] == len(peers)
         assert samples["signaling_peers_in_rooms"] == len(peers)
-        assert samples['signaling_connections{dialect="native",transport="websocket"}'] == len(peers)
+        assert samples[
+            'signaling_connections{dialect="native",transport="websocket"}'
+        ] == len(peers)
         # Both workers' histograms, added up: one lag sample per worker at least.
         assert samples["signaling_reactor_lag_seconds_count"] >= 2
         # Each worker's mirrors of the other's peers are not counted again.
         assert not [name for name in samples if 'transport="remote"' in name]
-        assert len([line for line in server.log().splitlines() if "signaling metrics on" in line]) == 1
+        assert (
+            len(
+                [
+                    line
+                    for line in server.log().splitlines()
+                    if "signaling metrics on" in line
+                ]
+            )
+            == 1
+        )
     finally:
         for peer in peers:
             peer.close()

@@ -8,7 +8,11 @@ from __future__ import annotations
 import urllib.parse
 
 import attrs
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
@@ -57,13 +61,17 @@ class RedisAddress:
         """
         if self.scheme == "unix":
             return UNIXClientEndpoint(reactor, self.host, timeout=CONNECT_TIMEOUT)
-        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
+        endpoint = HostnameEndpoint(
+            reactor, self.host, self.port, timeout=CONNECT_TIMEOUT
+        )
         if self.tls:
             trust = None
             if self.ca_certs is not None:
                 with open(self.ca_certs, "rb") as pem:
                     trust = Certificate.loadPEM(pem.read())
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), endpoint)
+            endpoint = wrapClientTLS(
+                optionsForClientTLS(self.host, trustRoot=trust), endpoint
+            )
         return endpoint
 
     def describe(self) -> str:
@@ -114,7 +122,9 @@ def parse_redis_url(url: str) -> RedisAddress:
         _db(url, db),
         username=urllib.parse.unquote(parts.username) if parts.username else None,
         password=urllib.parse.unquote(parts.password) if parts.password else None,
-        ca_certs=(query.get("ssl_ca_certs") or [None])[0] if scheme == "rediss" else None,
+        ca_certs=(query.get("ssl_ca_certs") or [None])[0]
+        if scheme == "rediss"
+        else None,
     )
 
 

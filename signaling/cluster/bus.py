@@ -333,7 +333,9 @@ class RedisBus:
         connection = self._connection(self._pool)
         if connection is not None:
             try:
-                yield connection.zadd(self.settings.key_prefix + "nodes", 0, self.node_id)
+                yield connection.zadd(
+                    self.settings.key_prefix + "nodes", 0, self.node_id
+                )
             except txredisapi.RedisError:
                 pass
         for factory in (self._subscriber, self._publisher, self._pool):
@@ -426,12 +428,16 @@ class RedisBus:
             try:
                 death = death_from_payload(envelope.payload)
             except (InvalidEnvelope, KeyError, TypeError, ValueError) as error:
-                self._log.warn("dropped a malformed node death: {error}", error=str(error))
+                self._log.warn(
+                    "dropped a malformed node death: {error}", error=str(error)
+                )
                 return
             self._tell_dead(death)
             return
         if envelope.kind == PROBE:
-            if self.probe_observer is not None and isinstance(envelope.payload, (int, float)):
+            if self.probe_observer is not None and isinstance(
+                envelope.payload, (int, float)
+            ):
                 self.probe_observer(max(0.0, self.reactor.seconds() - envelope.payload))
             return
         for callback in self._envelope_callbacks:
@@ -471,7 +477,8 @@ class RedisBus:
             if not self.available:
                 self.available = True
                 self._log.info(
-                    "redis is reachable again at {address}", address=self.address.describe()
+                    "redis is reachable again at {address}",
+                    address=self.address.describe(),
                 )
             for death in deaths:
                 yield self._announce_death(death)
@@ -498,7 +505,9 @@ class RedisBus:
         probe = encode_envelope(Envelope(PROBE, None, None, (), self.reactor.seconds()))
         connection = self._connection(self._publisher)
         if connection is not None:
-            connection.publish(self.channel(self.node_id), probe).addErrback(lambda _: None)
+            connection.publish(self.channel(self.node_id), probe).addErrback(
+                lambda _: None
+            )
 
     @defer.inlineCallbacks
     def _reap(self):
@@ -541,7 +550,9 @@ class RedisBus:
             try:
                 callback(death)
             except Exception:
-                self._log.failure("handling the death of node {node} failed", node=death.node)
+                self._log.failure(
+                    "handling the death of node {node} failed", node=death.node
+                )
 
     def _connected(self) -> None:
         self._connect_failure_logged = False
@@ -593,7 +604,9 @@ class RedisBus:
         results = yield defer.gatherResults(restores, consumeErrors=True)
         for (peer_id, _), restored in zip(holdings, results, strict=True):
             if not restored:
-                self._log.warn("peer {peer} was claimed by another node meanwhile", peer=peer_id)
+                self._log.warn(
+                    "peer {peer} was claimed by another node meanwhile", peer=peer_id
+                )
         self._log.info("re-registered {count} peers with redis", count=sum(results))
 
     # directory
@@ -611,7 +624,9 @@ class RedisBus:
         connection = self._connection(self._pool)
         if connection is None:
             return defer.fail(BusUnavailable("redis is not connected"))
-        return connection.eval(script, [], [self.settings.key_prefix, self.node_id, *args])
+        return connection.eval(
+            script, [], [self.settings.key_prefix, self.node_id, *args]
+        )
 
     @defer.inlineCallbacks
     def nodes(self):
@@ -686,7 +701,10 @@ class RedisBus:
     def _release(self, peer_id: str):
         settings = self.settings
         left, user = yield self._eval(
-            scripts.RELEASE, peer_id, int(settings.hold_seconds * 1000), settings.max_held
+            scripts.RELEASE,
+            peer_id,
+            int(settings.hold_seconds * 1000),
+            settings.max_held,
         )
         self._unreleased.discard(peer_id)
         return Released(left=self._left(left), user_id=_decode(user) or None)
@@ -751,7 +769,9 @@ class RedisBus:
             self._holdings.pop(peer_id, None)
         return bool(moved)
 
-    def moved_in(self, peer_id: str, rooms: list[tuple[str, Member, bool, Mapping[str, Any]]]) -> None:
+    def moved_in(
+        self, peer_id: str, rooms: list[tuple[str, Member, bool, Mapping[str, Any]]]
+    ) -> None:
         """
         Note that another node handed C{peer_id} to this one
         (L{move_peer}) in C{rooms} (name, member, verified-only, room
@@ -759,7 +779,11 @@ class RedisBus:
         """
         holding = self._holdings.setdefault(peer_id, _Holding())
         for room, member, verified_only, metadata in rooms:
-            holding.rooms[room] = (encode_member(member), verified_only, orjson.dumps(dict(metadata)))
+            holding.rooms[room] = (
+                encode_member(member),
+                verified_only,
+                orjson.dumps(dict(metadata)),
+            )
 
     def issue_resume(self, digest: str, ttl: float) -> defer.Deferred:
         """
@@ -803,7 +827,9 @@ class RedisBus:
 
     def _remote_members(self, pairs: list) -> list[RemoteMember]:
         members = [(node, self._member(blob)) for node, blob in pairs]
-        return [RemoteMember(_decode(node), member) for node, member in members if member]
+        return [
+            RemoteMember(_decode(node), member) for node, member in members if member
+        ]
 
     def _left(self, pairs: list) -> tuple[tuple[str, Member], ...]:
         left = [(room, self._member(blob)) for room, blob in pairs]
@@ -908,12 +934,15 @@ class RedisBus:
         if connection is None:
             raise BusUnavailable("redis is not connected")
         fields = yield connection.hmget(
-            self.settings.key_prefix + "user:" + user_id, ["node", "peer", "key", "proven"]
+            self.settings.key_prefix + "user:" + user_id,
+            ["node", "peer", "key", "proven"],
         )
         node, peer, key, proven = fields
         if key is None:
             return None
-        return UserBinding(user_id, _decode(node), _decode(peer), _decode(key), proven == b"1")
+        return UserBinding(
+            user_id, _decode(node), _decode(peer), _decode(key), proven == b"1"
+        )
 
 
 def _refused(failure: Failure) -> None:

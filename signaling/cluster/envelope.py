@@ -82,7 +82,9 @@ def member_from_list(fields: Any) -> Member:
         typed_profile = Profile(**profile)
     except (TypeError, ValueError) as error:
         raise InvalidEnvelope(f"a member's profile is not valid: {error}")
-    return Member(peer_id, dialect, metadata, float(joined_at), verified_user_id, typed_profile)
+    return Member(
+        peer_id, dialect, metadata, float(joined_at), verified_user_id, typed_profile
+    )
 
 
 def encode_member(member: Member) -> bytes:
@@ -114,7 +116,14 @@ def envelope_to_fields(envelope: Envelope) -> list:
     """
     sender = None if envelope.sender is None else member_to_list(envelope.sender)
     extra = None if envelope.extra is None else dict(envelope.extra)
-    return [envelope.kind, envelope.room, sender, list(envelope.targets), envelope.payload, extra]
+    return [
+        envelope.kind,
+        envelope.room,
+        sender,
+        list(envelope.targets),
+        envelope.payload,
+        extra,
+    ]
 
 
 def decode_envelope(data: bytes) -> Envelope:

@@ -35,7 +35,14 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from ..errors import AlreadyInRoom, DeliveryRefused, HubError, PeerNotFound, RoomFull, VerifiedOnly
+from ..errors import (
+    AlreadyInRoom,
+    DeliveryRefused,
+    HubError,
+    PeerNotFound,
+    RoomFull,
+    VerifiedOnly,
+)
 from ..hub import (
     CloseReason,
     Hub,
@@ -186,9 +193,13 @@ class ClusterHub(Hub):
         room.members[peer.id] = member
         room.emptied_at = None
         peer.rooms[room_name] = room
-        self._log.debug("{peer} of another node joined {room}", peer=peer.id, room=room_name)
+        self._log.debug(
+            "{peer} of another node joined {room}", peer=peer.id, room=room_name
+        )
         if tell:
-            self._tell_room(room, PeerJoined(room=room_name, member=member), exclude=peer.id)
+            self._tell_room(
+                room, PeerJoined(room=room_name, member=member), exclude=peer.id
+            )
 
     def deliver_from_bus(self, peer: Peer, signal: Signal) -> None:
         """
@@ -324,7 +335,8 @@ class ClusterLink:
     def _resync_logged(self) -> defer.Deferred:
         return self.resync().addErrback(
             lambda failure: self._log.warn(
-                "could not read the cluster's rooms: {error}", error=failure.getErrorMessage()
+                "could not read the cluster's rooms: {error}",
+                error=failure.getErrorMessage(),
             )
         )
 
@@ -387,7 +399,9 @@ class ClusterLink:
             return None
         if failure.check(RoomFull, VerifiedOnly):
             return None
-        self._log.failure("a cluster operation for {peer} failed", failure, peer=peer_id)
+        self._log.failure(
+            "a cluster operation for {peer} failed", failure, peer=peer_id
+        )
         return None
 
     def _announce_all(self) -> None:
@@ -451,7 +465,9 @@ class ClusterLink:
         if free or self.hub.find(peer.id) is not peer:
             return
         # Another node has this id: the peer cannot be reached by it.
-        self._log.warn("peer id {peer} is in use on another node; closing it", peer=peer.id)
+        self._log.warn(
+            "peer id {peer} is in use on another node; closing it", peer=peer.id
+        )
         self.hub.disconnect(peer)
         peer.connection.close(CloseReason.FAILED)
 
@@ -487,7 +503,9 @@ class ClusterLink:
             "{peer} lost a race for {room}: {reason}",
             peer=peer.id,
             room=room_name,
-            reason=failure.value.reason if hasattr(failure.value, "reason") else str(failure.value),
+            reason=failure.value.reason
+            if hasattr(failure.value, "reason")
+            else str(failure.value),
         )
         self.hub.leave(peer, room_name)
         try:
@@ -549,7 +567,12 @@ class ClusterLink:
         if not self.bus.can_publish():
             return False
         envelope = Envelope(
-            signal.kind, signal.room, signal.sender_member, targets, signal.payload, signal.extra
+            signal.kind,
+            signal.room,
+            signal.sender_member,
+            targets,
+            signal.payload,
+            signal.extra,
         )
         self._outbox.setdefault(node, []).append(envelope)
         if self._flushing is None:
@@ -569,9 +592,16 @@ class ClusterLink:
                 message = envelopes[0]
             else:
                 message = Envelope(
-                    BATCH, None, None, (), [envelope_to_fields(e) for e in envelopes], None
+                    BATCH,
+                    None,
+                    None,
+                    (),
+                    [envelope_to_fields(e) for e in envelopes],
+                    None,
                 )
-            targets = tuple(target for envelope in envelopes for target in envelope.targets)
+            targets = tuple(
+                target for envelope in envelopes for target in envelope.targets
+            )
             self.bus.send(node, message).addCallback(self._sent, targets)
 
     def _sent(self, delivered: bool, targets: tuple[str, ...]) -> None:
@@ -580,7 +610,9 @@ class ClusterLink:
         for peer_id in targets:
             peer = self.hub.find(peer_id)
             if peer is not None and is_remote(peer):
-                self._log.info("a message to {peer} was dropped: its node is gone", peer=peer_id)
+                self._log.info(
+                    "a message to {peer} was dropped: its node is gone", peer=peer_id
+                )
                 self.hub.disconnect(peer)
 
     # from the bus
@@ -588,11 +620,15 @@ class ClusterLink:
     def _received(self, envelope: Envelope) -> None:
         kind = envelope.kind
         if kind == BATCH:
-            for fields in envelope.payload if isinstance(envelope.payload, list) else ():
+            for fields in (
+                envelope.payload if isinstance(envelope.payload, list) else ()
+            ):
                 try:
                     self._received(envelope_from_fields(fields))
                 except InvalidEnvelope as error:
-                    self._log.warn("dropped a message from the bus: {error}", error=str(error))
+                    self._log.warn(
+                        "dropped a message from the bus: {error}", error=str(error)
+                    )
         elif kind == HELLO:
             if isinstance(envelope.payload, str):
                 self._nodes.add(envelope.payload)
@@ -659,7 +695,9 @@ class ClusterLink:
                 peer_id=member.peer_id,
             )
         elif not is_remote(peer):
-            self._log.warn("peer id {peer} is on two nodes; ignored", peer=member.peer_id)
+            self._log.warn(
+                "peer id {peer} is on two nodes; ignored", peer=member.peer_id
+            )
             return
         self.hub.admit(peer, room_name, member, room_metadata, verified_only)
 
@@ -697,7 +735,9 @@ class ClusterLink:
         """
         request = self.hub.ids.new_id(IdShape.TOKEN, self.bus.reactor.seconds())
         answer: defer.Deferred = defer.Deferred()
-        timeout = self.bus.reactor.callLater(HANDOVER_TIMEOUT, self._handover_answered, request, None)
+        timeout = self.bus.reactor.callLater(
+            HANDOVER_TIMEOUT, self._handover_answered, request, None
+        )
         self._handovers[request] = (answer, timeout)
         payload = {"request": request, "digest": digest, "node": self.bus.node_id}
         self.flush()
@@ -719,7 +759,10 @@ class ClusterLink:
                 timeout.cancel()
             answer.callback(state)
         elif state is not None:
-            self._log.warn("a session handed over too late was lost: {peer}", peer=state.get("peer", {}).get("id"))
+            self._log.warn(
+                "a session handed over too late was lost: {peer}",
+                peer=state.get("peer", {}).get("id"),
+            )
 
     def _hand_over(self, payload: dict) -> None:
         """
@@ -727,7 +770,11 @@ class ClusterLink:
         sessions: once Redis names that node as the peer's, send it the
         session and tell the others that the peer moved.
         """
-        request, digest, node = payload.get("request"), payload.get("digest"), payload.get("node")
+        request, digest, node = (
+            payload.get("request"),
+            payload.get("digest"),
+            payload.get("node"),
+        )
         if not all(isinstance(value, str) for value in (request, digest, node)):
             return
         session = None
@@ -743,7 +790,12 @@ class ClusterLink:
                 self._answer_handover(node, request, None)
                 return
             rooms = [
-                [room.name, member_to_list(room.members[peer.id]), dict(room.metadata), room.verified_only]
+                [
+                    room.name,
+                    member_to_list(room.members[peer.id]),
+                    dict(room.metadata),
+                    room.verified_only,
+                ]
                 for room in peer.rooms.values()
             ]
             state = {
@@ -751,7 +803,9 @@ class ClusterLink:
                     "id": peer.id,
                     "dialect": peer.dialect,
                     "verified_user_id": peer.verified_user_id,
-                    "room_grants": None if peer.room_grants is None else list(peer.room_grants),
+                    "room_grants": None
+                    if peer.room_grants is None
+                    else list(peer.room_grants),
                     "max_rooms": peer.max_rooms,
                 },
                 "rooms": rooms,
@@ -764,9 +818,13 @@ class ClusterLink:
                 Hub.disconnect(self.hub, peer)
             self._log.info("{peer} resumed on node {node}", peer=peer.id, node=node)
             self._answer_handover(node, request, state)
-            self._publish_all(Envelope(MOVED, None, None, (), {"peer": peer.id, "node": node}, None))
+            self._publish_all(
+                Envelope(MOVED, None, None, (), {"peer": peer.id, "node": node}, None)
+            )
 
-        self._then(peer.id, lambda: self.bus.move_peer(peer.id, node).addCallback(moved))
+        self._then(
+            peer.id, lambda: self.bus.move_peer(peer.id, node).addCallback(moved)
+        )
 
     def _answer_handover(self, node: str, request: str, state: Any) -> None:
         self.flush()
@@ -801,11 +859,18 @@ class ClusterLink:
             peer_id = info["id"]
             grants = info.get("room_grants")
             rooms = [
-                (str(name), member_from_list(member), dict(metadata), bool(verified_only))
+                (
+                    str(name),
+                    member_from_list(member),
+                    dict(metadata),
+                    bool(verified_only),
+                )
                 for name, member, metadata, verified_only in state["rooms"]
             ]
         except (KeyError, TypeError, ValueError) as error:
-            self._log.warn("a handed-over session was not valid: {error}", error=str(error))
+            self._log.warn(
+                "a handed-over session was not valid: {error}", error=str(error)
+            )
             return None
         peer = self.hub.find(peer_id)
         if peer is not None and not is_remote(peer):
@@ -826,5 +891,8 @@ class ClusterLink:
         self.hub.touch(peer)
         for name, member, metadata, verified_only in rooms:
             self.hub.admit(peer, name, member, metadata, verified_only, tell=False)
-        self.bus.moved_in(peer_id, [(name, member, verified, meta) for name, member, meta, verified in rooms])
+        self.bus.moved_in(
+            peer_id,
+            [(name, member, verified, meta) for name, member, meta, verified in rooms],
+        )
         return peer

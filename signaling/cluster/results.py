@@ -145,6 +145,8 @@ def death_from_payload(payload: Any) -> NodeDeath:
     return NodeDeath(
         node=str(payload["node"]),
         peers=tuple(str(peer) for peer in payload["peers"]),
-        left=tuple((str(room), member_from_list(member)) for room, member in payload["left"]),
+        left=tuple(
+            (str(room), member_from_list(member)) for room, member in payload["left"]
+        ),
         user_ids=tuple(str(user) for user in payload["users"]),
     )

@@ -94,7 +94,9 @@ end
 #: clocks need not agree. Returns {was the node known (0/1), now in ms}: an
 #: unknown node re-registers what it holds (Redis restarted empty, or the
 #: node was reaped while it stalled).
-HEARTBEAT = _COMMON + """
+HEARTBEAT = (
+    _COMMON
+    + """
 local node = ARGV[2]
 local now = now_ms()
 local known = redis.call('ZSCORE', P .. 'nodes', node)
@@ -102,12 +104,15 @@ redis.call('ZADD', P .. 'nodes', now, node)
 if known then return {1, now} end
 return {0, now}
 """
+)
 
 #: ARGV: prefix, node, timeout ms, hold ms, max held. Removes every node not heard
 #: from for the timeout with all it held. Returns one entry per dead node:
 #: {node, {peer ids}, {{room, member blob}...}, {userIds gone offline}}.
 #: Atomic, so when several nodes run it, each dead node is reported once.
-REAP = _COMMON + """
+REAP = (
+    _COMMON
+    + """
 local timeout, hold, max_held = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
 local report = {}
@@ -125,29 +130,38 @@ for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now - ti
 end
 return report
 """
+)
 
 #: ARGV: prefix, node, peer id. 1 if the id is now this node's, 0 if taken.
-CLAIM = _COMMON + """
+CLAIM = (
+    _COMMON
+    + """
 local node, peer = ARGV[2], ARGV[3]
 if redis.call('HSETNX', P .. 'peers', peer, node) == 0 then return 0 end
 redis.call('SADD', P .. 'node:' .. node .. ':peers', peer)
 return 1
 """
+)
 
 #: ARGV: prefix, node, peer id, hold ms, max held. The peer disconnected:
 #: it leaves its rooms, its id is freed, its userId goes offline (held if
 #: proven). Returns {{{room, member blob}...}, userId or ''}.
-RELEASE = _COMMON + """
+RELEASE = (
+    _COMMON
+    + """
 local left, user = release_peer(ARGV[3], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]), now_ms())
 return {left, user or ''}
 """
+)
 
 #: ARGV: prefix, node, peer, room, member blob, max peers (0: no limit),
 #: verified (0/1), room metadata blob. Capacity, verified-only rooms and
 #: membership are checked and changed in one step. Returns {'ok',
 #: {{node, member blob}...}} (the members, the joiner included) or
 #: {'err', code}.
-JOIN = _COMMON + """
+JOIN = (
+    _COMMON
+    + """
 local node, peer, room, blob = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_peers, verified, meta = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 if redis.call('HGET', P .. 'peers', peer) ~= node then return {'err', 'peer-not-found'} end
@@ -168,25 +182,34 @@ redis.call('SADD', P .. 'peer:' .. peer .. ':rooms', room)
 redis.call('SADD', P .. 'rooms', room)
 return {'ok', members_of(room)}
 """
+)
 
 #: ARGV: prefix, node, peer, room. Returns the member blob, or nil if the
 #: peer was not in the room.
-LEAVE = _COMMON + """
+LEAVE = (
+    _COMMON
+    + """
 if redis.call('HGET', P .. 'peers', ARGV[3]) ~= ARGV[2] then return false end
 return leave_room(ARGV[3], ARGV[4])
 """
+)
 
 #: ARGV: prefix, node, room. Returns {{node, member blob}...}.
-MEMBERS = _COMMON + """
+MEMBERS = (
+    _COMMON
+    + """
 return members_of(ARGV[3])
 """
+)
 
 #: ARGV: prefix, node, peer, userId, key, proven (0/1), gone peer or ''.
 #: The directory dialect's rules (signaling/directory.py, Directory.check)
 #: in one step. Returns {'ok', went online (0/1), replaced node, replaced
 #: peer, userId released by this peer or ''} or {'err', code, holder node,
 #: holder peer}.
-REGISTER = _COMMON + """
+REGISTER = (
+    _COMMON
+    + """
 local node, peer, user, key, proven, gone = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local ukey = P .. 'user:' .. user
 local e = redis.call('HMGET', ukey, 'node', 'peer', 'key', 'proven')
@@ -228,25 +251,34 @@ redis.call('HSET', ukey, 'node', node, 'peer', peer, 'key', key,
 redis.call('SET', link, user)
 return {'ok', went_online, old_node, old_peer, released}
 """
+)
 
 #: ARGV: prefix, node. Returns {live nodes, peers, rooms}, one snapshot.
-STATS = _COMMON + """
+STATS = (
+    _COMMON
+    + """
 return {redis.call('ZCARD', P .. 'nodes'), redis.call('HLEN', P .. 'peers'),
   redis.call('SCARD', P .. 'rooms')}
 """
+)
 
 #: ARGV: prefix, node, peer. Gives up the peer's userId at once, without a
 #: hold. Returns the userId or ''.
-UNREGISTER = _COMMON + """
+UNREGISTER = (
+    _COMMON
+    + """
 return release_user(ARGV[3], 0, 0, now_ms()) or ''
 """
+)
 
 #: ARGV: prefix, node, peer, userId or '', key, proven, then room, member
 #: blob, verified_only, room metadata blob, repeated. Puts back what a node
 #: holds after Redis lost it (restarted empty). Rooms are restored without
 #: a capacity check: their members were admitted already. Returns 1, or 0
 #: if another node took the peer id meanwhile.
-RESTORE = _COMMON + """
+RESTORE = (
+    _COMMON
+    + """
 local node, peer, user, key, proven = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local owner = redis.call('HGET', P .. 'peers', peer)
 if owner and owner ~= node then return 0 end
@@ -276,11 +308,14 @@ if user ~= '' then
 end
 return 1
 """
+)
 
 #: ARGV: prefix, node, peer, new node. Hands a peer this node holds, with
 #: its rooms, to another node (a session resumed there). Returns 1, or 0 if
 #: the peer is not this node's.
-MOVE = _COMMON + """
+MOVE = (
+    _COMMON
+    + """
 local node, peer, to = ARGV[2], ARGV[3], ARGV[4]
 if redis.call('HGET', P .. 'peers', peer) ~= node then return 0 end
 redis.call('HSET', P .. 'peers', peer, to)
@@ -288,27 +323,37 @@ redis.call('SREM', P .. 'node:' .. node .. ':peers', peer)
 redis.call('SADD', P .. 'node:' .. to .. ':peers', peer)
 return 1
 """
+)
 
 #: ARGV: prefix, node, token digest (hex), ms to live. Names this node as
 #: the holder of a resumable session.
-RESUME_ISSUE = _COMMON + """
+RESUME_ISSUE = (
+    _COMMON
+    + """
 redis.call('SET', P .. 'resume:' .. ARGV[3], ARGV[2], 'PX', ARGV[4])
 return 1
 """
+)
 
 #: ARGV: prefix, node, token digest (hex). Single use: returns the node
 #: holding the session and forgets the token, or '' for an unknown one.
-RESUME_CLAIM = _COMMON + """
+RESUME_CLAIM = (
+    _COMMON
+    + """
 local key = P .. 'resume:' .. ARGV[3]
 local holder = redis.call('GET', key)
 if not holder then return '' end
 redis.call('DEL', key)
 return holder
 """
+)
 
 #: ARGV: prefix, node, token digest (hex). Forgets a token this node holds.
-RESUME_FORGET = _COMMON + """
+RESUME_FORGET = (
+    _COMMON
+    + """
 local key = P .. 'resume:' .. ARGV[3]
 if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
 return 1
 """
+)

@@ -18,7 +18,13 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from ..logs import Logger
-from ..resume import ISessionStore, MemorySessionStore, ResumableConnection, ResumeSettings, _digest
+from ..resume import (
+    ISessionStore,
+    MemorySessionStore,
+    ResumableConnection,
+    ResumeSettings,
+    _digest,
+)
 from .link import ClusterLink
 
 #: Seconds Redis keeps a token's holder: a session lives as long as its
@@ -59,7 +65,9 @@ class ClusterSessionStore:
         self._forget_in_redis(digest)
 
     @defer.inlineCallbacks
-    def locate(self, token: str, settings: ResumeSettings, render: Callable[[Any], dict | None]):
+    def locate(
+        self, token: str, settings: ResumeSettings, render: Callable[[Any], dict | None]
+    ):
         session = self.claim(token)
         if session is not None:
             return session
@@ -68,7 +76,9 @@ class ClusterSessionStore:
             holder = yield self.link.bus.claim_resume(digest)
         except Exception as error:
             # Redis is away: a fresh session, as for an unknown token.
-            self._log.info("could not look a resume token up: {error}", error=str(error))
+            self._log.info(
+                "could not look a resume token up: {error}", error=str(error)
+            )
             return None
         if holder is None or holder == self.link.bus.node_id:
             return None
@@ -76,9 +86,13 @@ class ClusterSessionStore:
         if state is None:
             return None
         try:
-            session = ResumableConnection.adopted(self.link.hub, self, settings, render, state.get("session"))
+            session = ResumableConnection.adopted(
+                self.link.hub, self, settings, render, state.get("session")
+            )
         except (ValueError, AttributeError) as error:
-            self._log.warn("a handed-over session was not valid: {error}", error=str(error))
+            self._log.warn(
+                "a handed-over session was not valid: {error}", error=str(error)
+            )
             return None
         try:
             session.peer = self.link.adopt(state, session)
@@ -112,4 +126,9 @@ class ClusterSessionStore:
     def _quietly(self, operation: defer.Deferred) -> None:
         # Redis away: the token is found nowhere else, which leaves resume
         # on this node as without a cluster.
-        operation.addErrback(lambda failure: self._log.debug("resume token bookkeeping failed: {error}", error=failure.getErrorMessage()))
+        operation.addErrback(
+            lambda failure: self._log.debug(
+                "resume token bookkeeping failed: {error}",
+                error=failure.getErrorMessage(),
+            )
+        )

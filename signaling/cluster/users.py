@@ -64,7 +64,9 @@ class HeldElsewhere(UserIdInUse):
     :ivar peer_id: The holder's peer id.
     """
 
-    def __init__(self, message: str, holder: Peer | None, node: str, peer_id: str) -> None:
+    def __init__(
+        self, message: str, holder: Peer | None, node: str, peer_id: str
+    ) -> None:
         super().__init__(message, holder)  # type: ignore[arg-type]
         self.node = node
         self.peer_id = peer_id
@@ -122,9 +124,13 @@ class ClusterDirectory(Directory):
         result: defer.Deferred = defer.Deferred()
 
         def register() -> defer.Deferred:
-            registering = self.link.bus.register_user(peer.id, user_id, public_key, verified, gone)
+            registering = self.link.bus.register_user(
+                peer.id, user_id, public_key, verified, gone
+            )
             registering.addCallbacks(
-                lambda registered: self._bind(peer, user_id, public_key, verified, registered),
+                lambda registered: self._bind(
+                    peer, user_id, public_key, verified, registered
+                ),
                 self._refused,
                 errbackArgs=(user_id,),
             )
@@ -140,7 +146,9 @@ class ClusterDirectory(Directory):
         if refusal is KeyMismatch:
             raise KeyMismatch(f"userId {user_id} is registered with another public key")
         if refusal is ProofRequired:
-            raise ProofRequired(f"userId {user_id} must be registered with proof of its key")
+            raise ProofRequired(
+                f"userId {user_id} must be registered with proof of its key"
+            )
         node, peer_id = refused.holder or ("", "")
         holder = self.hub.find(peer_id) if node == self._node else None
         raise HeldElsewhere(
@@ -148,7 +156,12 @@ class ClusterDirectory(Directory):
         )
 
     def _bind(
-        self, peer: Peer, user_id: str, public_key: str, verified: bool, registered: Registered
+        self,
+        peer: Peer,
+        user_id: str,
+        public_key: str,
+        verified: bool,
+        registered: Registered,
     ) -> Registration:
         """
         Record locally what Redis accepted: C{peer} holds C{user_id}.
@@ -174,7 +187,9 @@ class ClusterDirectory(Directory):
         if registered.replaced is not None:
             node, old_id = registered.replaced
             if node != self._node:
-                self._log.debug("{user} taken over from node {node}", user=user_id, node=node)
+                self._log.debug(
+                    "{user} taken over from node {node}", user=user_id, node=node
+                )
                 self._send(node, REPLACED, {"userId": user_id, "peer": old_id})
         if registered.went_online:
             self._log.debug("{user} came online", user=user_id)
@@ -201,7 +216,11 @@ class ClusterDirectory(Directory):
             if registration is None:
                 return None
             return UserBinding(
-                user_id, self._node, registration.peer.id, registration.public_key, registration.verified
+                user_id,
+                self._node,
+                registration.peer.id,
+                registration.public_key,
+                registration.verified,
             )
 
         return looking.addErrback(local)
@@ -241,7 +260,9 @@ class ClusterDirectory(Directory):
 
         def send() -> defer.Deferred:
             sending = self.link.bus.lookup_user(user_id)
-            sending.addCallback(self._relay_to, user_id, kind, member, payload, signal_extra)
+            sending.addCallback(
+                self._relay_to, user_id, kind, member, payload, signal_extra
+            )
             return sending.addBoth(_settle(result))
 
         self.link._then(sender.id, send)
@@ -280,7 +301,9 @@ class ClusterDirectory(Directory):
         number = next(self._probe_numbers)
         waiter: defer.Deferred = defer.Deferred()
         self._probes[number] = waiter
-        timeout = self.hub.clock.callLater(2 * self.probe_seconds, self._answered, number, False)
+        timeout = self.hub.clock.callLater(
+            2 * self.probe_seconds, self._answered, number, False
+        )
 
         def cancel_timeout(alive):
             if timeout.active():
@@ -311,7 +334,9 @@ class ClusterDirectory(Directory):
             answer(False)
             return
         probe(self.probe_seconds).addCallback(answer).addErrback(
-            lambda failure: self._log.failure("pinging {peer} failed", failure, peer=peer.id)
+            lambda failure: self._log.failure(
+                "pinging {peer} failed", failure, peer=peer.id
+            )
         )
 
     # presence and the bus
@@ -343,7 +368,9 @@ class ClusterDirectory(Directory):
             return
         try:
             if envelope.kind == PRESENCE:
-                self._tell_watchers(Presence(str(payload["userId"]), bool(payload["online"])))
+                self._tell_watchers(
+                    Presence(str(payload["userId"]), bool(payload["online"]))
+                )
             elif envelope.kind == REPLACED:
                 self._replaced_here(str(payload["userId"]), str(payload["peer"]))
             elif envelope.kind == PROBE:
@@ -351,7 +378,9 @@ class ClusterDirectory(Directory):
             elif envelope.kind == PROBED:
                 self._answered(int(payload["probe"]), bool(payload["alive"]))
         except (KeyError, TypeError, ValueError) as error:
-            self._log.warn("dropped a malformed directory message: {error}", error=repr(error))
+            self._log.warn(
+                "dropped a malformed directory message: {error}", error=repr(error)
+            )
 
     def _replaced_here(self, user_id: str, peer_id: str) -> None:
         peer = self.hub.find(peer_id)

@@ -86,14 +86,18 @@ def require_object(payload: Any, message: str = "the data must be an object") ->
     return payload
 
 
-def require_string(data: Mapping[str, Any], field: str, message: str | None = None) -> str:
+def require_string(
+    data: Mapping[str, Any], field: str, message: str | None = None
+) -> str:
     """
     :raises ProtocolError: C{invalid-field}, unless C{data[field]} is a
         non-empty string.
     """
     value = data.get(field)
     if not isinstance(value, str) or not value:
-        raise ProtocolError("invalid-field", message or f"{field!r} must be a non-empty string")
+        raise ProtocolError(
+            "invalid-field", message or f"{field!r} must be a non-empty string"
+        )
     return value
 
 
@@ -169,7 +173,7 @@ class IEngineIOSession(Interface):
     clock = Attribute("The L{IReactorTime} of the session's timers.")
     settings = Attribute("Its settings; C{connect_timeout} is the dialect's.")
     handshake = Attribute("The L{HandshakeInfo} of the request that opened it.")
-    transport = Attribute("What carries it now: C{\"polling\"} or C{\"websocket\"}.")
+    transport = Attribute('What carries it now: C{"polling"} or C{"websocket"}.')
 
     def send_message(data: str) -> None:
         """
@@ -232,7 +236,10 @@ class Session:
     #: closes the connection with 1007 instead.
     not_json_error: tuple[str, str] | None = None
     #: The code and text of the error for JSON that is not an object.
-    not_object_error: tuple[str, str] = ("invalid-json", "a message must be a JSON object")
+    not_object_error: tuple[str, str] = (
+        "invalid-json",
+        "a message must be a JSON object",
+    )
     #: The code and text of the error sent before a frame over the size
     #: limit closes the connection; L{None} sends none.
     too_large_error: tuple[str, str] | None = None
@@ -259,7 +266,9 @@ class Session:
     def opened(self) -> None:
         raise NotImplementedError()
 
-    def connect_peer(self, connection: IPeerConnection | None = None, **kwargs: Any) -> Peer:
+    def connect_peer(
+        self, connection: IPeerConnection | None = None, **kwargs: Any
+    ) -> Peer:
         """
         Connect this client's hub peer with what its token proved (see
         L{HandshakeInfo.identity}), and end the connection when that proof
@@ -274,7 +283,9 @@ class Session:
             self.sink if connection is None else connection,
             verified_user_id=identity.user_id if identity is not None else None,
             room_grants=identity.room_grants if identity is not None else None,
-            max_rooms=identity.limits.max_rooms_per_peer if identity is not None else None,
+            max_rooms=identity.limits.max_rooms_per_peer
+            if identity is not None
+            else None,
             **kwargs,
         )
         self.watch_expiry(identity)

@@ -87,7 +87,9 @@ def _member(member: Member) -> dict[str, Any]:
 def _required(message: dict, *fields: str) -> None:
     missing = [field for field in fields if message.get(field) is None]
     if missing:
-        raise ProtocolError("invalid-field", "Missing required fields: " + ", ".join(missing))
+        raise ProtocolError(
+            "invalid-field", "Missing required fields: " + ", ".join(missing)
+        )
 
 
 class DirectorySession(Session):
@@ -125,9 +127,13 @@ class DirectorySession(Session):
 
     def message_received(self, message: dict) -> None:
         message_type = message.get("type")
-        handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
+        handler = (
+            self._handlers.get(message_type) if isinstance(message_type, str) else None
+        )
         if handler is None:
-            shown = message_type if isinstance(message_type, str) else repr(message_type)
+            shown = (
+                message_type if isinstance(message_type, str) else repr(message_type)
+            )
             self.send_error("unknown-type", f"Unknown message type: {shown[:64]}")
             return
         try:
@@ -150,7 +156,9 @@ class DirectorySession(Session):
         verified = self.peer.verified_user_id
         if verified is not None and user_id != verified:
             # A token for one user cannot register another.
-            raise ProtocolError("forbidden", f"the token is for user {verified}, not {user_id}")
+            raise ProtocolError(
+                "forbidden", f"the token is for user {verified}, not {user_id}"
+            )
         public_key = validate_public_key(message["publicKey"])
         proof = message.get("proof", False)
         if not isinstance(proof, bool):
@@ -163,13 +171,17 @@ class DirectorySession(Session):
         try:
             load_public_key(public_key)
         except UnsupportedKey as error:
-            raise ProtocolError("unsupported-key", f"cannot check proofs for this key: {error}")
+            raise ProtocolError(
+                "unsupported-key", f"cannot check proofs for this key: {error}"
+            )
         try:
             self.directory.check(self.peer, user_id, public_key, verified=True)
         except UserIdInUse:
             # Decided after the proof: the holder may be gone by then.
             pass
-        nonce = base64.urlsafe_b64encode(self.hub.ids.random_bytes(NONCE_BYTES)).decode("ascii")
+        nonce = base64.urlsafe_b64encode(self.hub.ids.random_bytes(NONCE_BYTES)).decode(
+            "ascii"
+        )
         self._challenge = (user_id, public_key, nonce)
         self.send_json({"type": "challenge", "userId": user_id, "nonce": nonce})
 
@@ -181,10 +193,16 @@ class DirectorySession(Session):
             raise InvalidField("'signature' must be a base64 string")
         challenge, self._challenge = self._challenge, None
         if challenge is None or challenge[0] != user_id:
-            raise ProtocolError("no-challenge", f"no registration of {user_id} is waiting for proof")
+            raise ProtocolError(
+                "no-challenge", f"no registration of {user_id} is waiting for proof"
+            )
         _, public_key, nonce = challenge
-        if not verify(load_public_key(public_key), signature, challenge_text(user_id, nonce)):
-            raise ProtocolError("proof-failed", "the signature does not match the public key")
+        if not verify(
+            load_public_key(public_key), signature, challenge_text(user_id, nonce)
+        ):
+            raise ProtocolError(
+                "proof-failed", "the signature does not match the public key"
+            )
         self._claim = None
         self._take(user_id, public_key, verified=True)
 
@@ -210,7 +228,9 @@ class DirectorySession(Session):
             return
         self._registered(user_id, verified)
 
-    def _probed(self, alive: bool, claim: tuple[str, str, bool], in_use: UserIdInUse) -> None:
+    def _probed(
+        self, alive: bool, claim: tuple[str, str, bool], in_use: UserIdInUse
+    ) -> None:
         if self._claim is not claim:
             # This connection closed, or asked for something else meanwhile.
             return
@@ -219,9 +239,13 @@ class DirectorySession(Session):
         if alive:
             self.send_error(_code(in_use), in_use.message)
             return
-        self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
+        self._log.info(
+            "{user} taken from a holder that did not answer a ping", user=user_id
+        )
         try:
-            self.directory.register(self.peer, user_id, public_key, verified, gone=in_use.holder)
+            self.directory.register(
+                self.peer, user_id, public_key, verified, gone=in_use.holder
+            )
         except HubError as error:
             self.send_error(_code(error), error.message)
             return
@@ -265,9 +289,13 @@ class DirectorySession(Session):
             self._claim = None
             self.send_error(_code(in_use), in_use.message)
             return
-        probing.addCallback(self._probed_in_cluster, claim, in_use).addErrback(self._claim_failed)
+        probing.addCallback(self._probed_in_cluster, claim, in_use).addErrback(
+            self._claim_failed
+        )
 
-    def _probed_in_cluster(self, alive: bool, claim: tuple[str, str, bool], in_use) -> None:
+    def _probed_in_cluster(
+        self, alive: bool, claim: tuple[str, str, bool], in_use
+    ) -> None:
         if self._claim is not claim:
             return
         if alive:
@@ -275,14 +303,20 @@ class DirectorySession(Session):
             self.send_error(_code(in_use), in_use.message)
             return
         user_id, public_key, verified = claim
-        self._log.info("{user} taken from a holder that did not answer a ping", user=user_id)
+        self._log.info(
+            "{user} taken from a holder that did not answer a ping", user=user_id
+        )
         self._take_in_cluster(user_id, public_key, verified, gone=in_use.peer_id)
 
     def _claim_failed(self, failure) -> None:
         self._log.failure("deciding a userId claim failed", failure=failure)
 
     def _registered(self, user_id: str, verified: bool) -> None:
-        reply: dict[str, Any] = {"type": "registered", "success": True, "userId": user_id}
+        reply: dict[str, Any] = {
+            "type": "registered",
+            "success": True,
+            "userId": user_id,
+        }
         if verified:
             reply["verified"] = True
         self.send_json(reply)
@@ -328,7 +362,11 @@ class DirectorySession(Session):
     def _discovered(
         self, user_id: str, online: bool, public_key: str | None, verified: bool
     ) -> None:
-        reply: dict[str, Any] = {"type": "discover-response", "userId": user_id, "online": online}
+        reply: dict[str, Any] = {
+            "type": "discover-response",
+            "userId": user_id,
+            "online": online,
+        }
         if public_key is not None:
             reply["publicKey"] = public_key
             if verified:
@@ -347,7 +385,9 @@ class DirectorySession(Session):
             if room_name is None:
                 relaying = self.directory.relay(self.peer, target, kind, payload)
                 if isinstance(relaying, Deferred):
-                    relaying.addErrback(self._relay_failed).addErrback(self._claim_failed)
+                    relaying.addErrback(self._relay_failed).addErrback(
+                        self._claim_failed
+                    )
                 return
             if not isinstance(room_name, str):
                 raise InvalidField("'room' must be a string")
@@ -379,11 +419,20 @@ class DirectorySession(Session):
         room_name = self.hub.validate_room_name(message["room"])
         user_id = self.directory.user_of(self.peer)
         metadata = {"userId": user_id} if user_id is not None else {}
-        room = self.hub.join(self.peer, room_name, metadata, profile=Profile(registered_user_id=user_id))
+        room = self.hub.join(
+            self.peer, room_name, metadata, profile=Profile(registered_user_id=user_id)
+        )
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
         self.send_join_reply(
             room_name,
-            orjson.dumps({"type": "joined", "room": room_name, "peerId": self.peer.id, "peers": peers}),
+            orjson.dumps(
+                {
+                    "type": "joined",
+                    "room": room_name,
+                    "peerId": self.peer.id,
+                    "peers": peers,
+                }
+            ),
         )
 
     def _leave(self, message: dict) -> None:
@@ -411,7 +460,11 @@ class DirectorySession(Session):
                 return None
             message_type, field = rendered
             if event.room is not None:
-                body: dict[str, Any] = {"type": message_type, "room": event.room, "from": event.sender}
+                body: dict[str, Any] = {
+                    "type": message_type,
+                    "room": event.room,
+                    "from": event.sender,
+                }
                 from_user = (event.extra or {}).get("fromUserId")
                 if isinstance(from_user, str):
                     body["fromUserId"] = from_user
@@ -420,13 +473,21 @@ class DirectorySession(Session):
                 return orjson.dumps(body)
             sender = (event.extra or {}).get("fromUserId", event.sender)
             to = self.directory.user_of(self.peer)
-            return orjson.dumps({"type": message_type, "from": sender, "to": to, field: event.payload})
+            return orjson.dumps(
+                {"type": message_type, "from": sender, "to": to, field: event.payload}
+            )
         if type(event) is PeerJoined:
-            return orjson.dumps({"type": "peer-joined", "room": event.room, **_member(event.member)})
+            return orjson.dumps(
+                {"type": "peer-joined", "room": event.room, **_member(event.member)}
+            )
         if type(event) is PeerLeft:
-            return orjson.dumps({"type": "peer-left", "room": event.room, **_member(event.member)})
+            return orjson.dumps(
+                {"type": "peer-left", "room": event.room, **_member(event.member)}
+            )
         if type(event) is Presence:
-            return orjson.dumps({"type": "presence", "userId": event.user_id, "online": event.online})
+            return orjson.dumps(
+                {"type": "presence", "userId": event.user_id, "online": event.online}
+            )
         if type(event) is Replaced:
             return orjson.dumps(
                 {
@@ -438,7 +499,6 @@ class DirectorySession(Session):
         return None
 
     # output
-
 
     def send_error(self, code: str, text: str) -> None:
         self.count_error(code)

@@ -67,7 +67,12 @@ def _envelope(message_type: str, **fields: Any) -> dict[str, Any]:
 def _display_name(member: Member) -> str | None:
     # A peer of another dialect may have no name, only a user id.
     profile = member.profile
-    return profile.display_name or member.verified_user_id or profile.unproved_user_id or None
+    return (
+        profile.display_name
+        or member.verified_user_id
+        or profile.unproved_user_id
+        or None
+    )
 
 
 def _peer_info(member: Member) -> dict[str, Any]:
@@ -130,7 +135,9 @@ class EnvelopeSession(Session):
 
     def opened(self) -> None:
         self.connect_peer(dialect=NAME, shape=IdShape.HEX8)
-        self._send(_envelope("ACK", peer_id=self.peer.id, payload={"message": "connected"}))
+        self._send(
+            _envelope("ACK", peer_id=self.peer.id, payload={"message": "connected"})
+        )
 
     def closed(self) -> None:
         if self.peer is not None:
@@ -141,13 +148,19 @@ class EnvelopeSession(Session):
         if request_id is not None and (
             isinstance(request_id, bool) or not isinstance(request_id, (str, int))
         ):
-            self.send_error(INVALID_MESSAGE, "request_id must be a string or an integer")
+            self.send_error(
+                INVALID_MESSAGE, "request_id must be a string or an integer"
+            )
             return
         message_type = message.get("type")
-        handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
+        handler = (
+            self._handlers.get(message_type) if isinstance(message_type, str) else None
+        )
         if handler is None:
             shown = repr(message_type)[:64]
-            self.send_error(INVALID_MESSAGE, f"unknown message type: {shown}", request_id)
+            self.send_error(
+                INVALID_MESSAGE, f"unknown message type: {shown}", request_id
+            )
             return
         try:
             handler(self, message, request_id)
@@ -157,7 +170,9 @@ class EnvelopeSession(Session):
             code, text = _DELIVERY_ERRORS[refused.reason]
             self.send_error(code, text, request_id, details=refused.reason)
         except HubError as error:
-            self.send_error(_HUB_CODES.get(error.reason, INVALID_MESSAGE), error.message, request_id)
+            self.send_error(
+                _HUB_CODES.get(error.reason, INVALID_MESSAGE), error.message, request_id
+            )
         except Exception:
             # A bug: tell the client in its own terms, then let the
             # WebSocket layer log it and close with 1011.
@@ -179,8 +194,12 @@ class EnvelopeSession(Session):
         if current == room_name:
             raise AlreadyInRoom("already in this room")
         # One room at a time; a refused join keeps the client where it was.
-        profile = Profile(display_name=metadata.get("display_name"), endpoint=metadata.get("endpoint"))
-        room = self.hub.join(self.peer, room_name, metadata, instead_of=current, profile=profile)
+        profile = Profile(
+            display_name=metadata.get("display_name"), endpoint=metadata.get("endpoint")
+        )
+        room = self.hub.join(
+            self.peer, room_name, metadata, instead_of=current, profile=profile
+        )
         ack = _envelope(
             "ACK",
             peer_id=self.peer.id,

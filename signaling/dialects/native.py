@@ -85,7 +85,11 @@ def _event_body(event: Any) -> dict | None:
             "payload": event.payload,
         }
     if type(event) is PeerJoined:
-        return {"type": "peer-joined", "room": event.room, "peer": _member(event.member)}
+        return {
+            "type": "peer-joined",
+            "room": event.room,
+            "peer": _member(event.member),
+        }
     if type(event) is PeerLeft:
         return {"type": "peer-left", "room": event.room, "peer": _member(event.member)}
     return None
@@ -204,8 +208,12 @@ class NativeSession(Session):
         if resumable is not None and not self._may_resume(resumable):
             resumable = None
         if resumable is None:
-            self.resumable = ResumableConnection(self.hub, store, self.resume.settings, _event_body)
-            self.resumable.peer = self.connect_peer(connection=self.resumable, dialect=NAME)
+            self.resumable = ResumableConnection(
+                self.hub, store, self.resume.settings, _event_body
+            )
+            self.resumable.peer = self.connect_peer(
+                connection=self.resumable, dialect=NAME
+            )
             self.resumable.attach(self.sink)
             return False
         self.resumable = resumable
@@ -251,12 +259,16 @@ class NativeSession(Session):
         # With --auth on, TURN credentials only for a valid token, as at
         # GET /api/ice-servers: they let their holder relay any traffic.
         unverified = self.peer.verified_user_id is None
-        return self.ice_servers.configured and not (self.handshake.auth.checks_tokens and unverified)
+        return self.ice_servers.configured and not (
+            self.handshake.auth.checks_tokens and unverified
+        )
 
     def going_away(self) -> None:
         # A resuming client comes back (to another node, behind a load
         # balancer) after the hint plus its own jitter.
-        self.send_json({"type": "reconnect", "reason": "going-away", "delayMs": RECONNECT_DELAY_MS})
+        self.send_json(
+            {"type": "reconnect", "reason": "going-away", "delayMs": RECONNECT_DELAY_MS}
+        )
 
     def closed(self) -> None:
         if self.resumable is not None:
@@ -280,7 +292,9 @@ class NativeSession(Session):
         clock = self.hub.clock
         if self._ice_call is not None and self._ice_call.active():
             self._ice_call.cancel()
-        self._ice_call = clock.callLater(self.ice_servers.refresh_in(), self._push_ice_servers)
+        self._ice_call = clock.callLater(
+            self.ice_servers.refresh_in(), self._push_ice_servers
+        )
         user = self.peer.verified_user_id or self.peer.id
         return self.ice_servers.for_user(user, clock.seconds())
 
@@ -294,12 +308,21 @@ class NativeSession(Session):
             self.send_error("invalid-field", "'id' must be a string or a number")
             return
         message_type = message.get("type")
-        handler = self._handlers.get(message_type) if isinstance(message_type, str) else None
+        handler = (
+            self._handlers.get(message_type) if isinstance(message_type, str) else None
+        )
         if handler is None:
-            self.send_error("unknown-type", f"unknown message type {message_type!r}", request_id)
+            self.send_error(
+                "unknown-type", f"unknown message type {message_type!r}", request_id
+            )
             return
-        if self._awaiting_token and handler not in (NativeSession._auth, NativeSession._ping):
-            self.send_error("unauthenticated", "send an auth message with a token first", request_id)
+        if self._awaiting_token and handler not in (
+            NativeSession._auth,
+            NativeSession._ping,
+        ):
+            self.send_error(
+                "unauthenticated", "send an auth message with a token first", request_id
+            )
             return
         try:
             handler(self, message, request_id)
@@ -320,9 +343,13 @@ class NativeSession(Session):
         metadata = message.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise ProtocolError("invalid-field", "'metadata' must be an object")
-        room = self.hub.join(self.peer, room_name, metadata, profile=_profile(metadata or {}))
+        room = self.hub.join(
+            self.peer, room_name, metadata, profile=_profile(metadata or {})
+        )
         peers = [_member(m) for m in room.members.values() if m.peer_id != self.peer.id]
-        joined = self._reply({"type": "joined", "room": room_name, "peers": peers}, request_id)
+        joined = self._reply(
+            {"type": "joined", "room": room_name, "peers": peers}, request_id
+        )
         self.send_join_reply(room_name, orjson.dumps(joined))
 
     def _leave(self, message: dict, request_id: Any) -> None:
@@ -335,7 +362,9 @@ class NativeSession(Session):
         room_name = require_string(message, "room")
         if "payload" not in message:
             raise ProtocolError("invalid-field", "'payload' is required")
-        signal = Signal(kind=kind, sender=self.peer.id, room=room_name, payload=message["payload"])
+        signal = Signal(
+            kind=kind, sender=self.peer.id, room=room_name, payload=message["payload"]
+        )
         target = message.get("to")
         if target is None:
             if kind not in _BROADCASTABLE:
@@ -362,9 +391,13 @@ class NativeSession(Session):
 
     def _ice_servers(self, message: dict, request_id: Any) -> None:
         if not self.ice_servers.configured:
-            raise ProtocolError("unsupported", "this server has no STUN or TURN servers configured")
+            raise ProtocolError(
+                "unsupported", "this server has no STUN or TURN servers configured"
+            )
         if not self._gets_ice_servers:
-            raise ProtocolError("unauthenticated", "send an auth message with a token first")
+            raise ProtocolError(
+                "unauthenticated", "send an auth message with a token first"
+            )
         reply = {"type": "ice-servers", "iceServers": self._fresh_ice_servers()}
         self.send_json(self._reply(reply, request_id))
 
@@ -375,7 +408,9 @@ class NativeSession(Session):
         """
         auth = self.handshake.auth
         if not auth.checks_tokens:
-            raise ProtocolError("unsupported", "this server does not check tokens (--auth off)")
+            raise ProtocolError(
+                "unsupported", "this server does not check tokens (--auth off)"
+            )
         token = message.get("token")
         if not isinstance(token, str) or not token:
             raise ProtocolError("invalid-field", "'token' must be a non-empty string")
@@ -384,8 +419,13 @@ class NativeSession(Session):
         except InvalidToken as error:
             raise ProtocolError("invalid-token", str(error))
         peer = self.peer
-        if peer.verified_user_id is not None and peer.verified_user_id != identity.user_id:
-            raise ProtocolError("forbidden", "the token is for another user than this connection's")
+        if (
+            peer.verified_user_id is not None
+            and peer.verified_user_id != identity.user_id
+        ):
+            raise ProtocolError(
+                "forbidden", "the token is for another user than this connection's"
+            )
         first = not self._gets_ice_servers
         peer.verified_user_id = identity.user_id
         peer.room_grants = identity.room_grants
@@ -422,7 +462,8 @@ class NativeSession(Session):
             body["id"] = request_id
         return body
 
-
     def send_error(self, code: str, text: str, request_id: Any = None) -> None:
         self.count_error(code)
-        self.send_json(self._reply({"type": "error", "code": code, "message": text}, request_id))
+        self.send_json(
+            self._reply({"type": "error", "code": code, "message": text}, request_id)
+        )

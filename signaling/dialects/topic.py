@@ -56,7 +56,7 @@ class TopicSession(Session):
 
     def opened(self) -> None:
         try:
-            self.topic = self.hub.validate_room_name(self.handshake.path[len(PREFIX):])
+            self.topic = self.hub.validate_room_name(self.handshake.path[len(PREFIX) :])
         except HubError as error:
             self._refuse("invalid_topic", error.message)
             return
@@ -71,7 +71,9 @@ class TopicSession(Session):
         self.send_json({"type": "welcome", "selfId": self.peer.id})
         others = [_peer(m) for m in room.members.values() if m.peer_id != self.peer.id]
         try:
-            self.send_join_reply(self.topic, orjson.dumps({"type": "peer-list", "peers": others}))
+            self.send_join_reply(
+                self.topic, orjson.dumps({"type": "peer-list", "peers": others})
+            )
         except HubError as error:
             # The topic is the connection: a peer that cannot learn who is
             # there is not left in it half-joined.
@@ -90,11 +92,15 @@ class TopicSession(Session):
         wire_type = message.get("type")
         kind = _KINDS.get(wire_type) if isinstance(wire_type, str) else None
         if kind is None:
-            self.send_error("invalid_type", "type must be offer, answer or ice-candidate", msg_id)
+            self.send_error(
+                "invalid_type", "type must be offer, answer or ice-candidate", msg_id
+            )
             return
         target = message.get("to")
         if not isinstance(target, str) or not target:
-            self.send_error("missing_target", "'to' must name a peer of the topic", msg_id)
+            self.send_error(
+                "missing_target", "'to' must name a peer of the topic", msg_id
+            )
             return
         signal = Signal(
             kind=kind,
@@ -108,7 +114,9 @@ class TopicSession(Session):
         except PeerNotFound:
             self.send_error("target_not_found", "peer not found", msg_id)
         except DeliveryRefused as refused:
-            self.send_error("dropped", f"message not delivered ({refused.reason})", msg_id)
+            self.send_error(
+                "dropped", f"message not delivered ({refused.reason})", msg_id
+            )
 
     def binary_received(self, data: bytes) -> None:
         # The original never looks at the frame type: JSON in a binary
@@ -139,7 +147,6 @@ class TopicSession(Session):
         if type(event) is PeerLeft:
             return orjson.dumps({"type": "peer-left", "peerId": event.member.peer_id})
         return None
-
 
     def send_error(self, code: str, text: str, msg_id: Any = None) -> None:
         self.count_error(code)

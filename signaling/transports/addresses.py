@@ -71,7 +71,11 @@ def forwarded_address(
     if forwarded:
         chain = _forwarded_for(",".join(forwarded))
     else:
-        chain = [entry.strip() for entry in ",".join(x_forwarded_for).split(",") if entry.strip()]
+        chain = [
+            entry.strip()
+            for entry in ",".join(x_forwarded_for).split(",")
+            if entry.strip()
+        ]
     if len(chain) < trusted_hops:
         return peer
     return chain[-trusted_hops]
@@ -124,7 +128,9 @@ class AddressLimiter:
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, limits: AddressLimits = AddressLimits()) -> None:
+    def __init__(
+        self, clock: IReactorTime, limits: AddressLimits = AddressLimits()
+    ) -> None:
         self.clock = clock
         self.limits = limits
         self._addresses: dict[str, _Address] = {}
@@ -156,7 +162,10 @@ class AddressLimiter:
             self._refuse(address, "connections", entry)
             return None
         if limits.max_new_per_second:
-            entry.tokens = min(self._burst, entry.tokens + (now - entry.updated) * limits.max_new_per_second)
+            entry.tokens = min(
+                self._burst,
+                entry.tokens + (now - entry.updated) * limits.max_new_per_second,
+            )
             entry.updated = now
             if entry.tokens < 1:
                 self._refuse(address, "new connections a second", entry)
@@ -181,16 +190,25 @@ class AddressLimiter:
         rate = self.limits.max_new_per_second
         missing = 0.0
         if rate:
-            missing = self._burst - entry.tokens - (self.clock.seconds() - entry.updated) * rate
+            missing = (
+                self._burst
+                - entry.tokens
+                - (self.clock.seconds() - entry.updated) * rate
+            )
         if missing > 0:
-            entry.forget_call = self.clock.callLater(missing / rate, self._forget_when_full, address, entry)
+            entry.forget_call = self.clock.callLater(
+                missing / rate, self._forget_when_full, address, entry
+            )
         else:
             del self._addresses[address]
 
     def _refuse(self, address: str, limit: str, entry: _Address) -> None:
         self.refused += 1
         now = self.clock.seconds()
-        if self._last_logged is not None and now - self._last_logged < self.limits.log_interval:
+        if (
+            self._last_logged is not None
+            and now - self._last_logged < self.limits.log_interval
+        ):
             return
         self._last_logged = now
         self._log.warn(

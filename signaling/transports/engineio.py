@@ -21,7 +21,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface, implementer
 
 from .. import gcpolicy
-from ..dialects.base import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, IEngineIOSession
+from ..dialects.base import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    IEngineIOSession,
+)
 from ..errors import DeliveryRefused
 from ..logs import Logger
 from .addresses import AddressLimiter, Slot
@@ -67,7 +72,9 @@ class EngineIOError(Exception):
     :ivar status: The HTTP status of the answer.
     """
 
-    def __init__(self, code: int, message: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, code: int, message: str | None = None, status: int | None = None
+    ) -> None:
         self.code = code
         self.message = message or _MESSAGES[code]
         self.status = status or (403 if code == FORBIDDEN else 400)
@@ -277,7 +284,10 @@ class EngineIOSocket:
         """
         if self.state != "open":
             raise DeliveryRefused("closed", "the session is closed")
-        if self._websocket is None and self._queued_bytes + len(packet) > self.settings.max_buffer:
+        if (
+            self._websocket is None
+            and self._queued_bytes + len(packet) > self.settings.max_buffer
+        ):
             raise DeliveryRefused("buffer-full", "the client is not polling")
         self._write(packet)
 
@@ -399,7 +409,9 @@ class EngineIOSocket:
         else:
             # An open, ping (from v3 clients) or upgrade here is a protocol
             # error; Engine.IO ends the session.
-            self._log.debug("bad packet type {kind!r} on {sid}", kind=kind, sid=self.sid)
+            self._log.debug(
+                "bad packet type {kind!r} on {sid}", kind=kind, sid=self.sid
+            )
             self.close("bad packet")
 
     def _activity(self) -> None:
@@ -416,7 +428,9 @@ class EngineIOSocket:
             self._write(PING)
         except DeliveryRefused:
             pass
-        self._pong_call = self.clock.callLater(self.settings.ping_timeout, self._pong_missing)
+        self._pong_call = self.clock.callLater(
+            self.settings.ping_timeout, self._pong_missing
+        )
 
     def _pong_received(self) -> None:
         if self._pong_call is None:
@@ -442,7 +456,11 @@ class EngineIOSocket:
             no other WebSocket is upgrading it (as the reference server, one
             at a time).
         """
-        if self.state != "open" or self.transport != "polling" or self.upgrading is not None:
+        if (
+            self.state != "open"
+            or self.transport != "polling"
+            or self.upgrading is not None
+        ):
             return False
         self.upgrading = websocket
         self._upgrade_call = self.clock.callLater(
@@ -520,7 +538,9 @@ class EngineIOSocket:
         else:
             self.probe_failed(websocket)
 
-    def close(self, reason: str, linger: bool = False, code: int = CLOSE_NORMAL) -> None:
+    def close(
+        self, reason: str, linger: bool = False, code: int = CLOSE_NORMAL
+    ) -> None:
         """
         End the session: tell the handler, stop the heartbeat, and close
         every WebSocket attached to it; a pending poll gets a close packet.
@@ -624,7 +644,9 @@ class EngineIOServer:
         if websocket is None and self.limiter is not None and address is not None:
             slot = self.limiter.acquire(address)
             if slot is None:
-                raise EngineIOError(BAD_REQUEST, "Too many connections from this address", status=429)
+                raise EngineIOError(
+                    BAD_REQUEST, "Too many connections from this address", status=429
+                )
         sid = self.new_sid()
         while sid in self.sessions:
             sid = self.new_sid()

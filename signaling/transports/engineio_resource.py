@@ -86,7 +86,9 @@ class EngineIOWebSocketProtocol(LimitedProtocol):
             if socket is None or not socket.is_open or socket.transport != "polling":
                 raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "Session ID unknown")
             if socket.upgrading is not None:
-                raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "the session is already upgrading")
+                raise ConnectionDeny(
+                    ConnectionDeny.BAD_REQUEST, "the session is already upgrading"
+                )
             self.socket = socket
         self._handshake = handshake
         return None
@@ -249,7 +251,9 @@ class EngineIOResource(Resource):
         if params.get("EIO") != "4":
             raise EngineIOError(UNSUPPORTED_PROTOCOL_VERSION)
         transport = params.get("transport")
-        owner = self.route.owner(params["sid"]) if self.route and "sid" in params else None
+        owner = (
+            self.route.owner(params["sid"]) if self.route and "sid" in params else None
+        )
         if owner is not None:
             if transport == "websocket":
                 # A WebSocket cannot be passed on: the client goes on
@@ -283,11 +287,15 @@ class EngineIOResource(Resource):
     def _upgrade(self, request: IRequest, params: dict[str, str]) -> Any:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if request.method != b"GET" or upgrade != "websocket":
-            raise EngineIOError(BAD_REQUEST, "transport=websocket needs a WebSocket upgrade")
+            raise EngineIOError(
+                BAD_REQUEST, "transport=websocket needs a WebSocket upgrade"
+            )
         if "sid" in params:
             socket = self.server.find(params["sid"])
             if socket.transport != "polling":
-                raise EngineIOError(BAD_REQUEST, "the session is already on a WebSocket")
+                raise EngineIOError(
+                    BAD_REQUEST, "the session is already on a WebSocket"
+                )
             if socket.upgrading is not None:
                 raise EngineIOError(BAD_REQUEST, "the session is already upgrading")
         return self._websocket.render(request)

@@ -116,7 +116,9 @@ class LimitedProtocol(WebSocketServerProtocol):
         settings = self.factory.settings
         self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
         if settings.max_message_rate:
-            self.rate_limit = RateLimit(settings.max_message_rate, self.factory.clock.seconds())
+            self.rate_limit = RateLimit(
+                settings.max_message_rate, self.factory.clock.seconds()
+            )
 
     def over_rate(self) -> bool:
         """
@@ -127,7 +129,9 @@ class LimitedProtocol(WebSocketServerProtocol):
         if rate_limit is None or rate_limit.admit(self.factory.clock.seconds()):
             return False
         if rate_limit.persistent:
-            fastpath.fail_connection(self, CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+            fastpath.fail_connection(
+                self, CLOSE_POLICY_VIOLATION, "message rate limit exceeded"
+            )
         return True
 
     # A fragmented message: Autobahn keeps a list of frames of a list of

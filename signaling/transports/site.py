@@ -40,7 +40,8 @@ FD_WARNING_SHARE = 0.9
 _BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 _SOCKETIO_PREFIX = b"/socket.io/"
 _SECRET_PARAMETER = re.compile(
-    rb"token|sid|auth|key|secret|pass|jwt|signature|credential|session|resume", re.IGNORECASE
+    rb"token|sid|auth|key|secret|pass|jwt|signature|credential|session|resume",
+    re.IGNORECASE,
 )
 
 
@@ -148,7 +149,9 @@ class _SocketWatch(ProtocolWrapper):
     it by then: a WebSocket takes the socket over from the channel.
     """
 
-    def __init__(self, site: Site, inner: Any, transport: Any, lost: Callable[[], None]) -> None:
+    def __init__(
+        self, site: Site, inner: Any, transport: Any, lost: Callable[[], None]
+    ) -> None:
         super().__init__(site, inner)
         self.transport = transport
         self.connected = 1
@@ -193,7 +196,9 @@ class GuardedChannel(HTTPChannel):
         self.site.connection_opened()
         socket = _socket_of(self.transport)
         if getattr(socket, "protocol", None) is not None:
-            socket.protocol = _SocketWatch(self.site, socket.protocol, socket, self._socket_closed)
+            socket.protocol = _SocketWatch(
+                self.site, socket.protocol, socket, self._socket_closed
+            )
         if self.site.limits.trusted_hops:
             # The client is known only from the request's headers.
             self._start_deadline()
@@ -243,7 +248,9 @@ class GuardedChannel(HTTPChannel):
         self._stop_deadline()
         self.setTimeout(None)
         transport = self.transport
-        self._linger = self.site.reactor.callLater(REFUSAL_LINGER, transport.abortConnection)
+        self._linger = self.site.reactor.callLater(
+            REFUSAL_LINGER, transport.abortConnection
+        )
         if not ISSLTransport.providedBy(transport):
             transport.write(response)
             if ITCPTransport.providedBy(transport):
@@ -274,7 +281,9 @@ class GuardedChannel(HTTPChannel):
         timeout = self.site.limits.request_timeout
         if timeout and self._deadline is None and not self.refused:
             self._request_started = False
-            self._deadline = self.site.reactor.callLater(timeout, self._request_too_slow)
+            self._deadline = self.site.reactor.callLater(
+                timeout, self._request_too_slow
+            )
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None:
@@ -291,7 +300,9 @@ class GuardedChannel(HTTPChannel):
             return
         _log.debug("a request took too long to arrive; closing its connection")
         self.refuse(
-            json_response(b"408 Request Timeout", {"error": "the request took too long to arrive"})
+            json_response(
+                b"408 Request Timeout", {"error": "the request took too long to arrive"}
+            )
         )
 
     def timeoutConnection(self) -> None:
@@ -309,7 +320,12 @@ class GuardedChannel(HTTPChannel):
         limit = self.site.limits.body_limit(self._command, self._path)
         request.body_limit = limit
         request.body_path = self._path
-        if self.length is None and not limit or self.length is not None and self.length > limit:
+        if (
+            self.length is None
+            and not limit
+            or self.length is not None
+            and self.length > limit
+        ):
             # Not a byte of the body is read: the answer comes at once.
             self.length = None
             self.refuse(_too_large(self._path, limit))
@@ -440,7 +456,10 @@ class GuardedSite(Site):
         if not self.file_limit or self.open_connections < self.file_limit // 2:
             return
         now = self.reactor.seconds()
-        if self._fd_warned_at is not None and now - self._fd_warned_at < self.limits.fd_log_interval:
+        if (
+            self._fd_warned_at is not None
+            and now - self._fd_warned_at < self.limits.fd_log_interval
+        ):
             return
         in_use = self.open_files()
         if in_use is None:

@@ -113,7 +113,9 @@ def handshake_info(
         address = forwarded_address(
             peer_host,
             [request.headers["forwarded"]] if "forwarded" in request.headers else [],
-            [request.headers["x-forwarded-for"]] if "x-forwarded-for" in request.headers else [],
+            [request.headers["x-forwarded-for"]]
+            if "x-forwarded-for" in request.headers
+            else [],
             trusted_hops,
         )
     params = {name: values[0] for name, values in request.params.items() if values}
@@ -163,17 +165,23 @@ class SignalingProtocol(LimitedProtocol):
         auth = self.factory.auth
         handshake = handshake_of(self, request, auth)
         if not self.factory.settings.allows_origin(handshake.origin):
-            self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "origin")
+            self.factory.hub.counters.count(
+                self.factory.hub.counters.handshakes_refused, "origin"
+            )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if not auth.checks_tokens:
-            self.session = self.factory.session_factory(self.factory.hub, self, handshake)
+            self.session = self.factory.session_factory(
+                self.factory.hub, self, handshake
+            )
             return self.session.prepare()
         # A token whose key a key set lacks waits for the set to be fetched
         # again; Autobahn holds the handshake until this fires.
         identified = auth.identify_later(handshake.token, self.factory.clock)
         identified.addErrback(self._refuse)
         identified.addCallback(self._identified, handshake)
-        identified.addCallback(lambda _: self.session.prepare() if self.session is not None else None)
+        identified.addCallback(
+            lambda _: self.session.prepare() if self.session is not None else None
+        )
         return identified
 
     def _refuse(self, failure):
@@ -189,14 +197,18 @@ class SignalingProtocol(LimitedProtocol):
             raise ConnectionDeny(401, "a token is required")
         # The reason, never the token: it is the client's own.
         self._log.info("refused a WebSocket: {error}", error=failure.getErrorMessage())
-        self.factory.hub.counters.count(self.factory.hub.counters.handshakes_refused, "auth")
+        self.factory.hub.counters.count(
+            self.factory.hub.counters.handshakes_refused, "auth"
+        )
         raise ConnectionDeny(401, failure.getErrorMessage())
 
     def _identified(self, identity, handshake: HandshakeInfo) -> None:
         if identity is not None and identity.limits.max_message_rate is not None:
             # The token's rate instead of --max-message-rate.
             rate = identity.limits.max_message_rate
-            self.rate_limit = RateLimit(rate, self.factory.clock.seconds()) if rate else None
+            self.rate_limit = (
+                RateLimit(rate, self.factory.clock.seconds()) if rate else None
+            )
         handshake = attrs.evolve(handshake, identity=identity)
         self.session = self.factory.session_factory(self.factory.hub, self, handshake)
 
@@ -204,7 +216,13 @@ class SignalingProtocol(LimitedProtocol):
         self._guarded(self.session.opened)
         peer = self.session.peer if self.session is not None else None
         if peer is not None:
-            log_connection(self._log, "opened", peer.dialect, peer.id, self.session.handshake.address)
+            log_connection(
+                self._log,
+                "opened",
+                peer.dialect,
+                peer.id,
+                self.session.handshake.address,
+            )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.counters.bytes_in += len(payload)
@@ -240,8 +258,12 @@ class SignalingProtocol(LimitedProtocol):
             session.stop_timers()
             if session.peer is not None:
                 log_connection(
-                    self._log, "closed", session.peer.dialect, session.peer.id,
-                    session.handshake.address, code,
+                    self._log,
+                    "closed",
+                    session.peer.dialect,
+                    session.peer.id,
+                    session.handshake.address,
+                    code,
                 )
             try:
                 session.closed()
@@ -287,7 +309,9 @@ class SignalingProtocol(LimitedProtocol):
             # the client no more than one ping per timeout.
             self._probes = []
             self.sendPing(b"probe")
-            self._probe_timeout = self.factory.clock.callLater(timeout, self._end_probes, False)
+            self._probe_timeout = self.factory.clock.callLater(
+                timeout, self._end_probes, False
+            )
         self._probes.append(waiter)
         return waiter
 

@@ -38,7 +38,9 @@ class WorkerRoute:
         return f"w{self.index}x"
 
     def socket_path(self, index: int | None = None) -> str:
-        return os.path.join(self.directory, f"worker{self.index if index is None else index}.sock")
+        return os.path.join(
+            self.directory, f"worker{self.index if index is None else index}.sock"
+        )
 
     def owner(self, sid: str) -> int | None:
         """

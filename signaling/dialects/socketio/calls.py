@@ -70,8 +70,10 @@ def _names(connection: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """
     claims = connection.claims
     return {
-        "username": _first_string(claims, _USERNAME_CLAIMS) or _first_string(metadata, ("username",)),
-        "realName": _first_string(claims, _REAL_NAME_CLAIMS) or _first_string(metadata, ("realName",)),
+        "username": _first_string(claims, _USERNAME_CLAIMS)
+        or _first_string(metadata, ("username",)),
+        "realName": _first_string(claims, _REAL_NAME_CLAIMS)
+        or _first_string(metadata, ("realName",)),
     }
 
 
@@ -134,7 +136,12 @@ def join_room(connection: Any, payload: Any) -> dict:
         room = connection.join(
             NAME,
             room_name,
-            {**connection.identity(), **names, "callType": call_type, "metadata": metadata},
+            {
+                **connection.identity(),
+                **names,
+                "callType": call_type,
+                "metadata": metadata,
+            },
             profile,
             room_metadata,
         )
@@ -143,7 +150,9 @@ def join_room(connection: Any, payload: Any) -> dict:
     reply = {
         "callRoomId": room_name,
         "participantCount": len(room.members),
-        "existingParticipants": [participant(connection, m) for m in room.members.values() if m.peer_id != me],
+        "existingParticipants": [
+            participant(connection, m) for m in room.members.values() if m.peer_id != me
+        ],
         "metadata": _room_metadata(room, call_type),
         "timestamp": iso8601(now),
     }
@@ -173,20 +182,34 @@ def _relay(kind: str):
         data = _object(payload)
         room_name = _string(data, "callRoomId")
         if field not in data:
-            raise ProtocolError("invalid-field", f"Invalid message: {field} is required")
+            raise ProtocolError(
+                "invalid-field", f"Invalid message: {field} is required"
+            )
         peer = connection.peer
-        extra = {name: data[name] for name in _EXTRA_FIELDS if data.get(name) is not None}
-        signal = Signal(kind=kind, sender=peer.id, room=room_name, payload=data[field], extra=extra or None)
+        extra = {
+            name: data[name] for name in _EXTRA_FIELDS if data.get(name) is not None
+        }
+        signal = Signal(
+            kind=kind,
+            sender=peer.id,
+            room=room_name,
+            payload=data[field],
+            extra=extra or None,
+        )
         target = data.get("targetSocketId")
         try:
             if kind == "candidate" and target is None:
                 connection.hub.broadcast(peer, room_name, signal)
             else:
-                connection.hub.relay(peer, room_name, _string(data, "targetSocketId"), signal)
+                connection.hub.relay(
+                    peer, room_name, _string(data, "targetSocketId"), signal
+                )
         except NotInRoom:
             raise ProtocolError("not-in-room", "You are not in this call room")
         except PeerNotFound:
-            raise ProtocolError("peer-not-found", "Target participant is not in this call room")
+            raise ProtocolError(
+                "peer-not-found", "Target participant is not in this call room"
+            )
 
     return relay
 

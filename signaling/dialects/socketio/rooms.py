@@ -14,7 +14,11 @@ from ..base import ProtocolError, require_object, require_string
 NAME = "rooms"
 
 #: Signal kinds, the event that carries each, and its payload field.
-_EVENTS = {"offer": ("offer", "offer"), "answer": ("answer", "answer"), "candidate": ("ice-candidate", "candidate")}
+_EVENTS = {
+    "offer": ("offer", "offer"),
+    "answer": ("answer", "answer"),
+    "candidate": ("ice-candidate", "candidate"),
+}
 
 MAX_USER_ID_LENGTH = 256
 
@@ -62,9 +66,17 @@ def join_room(connection: Any, payload: Any) -> dict:
     if not connection.authenticated and data.get("userId") is not None:
         claimed = data["userId"]
         if not isinstance(claimed, str) or len(claimed) > MAX_USER_ID_LENGTH:
-            raise ProtocolError("invalid-field", "'userId' must be a string of at most 256 characters")
-    room = connection.join(NAME, room_name, connection.identity(claimed), connection.profile(claimed))
-    users = [_user(connection, m) for m in room.members.values() if m.peer_id != connection.peer.id]
+            raise ProtocolError(
+                "invalid-field", "'userId' must be a string of at most 256 characters"
+            )
+    room = connection.join(
+        NAME, room_name, connection.identity(claimed), connection.profile(claimed)
+    )
+    users = [
+        _user(connection, m)
+        for m in room.members.values()
+        if m.peer_id != connection.peer.id
+    ]
     reply = {"roomId": room_name, "users": users}
     connection.emit("room-users", reply)
     return reply
@@ -85,11 +97,15 @@ def _relay(kind: str):
         room_name = require_string(data, "roomId")
         if field not in data:
             raise ProtocolError("invalid-field", f"{field!r} is required")
-        signal = Signal(kind=kind, sender=connection.peer.id, room=room_name, payload=data[field])
+        signal = Signal(
+            kind=kind, sender=connection.peer.id, room=room_name, payload=data[field]
+        )
         if kind == "candidate" and data.get("targetId") is None:
             connection.hub.broadcast(connection.peer, room_name, signal)
             return
-        connection.hub.relay(connection.peer, room_name, require_string(data, "targetId"), signal)
+        connection.hub.relay(
+            connection.peer, room_name, require_string(data, "targetId"), signal
+        )
 
     return relay
 
@@ -129,4 +145,3 @@ def error(connection: Any, event: str, payload: Any, code: str, message: str) ->
     body = {"event": event[:64], "code": code, "message": message}
     connection.emit("error", body)
     return {"ok": False, "code": code, "error": message}
-

@@ -270,7 +270,11 @@ class SocketIOConnection:
 
     def _connect(self, packet: Packet) -> None:
         if packet.namespace != "/":
-            self._send(Packet(CONNECT_ERROR, packet.namespace, {"message": "Invalid namespace"}))
+            self._send(
+                Packet(
+                    CONNECT_ERROR, packet.namespace, {"message": "Invalid namespace"}
+                )
+            )
             return
         if self.peer is not None:
             self._send(Packet(CONNECT, data={"sid": self.peer.id}))
@@ -278,11 +282,17 @@ class SocketIOConnection:
         self.user_id, self.authenticated, self.claims = None, False, {}
         self.room_grants = self.max_rooms = None
         try:
-            self.user_id, self.authenticated, expires = self._identify(packet.data or {})
+            self.user_id, self.authenticated, expires = self._identify(
+                packet.data or {}
+            )
         except InvalidToken as error:
             self._log.info("refused a Socket.IO connection: {error}", error=str(error))
             self.hub.counters.count(self.hub.counters.handshakes_refused, "auth")
-            self._send(Packet(CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}))
+            self._send(
+                Packet(
+                    CONNECT_ERROR, data={"message": f"Authentication failed: {error}"}
+                )
+            )
             return
         if self._connect_call is not None and self._connect_call.active():
             self._connect_call.cancel()
@@ -313,11 +323,15 @@ class SocketIOConnection:
         """
         ice_servers = self.context.ice_servers
         clock = self.engine.clock
-        self._ice_call = clock.callLater(ice_servers.refresh_in(), self._push_ice_servers)
+        self._ice_call = clock.callLater(
+            ice_servers.refresh_in(), self._push_ice_servers
+        )
         user = self.peer.verified_user_id or self.peer.id
         self.emit("ice-servers", {"iceServers": ice_servers.for_user(user, self.now())})
 
-    def _identify(self, auth: Mapping[str, Any]) -> tuple[str | None, bool, float | None]:
+    def _identify(
+        self, auth: Mapping[str, Any]
+    ) -> tuple[str | None, bool, float | None]:
         """
         Who a connecting client is, whether a token proved it, and when that
         token stops being valid (its C{exp} plus the leeway L{TokenVerifier}
@@ -360,7 +374,10 @@ class SocketIOConnection:
         self._send(
             Packet(
                 CONNECT_ERROR,
-                data={"message": "Authentication failed: the token has expired", "data": {"code": "token-expired"}},
+                data={
+                    "message": "Authentication failed: the token has expired",
+                    "data": {"code": "token-expired"},
+                },
             )
         )
         self._send(Packet(DISCONNECT))
@@ -411,9 +428,15 @@ class SocketIOConnection:
             if self._answer_too_large and self._joined_now is not None:
                 # The client cannot have learnt that it joined: undo it.
                 self.leave(self._joined_now)
-                raise ReplyTooLarge("the room's member list is too large to send; not joined")
+                raise ReplyTooLarge(
+                    "the room's member list is too large to send; not joined"
+                )
         except (ProtocolError, HubError) as error:
-            code = error.code if isinstance(error, ProtocolError) else native_error_code(error)
+            code = (
+                error.code
+                if isinstance(error, ProtocolError)
+                else native_error_code(error)
+            )
             answer = event_set.error(self, name, payload, code, error.message)
             if packet.id is not None:
                 self._ack(packet.id, answer)
