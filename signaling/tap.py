@@ -38,6 +38,20 @@ from .transports.addresses import AddressLimiter, AddressLimits
 from .transports.site import GuardedSite, HTTPLimits
 from .transports.websocket import WebSocketSettings
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
+from .dialects.peerjs import PeerJSRealm, PeerJSSettings
+
+#: The first path segments of the other routes, which --peerjs-path may not
+#: take.
+PEERJS_RESERVED = (
+    "api",
+    "ws",
+    "signal",
+    "directory",
+    "socket.io",
+    "client",
+    "health",
+    "healthz",
+)
 
 DEFAULT_PORT = 8080
 #: Twisted's default of 50 stalls WebSocket handshakes under a burst.
@@ -447,6 +461,60 @@ class Options(usage.Options):
             "text",
             "text, or json: one object per line with the event's fields (for journald and log shippers).",
         ],
+        [
+            "peerjs-path",
+            None,
+            "/peerjs",
+            "Where the PeerJS dialect is mounted: a peerjs client with {path: '/peerjs'} connects to PATH/peerjs and asks PATH/KEY/id; 'none' for no PeerJS dialect.",
+        ],
+        [
+            "peerjs-key",
+            None,
+            "peerjs",
+            "The API key PeerJS clients must present (their 'key' option).",
+        ],
+        [
+            "peerjs-expire-timeout",
+            None,
+            5.0,
+            "Seconds a message for a PeerJS id that is not connected waits before its sender is told EXPIRE.",
+            _seconds("peerjs-expire-timeout"),
+        ],
+        [
+            "peerjs-alive-timeout",
+            None,
+            60.0,
+            "Seconds a PeerJS client may go without a HEARTBEAT before it is closed and its id freed; 0 never.",
+            _seconds("peerjs-alive-timeout"),
+        ],
+        [
+            "peerjs-concurrent-limit",
+            None,
+            5000,
+            "PeerJS clients connected to one process at once; beyond, a client is refused with ERROR.",
+            _whole("peerjs-concurrent-limit"),
+        ],
+        [
+            "peerjs-queue-messages",
+            None,
+            64,
+            "Messages queued for one PeerJS id that is not connected; beyond, the sender is told EXPIRE.",
+            _whole("peerjs-queue-messages"),
+        ],
+        [
+            "peerjs-queue-bytes",
+            None,
+            64 * 1024,
+            "Bytes queued for one PeerJS id that is not connected.",
+            _whole("peerjs-queue-bytes"),
+        ],
+        [
+            "peerjs-queue-total-bytes",
+            None,
+            16 * 1024 * 1024,
+            "Bytes queued for all PeerJS ids that are not connected, together.",
+            _whole("peerjs-queue-total-bytes"),
+        ],
     ]
 
     optFlags = [
@@ -464,6 +532,11 @@ class Options(usage.Options):
             "dev-tls",
             None,
             "Let 'tls:PORT' without a certificate found use a self-signed one for localhost on any interface (it always may on loopback).",
+        ],
+        [
+            "peerjs-discovery",
+            None,
+            "Let GET PATH/KEY/peers list the connected PeerJS ids (the original's allow_discovery; off, it answers 401).",
         ],
     ]
 
@@ -606,6 +679,32 @@ class Options(usage.Options):
         if shorthands and not self["tls-cert"]:
             self._find_certificate(shorthands)
         self["redis-address"] = self._redis_address()
+        self["peerjs-settings"] = self._peerjs_settings()
+
+    def _peerjs_settings(self) -> PeerJSSettings | None:
+        path = self["peerjs-path"]
+        if path == "none":
+            return None
+        path = "/" + path.strip("/")
+        if path == "/" or path.split("/")[1] in PEERJS_RESERVED:
+            raise usage.UsageError(
+                f"--peerjs-path must be a path of its own, not {self['peerjs-path']!r}"
+            )
+        if not self["peerjs-key"]:
+            raise usage.UsageError("--peerjs-key must not be empty")
+        if not self["peerjs-expire-timeout"]:
+            raise usage.UsageError("--peerjs-expire-timeout must be above 0")
+        return PeerJSSettings(
+            path=path,
+            key=self["peerjs-key"],
+            discovery=bool(self["peerjs-discovery"]),
+            expire_timeout=self["peerjs-expire-timeout"],
+            alive_timeout=self["peerjs-alive-timeout"],
+            concurrent_limit=self["peerjs-concurrent-limit"],
+            queue_messages=self["peerjs-queue-messages"],
+            queue_bytes=self["peerjs-queue-bytes"],
+            queue_total_bytes=self["peerjs-queue-total-bytes"],
+        )
 
     def _find_certificate(self, shorthands: list[str]) -> None:
         directories = tlsconfig.search_directories(self.environ, self.tls_directory)
@@ -1012,6 +1111,14 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             max_new_per_second=options["max-new-connections-per-address"],
         ),
     )
+    peerjs = None
+    if options.get("peerjs-settings") is not None:
+        peerjs = PeerJSRealm(hub, options["peerjs-settings"])
+        peerjs_timer = TimerService(
+            options["peerjs-settings"].sweep_interval, _sweeper(peerjs)
+        )
+        peerjs_timer.clock = reactor
+        peerjs_timer.setName("peerjs")
     site = SignalingSite(
         hub,
         settings,
@@ -1030,6 +1137,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         ),
         session_store=session_store,
         worker_route=route,
+        peerjs=peerjs,
     )
     web = GuardedSite(
         site.resource(),
@@ -1051,6 +1159,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     cleanup.clock = reactor
     cleanup.setName("cleanup")
     cleanup.setServiceParent(top)
+    if peerjs is not None:
+        peerjs_timer.setServiceParent(top)
     if key_set is not None:
         JWKSRefresher(key_set).setServiceParent(top)
     tls = None

@@ -18,12 +18,14 @@ import orjson
 from autobahn.twisted.resource import WebSocketResource
 from klein import Klein
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .auth import AuthPolicy, InvalidToken, TokenVerifier, presented_token
 from .dialects.directory import DirectorySession
 from .dialects.envelope import EnvelopeSession
 from .dialects.native import NativeSession, Resume
+from .dialects.peerjs import BANNER, PeerJSRealm, session_factory
 from .dialects.socketio import SocketIOConnection, SocketIOContext
 from .dialects.topic import TopicSession
 from .directory import Directory
@@ -125,6 +127,7 @@ class SignalingSite:
         resume: ResumeSettings | None = None,
         session_store: ISessionStore | None = None,
         worker_route: Any = None,
+        peerjs: PeerJSRealm | None = None,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -145,6 +148,8 @@ class SignalingSite:
             L{signaling.transports.worker_route.WorkerRoute}: Engine.IO
             session ids name their worker, and polls for another worker's
             sessions are passed on to it.
+        :param peerjs: The PeerJS dialect's clients, mounted at its
+            settings' path; L{None} for no PeerJS dialect.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
@@ -207,9 +212,34 @@ class SignalingSite:
             "envelope": self._envelope,
             None: None,
         }[root_dialect]
+        self._peerjs = None
+        if peerjs is not None:
+            self._peerjs = PeerJSResource(
+                peerjs,
+                WebSocketResource(
+                    SignalingFactory(
+                        hub,
+                        session_factory(
+                            peerjs,
+                            # A PeerJS client's token is its own secret,
+                            # never one of ours.
+                            refuse_all="This server requires a token; "
+                            "PeerJS clients cannot present one"
+                            if auth.required
+                            else None,
+                        ),
+                        settings,
+                    )
+                ),
+                settings,
+            )
 
     def resource(self):
-        return self.app.resource()
+        if self._peerjs is None:
+            return self.app.resource()
+        return MountedResource(
+            self.app.resource(), self._peerjs.realm.settings.path, self._peerjs
+        )
 
     # helpers
 
@@ -426,3 +456,101 @@ class SignalingSite:
     @app.handle_errors(MethodNotAllowed)
     def not_allowed(self, request: IRequest, failure) -> bytes:
         return self._json(request, {"error": "method not allowed"}, 405)
+
+
+class PeerJSResource(Resource):
+    """
+    The PeerJS dialect's HTTP side and WebSocket under its mount path
+    (C{--peerjs-path}), answered as the original server does: C{/} the
+    banner, C{/{key}/id} a fresh id, C{/{key}/peers} the connected ids (with
+    discovery on), C{/peerjs} the WebSocket; the same under
+    C{/room/{name}/}, for clients in a hub room.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        realm: PeerJSRealm,
+        websocket: WebSocketResource,
+        settings: WebSocketSettings,
+    ) -> None:
+        super().__init__()
+        self.realm = realm
+        self.websocket = websocket
+        self.settings = settings
+
+    def _json(self, request: IRequest, body: Any, code: int = 200) -> bytes:
+        set_cors_headers(request, self.settings)
+        request.setResponseCode(code)
+        request.setHeader("Content-Type", "application/json")
+        return orjson.dumps(body)
+
+    def render_GET(self, request: IRequest):
+        segments = [part.decode("utf-8", "replace") for part in request.postpath]
+        if segments and not segments[-1]:
+            # "{path}/" and "{path}": the client always adds the slash.
+            segments.pop()
+        if len(segments) >= 2 and segments[0] == "room":
+            segments = segments[2:]
+        if not segments:
+            return self._json(request, BANNER)
+        if segments == ["peerjs"]:
+            if (request.getHeader("upgrade") or "").lower() != "websocket":
+                request.setHeader("Upgrade", "websocket")
+                return self._json(
+                    request, {"error": "this URL takes WebSocket connections"}, 426
+                )
+            return self.websocket.render(request)
+        if len(segments) == 2 and segments[1] == "id":
+            # As the original: the key is not checked here.
+            set_cors_headers(request, self.settings)
+            request.setHeader("Content-Type", "text/html; charset=utf-8")
+            request.setHeader("Cache-Control", "no-store")
+            return self.realm.new_id().encode("ascii")
+        if len(segments) == 2 and segments[1] == "peers":
+            if not self.realm.settings.discovery:
+                return self._json(
+                    request,
+                    {"error": "peer discovery is off (--peerjs-discovery)"},
+                    401,
+                )
+            return self._json(request, self.realm.ids())
+        return self._json(
+            request,
+            {"error": "not found", "path": request.path.decode("utf-8", "replace")},
+            404,
+        )
+
+    def render_OPTIONS(self, request: IRequest) -> bytes:
+        set_cors_headers(request, self.settings)
+        request.setResponseCode(204)
+        request.setHeader("Access-Control-Allow-Methods", "GET, OPTIONS")
+        request.setHeader("Access-Control-Allow-Headers", "Content-Type")
+        return b""
+
+
+class MountedResource(Resource):
+    """
+    C{app}, with C{mounted} answering every path under C{mount} (a path of
+    one or more segments, such as C{/peerjs}).
+    """
+
+    def __init__(self, app: Any, mount: str, mounted: Any) -> None:
+        super().__init__()
+        self.app = app
+        self.mount = [part.encode("utf-8") for part in mount.strip("/").split("/")]
+        self.mounted = mounted
+
+    def getChildWithDefault(self, name: bytes, request: IRequest):
+        rest = len(self.mount) - 1
+        if [name, *request.postpath[:rest]] == self.mount:
+            del request.postpath[:rest]
+            request.prepath.extend(self.mount[1:])
+            return self.mounted
+        # Not ours: the app sees the path whole.
+        request.postpath.insert(0, request.prepath.pop())
+        return self.app
+
+    def render(self, request: IRequest):
+        return self.app.render(request)
