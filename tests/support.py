@@ -20,6 +20,7 @@ from twisted.test.iosim import FakeTransport, IOPump
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from signaling.dialects.peerjs import PeerJSRealm, PeerJSSettings
 from signaling.errors import DeliveryRefused
 from signaling.directory import Directory
 from signaling.hub import Hub, HubLimits, IPeerConnection
@@ -138,7 +139,11 @@ class Harness:
         self,
         limits: HubLimits = HubLimits(),
         settings: WebSocketSettings = WebSocketSettings(),
+        peerjs: PeerJSSettings | None = None,
     ) -> None:
+        """
+        :param peerjs: Mount the PeerJS dialect with these settings.
+        """
         self.clock = MemoryReactorClock()
         self.clock.advance(1_700_000_000)
         self._previous_loop = txaio.config.loop
@@ -146,7 +151,8 @@ class Harness:
         self.hub = Hub(
             clock=self.clock, ids=IdSource(counting_random_bytes()), limits=limits
         )
-        self.site = make_site(self.hub, settings)
+        self.peerjs = PeerJSRealm(self.hub, peerjs) if peerjs is not None else None
+        self.site = make_site(self.hub, settings, peerjs=self.peerjs)
         self.web = Site(self.site.resource())
         self.pumps: list[IOPump] = []
         self._ports = itertools.count(40000)
