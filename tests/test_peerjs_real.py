@@ -5,7 +5,6 @@ what a peerjs client and a misbehaving one see on the wire.
 
 from __future__ import annotations
 
-import orjson
 import pytest
 import pytest_twisted
 import treq
