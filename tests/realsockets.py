@@ -278,12 +278,14 @@ class CuttableProxy:
 NODE_DIR = ROOT / "tests" / "node"
 
 
-def node_with_packages(what: str) -> str:
+def node_with_packages(what: str, directory: Path | None = None) -> str:
     """
-    The node binary, with tests/node's packages installed into its ignored
-    node_modules on first use; fails on CI and skips elsewhere without Node.
+    The node binary, with the packages of C{directory}'s package.json
+    installed into its ignored node_modules on first use; fails on CI and
+    skips elsewhere without Node.
 
     :param what: What cannot run without Node, for the skip message.
+    :param directory: Where the package.json is; by default tests/node.
     """
     import shutil
 
@@ -295,13 +297,13 @@ def node_with_packages(what: str) -> str:
         if os.environ.get("CI"):
             pytest.fail("node and npm are required on CI (see .ci/run)")
         pytest.skip(f"node and npm are not installed: {what} cannot run")
-    installed = [
-        NODE_DIR / "node_modules" / name for name in ("socket.io-client", "ws")
-    ]
+    directory = directory or NODE_DIR
+    wanted = orjson.loads((directory / "package.json").read_bytes())["dependencies"]
+    installed = [directory / "node_modules" / name for name in wanted]
     if not all(path.is_dir() for path in installed):
         subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
-            cwd=NODE_DIR,
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(directory)],
+            cwd=directory,
             check=True,
             capture_output=True,
             timeout=300,
