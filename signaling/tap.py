@@ -1114,6 +1114,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     peerjs = None
     if options.get("peerjs-settings") is not None:
         peerjs = PeerJSRealm(hub, options["peerjs-settings"])
+        if link is not None:
+            from .cluster.peerjs import PeerJSCluster
+
+            peerjs.cluster = PeerJSCluster(link, receiver=peerjs)
         peerjs_timer = TimerService(
             options["peerjs-settings"].sweep_interval, _sweeper(peerjs)
         )

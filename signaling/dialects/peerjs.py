@@ -134,6 +134,10 @@ class PeerJSRealm:
     _clients: dict[str, "PeerJSSession"] = attrs.Factory(dict)
     _queues: dict[str, _Queue] = attrs.Factory(dict)
     _queued_bytes: int = 0
+    #: Under a cluster, where the other nodes' ids are and the relay to
+    #: them (L{signaling.cluster.peerjs.PeerJSCluster}); this realm is its
+    #: receiver.
+    cluster: Any = None
     _log = Logger()
 
     def client(self, peer_id: str) -> "PeerJSSession | None":
@@ -147,10 +151,62 @@ class PeerJSRealm:
 
     def register(self, session: "PeerJSSession") -> None:
         self._clients[session.peer.id] = session
+        if self.cluster is not None:
+            self.cluster.announce(session.peer.id, True)
 
     def unregister(self, session: "PeerJSSession") -> None:
         if session.peer is not None and self._clients.get(session.peer.id) is session:
             del self._clients[session.peer.id]
+            if self.cluster is not None:
+                self.cluster.announce(session.peer.id, False)
+
+    def remote_node(self, peer_id: str) -> str | None:
+        """
+        The other node of the cluster known to hold C{peer_id}.
+        """
+        return self.cluster.node_of(peer_id) if self.cluster is not None else None
+
+    def send_to(self, peer_id: str, frame: bytes) -> None:
+        """
+        Write C{frame} to C{peer_id}'s client, on this node or another; a
+        client that cannot take it now misses it.
+        """
+        client = self._clients.get(peer_id)
+        if client is not None:
+            client.send_frame(frame)
+            return
+        node = self.remote_node(peer_id)
+        if node is not None:
+            self.cluster.forward(node, peer_id, frame)
+
+    # from the other nodes
+
+    def forwarded(self, destination: str, frame: bytes) -> None:
+        """
+        Another node relayed C{frame} to C{destination}, which it believes
+        is here; if it is not (it has just gone), the frame is queued as
+        for any id not connected.
+        """
+        client = self._clients.get(destination)
+        if client is not None:
+            try:
+                client.sink.send(frame)
+            except DeliveryRefused:
+                pass
+            return
+        try:
+            source = orjson.loads(frame).get("src")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if isinstance(source, str):
+            self.enqueue(source, destination, frame)
+
+    def came_online(self, peer_id: str, node: str) -> None:
+        """
+        C{peer_id} connected to C{node}: what waits for it here goes there.
+        """
+        for frame in self.take_queue(peer_id):
+            self.cluster.forward(node, peer_id, frame)
 
     def new_id(self) -> str:
         """
@@ -179,10 +235,20 @@ class PeerJSRealm:
             return False
         if queue is None:
             queue = self._queues[destination] = _Queue(self.hub.clock.seconds())
+            if self.cluster is not None:
+                # It may have connected to another node before this one
+                # heard of it.
+                self.cluster.lookup(destination).addCallback(
+                    self._looked_up, destination
+                )
         queue.frames.append((source, frame))
         queue.size += len(frame)
         self._queued_bytes += len(frame)
         return True
+
+    def _looked_up(self, node: str | None, destination: str) -> None:
+        if node is not None:
+            self.came_online(destination, node)
 
     def take_queue(self, destination: str) -> list[bytes]:
         """
@@ -213,9 +279,7 @@ class PeerJSRealm:
             del self._queues[destination]
             self._queued_bytes -= queue.size
             for source in dict.fromkeys(source for source, _ in queue.frames):
-                sender = self._clients.get(source)
-                if sender is not None:
-                    sender.send_expire(destination)
+                self.send_to(source, expire_frame(destination, source))
         if settings.alive_timeout > 0:
             for session in list(self._clients.values()):
                 if now - session.last_heartbeat >= settings.alive_timeout:
@@ -261,6 +325,22 @@ class PeerJSSession(Session):
         self.realm = realm
         self._refuse_all = refuse_all
 
+    #: Under a cluster, the other node that holds the id asked for.
+    _elsewhere: str | None = None
+
+    def prepare(self):
+        peer_id = self.handshake.params.get("id")
+        if self.realm.cluster is None or not peer_id or len(peer_id) > MAX_ID_LENGTH:
+            return None
+        # Asked before the handshake is answered, so that an id held on
+        # another node is refused with ID-TAKEN like one held here.
+        looking = self.realm.cluster.lookup(peer_id)
+        looking.addCallback(self._looked_up)
+        return looking
+
+    def _looked_up(self, node: str | None) -> None:
+        self._elsewhere = node
+
     def opened(self) -> None:
         params = self.handshake.params
         peer_id, token, key = params.get("id"), params.get("token"), params.get("key")
@@ -288,6 +368,10 @@ class PeerJSSession(Session):
                 self._refuse(error.message)
                 return
         holder = self.realm.client(peer_id)
+        if holder is None and self._elsewhere is not None:
+            # Its token is known only to that node: never replaced from here.
+            self._id_taken()
+            return
         if holder is not None:
             if not hmac.compare_digest(holder.token.encode(), token.encode()):
                 self._id_taken()
@@ -420,6 +504,12 @@ class PeerJSSession(Session):
             except HubError:
                 self.send_expire(destination)
             return
+        node = self.realm.remote_node(destination)
+        if node is not None:
+            self.hub.counters.relayed[kind, NAME] += 1
+            if not self.realm.cluster.forward(node, destination, orjson.dumps(body)):
+                self.send_expire(destination)
+            return
         if message_type in _QUEUED:
             if not self.realm.enqueue(source, destination, orjson.dumps(body)):
                 # Over a queue limit: as if the destination never came.
@@ -444,7 +534,7 @@ class PeerJSSession(Session):
         delivered.
         """
         if self.peer is not None:
-            self.send_json({"type": "EXPIRE", "src": destination, "dst": self.peer.id})
+            self.send_frame(expire_frame(destination, self.peer.id))
 
     # events from the hub (peers of other dialects in the room)
 
@@ -473,6 +563,10 @@ class PeerJSSession(Session):
     def send_error(self, code: str, text: str) -> None:
         self.count_error(code)
         self.send_json({"type": "ERROR", "payload": {"msg": text}})
+
+
+def expire_frame(unreached: str, sender: str) -> bytes:
+    return orjson.dumps({"type": "EXPIRE", "src": unreached, "dst": sender})
 
 
 def room_of(mount: str, path: str) -> str | None:
