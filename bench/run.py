@@ -429,6 +429,10 @@ def measure(
         else Server(name, cpus[0], label)
     )
     url = server.start()
+    if dialect == "peerjs" and name != "peerjs":
+        # Our PeerJS dialect is mounted at --peerjs-path (default /peerjs);
+        # the PeerJS server's path is "/".
+        url += "/peerjs"
     if name == "cluster":
         settings = {**settings, "url_b": server.url_b}
     profiler = None
@@ -568,7 +572,11 @@ def table(lines: list[dict[str, Any]]) -> str:
         if previous is None or _score(line) > _score(previous):
             best[key] = line
     dialects = sorted(
-        {line["dialect"] for line in lines if line["dialect"] != "peerjs"}
+        {
+            line["dialect"]
+            for line in lines
+            if line["dialect"] != "peerjs" and line["server"] != "peerjs"
+        }
     )
     header = f"{'scenario':<12} {'dialect':<8} {'metric':<24} {'signaling':>11} {'reference':>11} {'ratio':>7} {'target':>11} {'peerjs':>10}"
     out = [header, "-" * len(header)]
@@ -659,6 +667,60 @@ def multi_process_table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+#: Our PeerJS dialect against the PeerJS server in the same run:
+#: (scenario, metric, our server, goal ratio or None).
+PEERJS_ROWS = [
+    ("relay", "msg_per_s", "signaling", 0.8),
+    ("relay", "msg_per_s", "workers2", 1.0),
+    ("relay", "msg_per_s", "workers1", None),
+    ("relay", "server_cpu_us_per_msg", "signaling", None),
+    ("relay", "server_cpu_us_per_msg", "workers2", None),
+    ("relay", "latency_ms.p50", "signaling", None),
+    ("relay", "latency_ms.p99", "signaling", None),
+    ("rate", "delivered_fraction", "signaling", None),
+    ("rate", "latency_ms.p99", "signaling", None),
+    ("rate", "server_cpu_us_per_msg", "signaling", None),
+]
+
+
+def peerjs_table(lines: list[dict[str, Any]]) -> str:
+    """
+    Our PeerJS dialect (one process, --workers 2, --workers 1) beside the
+    PeerJS server under the same load; ratio = ours / PeerJS server's.
+    """
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in lines:
+        if line["dialect"] != "peerjs":
+            continue
+        key = (line["scenario"], line["server"])
+        if key not in best or _score(line) > _score(best[key]):
+            best[key] = line
+    if not any(server != "peerjs" for _, server in best):
+        return ""
+    header = f"{'scenario':<8} {'metric':<24} {'server':<9} {'value':>9} {'peerjs':>9} {'ratio':>7} {'goal':>10}"
+    out = [header, "-" * len(header)]
+    for scenario, metric, server, goal in PEERJS_ROWS:
+        ours = _metric(best.get((scenario, server)), metric)
+        theirs = _metric(best.get((scenario, "peerjs")), metric)
+        if ours is None:
+            continue
+        ratio = (
+            ours / theirs
+            if isinstance(ours, (int, float))
+            and isinstance(theirs, (int, float))
+            and theirs
+            else None
+        )
+        verdict = ""
+        if goal is not None and ratio is not None:
+            verdict = f"≥{goal}x {'ok' if ratio >= goal else 'MISS'}"
+        out.append(
+            f"{scenario:<8} {metric:<24} {server:<9} {_format(ours):>9} {_format(theirs):>9} "
+            f"{_format(round(ratio, 3)) if ratio is not None else '-':>7} {verdict:>10}"
+        )
+    return "\n".join(out)
+
+
 def _score(line: dict[str, Any]) -> float:
     for key in ("msg_per_s", "delivered_fraction", "joins_per_s", "cycles_per_s"):
         if isinstance(line.get(key), (int, float)):
@@ -696,7 +758,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--servers", default="signaling,reference,peerjs,cluster,workers2,workers1"
     )
-    parser.add_argument("--dialects", default="native,topic")
+    parser.add_argument(
+        "--dialects",
+        default="native,topic,peerjs",
+        help="our dialects to run (peerjs: relay and rate only, against the PeerJS server)",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -784,8 +850,16 @@ def main(argv: list[str]) -> int:
                     if scenario not in MULTI_PROCESS_SCENARIOS:
                         continue
                     dialects = ["native"]
+                    if name != "cluster" and "peerjs" in options.dialects:
+                        # The load generator's PeerJS peers all connect to
+                        # one URL: under --workers the kernel spreads them.
+                        dialects.append("peerjs")
                 else:
-                    dialects = options.dialects.split(",")
+                    dialects = [
+                        d
+                        for d in options.dialects.split(",")
+                        if d != "peerjs" or scenario in ROOMLESS_SCENARIOS
+                    ]
                 for dialect in dialects:
                     try:
                         line = measure(
@@ -815,6 +889,10 @@ def main(argv: list[str]) -> int:
     if multi:
         print()
         print(multi)
+    peerjs = peerjs_table([line for line in lines if "error" not in line])
+    if peerjs:
+        print()
+        print(peerjs)
     return 0 if all("error" not in line for line in lines) else 1
 
 
