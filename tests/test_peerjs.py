@@ -8,10 +8,14 @@ import orjson
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
-from signaling.dialects.peerjs import PeerJSSettings
+from twisted.web.server import Site
+
+from signaling import tap
+from signaling.auth import AuthPolicy, TokenVerifier
+from signaling.dialects.peerjs import PeerJSRealm, PeerJSSettings
 from signaling.transports.websocket import WebSocketSettings
 
-from .support import Harness
+from .support import Harness, make_site
 
 SETTINGS = PeerJSSettings(
     expire_timeout=5,
@@ -434,3 +438,90 @@ class NoDiscoveryTests(PeerJSTestCase):
             treq.get("http://localhost/peerjs/peerjs/peers")
         )
         self.assertEqual(response.code, 401)
+
+
+class AuthRequiredTests(SynchronousTestCase):
+    def test_refused_under_auth_required(self):
+        """
+        With --auth required every PeerJS client is refused with ERROR: it
+        can present no token of ours, and its own token is not one.
+        """
+        harness = Harness(settings=WebSocketSettings(ping_interval=0))
+        self.addCleanup(harness.restore)
+        realm = PeerJSRealm(harness.hub, SETTINGS)
+        site = make_site(
+            harness.hub,
+            WebSocketSettings(ping_interval=0),
+            peerjs=realm,
+            auth=AuthPolicy(
+                mode="required",
+                verifier=TokenVerifier(key=b"s" * 32, algorithms=("HS256",)),
+            ),
+        )
+        harness.web = Site(site.resource())
+        client = harness.connect(url("alice", token="not-a-jwt"))
+        [error] = client.take()
+        self.assertEqual(error["type"], "ERROR")
+        self.assertIn("requires a token", error["payload"]["msg"])
+        self.assertEqual(client.close_code, 1008)
+        self.assertEqual(realm.ids(), [])
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *argv):
+        options = tap.Options(environ={})
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self):
+        self.assertEqual(self.parse()["peerjs-settings"], PeerJSSettings())
+
+    def test_options(self):
+        settings = self.parse(
+            "--peerjs-path",
+            "/rtc/pj/",
+            "--peerjs-key",
+            "k",
+            "--peerjs-discovery",
+            "--peerjs-expire-timeout",
+            "2",
+            "--peerjs-alive-timeout",
+            "0",
+            "--peerjs-concurrent-limit",
+            "7",
+            "--peerjs-queue-messages",
+            "3",
+            "--peerjs-queue-bytes",
+            "100",
+            "--peerjs-queue-total-bytes",
+            "1000",
+        )["peerjs-settings"]
+        self.assertEqual(
+            settings,
+            PeerJSSettings(
+                path="/rtc/pj",
+                key="k",
+                discovery=True,
+                expire_timeout=2,
+                alive_timeout=0,
+                concurrent_limit=7,
+                queue_messages=3,
+                queue_bytes=100,
+                queue_total_bytes=1000,
+            ),
+        )
+        self.assertEqual(settings.sweep_interval, 0.5)
+
+    def test_none(self):
+        self.assertIsNone(self.parse("--peerjs-path", "none")["peerjs-settings"])
+
+    def test_bad(self):
+        for argv, words in [
+            (["--peerjs-path", "/"], "--peerjs-path must be a path of its own"),
+            (["--peerjs-path", "/api"], "--peerjs-path must be a path of its own"),
+            (["--peerjs-key", ""], "--peerjs-key must not be empty"),
+            (["--peerjs-expire-timeout", "0"], "--peerjs-expire-timeout must be"),
+            (["--peerjs-queue-bytes", "lots"], "--peerjs-queue-bytes takes a whole"),
+        ]:
+            error = self.assertRaises(SystemExit, self.parse, *argv)
+            self.assertIn(words, str(error.code))

@@ -325,3 +325,27 @@ async def test_alive_timeout(tight):
     for client in (beating, again):
         client.sendClose()
         await closed(client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_required_refuses_peerjs(tmp_path):
+    """
+    Under --auth required a PeerJS client, which can present no token of
+    ours, is refused with ERROR; its own token is not taken for one.
+    """
+    server = start(
+        tmp_path,
+        "auth",
+        "--auth",
+        "required",
+        "--jwt-secret",
+        "the PeerJS test secret, long enough for HS256",
+    )
+    try:
+        client = await connect(server, "alice9", token="random-peerjs-token")
+        message = await client.next()
+        assert message["type"] == "ERROR"
+        assert "requires a token" in message["payload"]["msg"]
+        assert await closed(client) == 1008
+    finally:
+        server.stop()
