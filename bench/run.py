@@ -636,13 +636,7 @@ def multi_process_table(lines: list[dict[str, Any]]) -> str:
     The cross-node and --workers figures beside the in-process ones of the
     same run (native dialect); CPU counts every process of the server.
     """
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for line in lines:
-        if line["dialect"] != "native":
-            continue
-        key = (line["scenario"], line["server"])
-        if key not in best or _score(line) > _score(best[key]):
-            best[key] = line
+    best = _best_by_server(lines, "native")
     if not any(server in MULTI_PROCESS for _, server in best):
         return ""
     header = f"{'scenario':<8} {'metric':<24} {'server':<9} {'value':>9} {'in-proc':>9} {'goal':>14}"
@@ -688,13 +682,7 @@ def peerjs_table(lines: list[dict[str, Any]]) -> str:
     Our PeerJS dialect (one process, --workers 2, --workers 1) beside the
     PeerJS server under the same load; ratio = ours / PeerJS server's.
     """
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for line in lines:
-        if line["dialect"] != "peerjs":
-            continue
-        key = (line["scenario"], line["server"])
-        if key not in best or _score(line) > _score(best[key]):
-            best[key] = line
+    best = _best_by_server(lines, "peerjs")
     if not any(server != "peerjs" for _, server in best):
         return ""
     header = f"{'scenario':<8} {'metric':<24} {'server':<9} {'value':>9} {'peerjs':>9} {'ratio':>7} {'goal':>10}"
@@ -719,6 +707,22 @@ def peerjs_table(lines: list[dict[str, Any]]) -> str:
             f"{_format(round(ratio, 3)) if ratio is not None else '-':>7} {verdict:>10}"
         )
     return "\n".join(out)
+
+
+def _best_by_server(
+    lines: list[dict[str, Any]], dialect: str
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """
+    Of the runs in C{dialect}, the best of each (scenario, server).
+    """
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in lines:
+        if line["dialect"] != dialect:
+            continue
+        key = (line["scenario"], line["server"])
+        if key not in best or _score(line) > _score(best[key]):
+            best[key] = line
+    return best
 
 
 def _score(line: dict[str, Any]) -> float:

@@ -132,3 +132,17 @@ class Browser:
         finally:
             stop_process(self.process)
             self.log_file.close()
+
+
+def running_browser(tmp_path: Path):
+    """
+    The body of a C{browser} fixture: a L{Browser} with its profile and log
+    in C{tmp_path}, stopped afterwards.
+    """
+    browser = Browser(
+        chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log"
+    )
+    try:
+        yield browser
+    finally:
+        browser.stop()

@@ -14,17 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from .browser import Browser, chromium_binary
+from .browser import running_browser
 from .realsockets import CuttableProxy, TwistdServer
 
 
 @pytest.fixture
 def browser(tmp_path):
-    browser = Browser(
-        chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log"
-    )
-    yield browser
-    browser.stop()
+    yield from running_browser(tmp_path)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from .browser import Browser, chromium_binary
+from .browser import running_browser
 from .realsockets import ROOT, TwistdServer, node_with_packages
 
 PEERJS_DIR = ROOT / "tests" / "node" / "peerjs"
@@ -70,11 +70,7 @@ def pages():
 
 @pytest.fixture
 def browser(tmp_path):
-    browser = Browser(
-        chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log"
-    )
-    yield browser
-    browser.stop()
+    yield from running_browser(tmp_path)
 
 
 @pytest.fixture

@@ -5,14 +5,10 @@ real C{redis-server}, PeerJS clients on plain WebSockets.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import websocket
 
 from .test_cluster_real import Cluster
-
-TIMEOUT = 5
+from .test_verified_rooms_real import Raw
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +22,11 @@ def cluster(tmp_path_factory):
         cluster.stop()
 
 
-class Client:
+class Client(Raw):
     def __init__(self, node, peer_id: str, token: str = "t0k") -> None:
-        self.ws = websocket.create_connection(
-            f"{node.base}/peerjs/peerjs?key=peerjs&id={peer_id}&token={token}",
-            timeout=TIMEOUT,
+        super().__init__(
+            f"{node.base}/peerjs/peerjs?key=peerjs&id={peer_id}&token={token}"
         )
-
-    def send(self, message) -> None:
-        self.ws.send(json.dumps(message))
-
-    def next(self):
-        return json.loads(self.ws.recv())
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def opened(node, peer_id: str, token: str = "t0k") -> Client:
