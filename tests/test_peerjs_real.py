@@ -64,6 +64,15 @@ def tight(tmp_path_factory):
         "2",
         "--peerjs-expire-timeout",
         "30",
+        "--peerjs-queue-bytes",
+        "1500",
+        "--peerjs-queue-total-bytes",
+        "3000",
+        "--max-send-buffer",
+        "65536",
+        # The stalled reader's socket may still be draining at the end.
+        "--drain-timeout",
+        "1",
     )
     yield server
     server.stop()
@@ -193,7 +202,8 @@ async def test_bad_input(server):
     assert (await alice.next())["payload"]["msg"] == (
         "Too many messages; this one was dropped"
     )
-    await sleep(1.5)
+    # The rate limit lets it send again once its bucket refills.
+    await sleep(0.5)
     while alice.messages.pending:
         alice.messages.pending.pop()
     alice.send_json({"type": "OFFER", "dst": "bob4", "payload": "still here"})
@@ -349,3 +359,57 @@ async def test_auth_required_refuses_peerjs(tmp_path):
         assert await closed(client) == 1008
     finally:
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_bytes(tight):
+    """
+    --peerjs-queue-bytes bounds what waits for one id, and
+    --peerjs-queue-total-bytes what waits for all: past either, EXPIRE at
+    once.
+    """
+    alice = await peer(tight, "alice10", key="k2", path="/rtc/pj")
+    kilobyte = "x" * 1000
+    alice.send_json({"type": "OFFER", "dst": "absent10a", "payload": kilobyte})
+    alice.send_json({"type": "OFFER", "dst": "absent10a", "payload": kilobyte})
+    assert await alice.next() == {
+        "type": "EXPIRE",
+        "src": "absent10a",
+        "dst": "alice10",
+    }
+    alice.send_json({"type": "OFFER", "dst": "absent10b", "payload": kilobyte})
+    alice.send_json({"type": "OFFER", "dst": "absent10c", "payload": kilobyte})
+    assert await alice.next() == {
+        "type": "EXPIRE",
+        "src": "absent10c",
+        "dst": "alice10",
+    }
+    alice.sendClose()
+    await closed(alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_reader(tight):
+    """
+    A client that stops reading does not make the server buffer without
+    bound: once the buffers are full its sender is told EXPIRE, and others
+    are still served.
+    """
+    slow = await peer(tight, "slow11", key="k2", path="/rtc/pj")
+    sender = await peer(tight, "sender11", key="k2", path="/rtc/pj")
+    slow.transport.pauseProducing()
+    payload = "x" * 60000
+    for _ in range(20):
+        for _ in range(20):
+            sender.send_json({"type": "OFFER", "dst": "slow11", "payload": payload})
+        await sleep(0.05)
+        if sender.messages.pending:
+            break
+    assert await sender.next() == {"type": "EXPIRE", "src": "slow11", "dst": "sender11"}
+    third = await peer(tight, "third11", key="k2", path="/rtc/pj")
+    sender.send_json({"type": "CANDIDATE", "dst": "third11", "payload": 1})
+    assert (await third.next())["src"] == "sender11"
+    for client in (third, sender):
+        client.sendClose()
+        await closed(client)
+    slow.transport.abortConnection()
