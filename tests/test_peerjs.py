@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import orjson
 from treq.testing import StubTreq
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted.web.server import Site
@@ -525,3 +526,96 @@ class OptionsTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(SystemExit, self.parse, *argv)
             self.assertIn(words, str(error.code))
+
+
+class RecordingCluster:
+    """
+    A stand-in for L{signaling.cluster.peerjs.PeerJSCluster}: ids of other
+    nodes in C{where}; what the realm announces and forwards is recorded.
+    """
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}
+        self.announced: list[tuple[str, bool]] = []
+        self.forwarded: list[tuple[str, str, dict]] = []
+
+    def node_of(self, peer_id):
+        return self.where.get(peer_id)
+
+    def lookup(self, peer_id):
+        return defer.succeed(self.where.get(peer_id))
+
+    def announce(self, peer_id, online):
+        self.announced.append((peer_id, online))
+
+    def forward(self, node, destination, frame):
+        self.forwarded.append((node, destination, orjson.loads(frame)))
+        return True
+
+
+class ClusterTests(PeerJSTestCase):
+    def setUp(self):
+        super().setUp()
+        self.cluster = self.harness.peerjs.cluster = RecordingCluster()
+
+    def test_announced(self):
+        alice = self.open("alice")
+        alice.sendClose()
+        self.harness.flush()
+        self.assertEqual(self.cluster.announced, [("alice", True), ("alice", False)])
+
+    def test_id_of_another_node_is_taken(self):
+        self.cluster.where["alice"] = "node2"
+        client = self.harness.connect(url("alice"))
+        self.assertEqual(client.take()[0]["type"], "ID-TAKEN")
+        self.assertEqual(self.harness.peerjs.ids(), [])
+
+    def test_relay_to_another_node(self):
+        self.cluster.where["bob"] = "node2"
+        alice = self.open("alice")
+        self.send(alice, {"type": "OFFER", "src": "x", "dst": "bob", "payload": 1})
+        self.assertEqual(
+            self.cluster.forwarded,
+            [
+                (
+                    "node2",
+                    "bob",
+                    {"type": "OFFER", "src": "alice", "dst": "bob", "payload": 1},
+                )
+            ],
+        )
+
+    def test_queue_follows_the_id(self):
+        """
+        What waits here for an id goes to the node where it came online;
+        EXPIRE for a sender of another node goes to that node.
+        """
+        alice = self.open("alice")
+        self.send(alice, {"type": "OFFER", "dst": "bob", "payload": 1})
+        self.harness.peerjs.came_online("bob", "node2")
+        self.assertEqual(self.cluster.forwarded[0][:2], ("node2", "bob"))
+        self.assertEqual(self.harness.peerjs.queued_bytes(), 0)
+        self.harness.peerjs.forwarded(
+            "carol", b'{"type":"OFFER","src":"dave","dst":"carol","payload":2}'
+        )
+        self.cluster.where["dave"] = "node3"
+        self.sweep_after(5.5)
+        self.assertEqual(
+            self.cluster.forwarded[1],
+            ("node3", "dave", {"type": "EXPIRE", "src": "carol", "dst": "dave"}),
+        )
+
+    def test_forwarded(self):
+        """
+        A frame from another node reaches its client here; an EXPIRE for a
+        client that has gone is dropped, not queued.
+        """
+        alice = self.open("alice")
+        frame = b'{"type":"ANSWER","src":"bob","dst":"alice","payload":3}'
+        self.harness.peerjs.forwarded("alice", frame)
+        self.harness.flush()
+        self.assertEqual(alice.raw, [b'{"type":"OPEN"}', frame])
+        self.harness.peerjs.forwarded(
+            "gone", b'{"type":"EXPIRE","src":"x","dst":"gone"}'
+        )
+        self.assertEqual(self.harness.peerjs.queued_bytes(), 0)

@@ -195,10 +195,12 @@ class PeerJSRealm:
                 pass
             return
         try:
-            source = orjson.loads(frame).get("src")
-        except (orjson.JSONDecodeError, AttributeError):
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
             return
-        if isinstance(source, str):
+        source = message.get("src") if isinstance(message, dict) else None
+        # An EXPIRE or LEAVE for a client that has gone is dropped, as here.
+        if isinstance(source, str) and message.get("type") in _QUEUED:
             self.enqueue(source, destination, frame)
 
     def came_online(self, peer_id: str, node: str) -> None:
