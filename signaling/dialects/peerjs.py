@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 import re
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import attrs
 import orjson
@@ -309,6 +309,8 @@ class PeerJSSession(Session):
     room: str | None = None
     token: str = ""
     last_heartbeat: float = 0.0
+    #: Under a cluster, the other node that holds the id asked for.
+    _elsewhere: str | None = None
 
     def __init__(
         self,
@@ -327,9 +329,6 @@ class PeerJSSession(Session):
         self.realm = realm
         self._refuse_all = refuse_all
 
-    #: Under a cluster, the other node that holds the id asked for.
-    _elsewhere: str | None = None
-
     def prepare(self):
         peer_id = self.handshake.params.get("id")
         if self.realm.cluster is None or not peer_id or len(peer_id) > MAX_ID_LENGTH:
@@ -345,30 +344,17 @@ class PeerJSSession(Session):
 
     def opened(self) -> None:
         params = self.handshake.params
-        peer_id, token, key = params.get("id"), params.get("token"), params.get("key")
-        if self._refuse_all is not None:
-            self._refuse(self._refuse_all)
-            return
-        # The original's checks, in its order.
-        if not peer_id or not token or not key:
-            self._refuse("No id, token, or key supplied to websocket server")
-            return
-        if key != self.realm.settings.key:
-            self._refuse("Invalid key provided")
-            return
-        if len(peer_id) > MAX_ID_LENGTH or not ID_PATTERN.match(peer_id):
-            self._refuse("Invalid id")
-            return
-        if len(token) > MAX_ID_LENGTH:
-            self._refuse("Invalid token")
-            return
+        peer_id, token = params.get("id", ""), params.get("token", "")
+        refusal = self._refuse_all or handshake_error(params, self.realm.settings)
         room = room_of(self.realm.settings.path, self.handshake.path)
-        if room is not None:
+        if refusal is None and room is not None:
             try:
                 room = self.hub.validate_room_name(room)
             except HubError as error:
-                self._refuse(error.message)
-                return
+                refusal = error.message
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         holder = self.realm.client(peer_id)
         if holder is None and self._elsewhere is not None:
             # Its token is known only to that node: never replaced from here.
@@ -565,6 +551,23 @@ class PeerJSSession(Session):
     def send_error(self, code: str, text: str) -> None:
         self.count_error(code)
         self.send_json({"type": "ERROR", "payload": {"msg": text}})
+
+
+def handshake_error(params: Mapping[str, str], settings: PeerJSSettings) -> str | None:
+    """
+    Why a connection with the query C{params} is refused, in the original's
+    words and order (and ours after them), or L{None}.
+    """
+    peer_id, token, key = params.get("id"), params.get("token"), params.get("key")
+    if not peer_id or not token or not key:
+        return "No id, token, or key supplied to websocket server"
+    if key != settings.key:
+        return "Invalid key provided"
+    if len(peer_id) > MAX_ID_LENGTH or not ID_PATTERN.match(peer_id):
+        return "Invalid id"
+    if len(token) > MAX_ID_LENGTH:
+        return "Invalid token"
+    return None
 
 
 def expire_frame(unreached: str, sender: str) -> bytes:
