@@ -5,6 +5,8 @@ what a peerjs client and a misbehaving one see on the wire.
 
 from __future__ import annotations
 
+import os
+import signal
 import pytest
 import pytest_twisted
 import treq
@@ -413,3 +415,19 @@ async def test_stalled_reader(tight):
         client.sendClose()
         await closed(client)
     slow.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_closes_with_1001(tmp_path):
+    """
+    A draining server closes a PeerJS client with 1001 (going away), as
+    every WebSocket dialect, and exits once it has gone.
+    """
+    server = start(tmp_path, "drain")
+    try:
+        alice = await peer(server, "alice12")
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert await closed(alice) == 1001
+        assert "told 1 peers the server is going away" in server.log()
+    finally:
+        server.stop()
