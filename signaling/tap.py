@@ -690,8 +690,11 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--peerjs-path must be a path of its own, not {self['peerjs-path']!r}"
             )
-        if not self["peerjs-key"]:
-            raise usage.UsageError("--peerjs-key must not be empty")
+        if self["peerjs-key"] in ("", "room"):
+            # "room" begins the paths of the clients in a hub room.
+            raise usage.UsageError(
+                f"--peerjs-key must not be empty or 'room', not {self['peerjs-key']!r}"
+            )
         if not self["peerjs-expire-timeout"]:
             raise usage.UsageError("--peerjs-expire-timeout must be above 0")
         return PeerJSSettings(

@@ -521,6 +521,7 @@ class OptionsTests(SynchronousTestCase):
             (["--peerjs-path", "/"], "--peerjs-path must be a path of its own"),
             (["--peerjs-path", "/api"], "--peerjs-path must be a path of its own"),
             (["--peerjs-key", ""], "--peerjs-key must not be empty"),
+            (["--peerjs-key", "room"], "--peerjs-key must not be empty or 'room'"),
             (["--peerjs-expire-timeout", "0"], "--peerjs-expire-timeout must be"),
             (["--peerjs-queue-bytes", "lots"], "--peerjs-queue-bytes takes a whole"),
         ]:
