@@ -471,7 +471,7 @@ class Options(usage.Options):
             "peerjs-key",
             None,
             "peerjs",
-            "The API key PeerJS clients must present (their 'key' option).",
+            "The API key PeerJS clients must present (their 'key' option); not 'room'.",
         ],
         [
             "peerjs-expire-timeout",
