@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface, implementer
 
 from .errors import DeliveryRefused
-from .hub import CloseReason, Hub, IPeerConnection, Peer
+from .hub import CloseReason, Hub, IPeerConnection, Peer, Signal
 from .ids import IdSource
 from .logs import Logger
 
@@ -232,6 +232,13 @@ class ResumableConnection:
             # A frame the socket refuses was not sent: it is not kept, and
             # its number is given to the next one.
             self.socket.send(frame)
+            timer = self.hub.counters.relay_timer
+            if (
+                timer is not None
+                and timer.arrived_at is not None
+                and type(event) is Signal
+            ):
+                timer.written()
         self.next_seq = seq + 1
         self._keep(frame)
 

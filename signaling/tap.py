@@ -456,6 +456,13 @@ class Options(usage.Options):
             "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network).",
         ],
         [
+            "relay-time-sample",
+            None,
+            100,
+            "With --metrics-port, time one relayed frame in this many from its arrival to its recipient's write (signaling_relay_seconds); 0 for none.",
+            _whole("relay-time-sample"),
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -1194,7 +1201,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             if options["metrics-port"]:
                 # The parent holds --metrics-port and asks each worker here.
                 metrics = MetricsService(
-                    reactor, hub, link.bus if link is not None else None
+                    reactor,
+                    hub,
+                    link.bus if link is not None else None,
+                    options["relay-time-sample"],
                 )
                 metrics.setServiceParent(top)
                 workers.LocalSocketService(
@@ -1211,7 +1221,12 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         )
         listener.setServiceParent(listeners)
     if options["metrics-port"]:
-        metrics = MetricsService(reactor, hub, link.bus if link is not None else None)
+        metrics = MetricsService(
+            reactor,
+            hub,
+            link.bus if link is not None else None,
+            options["relay-time-sample"],
+        )
         metrics.setServiceParent(top)
         MetricsListener(
             endpoint_for(reactor, options["metrics-port"], options),

@@ -287,28 +287,39 @@ def test_polling_sessions_across_workers(tmp_path):
 def test_one_scrape_counts_every_worker(tmp_path):
     """
     With --workers 2, one scrape of --metrics-port covers both workers:
-    every peer is counted once, whichever worker holds it.
+    every peer is counted once, whichever worker holds it, and the relay
+    times of both workers add up.
     """
     from .test_operations_real import scrape
 
     server = start_workers(
-        tmp_path / "twistd.log", "--metrics-port", "tcp:0:interface=127.0.0.1"
+        tmp_path / "twistd.log",
+        "--metrics-port",
+        "tcp:0:interface=127.0.0.1",
+        "--relay-time-sample",
+        "1",
     )
     peers = []
     try:
-        held_by = set()
-        while len(held_by) < 2 and len(peers) < 90:
+        held_by: dict[str, list] = {"0": [], "1": []}
+        while min(map(len, held_by.values())) < 2 and len(peers) < 90:
             peers.append(NativePeer(server))
-            held_by.add(
-                wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0]
-            )
-            if len(held_by) < 2:
-                time.sleep(0.02)
-        assert held_by == {"0", "1"}
+            worker = wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)
+            held_by[worker[1][0]].append(peers[-1])
+            time.sleep(0.02)
+        assert min(map(len, held_by.values())) >= 2
         for peer in peers:
             peer.join("m")
         wait_room([server], "m", len(peers))
+        # One offer within each worker: its arrival and its write are timed
+        # in the same process.
+        for sender, recipient, *_ in held_by.values():
+            sender.offer("m", recipient.id, "x")
+            message = recipient.next()
+            while message["type"] != "offer":
+                message = recipient.next()
         samples = scrape(server)
+        assert samples['signaling_relay_seconds_count{dialect="native"}'] == 2
         assert samples["signaling_peers"] == len(peers)
         assert samples["signaling_peers_in_rooms"] == len(peers)
         assert samples[
