@@ -36,7 +36,9 @@ class DrainService(Service):
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
-        asked = self.hub.close_all(CloseReason.GOING_AWAY)
+        # Its own peers: a cluster's hub also holds mirrors of other nodes'.
+        asked = self.hub.local_peer_count()
+        self.hub.close_all(CloseReason.GOING_AWAY)
         self._log.info(
             "draining: told {count} peers the server is going away; waiting up to {timeout} s",
             count=asked,

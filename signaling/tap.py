@@ -1283,6 +1283,7 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
         options["redis"],
         options["node-id"] or default_node_id(),
         describe_port=lambda port: url_for(port, False),
+        stop_timeout=options["drain-timeout"] + workers.STOP_MARGIN,
     )
     parent.setServiceParent(top)
     if options["metrics-port"]:
