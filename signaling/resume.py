@@ -19,13 +19,13 @@ from __future__ import annotations
 import base64
 import collections
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import attrs
 import orjson
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from .errors import DeliveryRefused
 from .hub import CloseReason, Hub, IPeerConnection, Peer, Signal
@@ -37,6 +37,10 @@ TOKEN_BYTES = 32
 #: WebSocket close code of a socket whose session was resumed on another
 #: socket (a takeover): the server removed it, as for a stale peer.
 CLOSE_TAKEN_OVER = 4000
+#: Seconds a session of a draining node waits for its client to resume on
+#: another node (after the C{reconnect} message's hint of 1 s and the
+#: client's jitter), at most the resume grace; the drain waits for it.
+HANDOVER_GRACE = 5.0
 
 
 @attrs.frozen
@@ -58,6 +62,12 @@ class ISessionStore(Interface):
     """
     Where resumable sessions wait for their peer, under single-use tokens.
     """
+
+    shared = Attribute(
+        "Whether other processes find these sessions (a cluster): a session"
+        " whose server is going away then waits for its client to resume"
+        " elsewhere."
+    )
 
     def issue(session: "ResumableConnection") -> str:
         """
@@ -103,6 +113,7 @@ class MemorySessionStore:
     The sessions of this process, in memory.
     """
 
+    shared: ClassVar[bool] = False
     ids: IdSource = attrs.Factory(IdSource)
     _sessions: dict[bytes, "ResumableConnection"] = attrs.Factory(dict)
     _digests: dict[int, bytes] = attrs.Factory(dict)
@@ -244,8 +255,25 @@ class ResumableConnection:
 
     def close(self, reason: CloseReason) -> None:
         """
-        The hub removed the peer (stale, or failed): the session ends.
+        The hub removed the peer (stale, or failed): the session ends. Or
+        the server is going away: where another node can take the session
+        over, it waits for its client (L{HANDOVER_GRACE}) instead.
         """
+        if (
+            reason is CloseReason.GOING_AWAY
+            and self.store.shared
+            and self.socket is not None
+            and not self.ended
+        ):
+            # Off the socket at once: what arrives for the peer from now on
+            # is kept for the node it resumes on, not refused by a closing
+            # socket.
+            socket, self.socket = self.socket, None
+            self._grace = self.clock.callLater(
+                min(self.settings.grace, HANDOVER_GRACE), self._expire
+            )
+            socket.close(reason)
+            return
         self._end()
         if self.socket is not None:
             self.socket.close(reason)

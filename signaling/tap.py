@@ -1213,7 +1213,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
                     metrics.worker_site(),
                 ).setServiceParent(top)
         top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
-        DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
+        _drain(reactor, hub, options, top, listeners)
         return top
     for description in options["ports"]:
         listener = ListeningService(
@@ -1233,8 +1233,21 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             metrics.site(),
             options["metrics-port"],
         ).setServiceParent(top)
-    DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
+    _drain(reactor, hub, options, top, listeners)
     return top
+
+
+def _drain(
+    reactor: Any, hub: Hub, options: Options, top: MultiService, listeners: Any
+) -> None:
+    """
+    The drain, after the listeners in C{top}, so that it is stopped (and
+    begins) first; a cluster's link waits for it.
+    """
+    drain = DrainService(reactor, hub, options["drain-timeout"])
+    drain.setServiceParent(top)
+    if isinstance(listeners, ClusterService):
+        listeners.drain = drain
 
 
 def _stop(reactor: Any):
@@ -1309,6 +1322,8 @@ class ClusterService(MultiService):
         """
         super().__init__()
         self.link = link
+        #: The node's L{DrainService}, which the link outlasts.
+        self.drain: DrainService | None = None
 
     def privilegedStartService(self) -> None:
         # The ports are opened once the bus is up, in startService.
@@ -1342,9 +1357,13 @@ class ClusterService(MultiService):
         reactor.stop()
 
     def stopService(self):
-        # Stop listening, then leave the cluster: the other nodes reap this
-        # one at once and announce its peers gone.
+        # Stop listening, then leave the cluster once the drain is over: the
+        # other nodes reap this one at once and announce its peers gone.
+        # Until then the peers still here relay across nodes, and sessions
+        # told to reconnect are handed over to the nodes they resume on.
         stopped = MultiService.stopService(self)
+        if self.drain is not None:
+            stopped.addBoth(lambda _: self.drain.drained())
         stopped.addBoth(lambda _: self.link.stop())
         return stopped
 

@@ -14,6 +14,7 @@ from signaling.errors import DeliveryRefused
 from signaling.hub import CloseReason, Hub, IPeerConnection, Signal
 from signaling.ids import IdSource
 from signaling.resume import (
+    HANDOVER_GRACE,
     ISessionStore,
     MemorySessionStore,
     ResumableConnection,
@@ -44,6 +45,15 @@ class RecordingSocket:
 
     def close(self, reason: CloseReason) -> None:
         self.closed = reason
+
+
+class SharedStore(MemorySessionStore):
+    """
+    A memory store that says other processes find its sessions, as a
+    cluster's does.
+    """
+
+    shared = True
 
 
 def body(event) -> dict | None:
@@ -110,6 +120,54 @@ class ResumableConnectionTests(SynchronousTestCase):
             self.connection.socket.frames,
             [{"type": "message", "payload": "next", "seq": 1}],
         )
+
+    def test_going_away_ends_a_session_no_other_process_can_take(self) -> None:
+        """
+        A drain (L{CloseReason.GOING_AWAY}) without a cluster ends the
+        session: no other process could resume it.
+        """
+        socket = self.connection.socket
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.assertEqual(socket.closed, CloseReason.GOING_AWAY)
+        self.assertTrue(self.connection.ended)
+        self.assertEqual(len(self.store), 0)
+
+    def test_going_away_keeps_a_shared_session_for_a_handover(self) -> None:
+        """
+        Where other nodes find the sessions, a drain closes the socket but
+        the session waits for its client to resume elsewhere, keeping what
+        arrives for it meanwhile, for L{HANDOVER_GRACE} (at most the resume
+        grace); then the peer leaves.
+        """
+        self.connection.store = store = SharedStore(
+            ids=IdSource(counting_random_bytes())
+        )
+        store.issue(self.connection)
+        socket = self.connection.socket
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.assertEqual(socket.closed, CloseReason.GOING_AWAY)
+        self.assertIsNone(self.connection.socket)
+        self.assertEqual(self.connection.transport_name, "away")
+        self.relay("kept")
+        # The socket's own close comes later: it changes nothing.
+        self.connection.detach(socket, hold=False)
+        self.assertFalse(self.connection.ended)
+        self.assertEqual(len(store), 1)
+        self.assertEqual(
+            self.connection.hand_over()["kept"],
+            [[1, '{"type":"message","payload":"kept","seq":1}']],
+        )
+
+    def test_a_shared_session_not_resumed_after_going_away_leaves(self) -> None:
+        self.connection.store = SharedStore(ids=IdSource(counting_random_bytes()))
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.clock.advance(HANDOVER_GRACE - 0.1)
+        self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
+        self.clock.advance(0.1)
+        self.assertTrue(self.connection.ended)
+        self.assertIsNone(self.hub.find(self.connection.peer.id))
+        [left] = self.other.connection.events
+        self.assertEqual(left.member.peer_id, self.connection.peer.id)
 
     def test_acknowledged_events_are_not_replayed(self) -> None:
         self.relay("a")

@@ -8,6 +8,9 @@ the messages sent to it meanwhile; all processes are stopped by PID.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import time
 
@@ -228,3 +231,55 @@ def test_resume_on_another_worker(tmp_path):
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+def test_a_draining_node_hands_its_sessions_over(tmp_path):
+    """
+    SIGTERM to node 1: its peers are told to reconnect, and their sessions
+    wait there for them, kept frames and all. Bob resumes on node 2 with
+    his id, his room and what was sent to him meanwhile; Alice, on node 2,
+    sees him neither leave nor join. Dave never comes back: his session
+    ends after its handover grace and he leaves. Node 1 then stops, its
+    drain done before its timeout.
+    """
+    cluster = Cluster(tmp_path, "--drain-timeout", "20")
+    try:
+        node1, node2 = cluster.start(2).nodes
+        alice, dave, bob = Client(node2.base), Client(node1.base), Client(node1.base)
+        in_room(cluster.nodes, "h", [alice, dave, bob])
+        alice.message("h", bob.id, "before")
+        assert bob.received(1) == [("before", alice.id, 1)]
+
+        os.kill(node1.process.pid, signal.SIGTERM)
+        for client in (bob, dave):
+            assert client.next() == {
+                "type": "reconnect",
+                "reason": "going-away",
+                "delayMs": 1000,
+            }
+            assert client.close_code() == 1001
+        # Bob is away: his session on node 1 keeps what comes for him.
+        alice.message("h", bob.id, "while away")
+        time.sleep(0.2)
+        back = Client(node2.base, bob.token, last=bob.last)
+        assert (back.id, back.welcome["resumed"], back.welcome["rooms"]) == (
+            bob.id,
+            True,
+            ["h"],
+        )
+        assert back.received(1) == [("while away", alice.id, 2)]
+        back.message("h", alice.id, "back")
+        assert alice.received(1)[0][:2] == ("back", bob.id)
+        left = alice.next()
+        assert (left["type"], left["peer"]["id"]) == ("peer-left", dave.id)
+        alice.quiet()
+        assert node1.process.wait(20) is not None
+        log = node1.log()
+        assert "told 2 peers the server is going away" in log
+        assert f"{bob.id} resumed on node" in log
+        assert re.search(r"drained in \d", log)
+        assert "Traceback" not in log + node2.log()
+        for client in (alice, back):
+            client.ws.close()
+    finally:
+        cluster.stop()
