@@ -256,27 +256,32 @@ class ResumableConnection:
     def close(self, reason: CloseReason) -> None:
         """
         The hub removed the peer (stale, or failed): the session ends. Or
-        the server is going away: where another node can take the session
-        over, it waits for its client (L{HANDOVER_GRACE}) instead.
+        the server is going away: a session whose client its socket told
+        to reconnect may wait for it (L{told_to_reconnect}).
         """
-        if (
-            reason is CloseReason.GOING_AWAY
-            and self.store.shared
-            and self.socket is not None
-            and not self.ended
-        ):
-            # Off the socket at once: what arrives for the peer from now on
-            # is kept for the node it resumes on, not refused by a closing
-            # socket.
-            socket, self.socket = self.socket, None
-            self._grace = self.clock.callLater(
-                min(self.settings.grace, HANDOVER_GRACE), self._expire
-            )
-            socket.close(reason)
-            return
+        if reason is CloseReason.GOING_AWAY and self.socket is not None:
+            self.socket.close(reason)
+            if self.socket is None:
+                return
         self._end()
         if self.socket is not None:
             self.socket.close(reason)
+
+    def told_to_reconnect(self, socket: Any) -> None:
+        """
+        The server told the client on C{socket} to come back, maybe to
+        another node, and closes the socket. Where another node can take
+        the session over (a shared store), it comes off the socket at once,
+        so that what arrives from now on is kept for the node the client
+        resumes on, and waits L{HANDOVER_GRACE} for it; elsewhere it ends
+        with the socket, as no other process could resume it.
+        """
+        if socket is not self.socket or self.ended or not self.store.shared:
+            return
+        self.socket = None
+        self._grace = self.clock.callLater(
+            min(self.settings.grace, HANDOVER_GRACE), self._expire
+        )
 
     # sockets
 

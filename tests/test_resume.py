@@ -47,6 +47,22 @@ class RecordingSocket:
         self.closed = reason
 
 
+class TellingSocket(RecordingSocket):
+    """
+    A socket that, open, tells the client to reconnect when the server is
+    going away, as the native dialect's does.
+    """
+
+    def __init__(self, connection: ResumableConnection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def close(self, reason: CloseReason) -> None:
+        super().close(reason)
+        if reason is CloseReason.GOING_AWAY:
+            self.connection.told_to_reconnect(self)
+
+
 class SharedStore(MemorySessionStore):
     """
     A memory store that says other processes find its sessions, as a
@@ -121,14 +137,25 @@ class ResumableConnectionTests(SynchronousTestCase):
             [{"type": "message", "payload": "next", "seq": 1}],
         )
 
+    def going_away(self, store: MemorySessionStore) -> TellingSocket:
+        """
+        Attach a socket that tells its client to reconnect, then close the
+        session as a drain does.
+        """
+        self.connection.store = store
+        store.issue(self.connection)
+        socket = TellingSocket(self.connection)
+        self.connection.attach(socket)
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.assertEqual(socket.closed, CloseReason.GOING_AWAY)
+        return socket
+
     def test_going_away_ends_a_session_no_other_process_can_take(self) -> None:
         """
         A drain (L{CloseReason.GOING_AWAY}) without a cluster ends the
         session: no other process could resume it.
         """
-        socket = self.connection.socket
-        self.connection.close(CloseReason.GOING_AWAY)
-        self.assertEqual(socket.closed, CloseReason.GOING_AWAY)
+        self.going_away(self.store)
         self.assertTrue(self.connection.ended)
         self.assertEqual(len(self.store), 0)
 
@@ -136,16 +163,10 @@ class ResumableConnectionTests(SynchronousTestCase):
         """
         Where other nodes find the sessions, a drain closes the socket but
         the session waits for its client to resume elsewhere, keeping what
-        arrives for it meanwhile, for L{HANDOVER_GRACE} (at most the resume
-        grace); then the peer leaves.
+        arrives for it meanwhile.
         """
-        self.connection.store = store = SharedStore(
-            ids=IdSource(counting_random_bytes())
-        )
-        store.issue(self.connection)
-        socket = self.connection.socket
-        self.connection.close(CloseReason.GOING_AWAY)
-        self.assertEqual(socket.closed, CloseReason.GOING_AWAY)
+        store = SharedStore(ids=IdSource(counting_random_bytes()))
+        socket = self.going_away(store)
         self.assertIsNone(self.connection.socket)
         self.assertEqual(self.connection.transport_name, "away")
         self.relay("kept")
@@ -159,8 +180,11 @@ class ResumableConnectionTests(SynchronousTestCase):
         )
 
     def test_a_shared_session_not_resumed_after_going_away_leaves(self) -> None:
-        self.connection.store = SharedStore(ids=IdSource(counting_random_bytes()))
-        self.connection.close(CloseReason.GOING_AWAY)
+        """
+        It waits L{HANDOVER_GRACE} (at most the resume grace); then the
+        peer leaves.
+        """
+        self.going_away(SharedStore(ids=IdSource(counting_random_bytes())))
         self.clock.advance(HANDOVER_GRACE - 0.1)
         self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
         self.clock.advance(0.1)
@@ -168,6 +192,15 @@ class ResumableConnectionTests(SynchronousTestCase):
         self.assertIsNone(self.hub.find(self.connection.peer.id))
         [left] = self.other.connection.events
         self.assertEqual(left.member.peer_id, self.connection.peer.id)
+
+    def test_a_socket_not_told_to_reconnect_ends_its_session(self) -> None:
+        """
+        A socket already closing (its client is leaving) tells nobody to
+        reconnect: its session ends with the drain, shared store or not.
+        """
+        self.connection.store = SharedStore(ids=IdSource(counting_random_bytes()))
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.assertTrue(self.connection.ended)
 
     def test_acknowledged_events_are_not_replayed(self) -> None:
         self.relay("a")
