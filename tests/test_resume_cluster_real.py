@@ -50,9 +50,11 @@ class Client:
         self.last = message.get("seq", getattr(self, "last", 0))
         return message
 
-    def join(self, room: str) -> None:
+    def join(self, room: str) -> dict:
         self.send({"type": "join", "room": room})
-        assert self.next()["type"] == "joined"
+        joined = self.next()
+        assert joined["type"] == "joined"
+        return joined
 
     def message(self, room: str, to: str | None, text: str) -> None:
         body = {"type": "message", "room": room, "payload": text}
@@ -111,17 +113,31 @@ def cluster(tmp_path_factory):
 
 
 def in_room(nodes, room: str, clients) -> None:
+    """
+    The clients join C{room} one after the other; each is then told of
+    every other once, in its join's list or in a C{peer-joined}, and has
+    read those notices.
+    """
+    listed = {}
     for count, client in enumerate(clients, 1):
-        client.join(room)
+        listed[client.id] = {peer["id"] for peer in client.join(room)["peers"]}
         wait_for(
             lambda count=count: all(
                 room_sizes(node).get(room, 0) == count for node in nodes
             )
         )
-    for index, client in enumerate(clients):
-        # The peer-joined of those who came after it.
-        for _ in clients[index + 1 :]:
-            assert client.next()["type"] == "peer-joined"
+    for client in clients:
+        # Those who came after it, and, under --workers, one that came
+        # before but whose join reached the client's worker after its own
+        # (the room count above is the cluster's, not each worker's view).
+        expected = {other.id for other in clients if other is not client}
+        expected -= listed[client.id]
+        told = set()
+        for _ in expected:
+            notice = client.next()
+            assert notice["type"] == "peer-joined", notice
+            told.add(notice["peer"]["id"])
+        assert told == expected
 
 
 def test_resume_on_another_node(cluster):
@@ -209,6 +225,9 @@ def test_resume_on_another_worker(tmp_path):
         alice, bob = Client(server.base), Client(server.base)
         in_room([server], "w", [alice, bob])
         nodes = {node_of(server, bob.id)}
+        # Bob's seq so far: a peer-joined, if Alice's join reached his
+        # worker after his own.
+        first = bob.last
         sent = 0
         for _ in range(20):
             bob.lose()
@@ -218,8 +237,8 @@ def test_resume_on_another_worker(tmp_path):
             time.sleep(0.1)
             back = Client(server.base, bob.token, last=bob.last)
             assert (back.id, back.welcome["resumed"]) == (bob.id, True)
-            assert back.received(1) == [(f"m{sent}", alice.id, sent)]
-            back.last = sent
+            assert back.received(1) == [(f"m{sent}", alice.id, first + sent)]
+            back.last = first + sent
             bob = back
             nodes.add(node_of(server, bob.id))
             if len(nodes) == 2:
