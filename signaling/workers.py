@@ -305,6 +305,9 @@ class WorkersService(Service):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Out of the terminal's foreground group, as the workers: it
+            # stops after them, when the parent says.
+            start_new_session=True,
         )
         _wait_for_unix_socket(path, self.redis)
         _log.info(
@@ -344,6 +347,10 @@ class WorkersService(Service):
         args = [
             sys.executable,
             "-c",
+            # A process group of its own: a terminal's Ctrl-C (SIGINT to
+            # the foreground group) reaches the parent alone, which stops
+            # the workers in order (SIGTERM, drain) instead of all at once.
+            "import os; os.setpgid(0, 0); "
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",

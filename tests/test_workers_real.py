@@ -481,3 +481,59 @@ def test_the_parent_waits_for_a_draining_worker_then_kills_a_stuck_one(tmp_path)
         if silent is not None:
             silent.ws.shutdown()
         server.stop()
+
+
+def test_ctrl_c_reaches_the_parent_alone(tmp_path):
+    """
+    SIGINT to the server's whole process group (Ctrl-C in a terminal)
+    reaches only the parent, which drains its workers as for SIGTERM: the
+    workers and the private Redis are in groups of their own, so none of
+    them stops by itself and none is started again.
+    """
+    log_path = tmp_path / "twistd.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "signaling",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--ping-interval",
+                "0",
+                "--workers",
+                "2",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "JWT_SECRET": ""},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # A group of its own, as a shell gives a job, for the test to
+            # signal as a terminal would.
+            start_new_session=True,
+        )
+    server = TwistdServer()
+    server.process = process
+    server.log_path = log_path
+    try:
+        wait_for(
+            lambda: server.log().count("joined the cluster as node") >= 2, timeout=10
+        )
+        base = re.search(r"signaling listening on (\S+)", server.log()).group(1)
+        server.base = base.rsplit("/", 1)[0]
+        peer = NativePeer(server)
+        pids = worker_pids(server)
+        redis = private_redis_pid(server)
+        os.killpg(process.pid, signal.SIGINT)
+        assert json.loads(peer.ws.recv())["type"] == "reconnect"
+        peer.close()
+        assert process.wait(20) is not None
+        log = server.log()
+        assert len(re.findall(r"told \d+ peers the server is going away", log)) == 2
+        assert "starting it again" not in log
+        assert "Traceback" not in log
+        assert not [pid for pid in pids.values() if alive(pid)]
+        assert not alive(redis)
+    finally:
+        server.stop()
