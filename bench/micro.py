@@ -11,7 +11,7 @@ out is the reactor and the system calls, which the full benchmark
 (bench/run.py) includes.
 
 Run: C{python bench/micro.py [--server signaling|reference] [--dialect native|topic|peerjs] [-n N]
-[--no-fast-paths]}.
+[--no-fast-paths] [--relay-time-sample N]}.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Client:
         self.protocol.dataReceived(client_frame(json.dumps(message).encode()))
 
 
-def factory_for(server: str, fast_paths: bool = True):
+def factory_for(server: str, fast_paths: bool = True, relay_sample: int = 0):
     if server == "signaling":
         from twisted.internet import reactor
 
@@ -105,6 +105,11 @@ def factory_for(server: str, fast_paths: bool = True):
         from signaling.transports.websocket import SignalingFactory, WebSocketSettings
 
         hub = Hub(clock=reactor, limits=HubLimits(max_peers_per_room=0))
+        if relay_sample:
+            from signaling.metrics import MetricsService
+
+            # What --metrics-port adds to the relay path: the relay timer.
+            MetricsService(reactor, hub, relay_sample=relay_sample)
         sessions = {"native": NativeSession}
         try:
             from signaling.dialects.topic import TopicSession
@@ -141,8 +146,14 @@ def factory_for(server: str, fast_paths: bool = True):
     return factory
 
 
-def run(server: str, dialect: str, count: int, fast_paths: bool = True) -> float:
-    factory = factory_for(server, fast_paths)
+def run(
+    server: str,
+    dialect: str,
+    count: int,
+    fast_paths: bool = True,
+    relay_sample: int = 0,
+) -> float:
+    factory = factory_for(server, fast_paths, relay_sample)
     if dialect == "native":
         a, b = Client(factory, "/signal"), Client(factory, "/signal")
         a.take()
@@ -198,9 +209,21 @@ def main(argv: list[str]) -> None:
         action="store_false",
         help="measure our server on plain Autobahn (signaling/fastpath.py off)",
     )
+    parser.add_argument(
+        "--relay-time-sample",
+        type=int,
+        default=0,
+        help="time one relay in this many, as --metrics-port does (default: 0, none)",
+    )
     options = parser.parse_args(argv)
     results = [
-        run(options.server, options.dialect, options.n, options.fast_paths)
+        run(
+            options.server,
+            options.dialect,
+            options.n,
+            options.fast_paths,
+            options.relay_time_sample,
+        )
         for _ in range(options.rounds)
     ]
     print(
@@ -209,6 +232,7 @@ def main(argv: list[str]) -> None:
                 "server": options.server,
                 "dialect": options.dialect,
                 "fast_paths": options.fast_paths,
+                "relay_time_sample": options.relay_time_sample,
                 "us_per_msg_min": round(min(results), 2),
                 "us_per_msg_median": round(sorted(results)[len(results) // 2], 2),
             }

@@ -803,7 +803,16 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="run our server with --auth required; every peer presents a token (?token=)",
     )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an option for our one-process server, e.g."
+        " --server-arg=--metrics-port=tcp:0:interface=127.0.0.1",
+    )
     options = parser.parse_args(argv)
+    SIGNALING_ARGS.extend(options.server_arg)
     if options.auth:
         import jwt
 

@@ -21,7 +21,7 @@ import enum
 import json
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import quote, urlparse
 
 import attrs
@@ -75,6 +75,17 @@ class Backoff:
         full = min(self.cap, self.base * self.factor**attempt)
         return full * (1 - self.jitter * random_fraction)
 
+    def hinted(self, seconds: float, random_fraction: float) -> float:
+        """
+        The delay after a server's C{reconnect} message: its hint, plus up
+        to C{jitter} of it at random (never sooner than the server asked,
+        and not all its clients at once), at most C{cap}.
+
+        :param seconds: The hint (C{delayMs} / 1000).
+        :param random_fraction: A number in [0, 1).
+        """
+        return min(self.cap, seconds * (1 + self.jitter * random_fraction))
+
 
 class _Protocol(WebSocketClientProtocol):
     signaling_open = False
@@ -96,17 +107,20 @@ class SignalingClient:
 
     Events (L{on}): C{state} {state}, C{welcome}, C{peer-joined},
     C{peer-left}, C{offer}, C{answer}, C{candidate}, C{message} (the server's
-    messages as dicts), C{reconnecting} {delay, attempt}, C{session-lost}
+    messages as dicts, C{reconnect} among them: the server is going away),
+    C{reconnecting} {delay, attempt}, C{session-lost}
     {peerId, previousPeerId} (the rooms are then joined again, each with a
     C{rejoined} event carrying the C{joined} reply), C{error}.
 
+    :ivar urls: The server's URLs; the client moves on to the next one when
+        a server says it is going away or a connection cannot be opened.
     :ivar peer_id: The peer's id, once welcomed.
     :ivar rooms: The rooms it is in: room name to {peer id: metadata}.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | Callable[[], str] | None = None,
         backoff: Backoff = Backoff(),
@@ -118,7 +132,8 @@ class SignalingClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """
-        :param url: C{ws://host:port/signal} or C{wss://…}.
+        :param url: C{ws://host:port/signal} or C{wss://…}, or several
+            (nodes of one cluster, where a session resumes on any node).
         :param token: A JWT for a server with C{--auth}, or a function
             returning a fresh one, sent as C{?token=} on every connection.
         :param ping_interval: Seconds between the client's WebSocket pings;
@@ -129,7 +144,10 @@ class SignalingClient:
         :param random_fraction: The jitter's source of randomness.
         :param sleep: Waits between attempts (a fake clock in tests).
         """
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("no URL to connect to")
+        self._url_index = 0
         self.token = token
         self.backoff = backoff
         self.ping_interval = ping_interval
@@ -154,7 +172,19 @@ class SignalingClient:
         self._socket_closed: asyncio.Future | None = None
         self._welcomed: asyncio.Future | None = None
         self._runner: asyncio.Task | None = None
+        self._reconnect_hint: float | None = None
+        self._opened_socket = False
         self.attempt = 0
+
+    @property
+    def url(self) -> str:
+        """
+        The URL the client connects to next (or is connected to).
+        """
+        return self.urls[self._url_index]
+
+    def _next_url(self) -> None:
+        self._url_index = (self._url_index + 1) % len(self.urls)
 
     # events
 
@@ -232,6 +262,8 @@ class SignalingClient:
         loop = asyncio.get_running_loop()
         while self.state is not State.CLOSED:
             self._socket_closed = loop.create_future()
+            self._reconnect_hint = None
+            self._opened_socket = False
             try:
                 await self._open(self._resume_url())
                 code, reason = await self._socket_closed
@@ -239,6 +271,10 @@ class SignalingClient:
                 code, reason = 1006, str(error)
             if self.state is State.CLOSED:
                 return
+            hint = self._reconnect_hint
+            if hint is not None or not self._opened_socket:
+                # Going away, or not there: another node may be.
+                self._next_url()
             if code == 4000 and reason.startswith("taken over"):
                 # Another socket resumed this session: it is that one's now.
                 self._set_state(State.CLOSED, code=code, reason=reason)
@@ -253,7 +289,10 @@ class SignalingClient:
                         ConnectionError(f"could not connect: {reason}")
                     )
                 return
-            delay = self.backoff.delay(self.attempt, self._random())
+            if hint is not None:
+                delay = self.backoff.hinted(hint, self._random())
+            else:
+                delay = self.backoff.delay(self.attempt, self._random())
             self.attempt += 1
             self._set_state(
                 State.RECONNECTING,
@@ -392,6 +431,7 @@ class SignalingClient:
 
     def _opened(self, protocol: _Protocol) -> None:
         self._protocol = protocol
+        self._opened_socket = True
         protocol.signaling_open = True
 
     def _closed(self, protocol: _Protocol, code: int | None, reason: str) -> None:
@@ -412,6 +452,13 @@ class SignalingClient:
         if message_type == "welcome":
             self._welcome(message)
             return
+        if message_type == "reconnect":
+            delay_ms = message.get("delayMs")
+            self._reconnect_hint = (
+                max(0.0, delay_ms / 1000)
+                if isinstance(delay_ms, (int, float)) and not isinstance(delay_ms, bool)
+                else 0.0
+            )
         request_id = message.get("id")
         if request_id in self._pending:
             future = self._pending.pop(request_id)

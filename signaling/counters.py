@@ -7,6 +7,7 @@ reads them at scrape time.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import attrs
 
@@ -25,6 +26,8 @@ class Counters:
         reason (C{origin}, C{auth}).
     :ivar bytes_in: Bytes of WebSocket messages received.
     :ivar bytes_out: Bytes of WebSocket messages sent.
+    :ivar relay_timer: Samples the relay's time for C{/metrics}, or None
+        when nobody asks (no C{--metrics-port}, or C{--relay-time-sample 0}).
     """
 
     relayed: defaultdict[tuple[str, str], int] = attrs.Factory(lambda: defaultdict(int))
@@ -33,6 +36,44 @@ class Counters:
     handshakes_refused: dict[str, int] = attrs.Factory(dict)
     bytes_in: int = 0
     bytes_out: int = 0
+    relay_timer: RelayTimer | None = None
 
     def count(self, table: dict, key) -> None:
         table[key] = table.get(key, 0) + 1
+
+
+@attrs.define(eq=False)
+class RelayTimer:
+    """
+    The time from a relayed frame's arrival to the write of its recipient's
+    frame, for one frame in C{every}: the transport counts arriving frames
+    down (C{countdown}), stamps the sampled one (L{arrived}) and, once the hub
+    has handed the signal to a recipient and its frame is written, calls
+    L{written}; all of it happens in one call, so one stamp at a time.
+
+    :ivar every: One arriving frame in this many is timed (at least 1).
+    :ivar seconds: The clock (C{IReactorTime.seconds}).
+    :ivar observe: Takes the sender's dialect and the seconds measured.
+    """
+
+    every: int
+    seconds: Callable[[], float]
+    observe: Callable[[str, float], None]
+    countdown: int = 0
+    arrived_at: float | None = None
+    dialect: str = ""
+
+    def arrived(self, dialect: str) -> None:
+        self.arrived_at = self.seconds()
+        self.dialect = dialect
+
+    def written(self) -> None:
+        """
+        A recipient's frame of the stamped signal is written: one sample
+        per recipient, so a room's broadcast gives one for each.
+        """
+        if self.arrived_at is not None:
+            self.observe(self.dialect, self.seconds() - self.arrived_at)
+
+    def done(self) -> None:
+        self.arrived_at = None

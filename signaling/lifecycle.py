@@ -10,7 +10,7 @@ import socket
 from typing import Any, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 
 from .hub import CloseReason, Hub
@@ -33,10 +33,25 @@ class DrainService(Service):
         self.reactor = reactor
         self.hub = hub
         self.timeout = timeout
+        self._draining = False
+        self._waiters: list[Deferred] = []
+
+    def drained(self) -> Deferred:
+        """
+        Fires once the drain is over: at once if none began.
+        """
+        if not self._draining:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
-        asked = self.hub.close_all(CloseReason.GOING_AWAY)
+        self._draining = True
+        # Its own peers: a cluster's hub also holds mirrors of other nodes'.
+        asked = self.hub.local_peer_count()
+        self.hub.close_all(CloseReason.GOING_AWAY)
         self._log.info(
             "draining: told {count} peers the server is going away; waiting up to {timeout} s",
             count=asked,
@@ -58,6 +73,10 @@ class DrainService(Service):
                 )
             else:
                 self._log.info("drained in {seconds:.2f} s", seconds=waited)
+            self._draining = False
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
             done.callback(None)
 
         poll = LoopingCall(check)

@@ -8,6 +8,9 @@ histograms are fed off the relay path: garbage-collection pauses (from
 C{gc.callbacks}) and the reactor's lag, how late a timer fires, which is
 how long an arriving frame can wait before it is read and relayed (the
 relay's own work per frame is measured by C{bench/micro.py}, about 10 µs).
+A third, fed from the relay path but only for one frame in
+C{--relay-time-sample}, is that work as it happens: the time from a
+relayed frame's arrival to its recipient's write (L{RelayTimer}).
 No label takes values that grow with users: no room or peer ids.
 """
 
@@ -31,6 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
+from .counters import RelayTimer
 from .hub import Hub
 from .logs import Logger
 
@@ -43,6 +47,19 @@ _PAUSE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 #: C{CONTENT_TYPE_PLAIN_0_0_4}; 0.20 does not).
 _TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
 _BUS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_RELAY_BUCKETS = (
+    0.00001,
+    0.00002,
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.005,
+    0.025,
+    0.1,
+    0.5,
+)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -166,10 +183,15 @@ class MetricsService(Service):
     Keeps the registry's histograms fed while the server runs.
     """
 
-    def __init__(self, reactor: Any, hub: Hub, bus: Any = None) -> None:
+    def __init__(
+        self, reactor: Any, hub: Hub, bus: Any = None, relay_sample: int = 100
+    ) -> None:
         """
         :param bus: The node's L{signaling.cluster.bus.RedisBus}, if it is
             a node of a cluster.
+        :param relay_sample: Time one relayed frame in this many from its
+            arrival to its recipient's write (C{--relay-time-sample}); 0
+            times none.
         """
         self.reactor = reactor
         self.registry = CollectorRegistry(auto_describe=True)
@@ -187,6 +209,22 @@ class MetricsService(Service):
             buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
+        self.relay_time = Histogram(
+            "signaling_relay_seconds",
+            "Time from a relayed frame's arrival to the write of its recipient's frame "
+            "(one per recipient), for one frame in --relay-time-sample, by the sender's "
+            "dialect.",
+            ["dialect"],
+            buckets=_RELAY_BUCKETS,
+            registry=self.registry,
+        )
+        if relay_sample:
+            hub.counters.relay_timer = RelayTimer(
+                relay_sample, reactor.seconds, self._observe_relay
+            )
+        # Each dialect's child of the histogram: labels() costs more than
+        # the observation.
+        self._relay_times: dict[str, Any] = {}
         if bus is not None:
             self.registry.register(BusCollector(bus))
             bus.probe_observer = Histogram(
@@ -199,6 +237,12 @@ class MetricsService(Service):
         self._gc_started: float | None = None
         self._lag_loop: LoopingCall | None = None
         self._lag_due = 0.0
+
+    def _observe_relay(self, dialect: str, seconds: float) -> None:
+        child = self._relay_times.get(dialect)
+        if child is None:
+            child = self._relay_times[dialect] = self.relay_time.labels(dialect)
+        child.observe(seconds)
 
     def site(self) -> Site:
         root = Resource()

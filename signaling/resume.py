@@ -19,16 +19,16 @@ from __future__ import annotations
 import base64
 import collections
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import attrs
 import orjson
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from .errors import DeliveryRefused
-from .hub import CloseReason, Hub, IPeerConnection, Peer
+from .hub import CloseReason, Hub, IPeerConnection, Peer, Signal
 from .ids import IdSource
 from .logs import Logger
 
@@ -37,6 +37,10 @@ TOKEN_BYTES = 32
 #: WebSocket close code of a socket whose session was resumed on another
 #: socket (a takeover): the server removed it, as for a stale peer.
 CLOSE_TAKEN_OVER = 4000
+#: Seconds a session of a draining node waits for its client to resume on
+#: another node (after the C{reconnect} message's hint of 1 s and the
+#: client's jitter), at most the resume grace; the drain waits for it.
+HANDOVER_GRACE = 5.0
 
 
 @attrs.frozen
@@ -58,6 +62,12 @@ class ISessionStore(Interface):
     """
     Where resumable sessions wait for their peer, under single-use tokens.
     """
+
+    shared = Attribute(
+        "Whether other processes find these sessions (a cluster): a session"
+        " whose server is going away then waits for its client to resume"
+        " elsewhere."
+    )
 
     def issue(session: "ResumableConnection") -> str:
         """
@@ -103,6 +113,7 @@ class MemorySessionStore:
     The sessions of this process, in memory.
     """
 
+    shared: ClassVar[bool] = False
     ids: IdSource = attrs.Factory(IdSource)
     _sessions: dict[bytes, "ResumableConnection"] = attrs.Factory(dict)
     _digests: dict[int, bytes] = attrs.Factory(dict)
@@ -232,16 +243,45 @@ class ResumableConnection:
             # A frame the socket refuses was not sent: it is not kept, and
             # its number is given to the next one.
             self.socket.send(frame)
+            timer = self.hub.counters.relay_timer
+            if (
+                timer is not None
+                and timer.arrived_at is not None
+                and type(event) is Signal
+            ):
+                timer.written()
         self.next_seq = seq + 1
         self._keep(frame)
 
     def close(self, reason: CloseReason) -> None:
         """
-        The hub removed the peer (stale, or failed): the session ends.
+        The hub removed the peer (stale, or failed): the session ends. Or
+        the server is going away: a session whose client its socket told
+        to reconnect may wait for it (L{told_to_reconnect}).
         """
+        if reason is CloseReason.GOING_AWAY and self.socket is not None:
+            self.socket.close(reason)
+            if self.socket is None:
+                return
         self._end()
         if self.socket is not None:
             self.socket.close(reason)
+
+    def told_to_reconnect(self, socket: Any) -> None:
+        """
+        The server told the client on C{socket} to come back, maybe to
+        another node, and closes the socket. Where another node can take
+        the session over (a shared store), it comes off the socket at once,
+        so that what arrives from now on is kept for the node the client
+        resumes on, and waits L{HANDOVER_GRACE} for it; elsewhere it ends
+        with the socket, as no other process could resume it.
+        """
+        if socket is not self.socket or self.ended or not self.store.shared:
+            return
+        self.socket = None
+        self._grace = self.clock.callLater(
+            min(self.settings.grace, HANDOVER_GRACE), self._expire
+        )
 
     # sockets
 

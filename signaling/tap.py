@@ -456,6 +456,13 @@ class Options(usage.Options):
             "Serve Prometheus metrics at /metrics on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 (default: off; keep it off the public network).",
         ],
         [
+            "relay-time-sample",
+            None,
+            100,
+            "With --metrics-port, time one relayed frame in this many from its arrival to its recipient's write (signaling_relay_seconds); 0 for none.",
+            _whole("relay-time-sample"),
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -1194,7 +1201,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             if options["metrics-port"]:
                 # The parent holds --metrics-port and asks each worker here.
                 metrics = MetricsService(
-                    reactor, hub, link.bus if link is not None else None
+                    reactor,
+                    hub,
+                    link.bus if link is not None else None,
+                    options["relay-time-sample"],
                 )
                 metrics.setServiceParent(top)
                 workers.LocalSocketService(
@@ -1203,7 +1213,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
                     metrics.worker_site(),
                 ).setServiceParent(top)
         top.parent_watch = workers.ParentWatch(reactor, _stop(reactor))  # type: ignore[attr-defined]
-        DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
+        _drain(reactor, hub, options, top, listeners)
         return top
     for description in options["ports"]:
         listener = ListeningService(
@@ -1211,15 +1221,33 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         )
         listener.setServiceParent(listeners)
     if options["metrics-port"]:
-        metrics = MetricsService(reactor, hub, link.bus if link is not None else None)
+        metrics = MetricsService(
+            reactor,
+            hub,
+            link.bus if link is not None else None,
+            options["relay-time-sample"],
+        )
         metrics.setServiceParent(top)
         MetricsListener(
             endpoint_for(reactor, options["metrics-port"], options),
             metrics.site(),
             options["metrics-port"],
         ).setServiceParent(top)
-    DrainService(reactor, hub, options["drain-timeout"]).setServiceParent(top)
+    _drain(reactor, hub, options, top, listeners)
     return top
+
+
+def _drain(
+    reactor: Any, hub: Hub, options: Options, top: MultiService, listeners: Any
+) -> None:
+    """
+    The drain, after the listeners in C{top}, so that it is stopped (and
+    begins) first; a cluster's link waits for it.
+    """
+    drain = DrainService(reactor, hub, options["drain-timeout"])
+    drain.setServiceParent(top)
+    if isinstance(listeners, ClusterService):
+        listeners.drain = drain
 
 
 def _stop(reactor: Any):
@@ -1268,6 +1296,7 @@ def _workers_parent(options: Options, reactor: Any) -> MultiService:
         options["redis"],
         options["node-id"] or default_node_id(),
         describe_port=lambda port: url_for(port, False),
+        stop_timeout=options["drain-timeout"] + workers.STOP_MARGIN,
     )
     parent.setServiceParent(top)
     if options["metrics-port"]:
@@ -1293,6 +1322,8 @@ class ClusterService(MultiService):
         """
         super().__init__()
         self.link = link
+        #: The node's L{DrainService}, which the link outlasts.
+        self.drain: DrainService | None = None
 
     def privilegedStartService(self) -> None:
         # The ports are opened once the bus is up, in startService.
@@ -1326,9 +1357,13 @@ class ClusterService(MultiService):
         reactor.stop()
 
     def stopService(self):
-        # Stop listening, then leave the cluster: the other nodes reap this
-        # one at once and announce its peers gone.
+        # Stop listening, then leave the cluster once the drain is over: the
+        # other nodes reap this one at once and announce its peers gone.
+        # Until then the peers still here relay across nodes, and sessions
+        # told to reconnect are handed over to the nodes they resume on.
         stopped = MultiService.stopService(self)
+        if self.drain is not None:
+            stopped.addBoth(lambda _: self.drain.drained())
         stopped.addBoth(lambda _: self.link.stop())
         return stopped
 

@@ -39,9 +39,14 @@ WORKER_INDEX_ENV = "SIGNALING_WORKER_INDEX"
 PARENT_PIPE_FD = 0
 #: Seconds before a dead worker is started again.
 RESTART_DELAY = 0.5
-#: Seconds workers and the private Redis have to exit before they are killed.
+#: Seconds the private Redis has to exit before it is killed.
 STOP_TIMEOUT = 10.0
+#: Seconds a worker has to exit after its drain (C{--drain-timeout}) before
+#: it is killed: leaving the cluster, closing what remains.
+STOP_MARGIN = 5.0
 
+#: The parent's systemd notification settings, not passed to the workers.
+_SYSTEMD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 
 _log = Logger()
@@ -214,6 +219,8 @@ class WorkersService(Service):
     :param arguments: The workers' C{twistd signaling} arguments.
     :param describe_port: How a listening port is named in the log line
         that says the server listens.
+    :param stop_timeout: Seconds the workers have to exit after SIGTERM
+        (their drain and L{STOP_MARGIN}) before they are killed.
     """
 
     def __init__(
@@ -226,6 +233,7 @@ class WorkersService(Service):
         node_base: str,
         restart_delay: float = RESTART_DELAY,
         describe_port: Callable[[Any], str] = str,
+        stop_timeout: float = 10.0 + STOP_MARGIN,
     ) -> None:
         self.reactor = reactor
         self.listeners = listeners
@@ -235,6 +243,7 @@ class WorkersService(Service):
         self.node_base = node_base
         self.restart_delay = restart_delay
         self.describe_port = describe_port
+        self.stop_timeout = stop_timeout
         self.ports: list = []
         self.workers: dict[int, _Worker] = {}
         self.generation = 0
@@ -296,6 +305,9 @@ class WorkersService(Service):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Out of the terminal's foreground group, as the workers: it
+            # stops after them, when the parent says.
+            start_new_session=True,
         )
         _wait_for_unix_socket(path, self.redis)
         _log.info(
@@ -322,7 +334,12 @@ class WorkersService(Service):
             )
             described.append(f"{fd}:{family}")
         environ = {
-            **os.environ,
+            # Only the parent speaks to systemd (NotifyAccess=main).
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if name not in _SYSTEMD_ONLY
+            },
             WORKER_FDS_ENV: ",".join(described),
             WORKER_DIR_ENV: self.directory,
             WORKER_INDEX_ENV: str(index),
@@ -330,6 +347,10 @@ class WorkersService(Service):
         args = [
             sys.executable,
             "-c",
+            # A process group of its own: a terminal's Ctrl-C (SIGINT to
+            # the foreground group) reaches the parent alone, which stops
+            # the workers in order (SIGTERM, drain) instead of all at once.
+            "import os; os.setpgid(0, 0); "
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",
@@ -382,6 +403,12 @@ class WorkersService(Service):
     def stopService(self):
         self.stopping = True
         Service.stopService(self)
+        # The parent's copy of each listening socket first: once the
+        # draining workers close theirs, new connections are refused
+        # instead of waiting in a backlog nobody accepts from.
+        for port in self.ports:
+            yield port.stopListening()
+        self.ports = []
         workers = list(self.workers.values())
         for worker in workers:
             try:
@@ -389,18 +416,27 @@ class WorkersService(Service):
             except Exception:
                 pass
         if workers:
+            _log.info(
+                "stopping {count} workers: they drain, then exit (killed after {timeout} s)",
+                count=len(workers),
+                timeout=self.stop_timeout,
+            )
             waiting = defer.DeferredList([worker.ended for worker in workers])
-            timeout = deferLater(self.reactor, STOP_TIMEOUT, lambda: None)
+            timeout = deferLater(self.reactor, self.stop_timeout, lambda: None)
             yield defer.DeferredList([waiting, timeout], fireOnOneCallback=True)
             for worker in workers:
                 if not worker.ended.called:
+                    _log.warn(
+                        "worker {index} still runs {timeout} s after SIGTERM: killed",
+                        index=worker.index,
+                        timeout=self.stop_timeout,
+                    )
                     try:
                         worker.transport.signalProcess("KILL")
                     except Exception:
                         pass
-        for port in self.ports:
-            yield port.stopListening()
-        self.ports = []
+            # A killed worker is reaped before the Redis it used goes.
+            yield waiting
         if self.redis is not None:
             os.kill(self.redis.pid, signal.SIGTERM)
             try:

@@ -16,6 +16,8 @@ socket). Prints "ok FLOW" and exits 0, or raises.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import sys
 
@@ -235,11 +237,77 @@ async def auth(url: str) -> None:
     await alice.close()
 
 
+async def drain(urls: str) -> None:
+    """
+    URLS is two servers' URLs, comma-separated; DRAIN_PID the first's
+    process. Told to reconnect by the first as it drains, the client waits
+    the server's hint (with its jitter) and comes back to the second, which
+    never had its session: it joins its room again there.
+    """
+    first, second = urls.split(",")
+    delays: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    carol = SignalingClient(second)
+    await carol.connect()
+    await carol.join("py-drain", {"name": "carol"})
+    dave = SignalingClient(
+        [first, second],
+        backoff=Backoff(jitter=0.5),
+        random_fraction=lambda: 0.5,
+        sleep=recording_sleep,
+    )
+    welcome = await dave.connect()
+    await dave.join("py-drain", {"name": "dave"})
+    equal(dave.url, first, "connected to the first")
+    told = dave.wait_for("reconnect")
+    back = dave.wait_for("welcome")
+    rejoined = dave.wait_for("rejoined")
+    carol_sees = carol.wait_for("peer-joined")
+    os.kill(int(os.environ["DRAIN_PID"]), signal.SIGTERM)
+    equal((await asyncio.wait_for(told, 5))["delayMs"], 1000, "the hint")
+    again = await asyncio.wait_for(back, 5)
+    # The hint, 1 s, and half of the jitter's half.
+    equal(delays, [1.25], "the wait before coming back")
+    equal(dave.url, second, "came back to the second")
+    equal(again["resumed"], False, "a server that never had the session")
+    await asyncio.wait_for(rejoined, 5)
+    joined = await asyncio.wait_for(carol_sees, 5)
+    equal(
+        (joined["peer"]["id"], joined["peer"]["metadata"]),
+        (again["peerId"], {"name": "dave"}),
+        "carol sees dave arrive",
+    )
+    check(again["peerId"] != welcome["peerId"], "a new peer id")
+    equal(Backoff(jitter=0.5, cap=2).hinted(10, 0.5), 2, "the cap bounds a long hint")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        refused = f"ws://127.0.0.1:{probe.getsockname()[1]}/signal"
+    eve = SignalingClient(
+        [refused, second], backoff=Backoff(base=0.01, jitter=0), sleep=recording_sleep
+    )
+    await asyncio.wait_for(eve.connect(), 5)
+    equal(eve.url, second, "a URL that refuses is passed over")
+    await eve.close()
+    await dave.close()
+    await carol.close()
+
+
+def check(condition: bool, what: str) -> None:
+    assert condition, what
+
+
 if __name__ == "__main__":
     ws_url, flow = sys.argv[1:3]
     asyncio.run(
-        {"backoff": backoff, "resume": resume, "heartbeat": heartbeat, "auth": auth}[
-            flow
-        ](ws_url)
+        {
+            "backoff": backoff,
+            "resume": resume,
+            "heartbeat": heartbeat,
+            "auth": auth,
+            "drain": drain,
+        }[flow](ws_url)
     )
     print(f"ok {flow}")

@@ -333,7 +333,7 @@ def test_metrics_on_their_own_port(twistd):
     """
     --metrics-port serves Prometheus text: connections by dialect and
     transport, peers, rooms, relays by kind and dialect, errors by code,
-    refused handshakes, bytes, GC pauses and reactor lag; the public port
+    refused handshakes, bytes, GC pauses, reactor lag and relay times; the public port
     has no /metrics.
     """
     import requests
@@ -345,6 +345,8 @@ def test_metrics_on_their_own_port(twistd):
         "tcp:0:interface=127.0.0.1",
         "--allowed-origin",
         "https://app.example",
+        "--relay-time-sample",
+        "1",
     )
     port = plain_port(server)
     alice = websocket.create_connection(
@@ -405,6 +407,9 @@ def test_metrics_on_their_own_port(twistd):
             > samples["signaling_received_bytes_total"]
         )
         assert samples["signaling_reactor_lag_seconds_count"] >= 1
+        # The offer, from bob's frame to alice's; joins and errors relay nothing.
+        assert samples['signaling_relay_seconds_count{dialect="native"}'] == 1
+        assert samples['signaling_relay_seconds_bucket{dialect="native",le="0.5"}'] == 1
         assert any(
             name.startswith("signaling_gc_pause_seconds_count") for name in samples
         )

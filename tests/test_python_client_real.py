@@ -96,6 +96,37 @@ def test_python_client(server, flow):
     assert result.stdout.strip().endswith(f"ok {flow}")
 
 
+def test_python_client_follows_reconnect(tmp_path):
+    """
+    SIGTERM to one of two servers: the client is told to reconnect, waits
+    the server's hint with jitter, and comes back to the next URL of its
+    list, rejoining its room there; the drained server exits.
+    """
+    servers = [
+        TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0")
+        for _ in range(2)
+    ]
+    try:
+        for index, server in enumerate(servers):
+            server.start(tmp_path / f"twistd-{index}.log")
+        draining, other = servers
+        result = run(
+            str(FLOWS),
+            f"{draining.urls[0]},{other.urls[0]}",
+            "drain",
+            env={"DRAIN_PID": str(draining.process.pid)},
+        )
+        assert result.returncode == 0, (
+            result.stdout + result.stderr + draining.log()[-3000:]
+        )
+        assert result.stdout.strip().endswith("ok drain")
+        assert draining.process.wait(10) is not None
+        assert "told 1 peers the server is going away" in draining.log()
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def test_aiortc_example(server):
     """
     examples/aiortc_datachannel.py: two aiortc peers meet through the

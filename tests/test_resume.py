@@ -14,6 +14,7 @@ from signaling.errors import DeliveryRefused
 from signaling.hub import CloseReason, Hub, IPeerConnection, Signal
 from signaling.ids import IdSource
 from signaling.resume import (
+    HANDOVER_GRACE,
     ISessionStore,
     MemorySessionStore,
     ResumableConnection,
@@ -44,6 +45,31 @@ class RecordingSocket:
 
     def close(self, reason: CloseReason) -> None:
         self.closed = reason
+
+
+class TellingSocket(RecordingSocket):
+    """
+    A socket that, open, tells the client to reconnect when the server is
+    going away, as the native dialect's does.
+    """
+
+    def __init__(self, connection: ResumableConnection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def close(self, reason: CloseReason) -> None:
+        super().close(reason)
+        if reason is CloseReason.GOING_AWAY:
+            self.connection.told_to_reconnect(self)
+
+
+class SharedStore(MemorySessionStore):
+    """
+    A memory store that says other processes find its sessions, as a
+    cluster's does.
+    """
+
+    shared = True
 
 
 def body(event) -> dict | None:
@@ -110,6 +136,71 @@ class ResumableConnectionTests(SynchronousTestCase):
             self.connection.socket.frames,
             [{"type": "message", "payload": "next", "seq": 1}],
         )
+
+    def going_away(self, store: MemorySessionStore) -> TellingSocket:
+        """
+        Attach a socket that tells its client to reconnect, then close the
+        session as a drain does.
+        """
+        self.connection.store = store
+        store.issue(self.connection)
+        socket = TellingSocket(self.connection)
+        self.connection.attach(socket)
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.assertEqual(socket.closed, CloseReason.GOING_AWAY)
+        return socket
+
+    def test_going_away_ends_a_session_no_other_process_can_take(self) -> None:
+        """
+        A drain (L{CloseReason.GOING_AWAY}) without a cluster ends the
+        session: no other process could resume it.
+        """
+        self.going_away(self.store)
+        self.assertTrue(self.connection.ended)
+        self.assertEqual(len(self.store), 0)
+
+    def test_going_away_keeps_a_shared_session_for_a_handover(self) -> None:
+        """
+        Where other nodes find the sessions, a drain closes the socket but
+        the session waits for its client to resume elsewhere, keeping what
+        arrives for it meanwhile.
+        """
+        store = SharedStore(ids=IdSource(counting_random_bytes()))
+        socket = self.going_away(store)
+        self.assertIsNone(self.connection.socket)
+        self.assertEqual(self.connection.transport_name, "away")
+        self.relay("kept")
+        # The socket's own close comes later: it changes nothing.
+        self.connection.detach(socket, hold=False)
+        self.assertFalse(self.connection.ended)
+        self.assertEqual(len(store), 1)
+        self.assertEqual(
+            self.connection.hand_over()["kept"],
+            [[1, '{"type":"message","payload":"kept","seq":1}']],
+        )
+
+    def test_a_shared_session_not_resumed_after_going_away_leaves(self) -> None:
+        """
+        It waits L{HANDOVER_GRACE} (at most the resume grace); then the
+        peer leaves.
+        """
+        self.going_away(SharedStore(ids=IdSource(counting_random_bytes())))
+        self.clock.advance(HANDOVER_GRACE - 0.1)
+        self.assertIs(self.hub.find(self.connection.peer.id), self.connection.peer)
+        self.clock.advance(0.1)
+        self.assertTrue(self.connection.ended)
+        self.assertIsNone(self.hub.find(self.connection.peer.id))
+        [left] = self.other.connection.events
+        self.assertEqual(left.member.peer_id, self.connection.peer.id)
+
+    def test_a_socket_not_told_to_reconnect_ends_its_session(self) -> None:
+        """
+        A socket already closing (its client is leaving) tells nobody to
+        reconnect: its session ends with the drain, shared store or not.
+        """
+        self.connection.store = SharedStore(ids=IdSource(counting_random_bytes()))
+        self.connection.close(CloseReason.GOING_AWAY)
+        self.assertTrue(self.connection.ended)
 
     def test_acknowledged_events_are_not_replayed(self) -> None:
         self.relay("a")

@@ -8,6 +8,9 @@ the messages sent to it meanwhile; all processes are stopped by PID.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import time
 
@@ -47,9 +50,11 @@ class Client:
         self.last = message.get("seq", getattr(self, "last", 0))
         return message
 
-    def join(self, room: str) -> None:
+    def join(self, room: str) -> dict:
         self.send({"type": "join", "room": room})
-        assert self.next()["type"] == "joined"
+        joined = self.next()
+        assert joined["type"] == "joined"
+        return joined
 
     def message(self, room: str, to: str | None, text: str) -> None:
         body = {"type": "message", "room": room, "payload": text}
@@ -108,17 +113,31 @@ def cluster(tmp_path_factory):
 
 
 def in_room(nodes, room: str, clients) -> None:
+    """
+    The clients join C{room} one after the other; each is then told of
+    every other once, in its join's list or in a C{peer-joined}, and has
+    read those notices.
+    """
+    listed = {}
     for count, client in enumerate(clients, 1):
-        client.join(room)
+        listed[client.id] = {peer["id"] for peer in client.join(room)["peers"]}
         wait_for(
             lambda count=count: all(
                 room_sizes(node).get(room, 0) == count for node in nodes
             )
         )
-    for index, client in enumerate(clients):
-        # The peer-joined of those who came after it.
-        for _ in clients[index + 1 :]:
-            assert client.next()["type"] == "peer-joined"
+    for client in clients:
+        # Those who came after it, and, under --workers, one that came
+        # before but whose join reached the client's worker after its own
+        # (the room count above is the cluster's, not each worker's view).
+        expected = {other.id for other in clients if other is not client}
+        expected -= listed[client.id]
+        told = set()
+        for _ in expected:
+            notice = client.next()
+            assert notice["type"] == "peer-joined", notice
+            told.add(notice["peer"]["id"])
+        assert told == expected
 
 
 def test_resume_on_another_node(cluster):
@@ -206,6 +225,9 @@ def test_resume_on_another_worker(tmp_path):
         alice, bob = Client(server.base), Client(server.base)
         in_room([server], "w", [alice, bob])
         nodes = {node_of(server, bob.id)}
+        # Bob's seq so far: a peer-joined, if Alice's join reached his
+        # worker after his own.
+        first = bob.last
         sent = 0
         for _ in range(20):
             bob.lose()
@@ -215,8 +237,8 @@ def test_resume_on_another_worker(tmp_path):
             time.sleep(0.1)
             back = Client(server.base, bob.token, last=bob.last)
             assert (back.id, back.welcome["resumed"]) == (bob.id, True)
-            assert back.received(1) == [(f"m{sent}", alice.id, sent)]
-            back.last = sent
+            assert back.received(1) == [(f"m{sent}", alice.id, first + sent)]
+            back.last = first + sent
             bob = back
             nodes.add(node_of(server, bob.id))
             if len(nodes) == 2:
@@ -228,3 +250,55 @@ def test_resume_on_another_worker(tmp_path):
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+def test_a_draining_node_hands_its_sessions_over(tmp_path):
+    """
+    SIGTERM to node 1: its peers are told to reconnect, and their sessions
+    wait there for them, kept frames and all. Bob resumes on node 2 with
+    his id, his room and what was sent to him meanwhile; Alice, on node 2,
+    sees him neither leave nor join. Dave never comes back: his session
+    ends after its handover grace and he leaves. Node 1 then stops, its
+    drain done before its timeout.
+    """
+    cluster = Cluster(tmp_path, "--drain-timeout", "20")
+    try:
+        node1, node2 = cluster.start(2).nodes
+        alice, dave, bob = Client(node2.base), Client(node1.base), Client(node1.base)
+        in_room(cluster.nodes, "h", [alice, dave, bob])
+        alice.message("h", bob.id, "before")
+        assert bob.received(1) == [("before", alice.id, 1)]
+
+        os.kill(node1.process.pid, signal.SIGTERM)
+        for client in (bob, dave):
+            assert client.next() == {
+                "type": "reconnect",
+                "reason": "going-away",
+                "delayMs": 1000,
+            }
+            assert client.close_code() == 1001
+        # Bob is away: his session on node 1 keeps what comes for him.
+        alice.message("h", bob.id, "while away")
+        time.sleep(0.2)
+        back = Client(node2.base, bob.token, last=bob.last)
+        assert (back.id, back.welcome["resumed"], back.welcome["rooms"]) == (
+            bob.id,
+            True,
+            ["h"],
+        )
+        assert back.received(1) == [("while away", alice.id, 2)]
+        back.message("h", alice.id, "back")
+        assert alice.received(1)[0][:2] == ("back", bob.id)
+        left = alice.next()
+        assert (left["type"], left["peer"]["id"]) == ("peer-left", dave.id)
+        alice.quiet()
+        assert node1.process.wait(20) is not None
+        log = node1.log()
+        assert "told 2 peers the server is going away" in log
+        assert f"{bob.id} resumed on node" in log
+        assert re.search(r"drained in \d", log)
+        assert "Traceback" not in log + node2.log()
+        for client in (alice, back):
+            client.ws.close()
+    finally:
+        cluster.stop()

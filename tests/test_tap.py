@@ -317,6 +317,21 @@ class ClusterOptionsTests(SynchronousTestCase):
 
 
 class OperationsOptionsTests(SynchronousTestCase):
+    def test_workers_parent_waits_for_the_drain(self):
+        """
+        The --workers parent gives its workers --drain-timeout and a margin
+        to exit after SIGTERM before it kills them.
+        """
+        from signaling import workers
+
+        top = tap.make_service(
+            parse("--workers", "2", "--drain-timeout", "30"), MemoryReactorClock()
+        )
+        [parent] = [
+            service for service in top if isinstance(service, workers.WorkersService)
+        ]
+        self.assertEqual(parent.stop_timeout, 30 + workers.STOP_MARGIN)
+
     def test_metrics_port_with_workers_is_the_parents(self):
         """
         --metrics-port with --workers is served by the parent, which asks

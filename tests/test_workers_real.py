@@ -20,7 +20,7 @@ from .test_cluster_real import NativePeer, wait_for, wait_room
 from .test_one_namespace_real import every_dialect_in_one_room
 
 
-def start_workers(log_path, *args: str) -> TwistdServer:
+def start_workers(log_path, *args: str, env: dict | None = None) -> TwistdServer:
     server = TwistdServer(
         "--port",
         "tcp:0:interface=127.0.0.1",
@@ -29,7 +29,7 @@ def start_workers(log_path, *args: str) -> TwistdServer:
         "--workers",
         "2",
         *args,
-        env={"JWT_SECRET": ""},
+        env={"JWT_SECRET": "", **(env or {})},
     )
     server.start(log_path)
     server.base = server.urls[0].rsplit("/", 1)[0]
@@ -287,28 +287,39 @@ def test_polling_sessions_across_workers(tmp_path):
 def test_one_scrape_counts_every_worker(tmp_path):
     """
     With --workers 2, one scrape of --metrics-port covers both workers:
-    every peer is counted once, whichever worker holds it.
+    every peer is counted once, whichever worker holds it, and the relay
+    times of both workers add up.
     """
     from .test_operations_real import scrape
 
     server = start_workers(
-        tmp_path / "twistd.log", "--metrics-port", "tcp:0:interface=127.0.0.1"
+        tmp_path / "twistd.log",
+        "--metrics-port",
+        "tcp:0:interface=127.0.0.1",
+        "--relay-time-sample",
+        "1",
     )
     peers = []
     try:
-        held_by = set()
-        while len(held_by) < 2 and len(peers) < 90:
+        held_by: dict[str, list] = {"0": [], "1": []}
+        while min(map(len, held_by.values())) < 2 and len(peers) < 90:
             peers.append(NativePeer(server))
-            held_by.add(
-                wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)[1][0]
-            )
-            if len(held_by) < 2:
-                time.sleep(0.02)
-        assert held_by == {"0", "1"}
+            worker = wait_for(lambda: node_of(server, peers[-1].id)).rsplit("-w", 1)
+            held_by[worker[1][0]].append(peers[-1])
+            time.sleep(0.02)
+        assert min(map(len, held_by.values())) >= 2
         for peer in peers:
             peer.join("m")
         wait_room([server], "m", len(peers))
+        # One offer within each worker: its arrival and its write are timed
+        # in the same process.
+        for sender, recipient, *_ in held_by.values():
+            sender.offer("m", recipient.id, "x")
+            message = recipient.next()
+            while message["type"] != "offer":
+                message = recipient.next()
         samples = scrape(server)
+        assert samples['signaling_relay_seconds_count{dialect="native"}'] == 2
         assert samples["signaling_peers"] == len(peers)
         assert samples["signaling_peers_in_rooms"] == len(peers)
         assert samples[
@@ -331,4 +342,198 @@ def test_one_scrape_counts_every_worker(tmp_path):
     finally:
         for peer in peers:
             peer.close()
+        server.stop()
+
+
+def peers_on_both_workers(server: TwistdServer) -> dict[str, list[NativePeer]]:
+    """
+    Native peers until each worker holds at least one (the kernel decides
+    which worker accepts), by worker index.
+    """
+    held_by: dict[str, list[NativePeer]] = {"0": [], "1": []}
+    count = 0
+    while not all(held_by.values()) and count < 90:
+        peer = NativePeer(server)
+        count += 1
+        node = wait_for(lambda peer_id=peer.id: node_of(server, peer_id))
+        held_by[node.rsplit("-w", 1)[1][0]].append(peer)
+        time.sleep(0.02)
+    assert all(held_by.values()), held_by
+    return held_by
+
+
+def test_sigterm_to_the_parent_drains_every_worker(tmp_path):
+    """
+    SIGTERM to the parent of --workers 2: each worker tells its native
+    peers to reconnect and closes them with 1001, closes topic peers with
+    1001 and sends Engine.IO clients the close packet; the parent waits for
+    the workers, which exit once drained, and stops. Only the parent speaks
+    to systemd: READY=1 once, STOPPING=1 as the drain begins.
+    """
+    from .test_operations_real import STOPPED_BY_SIGTERM, close_code
+
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    receiver.settimeout(10)
+    server = start_workers(
+        tmp_path / "twistd.log",
+        "--drain-timeout",
+        "8",
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+    )
+    clients = []
+    try:
+        assert receiver.recv(256) == b"READY=1"
+        natives = [
+            peer.ws
+            for peers in peers_on_both_workers(server).values()
+            for peer in peers
+        ]
+        topics = []
+        engines = []
+        for _ in range(4):
+            topic = websocket.create_connection(f"{server.base}/ws/lobby", timeout=10)
+            assert json.loads(topic.recv())["type"] == "welcome"
+            topics.append(topic)
+            engine = websocket.create_connection(
+                f"{server.base}/socket.io/?EIO=4&transport=websocket", timeout=10
+            )
+            assert engine.recv().startswith("0{")
+            engine.send("40")
+            assert engine.recv().startswith("40{")
+            engines.append(engine)
+        clients = natives + topics + engines
+        pids = worker_pids(server)
+        assert len(pids) == 2
+
+        os.kill(server.process.pid, signal.SIGTERM)
+        for native in natives:
+            assert json.loads(native.recv()) == {
+                "type": "reconnect",
+                "reason": "going-away",
+                "delayMs": 1000,
+            }
+            assert close_code(native) == 1001
+        for topic in topics:
+            assert close_code(topic) == 1001
+        for engine in engines:
+            assert engine.recv() == "1"
+            assert close_code(engine) == 1001
+        for client in clients:
+            client.close()
+        assert server.process.wait(15) in STOPPED_BY_SIGTERM
+        assert receiver.recv(256) == b"STOPPING=1"
+        # The parent has exited: whatever it sent is here already.
+        receiver.setblocking(False)
+        try:
+            extra = receiver.recv(256)
+        except BlockingIOError:
+            extra = None
+        assert extra is None
+        assert not [pid for pid in pids.values() if alive(pid)]
+        assert not alive(private_redis_pid(server))
+        told = re.findall(r"told (\d+) peers the server is going away", server.log())
+        assert len(told) == 2 and all(int(count) >= 1 for count in told), told
+        assert sum(map(int, told)) == len(clients)
+        assert len(re.findall(r"drained in \d", server.log())) == 2
+        assert "after SIGTERM: killed" not in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        for client in clients:
+            client.close()
+        receiver.close()
+        server.stop()
+
+
+def test_the_parent_waits_for_a_draining_worker_then_kills_a_stuck_one(tmp_path):
+    """
+    With --drain-timeout 1: a worker whose peer never answers the close
+    drops it at its drain timeout and exits on its own, the parent waiting
+    for it; a worker that cannot stop at all (SIGSTOPped) is killed by the
+    parent once the drain timeout and its margin have passed, and no worker
+    outlives the parent.
+    """
+    from signaling.workers import STOP_MARGIN
+
+    from .test_operations_real import STOPPED_BY_SIGTERM
+
+    server = start_workers(tmp_path / "twistd.log", "--drain-timeout", "1")
+    silent = None
+    try:
+        held_by = peers_on_both_workers(server)
+        # Worker 1's first peer stops reading: its close is never answered.
+        silent = held_by["1"][0]
+        for peers in held_by.values():
+            for peer in peers:
+                if peer is not silent:
+                    peer.close()
+        pids = worker_pids(server)
+        os.kill(pids["0"], signal.SIGSTOP)
+
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(1 + STOP_MARGIN + 10) in STOPPED_BY_SIGTERM
+        log = server.log()
+        assert "drain timeout: 1 peers still connected are dropped" in log
+        assert f"worker 0 still runs {1 + STOP_MARGIN} s after SIGTERM: killed" in log
+        assert "worker 1 still runs" not in log
+        assert not [pid for pid in pids.values() if alive(pid)]
+    finally:
+        if silent is not None:
+            silent.ws.shutdown()
+        server.stop()
+
+
+def test_ctrl_c_reaches_the_parent_alone(tmp_path):
+    """
+    SIGINT to the server's whole process group (Ctrl-C in a terminal)
+    reaches only the parent, which drains its workers as for SIGTERM: the
+    workers and the private Redis are in groups of their own, so none of
+    them stops by itself and none is started again.
+    """
+    log_path = tmp_path / "twistd.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "signaling",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--ping-interval",
+                "0",
+                "--workers",
+                "2",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "JWT_SECRET": ""},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # A group of its own, as a shell gives a job, for the test to
+            # signal as a terminal would.
+            start_new_session=True,
+        )
+    server = TwistdServer()
+    server.process = process
+    server.log_path = log_path
+    try:
+        wait_for(
+            lambda: server.log().count("joined the cluster as node") >= 2, timeout=10
+        )
+        base = re.search(r"signaling listening on (\S+)", server.log()).group(1)
+        server.base = base.rsplit("/", 1)[0]
+        peer = NativePeer(server)
+        pids = worker_pids(server)
+        redis = private_redis_pid(server)
+        os.killpg(process.pid, signal.SIGINT)
+        assert json.loads(peer.ws.recv())["type"] == "reconnect"
+        peer.close()
+        assert process.wait(20) is not None
+        log = server.log()
+        assert len(re.findall(r"told \d+ peers the server is going away", log)) == 2
+        assert "starting it again" not in log
+        assert "Traceback" not in log
+        assert not [pid for pid in pids.values() if alive(pid)]
+        assert not alive(redis)
+    finally:
         server.stop()

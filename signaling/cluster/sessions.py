@@ -11,7 +11,7 @@ session over (L{signaling.cluster.link.ClusterLink.request_handover}).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import attrs
 from twisted.internet import defer
@@ -40,6 +40,8 @@ class ClusterSessionStore:
     The sessions of this node, found from any node of the cluster.
     """
 
+    #: Any node of the cluster finds these sessions.
+    shared: ClassVar[bool] = True
     link: ClusterLink
     local: MemorySessionStore
     _log = Logger()

@@ -269,6 +269,8 @@ class NativeSession(Session):
         self.send_json(
             {"type": "reconnect", "reason": "going-away", "delayMs": RECONNECT_DELAY_MS}
         )
+        if self.resumable is not None:
+            self.resumable.told_to_reconnect(self.sink)
 
     def closed(self) -> None:
         if self.resumable is not None:

@@ -473,6 +473,9 @@ class PeerJSSession(Session):
             self.hub.counters.relayed[kind, NAME] += 1
             try:
                 target.sink.send(orjson.dumps(body))
+                timer = self.hub.counters.relay_timer
+                if timer is not None:
+                    timer.written()
             except DeliveryRefused as refused:
                 self._refused(destination, refused)
             return

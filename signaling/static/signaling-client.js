@@ -40,6 +40,16 @@ export function backoffDelay(attempt, options = BACKOFF_DEFAULTS, random = Math.
   return Math.round(full * (1 - jitter * random()));
 }
 
+/**
+ * The delay after a server's `reconnect` message: its hint (`delayMs`),
+ * plus up to `jitter` of it at random (never sooner than the server asked,
+ * and not all its clients at once), at most `cap`.
+ */
+export function hintedDelay(hint, options = BACKOFF_DEFAULTS, random = Math.random) {
+  const { cap, jitter } = { ...BACKOFF_DEFAULTS, ...options };
+  return Math.round(Math.min(cap, hint * (1 + jitter * random())));
+}
+
 /** A tiny event emitter: `on` returns a function that unsubscribes. */
 class Emitter {
   constructor() {
@@ -82,12 +92,18 @@ class Emitter {
 
 /**
  * A WebSocket that comes back: reconnection with exponential backoff and
- * jitter, and a `state`. Subclasses speak a protocol over it.
+ * jitter, and a `state`. Subclasses speak a protocol over it. `url` may be
+ * a list (nodes of one cluster): the client moves on to the next one when
+ * a server says it is going away or a connection cannot be opened.
  */
 class ReconnectingSocket extends Emitter {
   constructor(url, options = {}) {
     super();
-    this.url = url;
+    this.urls = Array.isArray(url) ? [...url] : [url];
+    if (this.urls.length === 0) throw new Error("no URL to connect to");
+    this._urlIndex = 0;
+    this._reconnectHint = null;
+    this._socketOpened = false;
     this.options = options;
     this.backoff = { ...BACKOFF_DEFAULTS, ...(options.backoff || {}) };
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
@@ -104,6 +120,11 @@ class ReconnectingSocket extends Emitter {
     this._outbox = [];
   }
 
+  /** The URL the client connects to next (or is connected to). */
+  get url() {
+    return this.urls[this._urlIndex];
+  }
+
   _setState(state, detail = {}) {
     if (this.state === state) return;
     this.state = state;
@@ -114,6 +135,11 @@ class ReconnectingSocket extends Emitter {
   _open(url) {
     const socket = new this._WebSocket(url);
     this._socket = socket;
+    this._reconnectHint = null;
+    this._socketOpened = false;
+    socket.onopen = () => {
+      if (this._socket === socket) this._socketOpened = true;
+    };
     socket.onmessage = (event) => {
       if (this._socket !== socket) return;
       let message;
@@ -141,7 +167,12 @@ class ReconnectingSocket extends Emitter {
       this._gaveUp();
       return;
     }
-    const delay = backoffDelay(this.attempt, this.backoff, this._random);
+    const hint = this._reconnectHint;
+    if (hint !== null || !this._socketOpened) {
+      // Going away, or not there: another node may be.
+      this._urlIndex = (this._urlIndex + 1) % this.urls.length;
+    }
+    const delay = hint !== null ? hintedDelay(hint, this.backoff, this._random) : backoffDelay(this.attempt, this.backoff, this._random);
     this.attempt += 1;
     this._setState(States.RECONNECTING, { code, reason, delay, attempt: this.attempt });
     this.emit("reconnecting", { code, reason, delay, attempt: this.attempt });
@@ -204,14 +235,16 @@ class ReconnectingSocket extends Emitter {
  *
  * Events: `state` {state}, `welcome` {peerId, resumed}, `peer-joined`
  * {room, peer}, `peer-left` {room, peer}, `offer` / `answer` / `candidate`
- * / `message` {room, from, payload, seq}, `reconnecting` {delay, attempt},
+ * / `message` {room, from, payload, seq}, `reconnect` {delayMs} (the
+ * server is going away), `reconnecting` {delay, attempt},
  * `session-lost` {peerId, previousPeerId} (the rooms are then joined
  * again, each with a `rejoined` event carrying the `joined` reply),
  * `error` {code, message}.
  */
 export class SignalingClient extends ReconnectingSocket {
   /**
-   * @param {string} url ws(s)://host:port/signal
+   * @param {string|string[]} url ws(s)://host:port/signal, or several
+   *   (nodes of one cluster, where a session resumes on any node)
    * @param {object} options token (a JWT, or a function returning a fresh
    *   one, sent as ?token= on every connection, for servers with --auth),
    *   WebSocket, backoff {base, factor, cap, maxTries, jitter}, heartbeat {interval, timeout} (ms, default 15000 and 5000;
@@ -356,6 +389,10 @@ export class SignalingClient extends ReconnectingSocket {
     if (message.type === "welcome") {
       this._welcome(message);
       return;
+    }
+    if (message.type === "reconnect") {
+      // The server is going away: come back after its hint, elsewhere.
+      this._reconnectHint = Number.isFinite(message.delayMs) ? Math.max(0, message.delayMs) : 0;
     }
     if (message.id !== undefined && this._pending.has(message.id)) {
       const pending = this._pending.get(message.id);
@@ -566,6 +603,7 @@ export class DirectoryClient extends ReconnectingSocket {
     const socket = this._socket;
     socket.onopen = () => {
       if (this._socket !== socket) return;
+      this._socketOpened = true;
       this.attempt = 0;
       const back = this.state === States.RECONNECTING;
       this._setState(States.OPEN);

@@ -28,8 +28,9 @@ from ..dialects.base import (
     IFrameSink,
     Session,
 )
+from ..counters import RelayTimer
 from ..errors import DeliveryRefused
-from ..hub import CloseReason, Hub, IPeerConnection
+from ..hub import CloseReason, Hub, IPeerConnection, Signal
 from ..logs import Logger, log_connection
 from .addresses import forwarded_address
 from .limits import LimitedProtocol, RateLimit
@@ -225,6 +226,13 @@ class SignalingProtocol(LimitedProtocol):
             )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        timer = self.counters.relay_timer
+        if timer is not None:
+            # Inline, not a method of RelayTimer: this runs for every frame.
+            timer.countdown -= 1
+            if timer.countdown <= 0:
+                self._timed(timer, payload, isBinary)
+                return
         self.counters.bytes_in += len(payload)
         self._mark_active()
         if self.over_rate():
@@ -238,6 +246,23 @@ class SignalingProtocol(LimitedProtocol):
             self._guarded(self.session.text_received, payload)
         else:
             self.fail(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+
+    def _timed(self, timer: RelayTimer, payload: bytes, isBinary: bool) -> None:
+        """
+        Handle the frame L{onMessage} picked to time, with its arrival
+        stamped: through L{onMessage} again, whose countdown this sets so
+        that the untimed path takes it without a call more.
+        """
+        timer.countdown = timer.every + 1
+        session = self.session
+        if session is None or session.peer is None:
+            self.onMessage(payload, isBinary)
+            return
+        timer.arrived(session.peer.dialect)
+        try:
+            self.onMessage(payload, isBinary)
+        finally:
+            timer.done()
 
     def onPong(self, payload: bytes) -> None:
         self._mark_active()
@@ -339,6 +364,13 @@ class SignalingProtocol(LimitedProtocol):
             raise DeliveryRefused("closed", "the recipient failed")
         if frame is not None:
             self.send(frame)
+            timer = self.counters.relay_timer
+            if (
+                timer is not None
+                and timer.arrived_at is not None
+                and type(event) is Signal
+            ):
+                timer.written()
 
     def close(self, reason: CloseReason) -> None:
         if self.state != _OPEN:

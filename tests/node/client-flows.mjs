@@ -10,7 +10,9 @@
 // meanwhile, exactly once, and the other never sees it leave), heartbeat
 // (the proxy goes silent instead: the client's pings go unanswered and it
 // resumes on a new socket, taking its session over), or directory
-// (register, discover, relay, re-register after the cut). Prints
+// (register, discover, relay, re-register after the cut), or drain (this
+// server drains; the client waits its reconnect hint and comes back to
+// SECOND_WS_URL, where it joins its room again). Prints
 // "ok FLOW" and exits 0, or prints why and exits 1.
 import net from "node:net";
 import WebSocket from "ws";
@@ -272,7 +274,51 @@ async function auth(module, serverPort) {
   cutter.close();
 }
 
-const flows = { backoff, resume, directory, heartbeat, auth };
+async function drain(module, serverPort) {
+  // SECOND_WS_URL is another server's /signal; DRAIN_PID this server's pid.
+  const { SignalingClient, hintedDelay } = module;
+  const first = `ws://127.0.0.1:${serverPort}/signal`;
+  const second = process.env.SECOND_WS_URL;
+  const quiet = { WebSocket, heartbeat: { interval: 0 } };
+  const carol = new SignalingClient(second, quiet);
+  await carol.connect();
+  await carol.join("js-drain", { name: "carol" });
+  const dave = new SignalingClient([first, second], { ...quiet, backoff: { jitter: 0.5 }, random: () => 0.5 });
+  const welcome = await dave.connect();
+  await dave.join("js-drain", { name: "dave" });
+  equal(dave.url, first, "connected to the first");
+  const told = within(dave.once("reconnect"), 5000, "reconnect message");
+  const waiting = within(dave.once("reconnecting"), 5000, "reconnecting");
+  const back = within(dave.once("welcome"), 5000, "welcome on the second");
+  const rejoined = within(dave.once("rejoined"), 5000, "rejoined");
+  const carolSees = within(carol.once("peer-joined"), 5000, "carol sees dave");
+  process.kill(Number(process.env.DRAIN_PID), "SIGTERM");
+  equal((await told).delayMs, 1000, "the hint");
+  // The hint, 1 s, and half of the jitter's half.
+  equal((await waiting).delay, 1250, "the wait before coming back");
+  const again = await back;
+  equal(dave.url, second, "came back to the second");
+  equal(again.resumed, false, "a server that never had the session");
+  check(again.peerId !== welcome.peerId, "a new peer id");
+  await rejoined;
+  const joined = await carolSees;
+  equal([joined.peer.id, joined.peer.metadata], [again.peerId, { name: "dave" }], "carol sees dave arrive");
+  equal(hintedDelay(10000, { cap: 2000, jitter: 0.5 }, () => 0.5), 2000, "the cap bounds a long hint");
+
+  // A URL that refuses is passed over.
+  const refusing = net.createServer();
+  await new Promise((resolve) => refusing.listen(0, "127.0.0.1", resolve));
+  const refused = `ws://127.0.0.1:${refusing.address().port}/signal`;
+  await new Promise((resolve) => refusing.close(resolve));
+  const eve = new SignalingClient([refused, second], { ...quiet, backoff: { base: 10, jitter: 0 } });
+  await within(eve.connect(), 5000, "eve connects");
+  equal(eve.url, second, "eve on the second");
+  eve.close();
+  dave.close();
+  carol.close();
+}
+
+const flows = { backoff, resume, directory, heartbeat, auth, drain };
 
 try {
   const module = await loadClient();
