@@ -9,8 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from treq.testing import StubTreq
 
 from signaling import tap
-from signaling.dialects.ywebrtc import YWebRTCSettings
-from signaling.hub import Hub, HubLimits
+from signaling.dialects.ywebrtc import REPLAY_DELAY, YWebRTCSettings
+from signaling.hub import Hub, HubLimits, Signal
 from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness, RecordingConnection
@@ -387,67 +387,112 @@ class TwoNodeHub(Hub):
 class ReplayTests(YWebRTCTestCase):
     hub_class = TwoNodeHub
 
-    def remote_joins(self, topic="doc", dialect="y-webrtc"):
+    def remote(self, dialect="y-webrtc"):
         connection = RecordingConnection()
         peer = self.harness.hub.connect(connection, dialect=dialect)
+        return peer, connection
+
+    def remote_joins(self, topic="doc", dialect="y-webrtc"):
+        peer, connection = self.remote(dialect)
         self.harness.hub.join(peer, topic)
-        self.harness.advance(0.1)
-        return connection
+        return peer, connection
+
+    def signals(self, connection):
+        return [e.payload for e in connection.events if type(e) is Signal]
+
+    def announced(self, topic="doc"):
+        alice = self.open("/y-webrtc", topic)
+        self.publish(alice, topic, ANNOUNCE)
+        alice.take()
+        return alice
 
     def test_announce_replayed_to_remote_newcomer(self):
         """
-        The first publish after a subscribe (a client's announce) is passed
-        on to a y-webrtc peer of another node that joins the topic within
-        the replay window, to it alone; later publishes are not kept.
+        A y-webrtc client of another node that subscribes after our announce
+        (so missed it) and from whom nothing comes within REPLAY_DELAY gets
+        the announce (the first publish after the subscribe), to it alone.
         """
-        alice = self.open("/y-webrtc", "doc")
-        self.publish(alice, "doc", ANNOUNCE)
+        alice = self.announced()
         self.publish(alice, "doc", {"type": "signal", "to": "x"})
         alice.take()
-        self.harness.advance(4)
-        remote = self.remote_joins()
-        [signal] = [e for e in remote.events if type(e).__name__ == "Signal"]
-        self.assertEqual(
-            (signal.kind, signal.room, signal.payload), ("message", "doc", ANNOUNCE)
-        )
+        self.harness.advance(3)
+        _, remote = self.remote_joins()
+        self.harness.advance(REPLAY_DELAY - 0.2)
+        self.assertEqual(self.signals(remote), [])
+        self.harness.advance(0.3)
+        self.assertEqual(self.signals(remote), [ANNOUNCE])
+        [signal] = [e for e in remote.events if type(e) is Signal]
+        self.assertEqual((signal.kind, signal.room), ("message", "doc"))
         self.assertEqual(alice.take(), [])
 
+    def test_not_when_heard_from(self):
+        """
+        A newcomer whose own announce reaches us calls us itself: ours is not
+        passed on.
+        """
+        alice = self.announced()
+        peer, remote = self.remote_joins()
+        signal = Signal(kind="message", sender=peer.id, room="doc", payload=ANNOUNCE)
+        self.harness.hub.broadcast(peer, "doc", signal)
+        self.harness.flush()
+        self.assertEqual(alice.take()[0]["data"], ANNOUNCE)
+        self.harness.advance(REPLAY_DELAY + 0.5)
+        self.assertEqual(self.signals(remote), [])
+
+    def test_not_when_reached(self):
+        """
+        A member of the topic when we announced got the announce then.
+        """
+        peer, remote = self.remote_joins()
+        self.announced()
+        self.harness.hub.leave(peer, "doc")
+        self.harness.hub.join(peer, "doc")
+        self.harness.advance(REPLAY_DELAY + 0.5)
+        self.assertEqual(self.signals(remote), [ANNOUNCE])
+
+    def test_only_the_lower_id(self):
+        """
+        Of two clients that missed each other's announce, only the one with
+        the lower peer id passes its announce on.
+        """
+        peer, remote = self.remote()
+        self.announced()
+        self.harness.hub.join(peer, "doc")
+        self.harness.advance(REPLAY_DELAY + 0.5)
+        self.assertEqual(self.signals(remote), [])
+
     def test_window_over(self):
-        alice = self.open("/y-webrtc", "doc")
-        self.publish(alice, "doc", ANNOUNCE)
+        self.announced()
         self.harness.advance(5.2)
-        remote = self.remote_joins()
-        self.assertEqual([e for e in remote.events if type(e).__name__ == "Signal"], [])
+        _, remote = self.remote_joins()
+        self.harness.advance(REPLAY_DELAY + 0.5)
+        self.assertEqual(self.signals(remote), [])
 
     def test_not_for_local_or_other_dialects(self):
         """
-        A newcomer on this node heard the announce's successors itself (the
-        original replays nothing); a native peer of another node is not
-        sent it either.
+        A newcomer on this node is found by its own announce (the original
+        replays nothing); a native peer of another node is not sent it.
         """
-        alice = self.open("/y-webrtc", "doc")
-        self.publish(alice, "doc", ANNOUNCE)
+        self.announced()
         bob = self.open("/y-webrtc", "doc")
-        self.harness.advance(0.5)
+        _, remote = self.remote_joins(dialect="native")
+        self.harness.advance(REPLAY_DELAY + 0.5)
         self.assertEqual(bob.take(), [])
-        remote = self.remote_joins(dialect="native")
-        self.assertEqual([e for e in remote.events if type(e).__name__ == "Signal"], [])
+        self.assertEqual(self.signals(remote), [])
 
     def test_resubscribe_keeps_the_next(self):
         """
         A repeated subscribe (a client re-announcing) keeps the next publish;
         one over the byte bound is not kept.
         """
-        alice = self.open("/y-webrtc", "doc")
-        self.publish(alice, "doc", ANNOUNCE)
+        alice = self.announced()
         self.send(alice, {"type": "subscribe", "topics": ["doc"]})
         self.publish(alice, "doc", "again")
-        remote = self.remote_joins()
-        self.assertEqual(
-            [e.payload for e in remote.events if type(e).__name__ == "Signal"],
-            ["again"],
-        )
+        _, remote = self.remote_joins()
+        self.harness.advance(REPLAY_DELAY + 0.5)
+        self.assertEqual(self.signals(remote), ["again"])
         self.send(alice, {"type": "subscribe", "topics": ["doc"]})
         self.publish(alice, "doc", "y" * 201)
-        remote = self.remote_joins()
-        self.assertEqual([e for e in remote.events if type(e).__name__ == "Signal"], [])
+        _, remote = self.remote_joins()
+        self.harness.advance(REPLAY_DELAY + 0.5)
+        self.assertEqual(self.signals(remote), [])

@@ -57,16 +57,27 @@ class YWebRTCSettings:
     replay_bytes: int = 4096
 
 
+#: Seconds a node waits, once it learns that a y-webrtc client of another
+#: node subscribed, for that client's announce before passing its own on:
+#: the other node sends the announce right after the subscription, in order.
+REPLAY_DELAY = 1.0
+
+
 @attrs.define
 class _Kept:
     """
-    A publish kept for subscribers on other nodes that join late.
+    A client's announce (its first publish after a subscribe), kept for
+    subscribers on other nodes that it could not reach.
 
     :ivar at: When it was published.
+    :ivar reached: The topic's members when it was published.
+    :ivar heard: Who this client has heard from in the topic since.
     """
 
     at: float
     data: Any
+    reached: frozenset[str]
+    heard: set[str] = attrs.Factory(set)
 
 
 class YWebRTCSession(Session):
@@ -201,7 +212,7 @@ class YWebRTCSession(Session):
         self.send_frame(_publish_frame(topic, data, clients))
         if topic in self._keep_next:
             self._keep_next.discard(topic)
-            self._keep(topic, data)
+            self._keep(topic, data, room.members)
 
     def _ping(self, message: dict) -> None:
         self.send_frame(b'{"type":"pong"}')
@@ -215,42 +226,70 @@ class YWebRTCSession(Session):
 
     # what is kept for subscribers on other nodes
 
-    def _keep(self, topic: str, data: Any) -> None:
+    def _keep(self, topic: str, data: Any, members: Any) -> None:
         if isinstance(data, str):
             size = len(data)
         else:
             size = len(orjson.dumps(data))
         if size <= self.settings.replay_bytes:
-            self._kept[topic] = _Kept(self.hub.clock.seconds(), data)
+            self._kept[topic] = _Kept(
+                self.hub.clock.seconds(), data, frozenset(members)
+            )
         else:
             self._kept.pop(topic, None)
 
     def _joined(self, event: PeerJoined) -> None:
         """
-        A y-webrtc client on another node subscribed to a topic we share: if
-        our announce is still kept, it may have missed it (its node did not
-        know us yet), so it gets it now, from us, to it alone.
+        A y-webrtc client of another node subscribed to a topic we announced
+        ourselves in, and our announce missed it (its node was not yet known
+        here). If its own announce misses us too (our node was not yet
+        known there), neither would ever call the other: so unless we hear
+        from it within L{REPLAY_DELAY}, it gets our announce, to it alone.
+        Of two clients in that plight, only the one with the lower peer id
+        does so, or both would call each other at once.
         """
         member = event.member
         kept = self._kept.get(event.room)
-        if kept is None or member.dialect != NAME or self.hub.is_local(member.peer_id):
+        if (
+            kept is None
+            or member.dialect != NAME
+            or member.peer_id in kept.reached
+            or member.peer_id < self.peer.id
+            or self.hub.is_local(member.peer_id)
+        ):
             return
         if self.hub.clock.seconds() - kept.at > self.settings.replay_window:
             del self._kept[event.room]
             return
-        # After the hub has told every member of the join.
-        self.hub.clock.callLater(0, self._replay, event.room, member.peer_id, kept.data)
+        self.hub.clock.callLater(
+            REPLAY_DELAY, self._replay, event.room, member.peer_id, kept
+        )
 
-    def _replay(self, topic: str, target: str, data: Any) -> None:
+    def _heard(self, topic: str, sender: str) -> None:
+        kept = self._kept.get(topic)
+        if kept is None:
+            return
+        if self.hub.clock.seconds() - kept.at > self.settings.replay_window:
+            # Nothing waits for it any more.
+            del self._kept[topic]
+        else:
+            kept.heard.add(sender)
+
+    def _replay(self, topic: str, target: str, kept: _Kept) -> None:
         peer = self.peer
         room = peer.rooms.get(topic) if peer is not None else None
-        if room is None or self.hub.find(peer.id) is not peer:
+        if (
+            room is None
+            or self._kept.get(topic) is not kept
+            or target in kept.heard
+            or self.hub.find(peer.id) is not peer
+        ):
             return
         signal = Signal(
             kind="message",
             sender=peer.id,
             room=topic,
-            payload=data,
+            payload=kept.data,
             extra={"clients": len(room.members)},
         )
         try:
@@ -271,6 +310,8 @@ class YWebRTCSession(Session):
             if type(clients) is not int:
                 room = self.hub.room(event.room)
                 clients = len(room.members) if room is not None else 0
+            if self._kept:
+                self._heard(event.room, event.sender)
             return _publish_frame(event.room, event.payload, clients)
         if type(event) is PeerJoined and self._kept:
             self._joined(event)
