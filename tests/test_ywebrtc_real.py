@@ -18,7 +18,7 @@ import websocket
 
 from .realsockets import ROOT, TwistdServer, node_with_packages, stop_process
 from .test_cluster_real import Cluster, get_json, wait_for
-from .test_verified_rooms_real import Raw
+from .test_verified_rooms_real import SECRET, Raw, make_token
 
 PROVIDER_DIR = ROOT / "tests" / "node" / "ywebrtc"
 #: Milliseconds a provider waits for the other's text before it gives up.
@@ -131,6 +131,37 @@ def test_any_path(server):
     assert bob.next()["data"] == announce("alice")
     alice.close()
     bob.close()
+
+
+def test_auth_required(tmp_path):
+    """
+    Under --auth required a provider without a token is refused; one with
+    ?token= in its signaling URL subscribes, and a token's room grants
+    bound its topics.
+    """
+    server = TwistdServer(
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--auth",
+        "required",
+        "--jwt-secret",
+        SECRET,
+        env={"JWT_SECRET": ""},
+    )
+    server.start(tmp_path / "twistd.log")
+    base = server.urls[0].rsplit("/", 1)[0]
+    try:
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            Raw(base + "/y-webrtc")
+        token = make_token("alice", rooms=["doc-*"])
+        client = subscribed(f"{base}/y-webrtc?token={token}", "doc-1", "other")
+        error = client.next()
+        assert (error["code"], error["topics"]) == ("forbidden", ["other"])
+        publish(client, "doc-1", announce("alice"))
+        assert client.next()["clients"] == 1
+        client.close()
+    finally:
+        server.stop()
 
 
 # two nodes
