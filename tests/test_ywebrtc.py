@@ -228,6 +228,37 @@ class BadInputTests(YWebRTCTestCase):
         self.assertIsNone(self.harness.hub.room("doc"))
 
 
+class FloodTests(SynchronousTestCase):
+    def test_flood(self):
+        """
+        At 10 messages a second a client may burst 20 messages (here its
+        subscribe and 19 publishes); the rest are discarded with
+        rate-limited (the other subscriber gets only those 19), and one that
+        keeps on is closed with 1008, leaving its topic.
+        """
+        harness = Harness(
+            settings=WebSocketSettings(ping_interval=0, max_message_rate=10)
+        )
+        self.addCleanup(harness.restore)
+        alice = harness.connect("/y-webrtc")
+        bob = harness.connect("/y-webrtc")
+        for client in (alice, bob):
+            client.send_json({"type": "subscribe", "topics": ["doc"]})
+        harness.flush()
+        for index in range(25):
+            alice.send_json({"type": "publish", "topic": "doc", "data": str(index)})
+        harness.flush()
+        self.assertEqual(len(bob.take()), 19)
+        errors = [m for m in alice.take() if m["type"] == "error"]
+        self.assertEqual({e["code"] for e in errors}, {"rate-limited"})
+        self.assertEqual(len(errors), 6)
+        for index in range(50):
+            alice.send_json({"type": "ping"})
+        harness.flush()
+        self.assertEqual(alice.close_code, 1008)
+        self.assertEqual(len(harness.hub.room("doc").members), 1)
+
+
 class LimitTests(YWebRTCTestCase):
     limits = HubLimits(max_peers_per_room=2)
 
