@@ -300,6 +300,30 @@ class CrossDialectTests(YWebRTCTestCase):
             [{"type": "publish", "topic": "doc", "data": "hello", "clients": 2}],
         )
 
+    def test_native_direct_message_and_topic_offer(self):
+        """
+        A native message sent to a y-webrtc peer's id reaches it as a
+        publish on the room; a topic peer's offer to it is not shown.
+        """
+        alice = self.open("/y-webrtc", "doc")
+        native = self.harness.connect("/signal")
+        native.take()
+        self.send(native, {"type": "join", "room": "doc"})
+        [joined] = native.take()
+        [member] = joined["peers"]
+        self.send(
+            native,
+            {"type": "message", "room": "doc", "to": member["id"], "payload": "hi"},
+        )
+        topic = self.harness.connect("/ws/doc")
+        topic.take()
+        self.send(topic, {"type": "offer", "to": member["id"], "payload": "sdp"})
+        self.assertEqual(topic.take(), [])
+        self.assertEqual(
+            alice.take(),
+            [{"type": "publish", "topic": "doc", "data": "hi", "clients": 2}],
+        )
+
     def test_topic_peer_sees_nothing(self):
         """
         A topic-dialect peer relays only offers, answers and candidates: it
