@@ -252,7 +252,7 @@ class FloodTests(SynchronousTestCase):
         errors = [m for m in alice.take() if m["type"] == "error"]
         self.assertEqual({e["code"] for e in errors}, {"rate-limited"})
         self.assertEqual(len(errors), 6)
-        for index in range(50):
+        for _ in range(50):
             alice.send_json({"type": "ping"})
         harness.flush()
         self.assertEqual(alice.close_code, 1008)
