@@ -113,6 +113,7 @@ function localAddress() {
 }
 
 let peerjsCounter = 0;
+let ywebrtcCounter = 0;
 
 class Peer {
   // base: the server's URL; the cross-node scenario puts each pair's
@@ -125,6 +126,9 @@ class Peer {
     this.onTimestamp = null;
     this.waiter = null;
     this.closed = null;
+    // y-webrtc: every publish comes back to its sender too; this mark in
+    // the payload tells those echoes apart.
+    this.echoMark = null;
   }
 
   connect(room) {
@@ -137,6 +141,10 @@ class Peer {
     else if (d === "peerjs") {
       this.id = `bench${process.pid}x${peerjsCounter++}`;
       url = `${options.url}/peerjs?key=peerjs&id=${this.id}&token=t${this.id}`;
+    } else if (d === "ywebrtc") {
+      this.id = `y${process.pid}x${ywebrtcCounter++}`;
+      this.echoMark = Buffer.from(`"f":"${this.id}"`);
+      url = `${this.base}${options.query || ""}`;
     } else throw new Error(`unknown dialect ${d}`);
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url, { localAddress: localAddress(), perMessageDeflate: false, skipUTF8Validation: true });
@@ -145,6 +153,7 @@ class Peer {
       ws.on("error", (error) => reject(error));
       ws.on("unexpected-response", (_, response) => reject(new Error(`HTTP ${response.statusCode}`)));
       ws.on("message", (data) => {
+        if (this.echoMark !== null && data.indexOf(this.echoMark) >= 0) return;
         if (this.onTimestamp !== null) {
           // The relay scenarios' fast path: a relayed payload starts with
           // {"t":, so only the number after it is read, not the whole frame.
@@ -156,6 +165,12 @@ class Peer {
         }
         this.received(JSON.parse(data));
       });
+      if (d === "ywebrtc") {
+        ws.on("open", () => {
+          ws.send(JSON.stringify({ type: "subscribe", topics: [room] }));
+          ws.send(JSON.stringify({ type: "ping" }));
+        });
+      }
       this.waiter = (message) => {
         if (d === "native" && message.type === "welcome") {
           this.id = message.peerId;
@@ -169,6 +184,10 @@ class Peer {
           this.waiter = null;
           resolve(this);
         } else if (d === "peerjs" && message.type === "OPEN") {
+          this.waiter = null;
+          resolve(this);
+        } else if (d === "ywebrtc" && message.type === "pong") {
+          // Subscribed: the server answers in order.
           this.waiter = null;
           resolve(this);
         } else if (message.type === "error" || message.type === "ERROR") {
@@ -197,6 +216,7 @@ class Peer {
     let body;
     if (this.dialect === "native") body = { type: kind, room, to, payload };
     else if (this.dialect === "topic") body = { type: kind, to, payload, msgId: "m" };
+    else if (this.dialect === "ywebrtc") body = { type: "publish", topic: room, data: { ...payload, f: this.id } };
     else body = { type: kind.toUpperCase(), dst: to, payload };
     this.ws.send(JSON.stringify(body));
   }
@@ -210,6 +230,10 @@ class Peer {
     }
     if (this.dialect === "topic") {
       return [`{"type":"${kind}","to":"${to}","payload":{"t":`, `${tail},"msgId":"m"}`];
+    }
+    if (this.dialect === "ywebrtc") {
+      // A broadcast to the topic (the pair's two ends), marked as ours.
+      return [`{"type":"publish","topic":${JSON.stringify(room)},"data":{"t":`, `,"f":"${this.id}"${tail}}`];
     }
     return [`{"type":"${kind.toUpperCase()}","dst":"${to}","payload":{"t":`, `${tail}}`];
   }

@@ -169,6 +169,8 @@ class Server:
             return [python, str(BENCH / "reference_relay.py"), "--port", "0"]
         if self.name == "peerjs":
             return ["node", str(BENCH / "peerjs_server.js")]
+        if self.name == "y-webrtc":
+            return ["node", str(BENCH / "ywebrtc_server.js")]
         raise ValueError(self.name)
 
     def start(self, timeout: float = 20) -> str:
@@ -433,6 +435,9 @@ def measure(
         # Our PeerJS dialect is mounted at --peerjs-path (default /peerjs);
         # the PeerJS server's path is "/".
         url += "/peerjs"
+    if dialect == "ywebrtc" and name != "y-webrtc":
+        # y-webrtc's server takes any path; ours is at --y-webrtc-path.
+        url += "/y-webrtc"
     if name == "cluster":
         settings = {**settings, "url_b": server.url_b}
     profiler = None
@@ -575,7 +580,8 @@ def table(lines: list[dict[str, Any]]) -> str:
         {
             line["dialect"]
             for line in lines
-            if line["dialect"] != "peerjs" and line["server"] != "peerjs"
+            if line["dialect"] not in ("peerjs", "ywebrtc")
+            and line["server"] != "peerjs"
         }
     )
     header = f"{'scenario':<12} {'dialect':<8} {'metric':<24} {'signaling':>11} {'reference':>11} {'ratio':>7} {'target':>11} {'peerjs':>10}"
@@ -709,6 +715,39 @@ def peerjs_table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def ywebrtc_table(lines: list[dict[str, Any]]) -> str:
+    """
+    Our y-webrtc dialect beside y-webrtc's own server (bin/server.js) under
+    the same load; ratio = ours / theirs.
+    """
+    best = _best_by_server(lines, "ywebrtc")
+    header = f"{'scenario':<8} {'metric':<24} {'signaling':>10} {'y-webrtc':>10} {'ratio':>7}"
+    out = [header, "-" * len(header)]
+    for scenario, metric in (
+        ("relay", "msg_per_s"),
+        ("relay", "server_cpu_us_per_msg"),
+        ("relay", "latency_ms.p99"),
+        ("rate", "delivered_fraction"),
+        ("rate", "server_cpu_us_per_msg"),
+    ):
+        ours = _metric(best.get((scenario, "signaling")), metric)
+        theirs = _metric(best.get((scenario, "y-webrtc")), metric)
+        if ours is None and theirs is None:
+            continue
+        ratio = (
+            ours / theirs
+            if isinstance(ours, (int, float))
+            and isinstance(theirs, (int, float))
+            and theirs
+            else None
+        )
+        out.append(
+            f"{scenario:<8} {metric:<24} {_format(ours):>10} {_format(theirs):>10} "
+            f"{_format(round(ratio, 3)) if ratio is not None else '-':>7}"
+        )
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def _best_by_server(
     lines: list[dict[str, Any]], dialect: str
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -765,7 +804,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--dialects",
         default="native,topic,peerjs",
-        help="our dialects to run (peerjs: relay and rate only, against the PeerJS server)",
+        help="our dialects to run (peerjs: relay and rate only, against the PeerJS server; "
+        "ywebrtc: the same against --servers signaling,y-webrtc)",
     )
     parser.add_argument(
         "--repeat",
@@ -838,6 +878,8 @@ def main(argv: list[str]) -> int:
     servers = [s for s in options.servers.split(",") if s]
     if "peerjs" in servers and shutil.which("node") is None:
         servers.remove("peerjs")
+    if "y-webrtc" in servers and shutil.which("node") is None:
+        servers.remove("y-webrtc")
     about = {
         "machine": {**machine(), "pinned": cpus[0] is not None},
         "settings": settings,
@@ -859,6 +901,10 @@ def main(argv: list[str]) -> int:
                     if scenario not in ROOMLESS_SCENARIOS:
                         continue
                     dialects = ["peerjs"]
+                elif name == "y-webrtc":
+                    if scenario not in ROOMLESS_SCENARIOS:
+                        continue
+                    dialects = ["ywebrtc"]
                 elif name in MULTI_PROCESS:
                     if scenario not in MULTI_PROCESS_SCENARIOS:
                         continue
@@ -871,7 +917,9 @@ def main(argv: list[str]) -> int:
                     dialects = [
                         d
                         for d in options.dialects.split(",")
-                        if d != "peerjs" or scenario in ROOMLESS_SCENARIOS
+                        if d not in ("peerjs", "ywebrtc")
+                        or scenario in ROOMLESS_SCENARIOS
+                        and (d == "peerjs" or name == "signaling")
                     ]
                 for dialect in dialects:
                     try:
@@ -906,6 +954,10 @@ def main(argv: list[str]) -> int:
     if peerjs:
         print()
         print(peerjs)
+    ywebrtc = ywebrtc_table([line for line in lines if "error" not in line])
+    if ywebrtc:
+        print()
+        print(ywebrtc)
     return 0 if all("error" not in line for line in lines) else 1
 
 

@@ -378,6 +378,13 @@ class Hub:
         """
         return len(self._peers)
 
+    def is_local(self, peer_id: str) -> bool:
+        """
+        Whether C{peer_id} is a peer connected to this process, rather than
+        one of another node's (or none at all).
+        """
+        return peer_id in self._peers
+
     def touch(self, peer: Peer) -> None:
         """
         Note that C{peer} is alive, for the stale-peer sweep.

@@ -39,6 +39,7 @@ from .transports.site import GuardedSite, HTTPLimits
 from .transports.websocket import WebSocketSettings
 from .web import MAX_ROOMS_PAGE, ROOT_DIALECTS, SignalingSite
 from .dialects.peerjs import PeerJSRealm, PeerJSSettings
+from .dialects.ywebrtc import YWebRTCSettings
 
 #: The first path segments of the other routes, which --peerjs-path may not
 #: take.
@@ -522,6 +523,33 @@ class Options(usage.Options):
             "Bytes queued for all PeerJS ids that are not connected, together.",
             _whole("peerjs-queue-total-bytes"),
         ],
+        [
+            "y-webrtc-path",
+            None,
+            "/y-webrtc",
+            "Where y-webrtc providers connect (their signaling URL, e.g. ws://host:8080/y-webrtc); 'none' for no y-webrtc dialect.",
+        ],
+        [
+            "y-webrtc-max-topics",
+            None,
+            32,
+            "Topics one y-webrtc connection may subscribe to at once (0: --max-rooms-per-peer); beyond, it is told too-many-topics.",
+            _whole("y-webrtc-max-topics"),
+        ],
+        [
+            "y-webrtc-replay-window",
+            None,
+            5.0,
+            "Seconds a y-webrtc client's first publish after a subscribe (its announce) is kept for subscribers on other nodes that join meanwhile; 0 keeps none.",
+            _seconds("y-webrtc-replay-window"),
+        ],
+        [
+            "y-webrtc-replay-bytes",
+            None,
+            4096,
+            "The largest such publish kept, in bytes of its data.",
+            _whole("y-webrtc-replay-bytes"),
+        ],
     ]
 
     optFlags = [
@@ -544,6 +572,11 @@ class Options(usage.Options):
             "peerjs-discovery",
             None,
             "Let GET PATH/KEY/peers list the connected PeerJS ids (the original's allow_discovery; off, it answers 401).",
+        ],
+        [
+            "y-webrtc-any-path",
+            None,
+            "Also take y-webrtc WebSockets at / (instead of --root-dialect) and at any path no other route takes, as y-webrtc's server does.",
         ],
     ]
 
@@ -687,6 +720,7 @@ class Options(usage.Options):
             self._find_certificate(shorthands)
         self["redis-address"] = self._redis_address()
         self["peerjs-settings"] = self._peerjs_settings()
+        self["y-webrtc-settings"] = self._ywebrtc_settings()
 
     def _peerjs_settings(self) -> PeerJSSettings | None:
         path = self["peerjs-path"]
@@ -714,6 +748,32 @@ class Options(usage.Options):
             queue_messages=self["peerjs-queue-messages"],
             queue_bytes=self["peerjs-queue-bytes"],
             queue_total_bytes=self["peerjs-queue-total-bytes"],
+        )
+
+    def _ywebrtc_settings(self) -> YWebRTCSettings | None:
+        path = self["y-webrtc-path"]
+        if path == "none":
+            if self["y-webrtc-any-path"]:
+                raise usage.UsageError("--y-webrtc-any-path needs a --y-webrtc-path")
+            return None
+        path = "/" + path.strip("/")
+        first = path.split("/")[1]
+        peerjs = self["peerjs-settings"]
+        if (
+            path == "/"
+            or not path.isascii()
+            or first in PEERJS_RESERVED
+            or (peerjs is not None and first == peerjs.path.split("/")[1])
+        ):
+            raise usage.UsageError(
+                f"--y-webrtc-path must be a path of its own, not {self['y-webrtc-path']!r}"
+            )
+        return YWebRTCSettings(
+            path=path,
+            any_path=bool(self["y-webrtc-any-path"]),
+            max_topics=self["y-webrtc-max-topics"],
+            replay_window=self["y-webrtc-replay-window"],
+            replay_bytes=self["y-webrtc-replay-bytes"],
         )
 
     def _find_certificate(self, shorthands: list[str]) -> None:
@@ -1152,6 +1212,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         session_store=session_store,
         worker_route=route,
         peerjs=peerjs,
+        ywebrtc_settings=options.get("y-webrtc-settings"),
     )
     web = GuardedSite(
         site.resource(),

@@ -28,6 +28,7 @@ from .dialects.native import NativeSession, Resume
 from .dialects.peerjs import BANNER, PeerJSRealm, session_factory
 from .dialects.socketio import SocketIOConnection, SocketIOContext
 from .dialects.topic import TopicSession
+from .dialects import ywebrtc
 from .directory import Directory
 from .hub import Hub, Room
 from .ids import IdShape
@@ -128,6 +129,7 @@ class SignalingSite:
         session_store: ISessionStore | None = None,
         worker_route: Any = None,
         peerjs: PeerJSRealm | None = None,
+        ywebrtc_settings: ywebrtc.YWebRTCSettings | None = None,
     ) -> None:
         """
         :param directory: The userIds of the directory dialect, built beside
@@ -150,6 +152,9 @@ class SignalingSite:
             sessions are passed on to it.
         :param peerjs: The PeerJS dialect's clients, mounted at its
             settings' path; L{None} for no PeerJS dialect.
+        :param ywebrtc_settings: The y-webrtc dialect's settings (its path,
+            and whether it also takes C{/} and any path no route takes);
+            L{None} for no y-webrtc dialect.
         """
         self.max_rooms_page = max(1, max_rooms_page)
         self.hub = hub
@@ -212,6 +217,16 @@ class SignalingSite:
             "envelope": self._envelope,
             None: None,
         }[root_dialect]
+        self._ywebrtc = self._ywebrtc_path = None
+        if ywebrtc_settings is not None:
+            self._ywebrtc = WebSocketResource(
+                SignalingFactory(
+                    hub, ywebrtc.session_factory(ywebrtc_settings), settings, auth
+                )
+            )
+            self._ywebrtc_path = ywebrtc_settings.path.encode("utf-8")
+            if ywebrtc_settings.any_path:
+                self._root = self._ywebrtc
         self._peerjs = None
         if peerjs is not None:
             self._peerjs = PeerJSResource(
@@ -445,8 +460,26 @@ class SignalingSite:
 
     # errors
 
+    def _ywebrtc_route(self, request: IRequest):
+        """
+        The y-webrtc WebSocket, for a GET of a path no route takes when it
+        is C{--y-webrtc-path}, or any such path with C{--y-webrtc-any-path}
+        (which also gives it C{/}, in L{__init__}); else L{None}.
+        """
+        if self._ywebrtc is None or request.method != b"GET":
+            return None
+        if request.path == self._ywebrtc_path:
+            return self._websocket(request, self._ywebrtc)
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if self._root is self._ywebrtc and upgrade == "websocket":
+            return self._ywebrtc
+        return None
+
     @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure) -> bytes:
+    def not_found(self, request: IRequest, failure):
+        ywebrtc_route = self._ywebrtc_route(request)
+        if ywebrtc_route is not None:
+            return ywebrtc_route
         return self._json(
             request,
             {"error": "not found", "path": request.path.decode("utf-8", "replace")},

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from signaling.dialects.peerjs import PeerJSRealm, PeerJSSettings
+from signaling.dialects.ywebrtc import YWebRTCSettings
 from signaling.errors import DeliveryRefused
 from signaling.directory import Directory
 from signaling.hub import Hub, HubLimits, IPeerConnection
@@ -140,19 +141,25 @@ class Harness:
         limits: HubLimits = HubLimits(),
         settings: WebSocketSettings = WebSocketSettings(),
         peerjs: PeerJSSettings | None = None,
+        ywebrtc: YWebRTCSettings | None = YWebRTCSettings(),
+        hub_class: type[Hub] = Hub,
     ) -> None:
         """
         :param peerjs: Mount the PeerJS dialect with these settings.
+        :param ywebrtc: The y-webrtc dialect's settings; L{None} for none.
+        :param hub_class: What the hub is made of (a test's own kind).
         """
         self.clock = MemoryReactorClock()
         self.clock.advance(1_700_000_000)
         self._previous_loop = txaio.config.loop
         txaio.config.loop = self.clock
-        self.hub = Hub(
+        self.hub = hub_class(
             clock=self.clock, ids=IdSource(counting_random_bytes()), limits=limits
         )
         self.peerjs = PeerJSRealm(self.hub, peerjs) if peerjs is not None else None
-        self.site = make_site(self.hub, settings, peerjs=self.peerjs)
+        self.site = make_site(
+            self.hub, settings, peerjs=self.peerjs, ywebrtc_settings=ywebrtc
+        )
         self.web = Site(self.site.resource())
         self.pumps: list[IOPump] = []
         self._ports = itertools.count(40000)

@@ -216,6 +216,16 @@ class HubTests(SynchronousTestCase):
             hub.join(peers[0], f"room-{index}")
         self.assertEqual(len(hub.room("big").members), 150)
 
+    def test_is_local(self):
+        """
+        A plain hub's peers are all connected to this process; a peer it
+        does not have (any more) is not.
+        """
+        peer, _ = self.peer()
+        self.assertTrue(self.hub.is_local(peer.id))
+        self.hub.disconnect(peer)
+        self.assertFalse(self.hub.is_local(peer.id))
+
     def test_a_peer_with_an_id_allocated_elsewhere(self):
         """
         A peer registered with its own id (a peer of another node) is found,

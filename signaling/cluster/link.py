@@ -213,6 +213,10 @@ class ClusterHub(Hub):
         except DeliveryRefused:
             pass
 
+    def is_local(self, peer_id: str) -> bool:
+        peer = self._peers.get(peer_id)
+        return peer is not None and not is_remote(peer)
+
     def local_peer_count(self) -> int:
         return sum(1 for peer in self._peers.values() if not is_remote(peer))
 
