@@ -153,6 +153,34 @@ class SiteTests(SynchronousTestCase):
             [(e["in_use"], e["file_limit"]) for e in warnings], [(9, 10), (9, 10)]
         )
 
+    def test_open_files_counted_once_a_second(self):
+        """
+        Past half the file limit the open files are counted at most once a
+        second, not on every connection; a warning comes at the next count.
+        """
+        self.limiter = None
+        site = self.site(fd_log_interval=30, request_timeout=0)
+        counts = []
+
+        def open_files():
+            counts.append(self.reactor.seconds())
+            return 3 + len(counts) * 3
+
+        site.open_files = open_files
+        for _ in range(9):
+            self.connect(site)
+        self.reactor.advance(0.5)
+        self.connect(site)
+        self.reactor.advance(0.5)
+        self.connect(site)
+        self.assertEqual(counts, [0, 1])
+        warnings = [
+            e
+            for e in self.events
+            if "file descriptors are open" in e.get("log_format", "")
+        ]
+        self.assertEqual([e["in_use"] for e in warnings], [9])
+
     def test_redaction(self):
         self.assertEqual(
             redact_uri(

@@ -37,6 +37,11 @@ REFUSAL_LINGER = 2.0
 #: Share of RLIMIT_NOFILE in use above which the fd warning is logged.
 FD_WARNING_SHARE = 0.9
 
+#: Seconds between two counts of the open files: counting lists
+#: /proc/self/fd, which costs more than taking the connection in once
+#: thousands are open.
+FD_CHECK_INTERVAL = 1.0
+
 _BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 _SOCKETIO_PREFIX = b"/socket.io/"
 _SECRET_PARAMETER = re.compile(
@@ -442,6 +447,7 @@ class GuardedSite(Site):
         self.file_limit = file_limit
         self.open_connections = 0
         self._fd_warned_at: float | None = None
+        self._fd_checked_at: float | None = None
 
     def connection_opened(self) -> None:
         self.open_connections += 1
@@ -461,6 +467,12 @@ class GuardedSite(Site):
             and now - self._fd_warned_at < self.limits.fd_log_interval
         ):
             return
+        if (
+            self._fd_checked_at is not None
+            and now - self._fd_checked_at < FD_CHECK_INTERVAL
+        ):
+            return
+        self._fd_checked_at = now
         in_use = self.open_files()
         if in_use is None:
             in_use = self.open_connections
