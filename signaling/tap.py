@@ -1159,6 +1159,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         ),
         limiter,
         reactor,
+        # Upgrades straight to Autobahn; --no-fast-paths routes them all
+        # through the web app as before.
+        upgrades=site.upgrades if settings.fast_paths else None,
     )
     top = SignalingService()
     if options["log-format"] == "json":
