@@ -50,6 +50,21 @@ PRIVATE_NAMES = (
     "autoPingTimeoutCall",
     "autoPingRestartOnAnyTraffic",
     "failedByMe",
+    # WebSocketProtocol: the per-connection copies of the factory's options,
+    # and what the opening handshake leaves behind (dropped by slim())
+    "CONFIG_ATTRS",
+    "http_request_data",
+    "http_headers",
+    "http_response_data",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_host",
+    "http_request_params",
+    "_wskey",
+    "websocket_protocols",
+    "websocket_extensions",
+    "websocket_origin",
     # twisted.internet.tcp.Server (abstract.FileDescriptor)
     "transport._writeDisconnected",
     "transport._tempDataBuffer",
@@ -226,6 +241,57 @@ def write_through(transport, data: bytes) -> None:
     transport.write(data)
 
 
+#: What Autobahn keeps of a server's opening handshake and never reads once
+#: the connection is open.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_headers",
+    "http_response_data",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_host",
+    "http_request_params",
+    "_wskey",
+    "websocket_protocols",
+    "websocket_extensions",
+    "websocket_origin",
+)
+
+
+def with_options(protocol: type, factory) -> type:
+    """
+    A subclass of C{protocol} (a L{FastPaths} one) holding C{factory}'s
+    protocol options as class attributes, so that L{FastPaths.onOpen} can
+    drop the copies Autobahn makes of them on every connection.
+    """
+    options = {
+        name: getattr(factory, name)
+        for name in protocol.CONFIG_ATTRS
+        if hasattr(factory, name)
+    }
+    options["__module__"] = protocol.__module__
+    return type(protocol.__name__, (protocol,), options)
+
+
+def slim(protocol) -> None:
+    """
+    Drop what an open server connection holds and no longer needs: the
+    copies of its factory's options its class already holds (see
+    L{with_options}; a copy that has since changed stays) and the opening
+    handshake's request, headers and response.
+    """
+    state = protocol.__dict__
+    cls = type(protocol)
+    for name in protocol.CONFIG_ATTRS:
+        if name in state and cls.__dict__.get(name, state) is state[name]:
+            del state[name]
+    for name in _HANDSHAKE_LEFTOVERS:
+        state.pop(name, None)
+    # A dict keeps its size when keys go; a copy is as small as it needs.
+    protocol.__dict__ = dict(state)
+
+
 class FastPaths:
     """
     Autobahn's per-frame paths, minus what costs time on every message, for
@@ -237,6 +303,11 @@ class FastPaths:
     with debug logging off, and fired an observable "message" event (a
     Deferred per message) nobody listens to.
     """
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        if _create_masker is not None:
+            slim(self)
 
     def dataReceived(self, data: bytes) -> None:
         if (

@@ -7,9 +7,12 @@ framing tests run on the fast paths and on plain Autobahn.
 
 from __future__ import annotations
 
+import inspect
+
 import pprint
 import re
 import socket
+import sys
 import struct
 from pathlib import Path
 from typing import Any
@@ -111,9 +114,13 @@ class InstallTests(SynchronousTestCase):
     def test_factory_uses_the_fast_paths_where_verified(self):
         factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession)
         self.assertEqual(factory.fast_paths, VERIFIED)
-        self.assertIs(
-            factory.protocol, FastSignalingProtocol if VERIFIED else SignalingProtocol
+        self.assertTrue(
+            issubclass(
+                factory.protocol,
+                FastSignalingProtocol if VERIFIED else SignalingProtocol,
+            )
         )
+        self.assertEqual(issubclass(factory.protocol, FastSignalingProtocol), VERIFIED)
 
     def test_unverified_versions_fall_back_with_one_log_line(self):
         """
@@ -208,12 +215,18 @@ class PrivateNamesTests(SynchronousTestCase):
         transport = tcp.Server(
             ours, Protocol(), ("127.0.0.1", 40000), None, 1, MemoryReactor()
         )
+        handshake_source = inspect.getsource(autobahn_protocol.WebSocketServerProtocol)
         for name in fastpath.PRIVATE_NAMES:
             owner, _, attribute = name.rpartition(".")
             if owner == "transport":
                 self.assertTrue(hasattr(transport, attribute), name)
             elif attribute in ("create_xor_masker", "pformat"):
                 self.assertTrue(hasattr(autobahn_protocol, attribute), name)
+            elif attribute in fastpath._HANDSHAKE_LEFTOVERS:
+                # Gone once open (slim): the server's handshake sets them.
+                self.assertRegex(
+                    handshake_source, rf"self\.{attribute}\b[^=\n]*= ", name
+                )
             else:
                 self.assertTrue(hasattr(protocol, attribute), name)
 
@@ -229,6 +242,48 @@ def _connect(factory) -> tuple[Any, StringTransport]:
     )
     transport.clear()
     return protocol, transport
+
+
+@skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+class SlimTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+
+    def test_an_open_connection_drops_its_handshake_and_option_copies(self):
+        """
+        Once open, a connection keeps neither its opening handshake (the
+        request, its headers and query, a token among them, and the
+        response) nor its own copies of the factory's options, which its
+        class holds; it answers as before.
+        """
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        protocol, transport = _connect(factory)
+        state = vars(protocol)
+        for name in ("http_headers", "http_request_data", "http_response_data"):
+            self.assertNotIn(name, state)
+        for name in ("maxFramePayloadSize", "failByDrop", "autoPingInterval"):
+            self.assertNotIn(name, state)
+        self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
+        self.assertFalse(protocol.failByDrop)
+        plain = SignalingFactory(
+            Hub(clock=self.loop), NativeSession, WebSocketSettings(fast_paths=False)
+        )
+        before = _connect(plain)[0]
+        self.assertLess(sys.getsizeof(state), sys.getsizeof(vars(before)) / 2)
+        fastpath.install()
+        protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
+        self.assertIn(b"pong", transport.value())
+
+    def test_an_option_changed_on_the_connection_stays(self):
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(StringTransport())
+        protocol.maxMessagePayloadSize = 10
+        fastpath.slim(protocol)
+        self.assertEqual(protocol.maxMessagePayloadSize, 10)
+        self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
 
 
 class WriteThroughTests(SynchronousTestCase):
