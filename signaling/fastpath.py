@@ -17,10 +17,14 @@ and L{failed}.
 
 from __future__ import annotations
 
+import collections
 import functools
 import pprint
 import re
+import types
 from importlib import metadata
+
+from typing import Any
 
 import attrs
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -266,9 +270,11 @@ def with_options(protocol: type, factory) -> type:
     drop the copies Autobahn makes of them on every connection.
     """
     options = {
-        name: getattr(factory, name)
+        # A function (perMessageCompressionAccept) must not become a method.
+        name: staticmethod(value) if isinstance(value, types.FunctionType) else value
         for name in protocol.CONFIG_ATTRS
         if hasattr(factory, name)
+        for value in (getattr(factory, name),)
     }
     options["__module__"] = protocol.__module__
     return type(protocol.__name__, (protocol,), options)
@@ -284,10 +290,14 @@ def slim(protocol) -> None:
     state = protocol.__dict__
     cls = type(protocol)
     for name in protocol.CONFIG_ATTRS:
-        if name in state and cls.__dict__.get(name, state) is state[name]:
+        if name in state and getattr(cls, name, state) is state[name]:
             del state[name]
     for name in _HANDSHAKE_LEFTOVERS:
         state.pop(name, None)
+    if not state.get("send_queue", True):
+        # An empty deque is a block of 64 slots; FastPaths.send_queue (an
+        # empty tuple) stands for it until something must be queued.
+        del state["send_queue"]
     # A dict keeps its size when keys go; a copy is as small as it needs.
     protocol.__dict__ = dict(state)
 
@@ -303,6 +313,9 @@ class FastPaths:
     with debug logging off, and fired an observable "message" event (a
     Deferred per message) nobody listens to.
     """
+
+    #: Autobahn's queue of frames to send, while empty (see L{slim}).
+    send_queue: Any = ()
 
     def onOpen(self) -> None:
         super().onOpen()
@@ -378,6 +391,8 @@ class FastPaths:
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
         if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
+            if type(self.send_queue) is tuple:
+                self.send_queue = collections.deque()
             super().sendData(data, sync, chopsize)
             return
         write_through(self.transport, data)

@@ -265,6 +265,7 @@ class SlimTests(SynchronousTestCase):
             self.assertNotIn(name, state)
         for name in ("maxFramePayloadSize", "failByDrop", "autoPingInterval"):
             self.assertNotIn(name, state)
+        self.assertNotIn("send_queue", state)
         self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
         self.assertFalse(protocol.failByDrop)
         plain = SignalingFactory(
@@ -275,6 +276,27 @@ class SlimTests(SynchronousTestCase):
         fastpath.install()
         protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
         self.assertIn(b"pong", transport.value())
+
+    def test_a_client_offering_compression_is_answered(self):
+        """
+        The options the class holds work as the connection's own did: a
+        client offering permessage-deflate (as browsers do) is told 101
+        (compression declined) and the connection is open.
+        """
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 101 "), response)
+        self.assertNotIn(b"Sec-WebSocket-Extensions", response)
+        self.assertIn(b'"welcome"', response)
 
     def test_an_option_changed_on_the_connection_stays(self):
         factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
