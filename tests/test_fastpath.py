@@ -28,6 +28,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted import logger as twisted_logger
+from twisted.logger import _file as twisted_file
 
 from signaling import fastpath, logs
 from signaling.dialects.native import NativeSession
@@ -220,6 +222,8 @@ class PrivateNamesTests(SynchronousTestCase):
             owner, _, attribute = name.rpartition(".")
             if owner == "transport":
                 self.assertTrue(hasattr(transport, attribute), name)
+            elif owner == "_file":
+                self.assertTrue(hasattr(twisted_file, attribute), name)
             elif attribute in ("create_xor_masker", "pformat"):
                 self.assertTrue(hasattr(autobahn_protocol, attribute), name)
             elif attribute in fastpath._HANDSHAKE_LEFTOVERS:
@@ -242,6 +246,30 @@ def _connect(factory) -> tuple[Any, StringTransport]:
     )
     transport.clear()
     return protocol, transport
+
+
+@skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+class LogTimeTests(SynchronousTestCase):
+    def test_log_lines_are_as_twisteds(self):
+        """
+        With the fast paths on, twistd's text log shows the same time for
+        each line as Twisted formats it, across seconds and time formats;
+        off, Twisted's own function is back.
+        """
+        self.addCleanup(fastpath.install)
+        fastpath.install()
+        formatted = twisted_file.formatTime
+        self.assertIsNot(formatted, twisted_logger.formatTime)
+        for when in [0.0, 1703894400.0, 1703894400.999, 1703894401.5, 1703894400.2]:
+            for time_format in [twisted_logger.timeFormatRFC3339, "%H:%M:%S.%f", None]:
+                self.assertEqual(
+                    formatted(when, time_format),
+                    twisted_logger.formatTime(when, time_format),
+                    (when, time_format),
+                )
+        self.assertEqual(formatted(None), "-")
+        fastpath.install(enabled=False)
+        self.assertIs(twisted_file.formatTime, twisted_logger.formatTime)
 
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
