@@ -28,6 +28,7 @@ from importlib import metadata
 from typing import Any
 
 import attrs
+import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import formatTime, timeFormatRFC3339
@@ -71,6 +72,8 @@ PRIVATE_NAMES = (
     "websocket_protocols",
     "websocket_extensions",
     "websocket_origin",
+    # WebSocketServerFactory: the timer its protocols schedule on
+    "factory._batched_timer",
     # twisted.logger._file: the time of each line of twistd's text log
     "_file.formatTime",
     # twisted.internet.tcp.Server (abstract.FileDescriptor)
@@ -275,6 +278,46 @@ def write_through(transport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+class _TimerCall:
+    """
+    A call of L{DirectTimer}: cancelling it again, or after it ran, is no
+    error (as with Autobahn's batched calls).
+    """
+
+    __slots__ = ("delayed",)
+
+    def __init__(self, delayed) -> None:
+        self.delayed = delayed
+
+    def cancel(self) -> None:
+        delayed, self.delayed = self.delayed, None
+        if delayed is not None and delayed.active():
+            delayed.cancel()
+
+
+class DirectTimer:
+    """
+    Autobahn's per-factory timer (the opening and closing handshake
+    timeouts, pings), one reactor call each, on txaio's loop.
+
+    Autobahn's own batches the calls of each second into a list and removes
+    a cancelled one with C{list.remove}: every handshake cancels its
+    timeout, so with thousands of handshakes a second each cancel scans
+    thousands of calls.
+    """
+
+    def call_later(self, delay: float, func, *args, **kwargs) -> _TimerCall:
+        return _TimerCall(txaio.call_later(delay, func, *args, **kwargs))
+
+
+def direct_timers(factory) -> None:
+    """
+    Make C{factory}'s protocols schedule their timeouts and pings with a
+    L{DirectTimer}.
+    """
+    factory._batched_timer = DirectTimer()
 
 
 #: What Autobahn keeps of a server's opening handshake and never reads once

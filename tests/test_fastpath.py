@@ -222,6 +222,8 @@ class PrivateNamesTests(SynchronousTestCase):
             owner, _, attribute = name.rpartition(".")
             if owner == "transport":
                 self.assertTrue(hasattr(transport, attribute), name)
+            elif owner == "factory":
+                self.assertTrue(hasattr(protocol.factory, attribute), name)
             elif owner == "_file":
                 self.assertTrue(hasattr(twisted_file, attribute), name)
             elif attribute in ("create_xor_masker", "pformat"):
@@ -325,6 +327,29 @@ class SlimTests(SynchronousTestCase):
         self.assertTrue(response.startswith(b"HTTP/1.1 101 "), response)
         self.assertNotIn(b"Sec-WebSocket-Extensions", response)
         self.assertIn(b'"welcome"', response)
+
+    def test_handshake_and_ping_timers_are_reactor_calls(self):
+        """
+        On the fast paths a connection's timers are calls on txaio's loop:
+        the opening handshake's timeout is gone once open, pings go out at
+        their interval, and a client that never answers is dropped after
+        the ping timeout; cancelling twice is no error.
+        """
+        factory = SignalingFactory(
+            Hub(clock=self.loop),
+            NativeSession,
+            WebSocketSettings(ping_interval=30, ping_timeout=10),
+        )
+        self.assertIsInstance(factory._batched_timer, fastpath.DirectTimer)
+        protocol, transport = _connect(factory)
+        self.assertEqual(len(self.loop.getDelayedCalls()), 1)
+        self.loop.advance(30)
+        self.assertEqual(_server_frames(transport.value())[-1][0], 0x9)
+        self.loop.advance(10)
+        self.assertTrue(transport.disconnecting)
+        call = factory._batched_timer.call_later(1, lambda: None)
+        call.cancel()
+        call.cancel()
 
     def test_an_option_changed_on_the_connection_stays(self):
         factory = SignalingFactory(Hub(clock=self.loop), NativeSession)

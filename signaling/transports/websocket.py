@@ -406,3 +406,4 @@ class SignalingFactory(WebSocketServerFactory):
         )
         if self.fast_paths:
             self.protocol = fastpath.with_options(FastSignalingProtocol, self)
+            fastpath.direct_timers(self)
