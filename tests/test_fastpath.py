@@ -226,7 +226,7 @@ class PrivateNamesTests(SynchronousTestCase):
                 self.assertTrue(hasattr(protocol.factory, attribute), name)
             elif owner == "_file":
                 self.assertTrue(hasattr(twisted_file, attribute), name)
-            elif attribute in ("create_xor_masker", "pformat"):
+            elif attribute in ("create_xor_masker", "pformat", "hltype", "hlval"):
                 self.assertTrue(hasattr(autobahn_protocol, attribute), name)
             elif attribute in fastpath._HANDSHAKE_LEFTOVERS:
                 # Gone once open (slim): the server's handshake sets them.
@@ -272,6 +272,34 @@ class LogTimeTests(SynchronousTestCase):
         self.assertEqual(formatted(None), "-")
         fastpath.install(enabled=False)
         self.assertIs(twisted_file.formatTime, twisted_logger.formatTime)
+
+
+@skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+class DebugHelperTests(SynchronousTestCase):
+    def test_debug_arguments_are_formatted_only_when_debugging(self):
+        """
+        Autobahn's debug-line helpers format nothing while debug logging is
+        off, as before while it is on, and are Autobahn's own again when
+        the fast paths are turned off.
+        """
+        from autobahn import util
+        from autobahn.twisted import websocket as autobahn_twisted
+
+        self.addCleanup(fastpath.install)
+        self.addCleanup(logs.set_level, "info")
+        fastpath.install()
+        for module in (autobahn_protocol, autobahn_twisted):
+            logs.set_level("info")
+            self.assertEqual(module.hltype(SignalingFactory), "")
+            self.assertEqual(module.hlval(42), "")
+            logs.set_level("debug")
+            self.assertEqual(
+                module.hltype(SignalingFactory), util.hltype(SignalingFactory)
+            )
+            self.assertEqual(module.hlval(42), util.hlval(42))
+        fastpath.install(enabled=False)
+        self.assertIs(autobahn_protocol.hltype, util.hltype)
+        self.assertIs(autobahn_twisted.hlval, util.hlval)
 
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
