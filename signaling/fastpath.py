@@ -31,7 +31,7 @@ import attrs
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.tcp import Server as _TCPServer
-from twisted.logger import formatTime, timeFormatRFC3339
+from twisted.logger import _format, formatTime, timeFormatRFC3339
 
 from . import logs
 from .logs import Logger
@@ -77,8 +77,11 @@ PRIVATE_NAMES = (
     "websocket_origin",
     # WebSocketServerFactory: the timer its protocols schedule on
     "factory._batched_timer",
-    # twisted.logger._file: the time of each line of twistd's text log
+    # twisted.logger._file and _format: the time and the text of each line of
+    # twistd's text log
     "_file.formatTime",
+    "_format.formatWithCall",
+    "_format.CallMapping",
     # twisted.internet.tcp.Server (abstract.FileDescriptor)
     "transport._writeDisconnected",
     "transport._tempDataBuffer",
@@ -183,13 +186,14 @@ def install(
     _off_because = reason
     from autobahn.twisted import websocket
     from autobahn.websocket import protocol
-    from twisted.logger import _file
+    from twisted.logger import _file, _format
 
     for name, original in _originals.items():
         module, _, attribute = name.rpartition(".")
         setattr(websocket if module == "websocket" else protocol, attribute, original)
     _originals.clear()
     _file.formatTime = _format_time
+    _format.formatWithCall = _format_with_call
     _create_masker = None
     if reason:
         log.info("fast paths off, plain Autobahn in use: {reason}", reason=reason)
@@ -217,10 +221,28 @@ def install(
     # twistd's text log formats the time of every line from scratch (a time
     # zone, a datetime, strftime): about a quarter of logging a connection.
     _file.formatTime = _time_once_a_second
+    # ... and the text through string.Formatter, in Python, where
+    # str.format_map does the same in C.
+    _format.formatWithCall = _format_with_call_in_c
     return True
 
 
 _format_time = formatTime
+_format_with_call = _format.formatWithCall
+
+
+def _format_with_call_in_c(formatString: str, mapping) -> str:
+    """
+    L{twisted.logger.formatWithCall} by C{str.format_map}, which reads
+    C{{name()}} fields through the same mapping.
+    """
+    try:
+        return str(formatString.format_map(_format.CallMapping(mapping)))
+    except ValueError:
+        # "{}" and malformed fields: Twisted's own error, as before.
+        return _format_with_call(formatString, mapping)
+
+
 #: The last second formatted: [second, format, text].
 _last_time: list = [None, None, ""]
 

@@ -30,6 +30,7 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTr
 from twisted.trial.unittest import SynchronousTestCase
 from twisted import logger as twisted_logger
 from twisted.logger import _file as twisted_file
+from twisted.logger import _format as twisted_format
 
 from signaling import fastpath, logs
 from signaling.dialects.native import NativeSession
@@ -226,6 +227,8 @@ class PrivateNamesTests(SynchronousTestCase):
                 self.assertTrue(hasattr(protocol.factory, attribute), name)
             elif owner == "_file":
                 self.assertTrue(hasattr(twisted_file, attribute), name)
+            elif owner == "_format":
+                self.assertTrue(hasattr(twisted_format, attribute), name)
             elif attribute in ("create_xor_masker", "pformat", "hltype", "hlval"):
                 self.assertTrue(hasattr(autobahn_protocol, attribute), name)
             elif attribute in fastpath._HANDSHAKE_LEFTOVERS:
@@ -272,6 +275,40 @@ class LogTimeTests(SynchronousTestCase):
         self.assertEqual(formatted(None), "-")
         fastpath.install(enabled=False)
         self.assertIs(twisted_file.formatTime, twisted_logger.formatTime)
+
+    def test_log_text_is_as_twisteds(self):
+        """
+        With the fast paths on, an event's text is what Twisted makes of it:
+        fields, calls, conversions, nested specs, escaped braces, and the
+        same error for what cannot be formatted; off, Twisted's own
+        function is back.
+        """
+        self.addCleanup(fastpath.install)
+        fastpath.install()
+        formatted = twisted_format.formatWithCall
+        self.assertIsNot(formatted, fastpath._format_with_call)
+        for text, fields in [
+            (
+                "{dialect} connection {what}: peer {peer}",
+                dict(dialect="topic", what="opened", peer="p"),
+            ),
+            ("{s}, {f()}.", dict(s="just", f=lambda: "called")),
+            (
+                "{a!r} {b:>5} {c.real} {d[k]} {{x}} {e:{w}}",
+                dict(a="x", b=3, c=2, d={"k": 1}, e=1, w=4),
+            ),
+        ]:
+            self.assertEqual(
+                formatted(text, fields), fastpath._format_with_call(text, fields)
+            )
+        for text, fields in [("{missing}", {}), ("{}", {}), ("{a:z}", dict(a=1))]:
+            with self.assertRaises(Exception) as ours:
+                formatted(text, fields)
+            with self.assertRaises(Exception) as theirs:
+                fastpath._format_with_call(text, fields)
+            self.assertEqual(repr(ours.exception), repr(theirs.exception))
+        fastpath.install(enabled=False)
+        self.assertIs(twisted_format.formatWithCall, fastpath._format_with_call)
 
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
