@@ -361,6 +361,10 @@ class SlimTests(SynchronousTestCase):
         for name in ("maxFramePayloadSize", "failByDrop", "autoPingInterval"):
             self.assertNotIn(name, state)
         self.assertNotIn("send_queue", state)
+        for name in ("wasClean", "closedByMe", "localCloseCode", "autoPingPending"):
+            self.assertNotIn(name, state)
+        self.assertFalse(protocol.wasClean)
+        self.assertIsNone(protocol.localCloseCode)
         self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
         self.assertFalse(protocol.failByDrop)
         plain = SignalingFactory(
