@@ -76,7 +76,7 @@ class CollectionPolicy(Service):
         full collection, beyond what new peers explain, that bring the next
         one (or a quarter of what it was then, whichever is more); 0 never.
     :param peer_bytes: Memory one more connected peer is expected to hold
-        (6–7 KB measured; see docs/performance.rst). Too high, and garbage
+        (5–6 KB measured; see docs/performance.rst). Too high, and garbage
         that arrives with new peers passes for theirs.
     :param collector: The C{gc} module, or a double of it in tests.
     :param memory: The process's resident memory in bytes, or L{None} when
