@@ -32,6 +32,7 @@ const options = Object.assign(
     settle_cycles: 200,
     payload_size: 1024,
     sources: 16,
+    jitter_ms: 2000,
     timeout: 120,
   },
   JSON.parse(process.argv[2] || "{}")
@@ -516,11 +517,78 @@ async function churn() {
   };
 }
 
+// Every peer connected and in its room, then every socket dropped at once
+// (no close handshake), then every client reconnecting into the same room
+// after a random delay of up to jitter_ms, as clients do after a restart or
+// a network blip; a failed attempt is retried after up to a second more.
+async function storm() {
+  const peers = [];
+  await inBatches(options.connections, options.concurrency, async (i) => {
+    const room = `storm-${process.pid}-${Math.floor(i / options.room_size)}`;
+    try {
+      peers.push(await new Peer(options.dialect).connect(room));
+    } catch (error) {
+      // counted below: connected < connections
+    }
+  });
+  await sleep(500);
+  await mark("connected", { peers: peers.length });
+  const dropped = performance.now();
+  for (const peer of peers) peer.ws.terminate();
+  const completions = [];
+  let failed = 0;
+  let retries = 0;
+  let firstError = null;
+  const back = [];
+  await Promise.all(
+    peers.map(async (old) => {
+      await sleep(Math.random() * options.jitter_ms);
+      for (let attempt = 0; attempt < 5; attempt++) {
+        try {
+          back.push(await new Peer(options.dialect).connect(old.room));
+          completions.push(performance.now());
+          return;
+        } catch (error) {
+          retries++;
+          if (firstError === null) firstError = String(error && error.message);
+          await sleep(Math.random() * 1000);
+        }
+      }
+      failed++;
+    })
+  );
+  const recovered = performance.now();
+  await mark("recovered", { peers: back.length });
+  // The longest stretch without a completed join, from the drop on.
+  let longest = 0;
+  let last = dropped;
+  const gaps = [];
+  for (const at of completions) {
+    const gap = at - last;
+    if (gap > longest) longest = gap;
+    if (gap > 50) gaps.push([round3((last - dropped) / 1000), round3(gap)]);
+    last = at;
+  }
+  await closeAll(back);
+  return {
+    connections: options.connections,
+    connected: peers.length,
+    rejoined: back.length,
+    failed,
+    retries,
+    first_error: firstError,
+    recover_ms: round3(recovered - dropped),
+    longest_gap_ms: round3(longest),
+    gaps_over_50ms: gaps.length,
+    worst_gaps: gaps.sort((a, b) => b[1] - a[1]).slice(0, 5),
+  };
+}
+
 function round3(x) {
   return Math.round(x * 1000) / 1000;
 }
 
-const SCENARIOS = { relay, rate, mesh, connections, churn };
+const SCENARIOS = { relay, rate, mesh, connections, churn, storm };
 
 (async () => {
   const scenario = SCENARIOS[options.scenario];

@@ -42,9 +42,11 @@ SIGNALING_QUERY: dict[str, str] = {}
 #: The HS256 secret of --auth runs.
 BENCH_SECRET = "the benchmark's JWT secret, long enough for HS256"
 
-SCENARIOS = ("relay", "rate", "mesh", "connections", "churn")
+SCENARIOS = ("relay", "rate", "mesh", "connections", "churn", "storm")
 #: Scenarios a server without rooms (PeerJS) can run.
-ROOMLESS_SCENARIOS = ("relay", "rate")
+ROOMLESS_SCENARIOS = ("relay", "rate", "connections", "storm")
+#: The scenarios run with y-webrtc clients (against its bin/server.js too).
+YWEBRTC_SCENARIOS = ("relay", "rate")
 #: Our server in several processes: "cluster" is two --redis nodes with each
 #: pair's ends on different nodes; "workers2"/"workers1" are --workers 2 and
 #: --workers 1 under the same load (ends wherever the kernel puts them).
@@ -163,6 +165,9 @@ class Server:
                 # Idle peers of the connections scenario must not be swept.
                 "--stale-timeout",
                 "0",
+                # PeerJS server runs with no such limit here either.
+                "--peerjs-concurrent-limit",
+                "1000000",
                 *SIGNALING_ARGS,
             ]
         if self.name == "reference":
@@ -510,6 +515,25 @@ def measure(
             if joined
             else None
         )
+        # Taking the peers in (and half a second idle after).
+        line["server_cpu_ms_per_peer"] = (
+            round((connected["cpu"] - start["cpu"]) * 1000 / joined, 3)
+            if joined
+            else None
+        )
+    elif scenario == "storm":
+        connected, recovered = marks["connected"], marks["recovered"]
+        back = recovered.get("peers") or 0
+        wall = max(recovered["wall"] - connected["wall"], 1e-9)
+        line["server_waiting"] = round(
+            (recovered["waited"] - connected["waited"]) / wall, 3
+        )
+        # The mass close and every reconnection, per peer back.
+        line["server_cpu_ms_per_peer"] = (
+            round((recovered["cpu"] - connected["cpu"]) * 1000 / back, 3)
+            if back
+            else None
+        )
     elif scenario == "churn":
         settled, done = marks["settled"], marks["done"]
         line["rss_settled_mb"] = round(settled["rss"] / 2**20, 2)
@@ -540,6 +564,11 @@ ROWS = [
     ("connections", "joins_per_s", "higher", None),
     ("connections", "rss_per_peer_kb", "lower", 1.05),
     ("connections", "longest_gap_ms", "lower", ("value", 50)),
+    ("connections", "server_cpu_ms_per_peer", "lower", ("value", 0.2)),
+    ("storm", "rejoined", "higher", None),
+    ("storm", "recover_ms", "lower", None),
+    ("storm", "longest_gap_ms", "lower", ("value", 50)),
+    ("storm", "server_cpu_ms_per_peer", "lower", None),
     ("churn", "cycles", "higher", None),
     ("churn", "cycles_per_s", "higher", None),
     ("churn", "rss_growth", "lower", ("value", 0.05)),
@@ -680,6 +709,11 @@ PEERJS_ROWS = [
     ("rate", "delivered_fraction", "signaling", None),
     ("rate", "latency_ms.p99", "signaling", None),
     ("rate", "server_cpu_us_per_msg", "signaling", None),
+    ("connections", "joins_per_s", "signaling", 1.0),
+    ("connections", "server_cpu_ms_per_peer", "signaling", None),
+    ("connections", "rss_per_peer_kb", "signaling", None),
+    ("storm", "recover_ms", "signaling", None),
+    ("storm", "longest_gap_ms", "signaling", None),
 ]
 
 
@@ -804,8 +838,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--dialects",
         default="native,topic,peerjs",
-        help="our dialects to run (peerjs: relay and rate only, against the PeerJS server; "
-        "ywebrtc: the same against --servers signaling,y-webrtc)",
+        help="our dialects to run (peerjs: relay, rate, connections and storm only, "
+        "against the PeerJS server; ywebrtc: relay and rate only, against "
+        "--servers signaling,y-webrtc)",
     )
     parser.add_argument(
         "--repeat",
@@ -902,7 +937,7 @@ def main(argv: list[str]) -> int:
                         continue
                     dialects = ["peerjs"]
                 elif name == "y-webrtc":
-                    if scenario not in ROOMLESS_SCENARIOS:
+                    if scenario not in YWEBRTC_SCENARIOS:
                         continue
                     dialects = ["ywebrtc"]
                 elif name in MULTI_PROCESS:
@@ -918,8 +953,17 @@ def main(argv: list[str]) -> int:
                         d
                         for d in options.dialects.split(",")
                         if d not in ("peerjs", "ywebrtc")
-                        or scenario in ROOMLESS_SCENARIOS
-                        and (d == "peerjs" or name == "signaling")
+                        # The naive relay speaks neither PeerJS nor y-webrtc.
+                        or (
+                            d == "peerjs"
+                            and scenario in ROOMLESS_SCENARIOS
+                            and name != "reference"
+                        )
+                        or (
+                            d == "ywebrtc"
+                            and scenario in YWEBRTC_SCENARIOS
+                            and name == "signaling"
+                        )
                     ]
                 for dialect in dialects:
                     try:

@@ -76,7 +76,8 @@ class CollectionPolicy(Service):
         full collection, beyond what new peers explain, that bring the next
         one (or a quarter of what it was then, whichever is more); 0 never.
     :param peer_bytes: Memory one more connected peer is expected to hold
-        (about 13 KB measured; see docs/performance.rst).
+        (5–6 KB measured; see docs/performance.rst). Too high, and garbage
+        that arrives with new peers passes for theirs.
     :param collector: The C{gc} module, or a double of it in tests.
     :param memory: The process's resident memory in bytes, or L{None} when
         unknown.
@@ -95,7 +96,7 @@ class CollectionPolicy(Service):
         closed: Callable[[], int] = connections_closed,
         min_growth: int = 32 * 1024 * 1024,
         memory: Callable[[], int | None] = resident_memory,
-        peer_bytes: int = 16 * 1024,
+        peer_bytes: int = 8 * 1024,
     ) -> None:
         self.clock = clock
         self.peers = peers

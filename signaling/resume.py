@@ -200,7 +200,9 @@ class ResumableConnection:
         # The frames not acknowledged yet, oldest first. Their numbers run
         # without a gap up to next_seq - 1, so only the frames are kept: no
         # tuple or number per message for the garbage collector to scan.
-        self._kept: collections.deque[bytes] = collections.deque()
+        # Nothing kept is an empty tuple: an empty deque holds a block of 64
+        # slots (about 600 bytes), more than an idle peer's frames.
+        self._kept: collections.deque[bytes] | tuple[()] = ()
         self._kept_bytes = 0
         self._grace: IDelayedCall | None = None
 
@@ -397,8 +399,12 @@ class ResumableConnection:
         The client processed every event up to C{seq}: forget them.
         """
         kept = self._kept
+        if not kept:
+            return
         for _ in range(min(len(kept), seq - (self.next_seq - len(kept)) + 1)):
             self._kept_bytes -= len(kept.popleft())
+        if not kept:
+            self._kept = ()
 
     def end(self) -> None:
         """
@@ -428,6 +434,8 @@ class ResumableConnection:
         Keep C{frame}, numbered C{next_seq - 1}, until it is acknowledged.
         """
         kept = self._kept
+        if not kept:
+            kept = self._kept = collections.deque()
         kept.append(frame)
         self._kept_bytes += len(frame)
         # While connected, the oldest unacknowledged events give way: they
@@ -448,7 +456,7 @@ class ResumableConnection:
         self.ended = True
         self._cancel_grace()
         self.store.forget(self)
-        self._kept.clear()
+        self._kept = ()
         self._kept_bytes = 0
 
     def _leave_hub(self) -> None:

@@ -55,8 +55,10 @@ PEERJS_RESERVED = (
 )
 
 DEFAULT_PORT = 8080
-#: Twisted's default of 50 stalls WebSocket handshakes under a burst.
-LISTEN_BACKLOG = 1024
+#: Twisted's default of 50 stalls WebSocket handshakes under a burst, and a
+#: reconnect storm (every client of a restarted server at once) overflows
+#: 1024; Linux caps it at net.core.somaxconn (4096 since 5.4).
+LISTEN_BACKLOG = 4096
 
 _log = Logger()
 
@@ -1225,6 +1227,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         ),
         limiter,
         reactor,
+        # Upgrades straight to Autobahn; --no-fast-paths routes them all
+        # through the web app as before.
+        upgrades=site.upgrades if settings.fast_paths else None,
     )
     top = SignalingService()
     if options["log-format"] == "json":

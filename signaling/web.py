@@ -37,7 +37,7 @@ from .timefmt import iso8601, milliseconds
 from .turn import IceServers
 from .transports.addresses import AddressLimiter
 from .transports.engineio_resource import EngineIOResource
-from .transports.site import set_cors_headers
+from .transports.site import UpgradeRoutes, set_cors_headers
 from .transports.websocket import SignalingFactory, WebSocketSettings
 
 
@@ -157,6 +157,8 @@ class SignalingSite:
             L{None} for no y-webrtc dialect.
         """
         self.max_rooms_page = max(1, max_rooms_page)
+        #: Every WebSocket path and its factory (L{websocket_route}).
+        self.upgrades = UpgradeRoutes()
         self.hub = hub
         self.settings = settings
         self._api_token = api_token.encode("utf-8") if api_token else None
@@ -171,9 +173,10 @@ class SignalingSite:
                 else MemorySessionStore(ids=hub.ids)
             )
             native = functools.partial(native, resume=Resume(resume, store))
-        self._native = WebSocketResource(
-            SignalingFactory(hub, native, settings, auth, token_in_message=True)
+        native_factory = SignalingFactory(
+            hub, native, settings, auth, token_in_message=True
         )
+        self._native = self.websocket_route("/signal", native_factory)
         #: Engine.IO carrying Socket.IO, for the rooms and calls dialects.
         socketio = SocketIOContext(
             hub=hub,
@@ -193,61 +196,80 @@ class SignalingSite:
             hub.counters,
         )
         self.directory = directory
-        self._directory = WebSocketResource(
-            SignalingFactory(
-                hub,
-                functools.partial(DirectorySession, directory=self.directory),
-                settings,
-                auth,
-            )
+        directory_factory = SignalingFactory(
+            hub,
+            functools.partial(DirectorySession, directory=self.directory),
+            settings,
+            auth,
         )
-        self._envelope = WebSocketResource(
-            SignalingFactory(hub, EnvelopeSession, settings, auth)
-        )
-        self._topic = WebSocketResource(
-            SignalingFactory(hub, TopicSession, settings, auth)
+        self._directory = self.websocket_route("/directory", directory_factory)
+        envelope_factory = SignalingFactory(hub, EnvelopeSession, settings, auth)
+        self._envelope = self.websocket_route("/ws", envelope_factory)
+        self._topic = self.websocket_route(
+            "/ws/{topic}", SignalingFactory(hub, TopicSession, settings, auth)
         )
         self._client_js = StaticFile.load(
             "signaling-client.js", "text/javascript; charset=utf-8"
         )
         self._demo_page = StaticFile.load("index.html", "text/html; charset=utf-8")
-        self._root = {
-            "native": self._native,
-            "directory": self._directory,
-            "envelope": self._envelope,
+        root_factory = {
+            "native": native_factory,
+            "directory": directory_factory,
+            "envelope": envelope_factory,
             None: None,
         }[root_dialect]
         self._ywebrtc = self._ywebrtc_path = None
+        self._ywebrtc_any_path = False
         if ywebrtc_settings is not None:
-            self._ywebrtc = WebSocketResource(
-                SignalingFactory(
-                    hub, ywebrtc.session_factory(ywebrtc_settings), settings, auth
-                )
+            ywebrtc_factory = SignalingFactory(
+                hub, ywebrtc.session_factory(ywebrtc_settings), settings, auth
             )
+            self._ywebrtc = self.websocket_route(ywebrtc_settings.path, ywebrtc_factory)
             self._ywebrtc_path = ywebrtc_settings.path.encode("utf-8")
             if ywebrtc_settings.any_path:
-                self._root = self._ywebrtc
+                # The original takes every path: "/" too, instead of the
+                # root dialect.
+                root_factory = ywebrtc_factory
+                self._ywebrtc_any_path = True
+        self._root = (
+            None if root_factory is None else self.websocket_route("/", root_factory)
+        )
         self._peerjs = None
         if peerjs is not None:
-            self._peerjs = PeerJSResource(
-                peerjs,
-                WebSocketResource(
-                    SignalingFactory(
-                        hub,
-                        session_factory(
-                            peerjs,
-                            # A PeerJS client's token is its own secret,
-                            # never one of ours.
-                            refuse_all="This server requires a token; "
-                            "PeerJS clients cannot present one"
-                            if auth.required
-                            else None,
-                        ),
-                        settings,
-                    )
+            peerjs_factory = SignalingFactory(
+                hub,
+                session_factory(
+                    peerjs,
+                    # A PeerJS client's token is its own secret, never
+                    # one of ours.
+                    refuse_all="This server requires a token; "
+                    "PeerJS clients cannot present one"
+                    if auth.required
+                    else None,
                 ),
                 settings,
             )
+            mount = "/" + peerjs.settings.path.strip("/")
+            for path in ("/peerjs", "/room/{name}/peerjs"):
+                for slash in ("", "/"):
+                    websocket = self.websocket_route(
+                        mount.rstrip("/") + path + slash, peerjs_factory
+                    )
+            self._peerjs = PeerJSResource(peerjs, websocket, settings)
+
+    def websocket_route(
+        self, path: str, factory: SignalingFactory
+    ) -> WebSocketResource:
+        """
+        Make C{path} a WebSocket route of C{factory}: the HTTP channel hands
+        upgrades there straight to the factory (L{UpgradeRoutes}); the
+        resource returned is for the app's own route at C{path}, which takes
+        the upgrades the channel does not (and answers anything else).
+
+        :param path: An absolute path; C{{name}} stands for one segment.
+        """
+        self.upgrades.add(path, factory)
+        return WebSocketResource(factory)
 
     def resource(self):
         if self._peerjs is None:
@@ -471,7 +493,7 @@ class SignalingSite:
         if request.path == self._ywebrtc_path:
             return self._websocket(request, self._ywebrtc)
         upgrade = (request.getHeader("upgrade") or "").lower()
-        if self._root is self._ywebrtc and upgrade == "websocket":
+        if self._ywebrtc_any_path and upgrade == "websocket":
             return self._ywebrtc
         return None
 

@@ -7,9 +7,12 @@ framing tests run on the fast paths and on plain Autobahn.
 
 from __future__ import annotations
 
+import inspect
+
 import pprint
 import re
 import socket
+import sys
 import struct
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted import logger as twisted_logger
+from twisted.logger import _file as twisted_file
+from twisted.logger import _format as twisted_format
 
 from signaling import fastpath, logs
 from signaling.dialects.native import NativeSession
@@ -111,9 +117,13 @@ class InstallTests(SynchronousTestCase):
     def test_factory_uses_the_fast_paths_where_verified(self):
         factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession)
         self.assertEqual(factory.fast_paths, VERIFIED)
-        self.assertIs(
-            factory.protocol, FastSignalingProtocol if VERIFIED else SignalingProtocol
+        self.assertTrue(
+            issubclass(
+                factory.protocol,
+                FastSignalingProtocol if VERIFIED else SignalingProtocol,
+            )
         )
+        self.assertEqual(issubclass(factory.protocol, FastSignalingProtocol), VERIFIED)
 
     def test_unverified_versions_fall_back_with_one_log_line(self):
         """
@@ -208,12 +218,24 @@ class PrivateNamesTests(SynchronousTestCase):
         transport = tcp.Server(
             ours, Protocol(), ("127.0.0.1", 40000), None, 1, MemoryReactor()
         )
+        handshake_source = inspect.getsource(autobahn_protocol.WebSocketServerProtocol)
         for name in fastpath.PRIVATE_NAMES:
             owner, _, attribute = name.rpartition(".")
             if owner == "transport":
                 self.assertTrue(hasattr(transport, attribute), name)
-            elif attribute in ("create_xor_masker", "pformat"):
+            elif owner == "factory":
+                self.assertTrue(hasattr(protocol.factory, attribute), name)
+            elif owner == "_file":
+                self.assertTrue(hasattr(twisted_file, attribute), name)
+            elif owner == "_format":
+                self.assertTrue(hasattr(twisted_format, attribute), name)
+            elif attribute in ("create_xor_masker", "pformat", "hltype", "hlval"):
                 self.assertTrue(hasattr(autobahn_protocol, attribute), name)
+            elif attribute in fastpath._HANDSHAKE_LEFTOVERS:
+                # Gone once open (slim): the server's handshake sets them.
+                self.assertRegex(
+                    handshake_source, rf"self\.{attribute}\b[^=\n]*= ", name
+                )
             else:
                 self.assertTrue(hasattr(protocol, attribute), name)
 
@@ -229,6 +251,183 @@ def _connect(factory) -> tuple[Any, StringTransport]:
     )
     transport.clear()
     return protocol, transport
+
+
+@skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+class LogTimeTests(SynchronousTestCase):
+    def test_log_lines_are_as_twisteds(self):
+        """
+        With the fast paths on, twistd's text log shows the same time for
+        each line as Twisted formats it, across seconds and time formats;
+        off, Twisted's own function is back.
+        """
+        self.addCleanup(fastpath.install)
+        fastpath.install()
+        formatted = twisted_file.formatTime
+        self.assertIsNot(formatted, twisted_logger.formatTime)
+        for when in [0.0, 1703894400.0, 1703894400.999, 1703894401.5, 1703894400.2]:
+            for time_format in [twisted_logger.timeFormatRFC3339, "%H:%M:%S.%f", None]:
+                self.assertEqual(
+                    formatted(when, time_format),
+                    twisted_logger.formatTime(when, time_format),
+                    (when, time_format),
+                )
+        self.assertEqual(formatted(None), "-")
+        fastpath.install(enabled=False)
+        self.assertIs(twisted_file.formatTime, twisted_logger.formatTime)
+
+    def test_log_text_is_as_twisteds(self):
+        """
+        With the fast paths on, an event's text is what Twisted makes of it:
+        fields, calls, conversions, nested specs, escaped braces, and the
+        same error for what cannot be formatted; off, Twisted's own
+        function is back.
+        """
+        self.addCleanup(fastpath.install)
+        fastpath.install()
+        formatted = twisted_format.formatWithCall
+        self.assertIsNot(formatted, fastpath._format_with_call)
+        for text, fields in [
+            (
+                "{dialect} connection {what}: peer {peer}",
+                dict(dialect="topic", what="opened", peer="p"),
+            ),
+            ("{s}, {f()}.", dict(s="just", f=lambda: "called")),
+            (
+                "{a!r} {b:>5} {c.real} {d[k]} {{x}} {e:{w}}",
+                dict(a="x", b=3, c=2, d={"k": 1}, e=1, w=4),
+            ),
+        ]:
+            self.assertEqual(
+                formatted(text, fields), fastpath._format_with_call(text, fields)
+            )
+        for text, fields in [("{missing}", {}), ("{}", {}), ("{a:z}", dict(a=1))]:
+            with self.assertRaises(Exception) as ours:
+                formatted(text, fields)
+            with self.assertRaises(Exception) as theirs:
+                fastpath._format_with_call(text, fields)
+            self.assertEqual(repr(ours.exception), repr(theirs.exception))
+        fastpath.install(enabled=False)
+        self.assertIs(twisted_format.formatWithCall, fastpath._format_with_call)
+
+
+@skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+class DebugHelperTests(SynchronousTestCase):
+    def test_debug_arguments_are_formatted_only_when_debugging(self):
+        """
+        Autobahn's debug-line helpers format nothing while debug logging is
+        off, as before while it is on, and are Autobahn's own again when
+        the fast paths are turned off.
+        """
+        from autobahn import util
+        from autobahn.twisted import websocket as autobahn_twisted
+
+        self.addCleanup(fastpath.install)
+        self.addCleanup(logs.set_level, "info")
+        fastpath.install()
+        for module in (autobahn_protocol, autobahn_twisted):
+            logs.set_level("info")
+            self.assertEqual(module.hltype(SignalingFactory), "")
+            self.assertEqual(module.hlval(42), "")
+            logs.set_level("debug")
+            self.assertEqual(
+                module.hltype(SignalingFactory), util.hltype(SignalingFactory)
+            )
+            self.assertEqual(module.hlval(42), util.hlval(42))
+        fastpath.install(enabled=False)
+        self.assertIs(autobahn_protocol.hltype, util.hltype)
+        self.assertIs(autobahn_twisted.hlval, util.hlval)
+
+
+@skipUnless(VERIFIED, "the fast paths are off for the installed versions")
+class SlimTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+
+    def test_an_open_connection_drops_its_handshake_and_option_copies(self):
+        """
+        Once open, a connection keeps neither its opening handshake (the
+        request, its headers and query, a token among them, and the
+        response) nor its own copies of the factory's options, which its
+        class holds; it answers as before.
+        """
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        protocol, transport = _connect(factory)
+        state = vars(protocol)
+        for name in ("http_headers", "http_request_data", "http_response_data"):
+            self.assertNotIn(name, state)
+        for name in ("maxFramePayloadSize", "failByDrop", "autoPingInterval"):
+            self.assertNotIn(name, state)
+        self.assertNotIn("send_queue", state)
+        for name in ("wasClean", "closedByMe", "localCloseCode", "autoPingPending"):
+            self.assertNotIn(name, state)
+        self.assertFalse(protocol.wasClean)
+        self.assertIsNone(protocol.localCloseCode)
+        self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
+        self.assertFalse(protocol.failByDrop)
+        plain = SignalingFactory(
+            Hub(clock=self.loop), NativeSession, WebSocketSettings(fast_paths=False)
+        )
+        before = _connect(plain)[0]
+        self.assertLess(sys.getsizeof(state), sys.getsizeof(vars(before)) / 2)
+        fastpath.install()
+        protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
+        self.assertIn(b"pong", transport.value())
+
+    def test_a_client_offering_compression_is_answered(self):
+        """
+        The options the class holds work as the connection's own did: a
+        client offering permessage-deflate (as browsers do) is told 101
+        (compression declined) and the connection is open.
+        """
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 101 "), response)
+        self.assertNotIn(b"Sec-WebSocket-Extensions", response)
+        self.assertIn(b'"welcome"', response)
+
+    def test_handshake_and_ping_timers_are_reactor_calls(self):
+        """
+        On the fast paths a connection's timers are calls on txaio's loop:
+        the opening handshake's timeout is gone once open, pings go out at
+        their interval, and a client that never answers is dropped after
+        the ping timeout; cancelling twice is no error.
+        """
+        factory = SignalingFactory(
+            Hub(clock=self.loop),
+            NativeSession,
+            WebSocketSettings(ping_interval=30, ping_timeout=10),
+        )
+        self.assertIsInstance(factory._batched_timer, fastpath.DirectTimer)
+        protocol, transport = _connect(factory)
+        self.assertEqual(len(self.loop.getDelayedCalls()), 1)
+        self.loop.advance(30)
+        self.assertEqual(_server_frames(transport.value())[-1][0], 0x9)
+        self.loop.advance(10)
+        self.assertTrue(transport.disconnecting)
+        call = factory._batched_timer.call_later(1, lambda: None)
+        call.cancel()
+        call.cancel()
+
+    def test_an_option_changed_on_the_connection_stays(self):
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(StringTransport())
+        protocol.maxMessagePayloadSize = 10
+        fastpath.slim(protocol)
+        self.assertEqual(protocol.maxMessagePayloadSize, 10)
+        self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
 
 
 class WriteThroughTests(SynchronousTestCase):

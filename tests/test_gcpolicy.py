@@ -186,8 +186,11 @@ class CollectionPolicyTests(SynchronousTestCase):
         growth beyond what the peers explain counts from then on.
         """
         self.collector.take()
-        self.peers = 4000
-        self.assertEqual(self.grow(4000 * 16 * 1024), ["collect", "freeze"])
+        # 64 MiB of new peers, whatever one is expected to hold.
+        self.peers = 64 * 2**20 // self.policy.peer_bytes
+        self.assertEqual(
+            self.grow(self.peers * self.policy.peer_bytes), ["collect", "freeze"]
+        )
         self.assertEqual(self.grow(32 * 2**20), ["collect", "freeze"])
         self.assertEqual(self.grow(32 * 2**20), ["unfreeze", "collect", "freeze"])
 

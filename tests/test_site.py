@@ -11,10 +11,16 @@ from twisted.internet.testing import (
 )
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.protocol import Protocol
 from twisted.web.resource import Resource
 
 from signaling.transports.addresses import AddressLimiter, AddressLimits
-from signaling.transports.site import GuardedSite, HTTPLimits, redact_uri
+from signaling.transports.site import (
+    GuardedSite,
+    HTTPLimits,
+    UpgradeRoutes,
+    redact_uri,
+)
 
 
 class Echo(Resource):
@@ -22,6 +28,39 @@ class Echo(Resource):
 
     def render(self, request):
         return b"body:" + request.content.read()
+
+
+class Recorded(Protocol):
+    """
+    Stands for an Autobahn protocol: records its bytes and its end.
+    """
+
+    def __init__(self):
+        self.received = []
+        self.lost = []
+
+    def dataReceived(self, data):
+        self.received.append(data)
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+
+
+class RecordingFactory:
+    def __init__(self):
+        self.built = []
+
+    def buildProtocol(self, address):
+        protocol = Recorded()
+        self.built.append((address, protocol))
+        return protocol
+
+
+UPGRADE = (
+    b"GET /ws/lobby?token=t HTTP/1.1\r\nHost: localhost\r\nUpgrade: WebSocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 class SiteTests(SynchronousTestCase):
@@ -34,7 +73,7 @@ class SiteTests(SynchronousTestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
-    def site(self, **limits):
+    def site(self, upgrades=None, **limits):
         return GuardedSite(
             Echo(),
             HTTPLimits(**{"request_timeout": 30, "max_body": 16, **limits}),
@@ -42,7 +81,15 @@ class SiteTests(SynchronousTestCase):
             self.reactor,
             open_files=lambda: self.open_files,
             file_limit=10,
+            upgrades=upgrades,
         )
+
+    def upgrades(self):
+        self.factory = RecordingFactory()
+        routes = UpgradeRoutes()
+        routes.add("/ws/{topic}", self.factory)
+        routes.add("/signal", self.factory)
+        return routes
 
     open_files = 0
 
@@ -151,6 +198,126 @@ class SiteTests(SynchronousTestCase):
         ]
         self.assertEqual(
             [(e["in_use"], e["file_limit"]) for e in warnings], [(9, 10), (9, 10)]
+        )
+
+    def test_open_files_counted_once_a_second(self):
+        """
+        Past half the file limit the open files are counted at most once a
+        second, not on every connection, and once more at the end of the
+        second after connections went uncounted; a warning comes at the
+        next count.
+        """
+        self.limiter = None
+        site = self.site(fd_log_interval=30, request_timeout=0)
+        counts = []
+
+        def open_files():
+            counts.append(self.reactor.seconds())
+            return 3 + len(counts) * 3
+
+        site.open_files = open_files
+        for _ in range(9):
+            self.connect(site)
+        self.reactor.advance(0.5)
+        self.connect(site)
+        self.assertEqual(counts, [0])
+        self.reactor.advance(0.5)
+        self.assertEqual(counts, [0, 1])
+        warnings = [
+            e
+            for e in self.events
+            if "file descriptors are open" in e.get("log_format", "")
+        ]
+        self.assertEqual([e["in_use"] for e in warnings], [9])
+
+    def test_upgrade_is_handed_straight_to_its_factory(self):
+        """
+        A WebSocket upgrade at a route's path reaches the route's factory as
+        it arrived, without the web resource; the connection keeps its
+        address's slot until the socket closes, and no request deadline
+        cuts it.
+        """
+        site = self.site(self.upgrades())
+        channel, transport = self.connect(site)
+        channel.dataReceived(UPGRADE)
+        [(address, protocol)] = self.factory.built
+        self.assertEqual(address, IPv4Address("TCP", "192.0.2.7", 40000))
+        self.assertEqual(protocol.received, [UPGRADE])
+        self.assertIs(protocol.transport, transport)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.limiter.held("192.0.2.7"), 1)
+        self.reactor.advance(3600)
+        self.assertFalse(transport.disconnecting)
+        transport.loseConnection()
+        self.assertEqual(len(protocol.lost), 1)
+        self.assertEqual(self.limiter.held("192.0.2.7"), 0)
+        self.assertEqual(site.open_connections, 0)
+
+    def test_other_requests_go_through_the_resource(self):
+        """
+        Whatever is not one whole upgrade head at a route's path, with no
+        body, goes through the web resource, which answers it.
+        """
+        upgrade = b"Upgrade: websocket\r\n"
+        for head in [
+            b"GET /ws/lobby HTTP/1.1\r\n\r\n",
+            b"GET /other HTTP/1.1\r\n" + upgrade + b"\r\n",
+            b"GET /ws/a%2Fb HTTP/1.1\r\n" + upgrade + b"\r\n",
+            b"GET /ws/a/b HTTP/1.1\r\n" + upgrade + b"\r\n",
+            b"GET /ws/ HTTP/1.1\r\n" + upgrade + b"\r\n",
+            b"GET /signal/ HTTP/1.1\r\n" + upgrade + b"\r\n",
+            b"GET /signal HTTP/1.0\r\n" + upgrade + b"\r\n",
+            b"POST /signal HTTP/1.1\r\nContent-Length: 2\r\n" + upgrade + b"\r\nab",
+            b"GET /signal HTTP/1.1\r\nContent-Length: 0\r\n" + upgrade + b"\r\n",
+            b"GET /signal HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            b"GET /signal HTTP/1.1\r\n" + upgrade + b"\r\nGET / HTTP/1.1\r\n\r\n",
+        ]:
+            site = self.site(self.upgrades())
+            channel, transport = self.connect(site, host=f"192.0.2.{len(head)}")
+            channel.dataReceived(head)
+            self.assertEqual(self.factory.built, [], head)
+            self.assertTrue(self.status(transport).endswith(b" 200 OK"), head)
+
+    def test_upgrade_in_pieces_goes_through_the_resource(self):
+        site = self.site(self.upgrades())
+        channel, transport = self.connect(site)
+        channel.dataReceived(UPGRADE[:20])
+        channel.dataReceived(UPGRADE[20:])
+        self.assertEqual(self.factory.built, [])
+        self.assertEqual(self.status(transport), b"HTTP/1.1 200 OK")
+
+    def test_upgrade_behind_trusted_proxies_goes_through_the_resource(self):
+        """
+        Behind trusted proxies the client's address (and so its slot) is in
+        the request's headers, which only the whole way reads.
+        """
+        site = self.site(self.upgrades(), trusted_hops=1)
+        channel, transport = self.connect(site, host="10.0.0.1")
+        channel.dataReceived(UPGRADE)
+        self.assertEqual(self.factory.built, [])
+        self.assertEqual(self.status(transport), b"HTTP/1.1 200 OK")
+        self.assertEqual(self.limiter.held("localhost"), 0)
+
+    def test_upgrade_routes_match_whole_segments(self):
+        routes = UpgradeRoutes()
+        routes.add("/ws", "envelope")
+        routes.add("/ws/{topic}", "topic")
+        routes.add("/p/room/{name}/peerjs", "peerjs")
+        self.assertEqual(
+            [
+                routes.match(path)
+                for path in [
+                    b"/ws",
+                    b"/ws/a.b-c",
+                    b"/ws/",
+                    b"/wsx",
+                    b"/ws/a/b",
+                    b"/p/room/r1/peerjs",
+                    b"/p/room//peerjs",
+                    b"/p/room/r1/peerjsx",
+                ]
+            ],
+            ["envelope", "topic", None, None, None, "peerjs", None, None],
         )
 
     def test_redaction(self):

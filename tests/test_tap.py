@@ -139,12 +139,12 @@ class ServiceTests(SynchronousTestCase):
     def test_default_listens_on_localhost_8080_with_a_big_backlog(self):
         self.start()
         [(port, factory, backlog, interface)] = self.reactor.tcpServers
-        self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
+        self.assertEqual((port, backlog, interface), (8080, 4096, "127.0.0.1"))
 
     def test_repeated_ports(self):
         self.start("--port", "tcp:9001", "--port", "tcp:9002:backlog=10")
         self.assertEqual(
-            [(p[0], p[2]) for p in self.reactor.tcpServers], [(9001, 1024), (9002, 10)]
+            [(p[0], p[2]) for p in self.reactor.tcpServers], [(9001, 4096), (9002, 10)]
         )
 
     def test_tls_shorthand(self):
@@ -157,7 +157,7 @@ class ServiceTests(SynchronousTestCase):
             self.key_path.path,
         )
         [(port, factory, context, backlog, interface)] = self.reactor.sslServers
-        self.assertEqual((port, backlog, interface), (8443, 1024, ""))
+        self.assertEqual((port, backlog, interface), (8443, 4096, ""))
 
     def test_tls_shorthand_with_combined_pem_and_interface(self):
         self.start(

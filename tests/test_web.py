@@ -183,6 +183,62 @@ class WebTests(SynchronousTestCase):
         )
 
 
+class UpgradeRouteTests(SynchronousTestCase):
+    def test_every_websocket_route_is_an_upgrade_route(self):
+        """
+        Each WebSocket path of the app (the PeerJS one under its mount, in
+        and out of a hub room) hands its upgrades to the factory of its
+        dialect; other paths have none.
+        """
+        from signaling.dialects.peerjs import PeerJSRealm, PeerJSSettings
+
+        hub = Hub(clock=Clock(), ids=IdSource(counting_random_bytes()))
+        site = make_site(
+            hub,
+            root_dialect="envelope",
+            peerjs=PeerJSRealm(hub, PeerJSSettings(path="/pj")),
+        )
+
+        def dialect(path):
+            factory = site.upgrades.match(path)
+            if factory is None:
+                return None
+            made = factory.session_factory
+            return getattr(made, "func", made).__name__
+
+        self.assertEqual(
+            [
+                dialect(path)
+                for path in [
+                    b"/signal",
+                    b"/ws/lobby",
+                    b"/ws",
+                    b"/directory",
+                    b"/",
+                    b"/pj/peerjs",
+                    b"/pj/room/r1/peerjs/",
+                    b"/api/stats",
+                    b"/socket.io/",
+                    b"/pj/key/id",
+                ]
+            ],
+            [
+                "NativeSession",
+                "TopicSession",
+                "EnvelopeSession",
+                "DirectorySession",
+                "EnvelopeSession",
+                dialect(b"/pj/peerjs/"),
+                dialect(b"/pj/peerjs"),
+                None,
+                None,
+                None,
+            ],
+        )
+        self.assertIsNotNone(dialect(b"/pj/peerjs"))
+        self.assertIs(site.upgrades.match(b"/"), site.upgrades.match(b"/ws"))
+
+
 class RoomAPITests(SynchronousTestCase):
     """
     Pages of rooms, the API token, room names with a slash, CORS without

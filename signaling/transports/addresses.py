@@ -9,6 +9,7 @@ session outlives the requests that carry it). The clock is injected.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Callable
 
@@ -18,10 +19,12 @@ from twisted.internet.interfaces import IReactorTime
 from ..logs import Logger
 
 
+@functools.lru_cache(maxsize=1024)
 def truncate_address(address: str) -> str:
     """
     An address as it may appear in a log at info level: an IPv4 address
-    without its last byte, an IPv6 address cut to its /48.
+    without its last byte, an IPv6 address cut to its /48. Each connection's
+    open and close lines ask; most ask again for an address seen before.
     """
     try:
         parsed = ipaddress.ip_address(address)

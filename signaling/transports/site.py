@@ -6,10 +6,19 @@ Each TCP connection is a L{GuardedChannel}, Twisted's HTTP channel taking a
 slot of the client's address from the shared L{AddressLimiter}; it gives the
 slot back when the socket closes, even after a WebSocket has taken the
 connection over.
+
+A WebSocket upgrade to a path of L{UpgradeRoutes} is handed by the channel
+straight to its Autobahn factory, without twisted.web's request or the web
+app's routing (Autobahn parses the request again anyway); anything else
+(another path, a head in pieces, a body, proxies to trust) goes the whole
+way through the web resource, which routes the same paths to the same
+factories.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import re
 import resource as _rlimit
@@ -36,6 +45,11 @@ REFUSAL_LINGER = 2.0
 
 #: Share of RLIMIT_NOFILE in use above which the fd warning is logged.
 FD_WARNING_SHARE = 0.9
+
+#: Seconds between two counts of the open files: counting lists
+#: /proc/self/fd, which costs more than taking the connection in once
+#: thousands are open.
+FD_CHECK_INTERVAL = 1.0
 
 _BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 _SOCKETIO_PREFIX = b"/socket.io/"
@@ -128,6 +142,89 @@ def set_cors_headers(request: IRequest, settings: Any) -> None:
     request.setHeader("Vary", "Origin")
 
 
+#: The longest request head taken the short way (twisted.web's own limit on
+#: a header line; a longer head goes through twisted.web and its checks).
+_MAX_UPGRADE_HEAD = 16384
+#: The most header lines taken the short way.
+_MAX_UPGRADE_HEADERS = 64
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_]+\}")
+
+
+class UpgradeRoutes:
+    """
+    The WebSocket paths of the web app, each with the Autobahn server
+    factory that takes its connections: one table, filled where the web app
+    defines its routes, read by L{GuardedChannel} on each connection's first
+    request.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[bytes, Any] = {}
+        self._patterns: list[tuple[re.Pattern[bytes], Any]] = []
+
+    def add(self, path: str, factory: Any) -> None:
+        """
+        Send WebSocket upgrades at C{path} to C{factory}.
+
+        :param path: An absolute path; C{{name}} stands for one segment that
+            is not empty (a segment with C{%} escapes, or any other path,
+            goes the whole way through the web resource).
+        :param factory: An Autobahn C{WebSocketServerFactory}.
+        """
+        if not _PLACEHOLDER.search(path):
+            self._exact[path.encode("utf-8")] = factory
+            return
+        pattern = "[^/%]+".join(re.escape(part) for part in _PLACEHOLDER.split(path))
+        self._patterns.append((re.compile(pattern.encode("utf-8")), factory))
+
+    def match(self, path: bytes) -> Any:
+        """
+        The factory of C{path} (without its query), or None.
+        """
+        factory = self._exact.get(path)
+        if factory is not None:
+            return factory
+        for pattern, factory in self._patterns:
+            if pattern.fullmatch(path):
+                return factory
+        return None
+
+    def factory_for(self, head: bytes) -> Any:
+        """
+        The factory to hand C{head}, a connection's first bytes, to: when
+        they are one whole C{GET} request head asking to upgrade to a
+        WebSocket at one of the paths, with no body; else None.
+        """
+        if (
+            not head.startswith(b"GET /")
+            or len(head) > _MAX_UPGRADE_HEAD
+            or not head.endswith(b"\r\n\r\n")
+        ):
+            return None
+        request_line, _, headers = head[:-4].partition(b"\r\n")
+        parts = request_line.split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+            return None
+        factory = self.match(parts[1].partition(b"?")[0])
+        if factory is None:
+            return None
+        lines = headers.split(b"\r\n")
+        if len(lines) > _MAX_UPGRADE_HEADERS:
+            return None
+        upgrade = False
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                # Not a header line (or a second request): twisted.web says.
+                return None
+            name = name.lower()
+            if name == b"upgrade":
+                upgrade = value.strip().lower() == b"websocket"
+            elif name in (b"content-length", b"transfer-encoding"):
+                return None
+        return factory if upgrade else None
+
+
 def _host_of(address: Any) -> str | None:
     return getattr(address, "host", None)
 
@@ -138,7 +235,10 @@ def count_open_files() -> int | None:
     """
     try:
         return len(os.listdir("/proc/self/fd"))
-    except OSError:
+    except OSError as error:
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            # Not even one more to list them with: all are in use.
+            return resource_file_limit()
         return None
 
 
@@ -190,6 +290,8 @@ class GuardedChannel(HTTPChannel):
     _closed = False
     #: Under TLS, a refusal waiting for the handshake to complete.
     _tls_refusal = b""
+    #: No byte of a request has arrived yet.
+    _fresh = True
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -273,9 +375,48 @@ class GuardedChannel(HTTPChannel):
                 self.transport.write(response)
                 self.transport.loseConnection()
             return
+        if self._fresh:
+            self._fresh = False
+            upgrades = self.site.upgrades
+            if upgrades is not None and not self.site.limits.trusted_hops:
+                factory = upgrades.factory_for(data)
+                if factory is not None and self._hand_over(factory, data):
+                    return
         if self._deadline is not None:
             self._request_started = True
         super().dataReceived(data)
+
+    def _hand_over(self, factory: Any, head: bytes) -> bool:
+        """
+        Give the connection to a protocol of C{factory}, an Autobahn
+        WebSocket server factory, with C{head}, the upgrade request, as its
+        first bytes; this channel is done with it (and, once the protocol
+        has taken the transport's producer over, unreferenced).
+
+        :return: False if the factory made no protocol, or the socket is
+            not watched (the request then goes through the web resource).
+        """
+        transport = self.transport
+        watch = getattr(_socket_of(transport), "protocol", None)
+        if not isinstance(watch, _SocketWatch):
+            # Nothing would give the slot back when the socket closes.
+            return False
+        protocol = factory.buildProtocol(transport.getPeer())
+        if protocol is None:
+            return False
+        self._stop_deadline()
+        self.setTimeout(None)
+        self._closed = True
+        self.transport = None
+        if isinstance(transport, ProtocolWrapper):
+            # TLS: the socket's protocol is TLS, whose protocol was this.
+            transport.wrappedProtocol = protocol
+        else:
+            watch.wrappedProtocol = protocol
+        watch._lost = functools.partial(_released, self.site, self.slot)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head)
+        return True
 
     def _start_deadline(self) -> None:
         timeout = self.site.limits.request_timeout
@@ -356,6 +497,13 @@ class GuardedChannel(HTTPChannel):
         self._socket_closed()
 
 
+def _released(site: "GuardedSite", slot: Slot | None) -> None:
+    # The end of a connection a WebSocket took over from its channel.
+    if slot is not None:
+        slot.release()
+    site.connection_closed()
+
+
 def _too_large(path: bytes, limit: int) -> bytes:
     if path.startswith(_SOCKETIO_PREFIX):
         # Engine.IO's own error form.
@@ -428,12 +576,16 @@ class GuardedSite(Site):
         reactor: Any,
         open_files: Callable[[], int | None] = count_open_files,
         file_limit: int | None = None,
+        upgrades: UpgradeRoutes | None = None,
     ) -> None:
         """
         :param open_files: Counts the process's open file descriptors.
         :param file_limit: The most it may open; default RLIMIT_NOFILE.
+        :param upgrades: WebSocket paths whose upgrades skip C{resource}
+            (which must route them to the same factories); None for none.
         """
         super().__init__(resource, reactor=reactor)
+        self.upgrades = upgrades
         self.limits = limits
         self.limiter = limiter
         self.open_files = open_files
@@ -442,6 +594,8 @@ class GuardedSite(Site):
         self.file_limit = file_limit
         self.open_connections = 0
         self._fd_warned_at: float | None = None
+        self._fd_checked_at: float | None = None
+        self._fd_recheck: IDelayedCall | None = None
 
     def connection_opened(self) -> None:
         self.open_connections += 1
@@ -461,6 +615,18 @@ class GuardedSite(Site):
             and now - self._fd_warned_at < self.limits.fd_log_interval
         ):
             return
+        if (
+            self._fd_checked_at is not None
+            and now - self._fd_checked_at < FD_CHECK_INTERVAL
+        ):
+            # Counted once more when the interval is over, so that the last
+            # connections of a burst are not missed.
+            if self._fd_recheck is None:
+                self._fd_recheck = self.reactor.callLater(
+                    self._fd_checked_at + FD_CHECK_INTERVAL - now, self._recheck
+                )
+            return
+        self._fd_checked_at = now
         in_use = self.open_files()
         if in_use is None:
             in_use = self.open_connections
@@ -475,6 +641,10 @@ class GuardedSite(Site):
             file_limit=self.file_limit,
             connections=self.open_connections,
         )
+
+    def _recheck(self) -> None:
+        self._fd_recheck = None
+        self._check_open_files()
 
     def log(self, request: Request) -> None:
         if not self.limits.access_log:
@@ -498,6 +668,7 @@ def resource_file_limit() -> int:
 
 
 __all__ = [
+    "UpgradeRoutes",
     "GuardedSite",
     "HTTPLimits",
     "json_response",

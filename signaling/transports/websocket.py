@@ -419,8 +419,6 @@ class SignalingFactory(WebSocketServerFactory):
         self.auth = auth
         self.token_in_message = token_in_message
         self.fast_paths = fastpath.install(enabled=settings.fast_paths)
-        if self.fast_paths:
-            self.protocol = FastSignalingProtocol
         self.hub = hub
         self.clock = hub.clock
         self.session_factory = session_factory
@@ -438,3 +436,6 @@ class SignalingFactory(WebSocketServerFactory):
             # checks whole messages instead, at almost no cost for ASCII.
             utf8validateIncoming=False,
         )
+        if self.fast_paths:
+            self.protocol = fastpath.with_options(FastSignalingProtocol, self)
+            fastpath.direct_timers(self)
