@@ -142,6 +142,30 @@ class TwistdServer:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
 
+def build_wheel(outdir: Path) -> Path:
+    """
+    Build the wheel of this tree into C{outdir}, as an operator would
+    (C{python -m build}); its path.
+    """
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(outdir),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    [wheel] = outdir.glob("signaling-*.whl")
+    return wheel
+
+
 def stop_process(process: subprocess.Popen | None) -> None:
     """
     Stop a subprocess we started, by its PID: SIGTERM, then SIGKILL if it

@@ -19,7 +19,7 @@ import pytest
 
 from signaling import __version__
 
-from .realsockets import ROOT, stop_process
+from .realsockets import build_wheel, stop_process
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +30,7 @@ def installed(tmp_path_factory):
     test needs no network; the package itself comes only from the wheel.
     """
     work = tmp_path_factory.mktemp("package")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(work / "dist"),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    [wheel] = (work / "dist").glob("signaling-*.whl")
+    wheel = build_wheel(work / "dist")
     venv = work / "venv"
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", str(venv)],

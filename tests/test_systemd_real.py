@@ -31,7 +31,7 @@ import pytest
 import trustme
 import websocket
 
-from .realsockets import ROOT
+from .realsockets import ROOT, build_wheel
 
 SYSTEMD = Path("/lib/systemd/systemd")
 # The interpreter an operator's "python3 -m venv" uses: a system one, since
@@ -119,21 +119,7 @@ def credentials(tmp_path_factory):
     certificate for 127.0.0.1; the path of the CA that issued it.
     """
     stage = tmp_path_factory.mktemp("systemd-stage")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(stage),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    build_wheel(stage)
     shutil.copy(ROOT / "systemd" / "signaling.service", stage / "signaling.service")
     authority = trustme.CA()
     issued = authority.issue_cert("localhost", "127.0.0.1")
