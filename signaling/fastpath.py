@@ -29,7 +29,8 @@ from typing import Any
 
 import attrs
 import txaio
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import _format, formatTime, timeFormatRFC3339
 
@@ -52,6 +53,11 @@ PRIVATE_NAMES = (
     "_fail_connection",
     "_perMessageCompress",
     "_cancelAutoPingTimeoutCall",
+    # ... and its per-connection set-up (FastPaths._connectionMade)
+    "_connectionMade",
+    "utf8validator",
+    "openHandshakeTimeoutCall",
+    "onOpenHandshakeTimeout",
     "current_frame",
     "inside_message",
     "self.data",
@@ -96,6 +102,7 @@ TWISTED_VERIFIED = ((26, 4), (27,))
 
 _log = Logger()
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 
 @attrs.frozen
@@ -438,7 +445,8 @@ def with_options(protocol: type, factory) -> type:
         if hasattr(factory, name)
         for value in (getattr(factory, name),)
     }
-    options.update(_IDLE_STATE, __module__=protocol.__module__)
+    options.update(_IDLE_STATE, holds_options=True)
+    options["__module__"] = protocol.__module__
     return type(protocol.__name__, (protocol,), options)
 
 
@@ -479,6 +487,27 @@ class FastPaths:
 
     #: Autobahn's queue of frames to send, while empty (see L{slim}).
     send_queue: Any = ()
+    #: Whether the class holds its factory's options and the idle state
+    #: (L{with_options}).
+    holds_options = False
+
+    def _connectionMade(self) -> None:
+        """
+        Autobahn's per-connection set-up, without copying the factory's
+        ~50 options and ~30 starting values onto the connection when the
+        class holds them (L{with_options}): L{slim} dropped the copies again
+        once open. Autobahn's dump of the options stays, when debugging.
+        """
+        if not self.holds_options or _create_masker is None or logs.debugging():
+            super()._connectionMade()
+            return
+        self.trafficStats = TrafficStats()
+        self.state = _CONNECTING
+        self.utf8validator = Utf8Validator()
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
 
     def onOpen(self) -> None:
         super().onOpen()

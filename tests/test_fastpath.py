@@ -597,6 +597,68 @@ class WholeFrameTests(SynchronousTestCase):
         self.assertEqual(closes[0][:2], struct.pack("!H", 1009))
 
 
+@only_where_verified
+class ConnectionSetUpTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+        self.factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+
+    def made(self, holds_options: bool) -> Any:
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        if not holds_options:
+            # Autobahn's own set-up, on the same class.
+            protocol.holds_options = False
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def test_set_up_reads_as_autobahns(self):
+        """
+        A new connection on the fast paths reads, name by name, as one
+        Autobahn set up: the factory's options, the starting state, its
+        timers and counters (of the same kinds), with far fewer entries of
+        its own.
+        """
+        fast, plain = self.made(True), self.made(False)
+        del plain.holds_options
+        for name, theirs in vars(plain).items():
+            ours = getattr(fast, name)
+            if isinstance(theirs, (type(None), bool, int, float, str, bytes)):
+                self.assertEqual(ours, theirs, name)
+            elif name == "send_queue":
+                self.assertEqual(list(ours), list(theirs), name)
+            elif not callable(theirs):
+                self.assertIs(type(ours), type(theirs), name)
+        self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
+
+    def test_a_handshake_that_never_comes_times_out(self):
+        """
+        The opening handshake's timeout runs from the fast set-up as from
+        Autobahn's: a client that sends nothing is dropped after 10 s.
+        """
+        fast = self.made(True)
+        self.loop.advance(9)
+        self.assertFalse(fast.transport.disconnecting)
+        self.loop.advance(1)
+        self.assertTrue(fast.wasOpenHandshakeTimeout)
+        self.assertTrue(fast.transport.disconnecting)
+
+    def test_debugging_shows_autobahns_option_dump(self):
+        """
+        With debug logging on, the set-up is Autobahn's, with its dump of
+        the options the connection runs with.
+        """
+        formatted = []
+        self.patch(logs, "debugging", lambda: True)
+        self.patch(autobahn_protocol, "pformat", formatted.append)
+        self.made(True)
+        self.assertIn(
+            ("maxFramePayloadSize", 64 * 1024),
+            [(name, value) for name, value, _ in formatted[0]],
+        )
+
+
 class WholeFrameOnPlainAutobahnTests(WholeFrameTests):
     """
     The same streams with the fast paths off: Autobahn parses every frame.
