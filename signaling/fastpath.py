@@ -473,6 +473,10 @@ def slim(protocol) -> None:
         del protocol.__dict__["send_queue"]
 
 
+#: The first two bytes of an unmasked text frame of 0 to 125 bytes.
+_TEXT_HEADERS = [bytes((0x81, length)) for length in range(126)]
+
+
 class FastPaths:
     """
     Autobahn's per-frame paths, minus what costs time on every message, for
@@ -578,6 +582,43 @@ class FastPaths:
                 self._cancelAutoPingTimeoutCall()
             self.onMessage(payload, False)
         return data[i:] if i else data
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        length = len(payload)
+        if (
+            isBinary
+            or fragmentSize is not None
+            or sync
+            or length > 0xFFFF
+            or self.state != _OPEN
+            or self._perMessageCompress is not None
+            or self.trackedTimings
+            or self.maskServerFrames
+            or self.logFrames
+            or self.autoFragmentSize
+            or 0 < self.maxMessagePayloadSize < length
+            or _create_masker is None
+        ):
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+            return
+        # One unmasked, unfragmented text frame (what every signaling
+        # message is), framed as Autobahn's sendFrame frames it.
+        stats = self.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingWebSocketFrames += 1
+        stats.outgoingOctetsAppLevel += length
+        stats.outgoingOctetsWebSocketLevel += length
+        if length < 126:
+            self.sendData(_TEXT_HEADERS[length] + payload)
+        else:
+            self.sendData(b"\x81\x7e" + length.to_bytes(2, "big") + payload)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None

@@ -506,6 +506,9 @@ def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
         if length == 126:
             (length,) = struct.unpack("!H", data[i : i + 2])
             i += 2
+        elif length == 127:
+            (length,) = struct.unpack("!Q", data[i : i + 8])
+            i += 8
         frames.append((opcode, data[i : i + length]))
         i += length
     return frames
@@ -684,6 +687,32 @@ class SameOnTheWireTests(SynchronousTestCase):
         protocol.dataReceived(stream[:cut])
         protocol.dataReceived(stream[cut:])
         return transport.value()
+
+    def test_messages_sent_are_framed_as_autobahn_frames_them(self):
+        """
+        Text messages of every length class (empty, up to 125 bytes, two
+        length bytes, over the size limit) and a binary one leave as the
+        same bytes in both modes, with the same traffic counts; one over the
+        limit is refused in both.
+        """
+        sent = {}
+        for fast_paths in (True, False):
+            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+            settings = WebSocketSettings(
+                ping_interval=0, max_message_size=70_000, fast_paths=fast_paths
+            )
+            factory = SignalingFactory(hub, NativeSession, settings)
+            protocol, transport = _connect(factory)
+            for size in (0, 1, 125, 126, 127, 300, 0xFFFF, 66_000):
+                protocol.sendMessage(b"x" * size)
+            protocol.sendMessage(b"\x00\x01", isBinary=True)
+            with self.assertRaises(autobahn_protocol.PayloadExceededError):
+                protocol.sendMessage(b"x" * 70_001)
+            sent[fast_paths] = (transport.value(), vars(protocol.trafficStats))
+        self.assertEqual(sent[True], sent[False])
+        frames = _server_frames(sent[True][0])
+        self.assertEqual([len(body) for _, body in frames][:3], [0, 1, 125])
+        self.assertEqual(frames[-1], (0x2, b"\x00\x01"))
 
     def test_both_modes_send_the_same_bytes(self):
         """
