@@ -491,6 +491,9 @@ class FastPaths:
 
     #: Autobahn's queue of frames to send, while empty (see L{slim}).
     send_queue: Any = ()
+    #: What is sent while the opening handshake completes (see
+    #: L{succeedHandshake}).
+    handshake_output: list[bytes] | None = None
     #: Whether the class holds its factory's options and the idle state
     #: (L{with_options}).
     holds_options = False
@@ -620,9 +623,39 @@ class FastPaths:
         else:
             self.sendData(b"\x81\x7e" + length.to_bytes(2, "big") + payload)
 
+    def succeedHandshake(self, res) -> None:
+        """
+        Autobahn's acceptance of the opening handshake, with what it and
+        L{onOpen} send (the 101 response, a welcome, a peer list) gathered
+        and written at once: one send, not a queued write that costs the
+        reactor a turn and two epoll_ctl calls, then more.
+        """
+        if _create_masker is None or self.logOctets:
+            super().succeedHandshake(res)
+            return
+        self.handshake_output = output = []
+        try:
+            super().succeedHandshake(res)
+        finally:
+            del self.handshake_output
+            if output:
+                write_through(self.transport, b"".join(output))
+
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
+        output = self.handshake_output
+        if output is not None:
+            if not (sync or chopsize or self.send_queue):
+                output.append(data)
+                if self.state == _OPEN:
+                    self.trafficStats.outgoingOctetsWireLevel += len(data)
+                elif self.state == _CONNECTING:
+                    self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+                return
+            # Anything queued goes after what was gathered.
+            self.transport.write(b"".join(output))
+            output.clear()
         if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
             if type(self.send_queue) is tuple:
                 self.send_queue = collections.deque()

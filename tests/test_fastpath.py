@@ -486,6 +486,97 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertEqual(written, [b"frame"])
 
 
+class HandshakeOutputTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+        self.addCleanup(fastpath.install)
+
+    def handshake(self, fast_paths: bool, head: bytes) -> bytes:
+        """
+        What a client reads at once, before any reactor turn, after sending
+        C{head} to a native server over a real socket.
+        """
+        # TCP, not a socketpair: Autobahn sets TCP_NODELAY.
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        theirs = socket.create_connection(listener.getsockname())
+        ours = listener.accept()[0]
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+        settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+        factory = SignalingFactory(hub, NativeSession, settings)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = tcp.Server(
+            ours, protocol, ("127.0.0.1", 40000), None, 1, MemoryReactor()
+        )
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head)
+        try:
+            return theirs.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    @only_where_verified
+    def test_response_and_welcome_leave_at_once(self):
+        """
+        On the fast paths the 101 response and what the session sends on
+        opening are on the socket before the reactor turns (plain Autobahn
+        queues them for its next turn), the same bytes as Autobahn sends.
+        """
+        head = (
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        fast = self.handshake(True, head)
+        self.assertTrue(fast.startswith(b"HTTP/1.1 101 "), fast)
+        response, _, frames = fast.partition(b"\r\n\r\n")
+        self.assertIn(b'"welcome"', _server_frames(frames)[0][1])
+        self.assertEqual(self.handshake(False, head), b"")
+        wire = []
+        for fast_paths in (True, False):
+            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+            settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+            wire.append(
+                _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
+            )
+        self.assertEqual(wire[0], wire[1])
+        self.assertEqual(wire[0], fast)
+
+    def test_a_refused_handshake_is_answered_as_before(self):
+        """
+        A handshake Autobahn refuses (a version it does not speak) gets the
+        same answer in both modes.
+        """
+        head = (
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 7\r\n\r\n"
+        )
+        wire = []
+        for fast_paths in (True, False):
+            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+            settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+            wire.append(
+                _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
+            )
+        self.assertTrue(wire[0].startswith(b"HTTP/1.1 400 "), wire[0])
+        self.assertEqual(wire[0], wire[1])
+
+
+def _connect_raw(factory, head: bytes) -> bytes:
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(head)
+    return transport.value()
+
+
 def _client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
     mask = b"\x11\x22\x33\x44"
     first = (0x80 if fin else 0) | opcode
