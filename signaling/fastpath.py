@@ -494,6 +494,8 @@ class FastPaths:
     #: What is sent while the opening handshake completes (see
     #: L{succeedHandshake}).
     handshake_output: list[bytes] | None = None
+    #: Autobahn's incremental UTF-8 validator, made only where it is used.
+    utf8validator = None
     #: Whether the class holds its factory's options and the idle state
     #: (L{with_options}).
     holds_options = False
@@ -510,7 +512,9 @@ class FastPaths:
             return
         self.trafficStats = TrafficStats()
         self.state = _CONNECTING
-        self.utf8validator = Utf8Validator()
+        if self.utf8validateIncoming:
+            # Off in our factories: onMessage checks whole messages.
+            self.utf8validator = Utf8Validator()
         if self.openHandshakeTimeout > 0:
             self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
                 self.openHandshakeTimeout, self.onOpenHandshakeTimeout

@@ -720,6 +720,10 @@ class ConnectionSetUpTests(SynchronousTestCase):
             ours = getattr(fast, name)
             if isinstance(theirs, (type(None), bool, int, float, str, bytes)):
                 self.assertEqual(ours, theirs, name)
+            elif name == "utf8validator":
+                # Made only where incoming UTF-8 is validated frame by frame.
+                self.assertFalse(fast.utf8validateIncoming)
+                self.assertIsNone(ours)
             elif name == "send_queue":
                 self.assertEqual(list(ours), list(theirs), name)
             elif not callable(theirs):
