@@ -29,7 +29,8 @@ from typing import Any
 
 import attrs
 import txaio
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import _format, formatTime, timeFormatRFC3339
 
@@ -52,6 +53,11 @@ PRIVATE_NAMES = (
     "_fail_connection",
     "_perMessageCompress",
     "_cancelAutoPingTimeoutCall",
+    # ... and its per-connection set-up (FastPaths._connectionMade)
+    "_connectionMade",
+    "utf8validator",
+    "openHandshakeTimeoutCall",
+    "onOpenHandshakeTimeout",
     "current_frame",
     "inside_message",
     "self.data",
@@ -96,6 +102,7 @@ TWISTED_VERIFIED = ((26, 4), (27,))
 
 _log = Logger()
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 
 @attrs.frozen
@@ -438,7 +445,8 @@ def with_options(protocol: type, factory) -> type:
         if hasattr(factory, name)
         for value in (getattr(factory, name),)
     }
-    options.update(_IDLE_STATE, __module__=protocol.__module__)
+    options.update(_IDLE_STATE, holds_options=True)
+    options["__module__"] = protocol.__module__
     return type(protocol.__name__, (protocol,), options)
 
 
@@ -465,6 +473,10 @@ def slim(protocol) -> None:
         del protocol.__dict__["send_queue"]
 
 
+#: The first two bytes of an unmasked text frame of 0 to 125 bytes.
+_TEXT_HEADERS = [bytes((0x81, length)) for length in range(126)]
+
+
 class FastPaths:
     """
     Autobahn's per-frame paths, minus what costs time on every message, for
@@ -479,6 +491,34 @@ class FastPaths:
 
     #: Autobahn's queue of frames to send, while empty (see L{slim}).
     send_queue: Any = ()
+    #: What is sent while the opening handshake completes (see
+    #: L{succeedHandshake}).
+    handshake_output: list[bytes] | None = None
+    #: Autobahn's incremental UTF-8 validator, made only where it is used.
+    utf8validator = None
+    #: Whether the class holds its factory's options and the idle state
+    #: (L{with_options}).
+    holds_options = False
+
+    def _connectionMade(self) -> None:
+        """
+        Autobahn's per-connection set-up, without copying the factory's
+        ~50 options and ~30 starting values onto the connection when the
+        class holds them (L{with_options}): L{slim} dropped the copies again
+        once open. Autobahn's dump of the options stays, when debugging.
+        """
+        if not self.holds_options or _create_masker is None or logs.debugging():
+            super()._connectionMade()
+            return
+        self.trafficStats = TrafficStats()
+        self.state = _CONNECTING
+        if self.utf8validateIncoming:
+            # Off in our factories: onMessage checks whole messages.
+            self.utf8validator = Utf8Validator()
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
 
     def onOpen(self) -> None:
         super().onOpen()
@@ -550,9 +590,76 @@ class FastPaths:
             self.onMessage(payload, False)
         return data[i:] if i else data
 
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        length = len(payload)
+        if (
+            isBinary
+            or fragmentSize is not None
+            or sync
+            or length > 0xFFFF
+            or self.state != _OPEN
+            or self._perMessageCompress is not None
+            or self.trackedTimings
+            or self.maskServerFrames
+            or self.logFrames
+            or self.autoFragmentSize
+            or 0 < self.maxMessagePayloadSize < length
+            or _create_masker is None
+        ):
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+            return
+        # One unmasked, unfragmented text frame (what every signaling
+        # message is), framed as Autobahn's sendFrame frames it.
+        stats = self.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingWebSocketFrames += 1
+        stats.outgoingOctetsAppLevel += length
+        stats.outgoingOctetsWebSocketLevel += length
+        if length < 126:
+            self.sendData(_TEXT_HEADERS[length] + payload)
+        else:
+            self.sendData(b"\x81\x7e" + length.to_bytes(2, "big") + payload)
+
+    def succeedHandshake(self, res) -> None:
+        """
+        Autobahn's acceptance of the opening handshake, with what it and
+        L{onOpen} send (the 101 response, a welcome, a peer list) gathered
+        and written at once: one send, not a queued write that costs the
+        reactor a turn and two epoll_ctl calls, then more.
+        """
+        if _create_masker is None or self.logOctets:
+            super().succeedHandshake(res)
+            return
+        self.handshake_output = output = []
+        try:
+            super().succeedHandshake(res)
+        finally:
+            del self.handshake_output
+            if output:
+                write_through(self.transport, b"".join(output))
+
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
+        output = self.handshake_output
+        if output is not None:
+            if not (sync or chopsize or self.send_queue):
+                output.append(data)
+                if self.state == _OPEN:
+                    self.trafficStats.outgoingOctetsWireLevel += len(data)
+                elif self.state == _CONNECTING:
+                    self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+                return
+            # Anything queued goes after what was gathered.
+            self.transport.write(b"".join(output))
+            output.clear()
         if sync or chopsize or self.send_queue or self.state != _OPEN or self.logOctets:
             if type(self.send_queue) is tuple:
                 self.send_queue = collections.deque()

@@ -486,6 +486,97 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertEqual(written, [b"frame"])
 
 
+class HandshakeOutputTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+        self.addCleanup(fastpath.install)
+
+    def handshake(self, fast_paths: bool, head: bytes) -> bytes:
+        """
+        What a client reads at once, before any reactor turn, after sending
+        C{head} to a native server over a real socket.
+        """
+        # TCP, not a socketpair: Autobahn sets TCP_NODELAY.
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        theirs = socket.create_connection(listener.getsockname())
+        ours = listener.accept()[0]
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+        settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+        factory = SignalingFactory(hub, NativeSession, settings)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = tcp.Server(
+            ours, protocol, ("127.0.0.1", 40000), None, 1, MemoryReactor()
+        )
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head)
+        try:
+            return theirs.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    @only_where_verified
+    def test_response_and_welcome_leave_at_once(self):
+        """
+        On the fast paths the 101 response and what the session sends on
+        opening are on the socket before the reactor turns (plain Autobahn
+        queues them for its next turn), the same bytes as Autobahn sends.
+        """
+        head = (
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        fast = self.handshake(True, head)
+        self.assertTrue(fast.startswith(b"HTTP/1.1 101 "), fast)
+        response, _, frames = fast.partition(b"\r\n\r\n")
+        self.assertIn(b'"welcome"', _server_frames(frames)[0][1])
+        self.assertEqual(self.handshake(False, head), b"")
+        wire = []
+        for fast_paths in (True, False):
+            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+            settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+            wire.append(
+                _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
+            )
+        self.assertEqual(wire[0], wire[1])
+        self.assertEqual(wire[0], fast)
+
+    def test_a_refused_handshake_is_answered_as_before(self):
+        """
+        A handshake Autobahn refuses (a version it does not speak) gets the
+        same answer in both modes.
+        """
+        head = (
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 7\r\n\r\n"
+        )
+        wire = []
+        for fast_paths in (True, False):
+            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+            settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+            wire.append(
+                _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
+            )
+        self.assertTrue(wire[0].startswith(b"HTTP/1.1 400 "), wire[0])
+        self.assertEqual(wire[0], wire[1])
+
+
+def _connect_raw(factory, head: bytes) -> bytes:
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(head)
+    return transport.value()
+
+
 def _client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
     mask = b"\x11\x22\x33\x44"
     first = (0x80 if fin else 0) | opcode
@@ -506,6 +597,9 @@ def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
         if length == 126:
             (length,) = struct.unpack("!H", data[i : i + 2])
             i += 2
+        elif length == 127:
+            (length,) = struct.unpack("!Q", data[i : i + 8])
+            i += 8
         frames.append((opcode, data[i : i + length]))
         i += length
     return frames
@@ -597,6 +691,72 @@ class WholeFrameTests(SynchronousTestCase):
         self.assertEqual(closes[0][:2], struct.pack("!H", 1009))
 
 
+@only_where_verified
+class ConnectionSetUpTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.loop = MemoryReactorClock()
+        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
+        txaio.config.loop = self.loop
+        self.factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+
+    def made(self, holds_options: bool) -> Any:
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        if not holds_options:
+            # Autobahn's own set-up, on the same class.
+            protocol.holds_options = False
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def test_set_up_reads_as_autobahns(self):
+        """
+        A new connection on the fast paths reads, name by name, as one
+        Autobahn set up: the factory's options, the starting state, its
+        timers and counters (of the same kinds), with far fewer entries of
+        its own.
+        """
+        fast, plain = self.made(True), self.made(False)
+        del plain.holds_options
+        for name, theirs in vars(plain).items():
+            ours = getattr(fast, name)
+            if isinstance(theirs, (type(None), bool, int, float, str, bytes)):
+                self.assertEqual(ours, theirs, name)
+            elif name == "utf8validator":
+                # Made only where incoming UTF-8 is validated frame by frame.
+                self.assertFalse(fast.utf8validateIncoming)
+                self.assertIsNone(ours)
+            elif name == "send_queue":
+                self.assertEqual(list(ours), list(theirs), name)
+            elif not callable(theirs):
+                self.assertIs(type(ours), type(theirs), name)
+        self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
+
+    def test_a_handshake_that_never_comes_times_out(self):
+        """
+        The opening handshake's timeout runs from the fast set-up as from
+        Autobahn's: a client that sends nothing is dropped after 10 s.
+        """
+        fast = self.made(True)
+        self.loop.advance(9)
+        self.assertFalse(fast.transport.disconnecting)
+        self.loop.advance(1)
+        self.assertTrue(fast.wasOpenHandshakeTimeout)
+        self.assertTrue(fast.transport.disconnecting)
+
+    def test_debugging_shows_autobahns_option_dump(self):
+        """
+        With debug logging on, the set-up is Autobahn's, with its dump of
+        the options the connection runs with.
+        """
+        formatted = []
+        self.patch(logs, "debugging", lambda: True)
+        self.patch(autobahn_protocol, "pformat", formatted.append)
+        self.made(True)
+        self.assertIn(
+            ("maxFramePayloadSize", 64 * 1024),
+            [(name, value) for name, value, _ in formatted[0]],
+        )
+
+
 class WholeFrameOnPlainAutobahnTests(WholeFrameTests):
     """
     The same streams with the fast paths off: Autobahn parses every frame.
@@ -622,6 +782,32 @@ class SameOnTheWireTests(SynchronousTestCase):
         protocol.dataReceived(stream[:cut])
         protocol.dataReceived(stream[cut:])
         return transport.value()
+
+    def test_messages_sent_are_framed_as_autobahn_frames_them(self):
+        """
+        Text messages of every length class (empty, up to 125 bytes, two
+        length bytes, over the size limit) and a binary one leave as the
+        same bytes in both modes, with the same traffic counts; one over the
+        limit is refused in both.
+        """
+        sent = {}
+        for fast_paths in (True, False):
+            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+            settings = WebSocketSettings(
+                ping_interval=0, max_message_size=70_000, fast_paths=fast_paths
+            )
+            factory = SignalingFactory(hub, NativeSession, settings)
+            protocol, transport = _connect(factory)
+            for size in (0, 1, 125, 126, 127, 300, 0xFFFF, 66_000):
+                protocol.sendMessage(b"x" * size)
+            protocol.sendMessage(b"\x00\x01", isBinary=True)
+            with self.assertRaises(autobahn_protocol.PayloadExceededError):
+                protocol.sendMessage(b"x" * 70_001)
+            sent[fast_paths] = (transport.value(), vars(protocol.trafficStats))
+        self.assertEqual(sent[True], sent[False])
+        frames = _server_frames(sent[True][0])
+        self.assertEqual([len(body) for _, body in frames][:3], [0, 1, 125])
+        self.assertEqual(frames[-1], (0x2, b"\x00\x01"))
 
     def test_both_modes_send_the_same_bytes(self):
         """
