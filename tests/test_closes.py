@@ -4,6 +4,9 @@ their close work runs in batches over the next turns, and everyone left
 hears of everyone gone.
 """
 
+import gc
+import types
+
 from twisted.internet.error import ConnectionLost
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -145,3 +148,46 @@ class NoBatchingTests(MassCloseTests):
         self.assertEqual(self.harness.clock.getDelayedCalls(), [])
 
     test_a_handshake_between_batches = None
+
+
+def in_a_cycle(start, *shared) -> bool:
+    """
+    Whether C{start} can be reached again from what it refers to, other
+    than through classes, modules, functions and the long-lived C{shared}
+    objects (its factory: the reactor, the modules, the log buffer).
+    """
+    seen = {id(start)} | {id(obj) for obj in shared}
+    todo = list(gc.get_referents(start))
+    while todo:
+        obj = todo.pop()
+        if obj is start:
+            return True
+        if id(obj) in seen or isinstance(
+            obj, (type, types.ModuleType, types.FunctionType)
+        ):
+            continue
+        seen.add(id(obj))
+        todo.extend(gc.get_referents(obj))
+    return False
+
+
+class GarbageTests(SynchronousTestCase):
+    def test_a_closed_connection_is_not_left_in_a_cycle(self):
+        """
+        Nothing a closed WebSocket connection's protocol holds leads back to
+        it, so reference counting frees it and closes need no full
+        collection.
+        """
+        harness = Harness(HubLimits(), WebSocketSettings(ping_interval=0))
+        self.addCleanup(harness.restore)
+        alice = harness.connect("/ws/room")
+        bob = harness.connect("/ws/room")
+        server = harness.server_side(bob)
+        self.assertTrue(in_a_cycle(server, server.factory))
+        bob.transport.loseConnection()
+        harness.flush()
+        self.assertEqual(harness.hub.stats().peers_total, 1)
+        # As a TCP transport does once it has told its protocol.
+        bob.server_transport.protocol = None
+        self.assertFalse(in_a_cycle(server, server.factory))
+        self.assertTrue(alice.connected)

@@ -21,7 +21,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .. import fastpath, gcpolicy
+from .. import fastpath
 from ..auth import AuthPolicy, InvalidToken, MissingToken, presented_token
 from ..dialects.base import (
     CLOSE_GOING_AWAY,
@@ -368,10 +368,20 @@ class SignalingProtocol(LimitedProtocol):
         # a peer-left to a peer that dropped in the same mass close is not
         # rendered.
         self._gone = True
-        self.factory.closes.run(super().connectionLost, reason)
+        self.factory.closes.run(self._connection_lost, reason)
+
+    def _connection_lost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Both fired with this protocol as their result: each would keep
+            # it in a reference cycle that only a full collection frees.
+            self.is_open = self.is_closed = None
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        gcpolicy.connection_closed()
+        # Not counted toward a full collection (gcpolicy.connection_closed):
+        # a closed connection leaves no reference cycle (_connection_lost),
+        # and garbage that does arise shows in the policy's memory check.
         if self._probes:
             self._end_probes(False)
         if self.session is not None:
