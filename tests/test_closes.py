@@ -10,13 +10,14 @@ import types
 from twisted.internet.error import ConnectionLost
 from twisted.trial.unittest import SynchronousTestCase
 
+from signaling.dialects.peerjs import PeerJSSettings
 from signaling.hub import HubLimits
 from signaling.transports.websocket import WebSocketSettings
 
 from .support import Harness
 
 
-class MassCloseTests(SynchronousTestCase):
+class CloseTestCase(SynchronousTestCase):
     settings = WebSocketSettings(ping_interval=0, closes_per_turn=3)
 
     def setUp(self):
@@ -57,6 +58,8 @@ class MassCloseTests(SynchronousTestCase):
     def left(self, client):
         return [m["peerId"] for m in client.take() if m["type"] == "peer-left"]
 
+
+class MassCloseTests(CloseTestCase):
     def test_a_burst_of_closes_is_handled_in_batches(self):
         """
         Beyond C{closes_per_turn} closes in one turn, the rest wait for the
@@ -191,3 +194,45 @@ class GarbageTests(SynchronousTestCase):
         bob.server_transport.protocol = None
         self.assertFalse(in_a_cycle(server, server.factory))
         self.assertTrue(alice.connected)
+
+
+class PeerJSMassCloseTests(CloseTestCase):
+    """
+    PeerJS clients (peer.reconnect() presents the same id and token) come
+    back while their old socket's close still waits.
+    """
+
+    def setUp(self):
+        self.harness = Harness(
+            HubLimits(), self.settings, peerjs=PeerJSSettings(path="/peerjs")
+        )
+        self.addCleanup(self.harness.restore)
+
+    def open(self, peer_id, turn_clock=True):
+        client = self.harness.connect(
+            f"/peerjs/peerjs?key=peerjs&id={peer_id}&token=t&version=1.5.5",
+            turn_clock=turn_clock,
+        )
+        client.peer_id = peer_id
+        return client
+
+    def test_back_before_the_close_is_handled(self):
+        """
+        The id is the new socket's, at once and after the old close has run;
+        messages to it reach the new socket.
+        """
+        old = [self.open(f"p{i}") for i in range(5)]
+        for client in old:
+            self.assertEqual(client.take(), [{"type": "OPEN"}])
+        self.drop_together(old)
+        back = self.open("p4", turn_clock=False)
+        self.assertEqual(back.take(), [{"type": "OPEN"}])
+        for _ in range(3):
+            self.next_turn()
+        self.assertEqual(self.harness.peerjs.ids(), ["p4"])
+        sender = self.open("p9")
+        sender.take()
+        sender.send_json({"type": "OFFER", "dst": "p4", "payload": {"sdp": "x"}})
+        self.harness.flush()
+        self.assertEqual(back.take()[0]["src"], "p9")
+        self.assertIsNone(back.close_code)
