@@ -122,12 +122,6 @@ class CloseQueue:
         self._count = 0
         self._call: IDelayedCall | None = None
 
-    def __len__(self) -> int:
-        """
-        How many closes wait.
-        """
-        return len(self._waiting)
-
     def run(self, work: Callable[..., None], *args) -> None:
         per_turn = self.per_turn
         if per_turn <= 0:
