@@ -247,6 +247,13 @@ class Options(usage.Options):
             _whole("max-fragments"),
         ],
         [
+            "closes-per-turn",
+            None,
+            200,
+            "WebSocket closes handled in one turn of the reactor; more at once (a mass drop) wait for the next turns, so new connections are answered between them; 0 handles all at once.",
+            _whole("closes-per-turn"),
+        ],
+        [
             "directory-hold",
             None,
             HOLD_SECONDS,
@@ -1134,6 +1141,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         upgrade_timeout=options["upgrade-timeout"],
         fast_paths=not options["no-fast-paths"],
         trusted_hops=options["trust-forwarded"],
+        closes_per_turn=options["closes-per-turn"],
     )
     directory_settings = dict(
         hold_seconds=options["directory-hold"],

@@ -168,10 +168,17 @@ class Harness:
         txaio.config.loop = self._previous_loop
 
     def connect(
-        self, path: str = "/signal", origin: str | None = None, client_class=Client
+        self,
+        path: str = "/signal",
+        origin: str | None = None,
+        client_class=Client,
+        turn_clock: bool = True,
     ) -> Client:
         """
         Open a WebSocket to C{path} and flush until the handshake is done.
+
+        :param turn_clock: Whether to run what is due on the clock meanwhile
+            (see L{flush}).
         """
         headers = {"Origin": origin} if origin else None
         client_factory = WebSocketClientFactory(
@@ -191,7 +198,7 @@ class Harness:
         pump = IOPump(client, server, client_transport, server_transport, debug=False)
         self.pumps.append(pump)
         client.server_transport = server_transport
-        self.flush()
+        self.flush(turn_clock)
         return client
 
     @staticmethod
@@ -202,12 +209,17 @@ class Harness:
         """
         return client.server_transport.protocol
 
-    def flush(self) -> None:
+    def flush(self, turn_clock: bool = True) -> None:
         """
-        Move bytes in every direction until nothing is left to move.
+        Move bytes in every direction, and run what is due now on the clock
+        (a reactor's next turn: closes waiting in the CloseQueue), until
+        nothing is left to move.
         """
         for _ in range(1000):
-            if not any([pump.pump() for pump in self.pumps]):
+            if turn_clock:
+                self.clock.advance(0)
+            moved = any([pump.pump() for pump in self.pumps])
+            if not moved and not (turn_clock and self._due()):
                 self.pumps = [
                     pump
                     for pump in self.pumps
@@ -215,6 +227,23 @@ class Harness:
                 ]
                 return
         raise AssertionError("the connections never went quiet")
+
+    def turn(self) -> None:
+        """
+        Run the calls due now on the clock, as one turn of a reactor does:
+        not those they schedule for now in turn (C{Clock.advance(0)} runs
+        those too), which a reactor runs on its next turn.
+        """
+        now = self.clock.seconds()
+        for call in [c for c in self.clock.getDelayedCalls() if c.getTime() <= now]:
+            if call.active():
+                self.clock.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+    def _due(self) -> bool:
+        now = self.clock.seconds()
+        return any(call.getTime() <= now for call in self.clock.getDelayedCalls())
 
     def advance(self, seconds: float, step: float = 0.1) -> None:
         """

@@ -276,6 +276,18 @@ class EngineIOOptionsTests(SynchronousTestCase):
         self.assertIn("--upgrade-timeout must be above 0", str(error.code))
 
 
+class ClosesPerTurnOptionsTests(SynchronousTestCase):
+    def test_closes_per_turn(self):
+        """
+        --closes-per-turn defaults to 200 and takes 0 (every close at once);
+        tests/test_closes.py sees it at work.
+        """
+        self.assertEqual(parse()["closes-per-turn"], 200)
+        self.assertEqual(parse("--closes-per-turn", "0")["closes-per-turn"], 0)
+        error = self.assertRaises(SystemExit, parse, "--closes-per-turn", "-1")
+        self.assertIn("closes-per-turn", str(error.code))
+
+
 class GarbageCollectionOptionsTests(SynchronousTestCase):
     def test_gc_memory_growth(self):
         self.assertEqual(parse()["gc-memory-growth"], 32)

@@ -5,8 +5,10 @@ where the frames of every raw WebSocket dialect arrive and leave.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 from urllib.parse import unquote
+from weakref import WeakKeyDictionary
 
 import attrs
 from autobahn.exception import PayloadExceededError
@@ -14,10 +16,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .. import fastpath, gcpolicy
+from .. import fastpath
 from ..auth import AuthPolicy, InvalidToken, MissingToken, presented_token
 from ..dialects.base import (
     CLOSE_GOING_AWAY,
@@ -59,6 +63,9 @@ class WebSocketSettings:
         where they were verified; off, plain Autobahn does the same work.
     :ivar trusted_hops: Reverse proxies in front of the server whose
         C{Forwarded}/C{X-Forwarded-For} name the client (C{--trust-forwarded}).
+    :ivar closes_per_turn: Connections whose close is handled in one turn of
+        the reactor; more closing at once (a mass drop) wait, in order, for
+        the next turns (see L{CloseQueue}). 0 handles every close at once.
     """
 
     max_message_size: int = 64 * 1024
@@ -71,6 +78,7 @@ class WebSocketSettings:
     upgrade_timeout: float = 10
     fast_paths: bool = True
     trusted_hops: int = 0
+    closes_per_turn: int = 200
 
     def allows_origin(self, origin: str | None) -> bool:
         """
@@ -87,6 +95,79 @@ class WebSocketSettings:
 
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+
+
+class CloseQueue:
+    """
+    Runs the close work of a hub's WebSocket connections (Autobahn's, the
+    session's, the hub's leave and its C{peer-left}s, the log line): at
+    once, unless C{per_turn} connections have already closed since the
+    reactor last turned. The rest wait, in order, and run C{per_turn} a turn
+    on later turns (calls after 0 seconds on C{clock}), so that when
+    thousands of sockets drop together (epoll reports them in one turn) new
+    handshakes are answered between the batches instead of after them all.
+
+    A single close runs at once and schedules nothing; the count of closes
+    is reset by a call scheduled only once L{ARM} of them have run.
+    """
+
+    #: Closes after which the count's reset is scheduled.
+    ARM = 16
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, per_turn: int) -> None:
+        self._clock = clock
+        self.per_turn = per_turn
+        self._waiting: deque = deque()
+        self._count = 0
+        self._call: IDelayedCall | None = None
+
+    def run(self, work: Callable[..., None], *args) -> None:
+        per_turn = self.per_turn
+        if per_turn <= 0:
+            work(*args)
+            return
+        if not self._waiting and self._count < per_turn:
+            self._count += 1
+            if self._count >= min(self.ARM, per_turn):
+                self._schedule()
+            work(*args)
+            return
+        self._waiting.append((work, args))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        self._call = None
+        self._count = 0
+        waiting = self._waiting
+        while waiting and self._count < self.per_turn:
+            work, args = waiting.popleft()
+            self._count += 1
+            try:
+                work(*args)
+            except Exception:
+                self._log.failure("closing a connection failed")
+        if self._count:
+            # Closes arriving in this turn count against this batch.
+            self._schedule()
+
+
+_close_queues: WeakKeyDictionary[Hub, CloseQueue] = WeakKeyDictionary()
+
+
+def close_queue(hub: Hub, per_turn: int) -> CloseQueue:
+    """
+    The L{CloseQueue} of C{hub}'s connections, shared by every factory of
+    the hub (the first one's C{per_turn} holds).
+    """
+    queue = _close_queues.get(hub)
+    if queue is None:
+        queue = _close_queues[hub] = CloseQueue(hub.clock, per_turn)
+    return queue
 
 
 def _is_utf8(payload: bytes) -> bool:
@@ -156,6 +237,8 @@ class SignalingProtocol(LimitedProtocol):
     #: Deferreds of L{probe}s waiting for the client to answer.
     _probes: list[Deferred] | None = None
     _probe_timeout: IDelayedCall | None = None
+    #: Whether the socket has gone, its close waiting in the L{CloseQueue}.
+    _gone = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -274,8 +357,25 @@ class SignalingProtocol(LimitedProtocol):
         if session is not None and session.peer is not None:
             self.factory.hub.touch(session.peer)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Nothing more reaches the socket, even before its close is handled:
+        # a peer-left to a peer that dropped in the same mass close is not
+        # rendered.
+        self._gone = True
+        self.factory.closes.run(self._connection_lost, reason)
+
+    def _connection_lost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Both fired with this protocol as their result: each would keep
+            # it in a reference cycle that only a full collection frees.
+            self.is_open = self.is_closed = None
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        gcpolicy.connection_closed()
+        # Not counted toward a full collection (gcpolicy.connection_closed):
+        # a closed connection leaves no reference cycle (_connection_lost),
+        # and garbage that does arise shows in the policy's memory check.
         if self._probes:
             self._end_probes(False)
         if self.session is not None:
@@ -351,6 +451,9 @@ class SignalingProtocol(LimitedProtocol):
     # IPeerConnection
 
     def deliver(self, event) -> None:
+        if self._gone:
+            # Its close waits in the CloseQueue; the socket takes nothing.
+            return
         session = self.session
         if session is None:
             raise DeliveryRefused("closed", "the connection is closed")
@@ -423,6 +526,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.clock = hub.clock
         self.session_factory = session_factory
         self.settings = settings
+        self.closes = close_queue(hub, settings.closes_per_turn)
         self.setProtocolOptions(
             # A protocol error must end with a close frame, not a TCP drop.
             failByDrop=False,
