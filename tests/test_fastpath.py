@@ -340,12 +340,19 @@ class DebugHelperTests(SynchronousTestCase):
 
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
-class SlimTests(SynchronousTestCase):
+class FakeLoopTestCase(SynchronousTestCase):
+    """
+    Autobahn's timers (through txaio) on a fake clock, C{self.loop}, for
+    the length of a test.
+    """
+
     def setUp(self) -> None:
         self.loop = MemoryReactorClock()
         self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
         txaio.config.loop = self.loop
 
+
+class SlimTests(FakeLoopTestCase):
     def test_an_open_connection_drops_its_handshake_and_option_copies(self):
         """
         Once open, a connection keeps neither its opening handshake (the
@@ -486,11 +493,9 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertEqual(written, [b"frame"])
 
 
-class HandshakeOutputTests(SynchronousTestCase):
+class HandshakeOutputTests(FakeLoopTestCase):
     def setUp(self) -> None:
-        self.loop = MemoryReactorClock()
-        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
-        txaio.config.loop = self.loop
+        super().setUp()
         self.addCleanup(fastpath.install)
 
     def handshake(self, fast_paths: bool, head: bytes) -> bytes:
@@ -538,15 +543,17 @@ class HandshakeOutputTests(SynchronousTestCase):
         response, _, frames = fast.partition(b"\r\n\r\n")
         self.assertIn(b'"welcome"', _server_frames(frames)[0][1])
         self.assertEqual(self.handshake(False, head), b"")
-        wire = []
-        for fast_paths in (True, False):
-            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
-            settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
-            wire.append(
-                _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
-            )
+        wire = [self.answer(fast_paths, head) for fast_paths in (True, False)]
         self.assertEqual(wire[0], wire[1])
         self.assertEqual(wire[0], fast)
+
+    def answer(self, fast_paths: bool, head: bytes) -> bytes:
+        """
+        What a native server writes for C{head}, on an in-memory transport.
+        """
+        hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+        settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
+        return _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
 
     def test_a_refused_handshake_is_answered_as_before(self):
         """
@@ -558,13 +565,7 @@ class HandshakeOutputTests(SynchronousTestCase):
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 7\r\n\r\n"
         )
-        wire = []
-        for fast_paths in (True, False):
-            hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
-            settings = WebSocketSettings(ping_interval=0, fast_paths=fast_paths)
-            wire.append(
-                _connect_raw(SignalingFactory(hub, NativeSession, settings), head)
-            )
+        wire = [self.answer(fast_paths, head) for fast_paths in (True, False)]
         self.assertTrue(wire[0].startswith(b"HTTP/1.1 400 "), wire[0])
         self.assertEqual(wire[0], wire[1])
 
@@ -605,7 +606,7 @@ def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
-class WholeFrameTests(SynchronousTestCase):
+class WholeFrameTests(FakeLoopTestCase):
     """
     Whole text frames skip Autobahn's frame parser; everything else still
     goes through it, wherever the reads split the stream.
@@ -616,9 +617,7 @@ class WholeFrameTests(SynchronousTestCase):
     def setUp(self) -> None:
         if self.fast_paths and not VERIFIED:
             raise SkipTest("the fast paths are off for the installed versions")
-        self.loop = MemoryReactorClock()
-        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
-        txaio.config.loop = self.loop
+        super().setUp()
         self.addCleanup(fastpath.install)
         self.settings = WebSocketSettings(ping_interval=0, fast_paths=self.fast_paths)
 
@@ -692,11 +691,9 @@ class WholeFrameTests(SynchronousTestCase):
 
 
 @only_where_verified
-class ConnectionSetUpTests(SynchronousTestCase):
+class ConnectionSetUpTests(FakeLoopTestCase):
     def setUp(self) -> None:
-        self.loop = MemoryReactorClock()
-        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
-        txaio.config.loop = self.loop
+        super().setUp()
         self.factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
 
     def made(self, holds_options: bool) -> Any:
@@ -766,11 +763,9 @@ class WholeFrameOnPlainAutobahnTests(WholeFrameTests):
 
 
 @only_where_verified
-class SameOnTheWireTests(SynchronousTestCase):
+class SameOnTheWireTests(FakeLoopTestCase):
     def setUp(self) -> None:
-        self.loop = MemoryReactorClock()
-        self.addCleanup(setattr, txaio.config, "loop", txaio.config.loop)
-        txaio.config.loop = self.loop
+        super().setUp()
         self.addCleanup(fastpath.install)
 
     def wire(self, fast_paths: bool, stream: bytes, cut: int) -> bytes:
