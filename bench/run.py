@@ -416,6 +416,25 @@ def _settled_stats(server: Server) -> dict[str, Any] | None:
     return stats
 
 
+def _waiting(start: dict[str, Any], end: dict[str, Any]) -> float:
+    """
+    The share of the time between two marks the server was ready to run
+    while another process had its core.
+    """
+    return round(
+        (end["waited"] - start["waited"]) / max(end["wall"] - start["wall"], 1e-9), 3
+    )
+
+
+def _cpu_ms_per_peer(
+    start: dict[str, Any], end: dict[str, Any], peers: int
+) -> float | None:
+    """
+    The server's CPU between two marks, in ms per peer.
+    """
+    return round((end["cpu"] - start["cpu"]) * 1000 / peers, 3) if peers else None
+
+
 def measure(
     name: str,
     dialect: str,
@@ -503,11 +522,7 @@ def measure(
     elif scenario == "connections":
         start, connected = marks["start"], marks["connected"]
         joined = connected.get("peers") or 0
-        line["server_waiting"] = round(
-            (connected["waited"] - start["waited"])
-            / max(connected["wall"] - start["wall"], 1e-9),
-            3,
-        )
+        line["server_waiting"] = _waiting(start, connected)
         line["server_rss_idle_mb"] = round(start["rss"] / 2**20, 1)
         line["server_rss_connected_mb"] = round(connected["rss"] / 2**20, 1)
         line["rss_per_peer_kb"] = (
@@ -516,24 +531,13 @@ def measure(
             else None
         )
         # Taking the peers in (and half a second idle after).
-        line["server_cpu_ms_per_peer"] = (
-            round((connected["cpu"] - start["cpu"]) * 1000 / joined, 3)
-            if joined
-            else None
-        )
+        line["server_cpu_ms_per_peer"] = _cpu_ms_per_peer(start, connected, joined)
     elif scenario == "storm":
         connected, recovered = marks["connected"], marks["recovered"]
         back = recovered.get("peers") or 0
-        wall = max(recovered["wall"] - connected["wall"], 1e-9)
-        line["server_waiting"] = round(
-            (recovered["waited"] - connected["waited"]) / wall, 3
-        )
+        line["server_waiting"] = _waiting(connected, recovered)
         # The mass close and every reconnection, per peer back.
-        line["server_cpu_ms_per_peer"] = (
-            round((recovered["cpu"] - connected["cpu"]) * 1000 / back, 3)
-            if back
-            else None
-        )
+        line["server_cpu_ms_per_peer"] = _cpu_ms_per_peer(connected, recovered, back)
     elif scenario == "churn":
         settled, done = marks["settled"], marks["done"]
         line["rss_settled_mb"] = round(settled["rss"] / 2**20, 2)
