@@ -15,7 +15,7 @@ import time
 import jwt
 import pytest
 
-from .realsockets import NODE_DIR, TwistdServer, node_with_packages
+from .realsockets import NODE_DIR, TwistdServer, node_with_packages, twistd_servers
 
 AUTH_SECRET = "the JavaScript client's test secret, long enough for HS256"
 
@@ -108,42 +108,40 @@ def test_javascript_client(node, server, flow):
     assert result.stdout.strip().endswith(f"ok {flow}")
 
 
-def test_javascript_client_follows_reconnect(node, tmp_path):
+@pytest.fixture
+def twistd(tmp_path):
+    yield from twistd_servers(tmp_path)
+
+
+def test_javascript_client_follows_reconnect(node, twistd):
     """
     SIGTERM to one of two servers: the served client is told to reconnect,
     waits the server's hint with jitter, and comes back to the next URL of
     its list, rejoining its room there; a URL that refuses is passed over.
     """
-    servers = [
-        TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0")
+    draining, other = (
+        twistd("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0")
         for _ in range(2)
-    ]
-    try:
-        for index, server in enumerate(servers):
-            server.start(tmp_path / f"twistd-{index}.log")
-        draining, other = servers
-        result = subprocess.run(
-            [
-                node,
-                str(NODE_DIR / "client-flows.mjs"),
-                draining.urls[0].replace("ws://", "http://").rsplit("/", 1)[0],
-                "drain",
-            ],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={
-                **os.environ,
-                "DRAIN_PID": str(draining.process.pid),
-                "SECOND_WS_URL": other.urls[0],
-            },
-        )
-        assert result.returncode == 0, (
-            result.stdout + result.stderr + draining.log()[-3000:]
-        )
-        assert result.stdout.strip().endswith("ok drain")
-        assert draining.process.wait(10) is not None
-    finally:
-        for server in servers:
-            server.stop()
+    )
+    result = subprocess.run(
+        [
+            node,
+            str(NODE_DIR / "client-flows.mjs"),
+            draining.urls[0].replace("ws://", "http://").rsplit("/", 1)[0],
+            "drain",
+        ],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DRAIN_PID": str(draining.process.pid),
+            "SECOND_WS_URL": other.urls[0],
+        },
+    )
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + draining.log()[-3000:]
+    )
+    assert result.stdout.strip().endswith("ok drain")
+    assert draining.process.wait(10) is not None

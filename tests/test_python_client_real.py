@@ -16,7 +16,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from .realsockets import ROOT, TwistdServer
+from .realsockets import ROOT, TwistdServer, twistd_servers
 
 FLOWS = Path(__file__).resolve().parent / "python_client_flows.py"
 AUTH_SECRET = "the Python client's test secret, long enough for HS256"
@@ -96,35 +96,33 @@ def test_python_client(server, flow):
     assert result.stdout.strip().endswith(f"ok {flow}")
 
 
-def test_python_client_follows_reconnect(tmp_path):
+@pytest.fixture
+def twistd(tmp_path):
+    yield from twistd_servers(tmp_path)
+
+
+def test_python_client_follows_reconnect(twistd):
     """
     SIGTERM to one of two servers: the client is told to reconnect, waits
     the server's hint with jitter, and comes back to the next URL of its
     list, rejoining its room there; the drained server exits.
     """
-    servers = [
-        TwistdServer("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0")
+    draining, other = (
+        twistd("--port", "tcp:0:interface=127.0.0.1", "--ping-interval", "0")
         for _ in range(2)
-    ]
-    try:
-        for index, server in enumerate(servers):
-            server.start(tmp_path / f"twistd-{index}.log")
-        draining, other = servers
-        result = run(
-            str(FLOWS),
-            f"{draining.urls[0]},{other.urls[0]}",
-            "drain",
-            env={"DRAIN_PID": str(draining.process.pid)},
-        )
-        assert result.returncode == 0, (
-            result.stdout + result.stderr + draining.log()[-3000:]
-        )
-        assert result.stdout.strip().endswith("ok drain")
-        assert draining.process.wait(10) is not None
-        assert "told 1 peers the server is going away" in draining.log()
-    finally:
-        for server in servers:
-            server.stop()
+    )
+    result = run(
+        str(FLOWS),
+        f"{draining.urls[0]},{other.urls[0]}",
+        "drain",
+        env={"DRAIN_PID": str(draining.process.pid)},
+    )
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + draining.log()[-3000:]
+    )
+    assert result.stdout.strip().endswith("ok drain")
+    assert draining.process.wait(10) is not None
+    assert "told 1 peers the server is going away" in draining.log()
 
 
 def test_aiortc_example(server):
