@@ -626,11 +626,7 @@ def table(lines: list[dict[str, Any]]) -> str:
             if ours is None and theirs is None:
                 continue
             a, b = _metric(ours, metric), _metric(theirs, metric)
-            ratio = (
-                a / b
-                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b
-                else None
-            )
+            ratio = _ratio(a, b)
             verdict = ""
             sign = "≥" if better == "higher" else "≤"
             if isinstance(target, tuple):
@@ -736,13 +732,7 @@ def peerjs_table(lines: list[dict[str, Any]]) -> str:
         theirs = _metric(best.get((scenario, "peerjs")), metric)
         if ours is None:
             continue
-        ratio = (
-            ours / theirs
-            if isinstance(ours, (int, float))
-            and isinstance(theirs, (int, float))
-            and theirs
-            else None
-        )
+        ratio = _ratio(ours, theirs)
         verdict = ""
         if goal is not None and ratio is not None:
             verdict = f"≥{goal}x {'ok' if ratio >= goal else 'MISS'}"
@@ -772,18 +762,21 @@ def ywebrtc_table(lines: list[dict[str, Any]]) -> str:
         theirs = _metric(best.get((scenario, "y-webrtc")), metric)
         if ours is None and theirs is None:
             continue
-        ratio = (
-            ours / theirs
-            if isinstance(ours, (int, float))
-            and isinstance(theirs, (int, float))
-            and theirs
-            else None
-        )
+        ratio = _ratio(ours, theirs)
         out.append(
             f"{scenario:<8} {metric:<24} {_format(ours):>10} {_format(theirs):>10} "
             f"{_format(round(ratio, 3)) if ratio is not None else '-':>7}"
         )
     return "\n".join(out) if len(out) > 2 else ""
+
+
+def _ratio(ours: Any, theirs: Any) -> float | None:
+    """
+    C{ours / theirs} when both are numbers and C{theirs} is not 0.
+    """
+    if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and theirs:
+        return ours / theirs
+    return None
 
 
 def _best_by_server(
