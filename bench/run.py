@@ -426,6 +426,15 @@ def _waiting(start: dict[str, Any], end: dict[str, Any]) -> float:
     )
 
 
+def _generator_busy(start: dict[str, Any], end: dict[str, Any]) -> float:
+    """
+    The share of the time between two marks the load generator was on its
+    core: near 1, and it, not the server, may be setting the pace.
+    """
+    wall = max(end["wall"] - start["wall"], 1e-9)
+    return round((end["generator_cpu"] - start["generator_cpu"]) / wall, 3)
+
+
 def _cpu_ms_per_peer(
     start: dict[str, Any], end: dict[str, Any], peers: int
 ) -> float | None:
@@ -512,9 +521,7 @@ def measure(
         # The share of the run the server was ready but another process had
         # its core: a run with much of it was disturbed.
         line["server_waiting"] = round((end["waited"] - start["waited"]) / wall, 3)
-        line["generator_cpu_busy"] = round(
-            (end["generator_cpu"] - start["generator_cpu"]) / wall, 3
-        )
+        line["generator_cpu_busy"] = _generator_busy(start, end)
         line["server_cpu_us_per_msg"] = (
             round(cpu * 1e6 / messages, 2) if messages else None
         )
@@ -536,6 +543,7 @@ def measure(
         connected, recovered = marks["connected"], marks["recovered"]
         back = recovered.get("peers") or 0
         line["server_waiting"] = _waiting(connected, recovered)
+        line["generator_cpu_busy"] = _generator_busy(connected, recovered)
         # The mass close and every reconnection, per peer back.
         line["server_cpu_ms_per_peer"] = _cpu_ms_per_peer(connected, recovered, back)
     elif scenario == "churn":
