@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from . import logs, tlsconfig, workers
+from . import fastpath, logs, tlsconfig, workers
 from .auth import AUTH_MODES, AuthPolicy, TokenVerifier, UnusableKey
 from .directory import HOLD_SECONDS, MAX_HELD, PROBE_SECONDS, Directory
 from .gcpolicy import CollectionPolicy
@@ -1446,6 +1446,9 @@ def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     top = make_service(options, reactor)
+    if not options["no-fast-paths"]:
+        # Only in the twistd process, whose reactor this is.
+        fastpath.slice_large_batches(reactor)
     # Only in the twistd process: tests that build services share their
     # interpreter's collector with everything else.
     CollectionPolicy(

@@ -34,6 +34,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
 from .addresses import AddressLimiter, Slot, forwarded_address, truncate_address
+from .. import fastpath
 from ..logs import Logger
 
 _log = Logger()
@@ -308,6 +309,9 @@ class GuardedChannel(HTTPChannel):
         host = _host_of(self.transport.getPeer())
         if host is None or self.admit(host):
             self._start_deadline()
+            if self.site.upgrades is not None:
+                # On the fast paths: the request is most often here already.
+                fastpath.read_at_once(self.transport)
 
     def _socket_closed(self) -> None:
         if self._closed:
