@@ -556,6 +556,7 @@ def measure(
         start, connected = marks["start"], marks["connected"]
         joined = connected.get("peers") or 0
         line["server_waiting"] = _waiting(start, connected)
+        line["generator_cpu_busy"] = _generator_busy(start, connected)
         line["server_rss_idle_mb"] = round(start["rss"] / 2**20, 1)
         line["server_rss_connected_mb"] = round(connected["rss"] / 2**20, 1)
         line["rss_per_peer_kb"] = (
