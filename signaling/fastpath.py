@@ -17,8 +17,10 @@ and L{failed}.
 
 from __future__ import annotations
 
+import base64
 import collections
 import functools
+import hashlib
 import math
 import pprint
 import re
@@ -29,7 +31,9 @@ from typing import Any
 
 import attrs
 import txaio
+from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import _format, formatTime, timeFormatRFC3339
@@ -88,6 +92,19 @@ PRIVATE_NAMES = (
     "_file.formatTime",
     "_format.formatWithCall",
     "_format.CallMapping",
+    # The server's opening handshake, on the fast paths (FastPaths
+    # .processHandshake and .succeedHandshake): Autobahn's origin helpers,
+    # the handshake's entry points and what they set.
+    "_url_to_origin",
+    "_is_same_origin",
+    "processHandshake",
+    "succeedHandshake",
+    "_onOpen",
+    "_sendAutoPing",
+    "websocket_version",
+    "websocket_extensions_in_use",
+    "allowedOriginsPatterns",
+    "trustXForwardedFor",
     # twisted.internet.tcp.Server (abstract.FileDescriptor)
     "transport._writeDisconnected",
     "transport._tempDataBuffer",
@@ -639,7 +656,16 @@ class FastPaths:
             return
         self.handshake_output = output = []
         try:
-            super().succeedHandshake(res)
+            if (
+                res is None
+                and not self.websocket_extensions
+                and not self.factory.headers
+                and not self.trackedTimings
+                and not logs.debugging()
+            ):
+                self._accept()
+            else:
+                super().succeedHandshake(res)
         finally:
             del self.handshake_output
             if output:
@@ -667,3 +693,234 @@ class FastPaths:
             return
         write_through(self.transport, data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
+
+    def processHandshake(self) -> None:
+        """
+        Autobahn's server handshake, for the common valid upgrade (see
+        L{_common_upgrade}) without its generic parsing and without the
+        Deferred round trip when C{onConnect} answers at once; anything else
+        (an unusual or invalid request, debug logging, a limit Autobahn
+        checks that we do not set) goes to Autobahn's own, which judges and
+        answers it as before.
+        """
+        data = self.data
+        end = data.find(b"\r\n\r\n")
+        if (
+            end < 0
+            or _create_masker is None
+            or self.trustXForwardedFor
+            or self.maxConnections > 0
+            or logs.debugging()
+        ):
+            super().processHandshake()
+            return
+        request = self._common_upgrade(data[: end + 4])
+        if request is None:
+            super().processHandshake()
+            return
+        self.data = data[end + 4 :]
+        try:
+            accepted = self.onConnect(request)
+        except Exception:
+            self._refused(txaio.create_failure())
+            return
+        if accepted is not None and type(accepted) not in (str, tuple):
+            # A Deferred (or a coroutine): as Autobahn waits for it.
+            txaio.add_callbacks(
+                txaio.as_future(_identity, accepted),
+                self.succeedHandshake,
+                self._refused,
+            )
+            return
+        self.succeedHandshake(accepted)
+
+    def _refused(self, failure) -> None:
+        """
+        What Autobahn's handshake does when C{onConnect} raises or its
+        Deferred fails: a L{ConnectionDeny} answers with its code, anything
+        else with 500 after two warnings.
+        """
+        if isinstance(failure.value, ConnectionDeny):
+            self.failHandshake(failure.value.reason, failure.value.code)
+            return
+        self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
+        self.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))
+        self.failHandshake(
+            f"Internal server error: {failure.value}",
+            ConnectionDeny.INTERNAL_SERVER_ERROR,
+        )
+
+    def _common_upgrade(self, head: bytes) -> ConnectionRequest | None:
+        """
+        The request of C{head}, a whole request head, when it is a common
+        valid upgrade that Autobahn would accept as it is, with what
+        Autobahn's handshake sets on the connection set alike; else None
+        (for Autobahn to judge).
+
+        Common: printable ASCII lines ending in CRLF; C{GET <uri> HTTP/1.1}
+        with single spaces, a path without a fragment or C{;} parameters;
+        each header once, with a colon and no white space around its name
+        (so none folded); a Host (a
+        numeric port, if any, matching an external port set); Upgrade and
+        Connection naming websocket and upgrade; version 13; one base64
+        key of 16 bytes; no extensions offered; distinct subprotocols; an
+        Origin, if any, that Autobahn's origin check allows.
+        """
+        if _UNUSUAL_HEAD.search(head) is not None:
+            return None
+        lines = head[:-4].decode("ascii").split("\r\n")
+        status = lines[0]
+        parts = status.split(" ")
+        if (
+            len(parts) != 3
+            or parts[0] != "GET"
+            or parts[2] != "HTTP/1.1"
+            or "\t" in status
+        ):
+            return None
+        uri = parts[1]
+        path, _, query = uri.partition("?")
+        if (
+            not path.startswith("/")
+            or path.startswith("//")
+            or "#" in uri
+            or ";" in path
+        ):
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            colon = line.find(":")
+            if colon <= 0:
+                return None
+            name = line[:colon]
+            if name[0] in " \t" or name[-1] in " \t":
+                # A folded line, or a name with white space around it.
+                return None
+            name = name.lower()
+            if name in headers:
+                return None
+            headers[name] = line[colon + 1 :].strip()
+        host = headers.get("host")
+        upgrade = headers.get("upgrade")
+        connection = headers.get("connection")
+        key = headers.get("sec-websocket-key")
+        if (
+            host is None
+            or upgrade is None
+            or connection is None
+            or key is None
+            or headers.get("sec-websocket-version") != "13"
+            or 13 not in self.versions
+            or "sec-websocket-extensions" in headers
+            or len(key) != 24
+            or not key.endswith("==")
+            or not _BASE64.issuperset(key[:-2])
+            or not _has_token(upgrade, "websocket")
+            or not _has_token(connection, "upgrade")
+        ):
+            return None
+        factory = self.factory
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            port = port.strip()
+            if not (port.isdigit() and port.isascii()):
+                return None
+            if factory.externalPort and int(port) != factory.externalPort:
+                return None
+        protocols = []
+        if "sec-websocket-protocol" in headers:
+            protocols = [
+                name.strip() for name in headers["sec-websocket-protocol"].split(",")
+            ]
+            if len(set(protocols)) != len(protocols):
+                return None
+        origin = headers.get("origin", "")
+        if "origin" in headers:
+            try:
+                allowed = _autobahn_protocol._url_to_origin(origin)
+            except ValueError:
+                return None
+            if not (
+                allowed == "null"
+                and factory.allowNullOrigin
+                or _autobahn_protocol._is_same_origin(
+                    allowed,
+                    "https" if factory.isSecure else "http",
+                    factory.externalPort or factory.port,
+                    self.allowedOriginsPatterns,
+                )
+            ):
+                return None
+        params = _autobahn_protocol.parse.parse_qs(query) if query else {}
+        self.http_request_data = head
+        self.http_status_line = status
+        self.http_headers = headers
+        self.http_request_uri = uri
+        self.http_request_path = path
+        self.http_request_params = params
+        self.http_request_host = host
+        self.websocket_version = 13
+        self.websocket_protocols = protocols
+        self.websocket_origin = origin
+        self.websocket_extensions = []
+        self._wskey = key
+        return ConnectionRequest(
+            self.peer, headers, host, path, params, 13, origin, protocols, []
+        )
+
+    def _accept(self) -> None:
+        """
+        Autobahn's C{succeedHandshake} for a handshake with no subprotocol
+        chosen, no extension offered and no extra headers: the same 101
+        response, built without its generic code, and the same steps to
+        open.
+        """
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        server = self.factory.server
+        accept = base64.b64encode(
+            hashlib.sha1(self._wskey.encode("utf8") + _WS_MAGIC).digest()
+        ).decode()
+        response = (
+            "HTTP/1.1 101 Switching Protocols\r\n"
+            + (f"Server: {server}\r\n" if server else "")
+            + "Upgrade: WebSocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        self.sendData(response.encode("utf8"))
+        self.http_response_data = response
+        self.state = _OPEN
+        timeout = self.openHandshakeTimeoutCall
+        if timeout is not None:
+            timeout.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+        if self.autoPingInterval:
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing
+            )
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+        if self.data:
+            self.consumeData()
+
+
+#: Anything in a request head that makes it unusual for the fast handshake:
+#: a byte outside printable ASCII and tab, a CR or LF not in a CRLF.
+_UNUSUAL_HEAD = re.compile(rb"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
+_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+#: RFC 6455's GUID for Sec-WebSocket-Accept.
+_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _identity(value):
+    return value
+
+
+def _has_token(value: str, token: str) -> bool:
+    """
+    Whether the comma-separated header C{value} names C{token}, compared as
+    Autobahn compares it (stripped, case-insensitive).
+    """
+    return any(part.strip().lower() == token for part in value.split(","))
