@@ -39,6 +39,7 @@ from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import _format, formatTime, timeFormatRFC3339
 
 from . import logs
+from .deadlines import DeadlineQueue
 from .logs import Logger
 
 #: Every private name the code below reads or writes. A bare name is an
@@ -348,6 +349,39 @@ def write_through(transport, data: bytes) -> None:
     transport.write(data)
 
 
+def _txaio_loop():
+    # What txaio.call_later calls on (Autobahn's timers follow it).
+    loop = txaio.config.loop
+    if loop is None:
+        from twisted.internet import reactor as loop
+    return loop
+
+
+class QueuedTimer:
+    """
+    Autobahn's per-factory timer (the opening and closing handshake
+    timeouts, pings) as one L{DeadlineQueue} per delay, on txaio's loop:
+    every handshake arms its timeout and cancels it again, which with a
+    reactor call each cost two operations on the reactor's heap of timed
+    calls (thousands of ping timers), in Python.
+    """
+
+    #: Distinct delays given a queue each; calls of any other delay are
+    #: reactor calls (L{DirectTimer}).
+    MAX_QUEUES = 8
+
+    def __init__(self) -> None:
+        self._queues: dict[float, DeadlineQueue] = {}
+
+    def call_later(self, delay: float, func, *args, **kwargs):
+        queue = self._queues.get(delay)
+        if queue is None:
+            if kwargs or len(self._queues) >= self.MAX_QUEUES or delay <= 0:
+                return _TimerCall(txaio.call_later(delay, func, *args, **kwargs))
+            queue = self._queues[delay] = DeadlineQueue(delay, _txaio_loop)
+        return queue.call_later(func, *args)
+
+
 class _TimerCall:
     """
     A call of L{DirectTimer}: cancelling it again, or after it ran, is no
@@ -383,9 +417,9 @@ class DirectTimer:
 def direct_timers(factory) -> None:
     """
     Make C{factory}'s protocols schedule their timeouts and pings with a
-    L{DirectTimer}.
+    L{QueuedTimer}.
     """
-    factory._batched_timer = DirectTimer()
+    factory._batched_timer = QueuedTimer()
 
 
 #: What Autobahn keeps of a server's opening handshake and never reads once

@@ -200,7 +200,7 @@ class PrivateNamesTests(SynchronousTestCase):
             self.assertRegex(code, self.pattern(name))
         listed = {name.rsplit(".", 1)[-1] for name in fastpath.PRIVATE_NAMES}
         used = set(re.findall(r"(?:self|transport|protocol)\.(_[A-Za-z]\w*)", code))
-        self.assertEqual(used - listed - _OWN_METHODS, set())
+        self.assertEqual(used - listed - _OWN_NAMES, set())
 
     @only_where_verified
     def test_listed_names_exist_in_the_installed_versions(self):
@@ -247,8 +247,14 @@ class PrivateNamesTests(SynchronousTestCase):
                 self.assertTrue(hasattr(protocol, attribute), name)
 
 
-#: Private methods of fastpath's own classes (not Autobahn's or Twisted's).
-_OWN_METHODS = {"_whole_text_frames", "_common_upgrade", "_refused", "_accept"}
+#: Private names of fastpath's own classes (not Autobahn's or Twisted's).
+_OWN_NAMES = {
+    "_whole_text_frames",
+    "_common_upgrade",
+    "_refused",
+    "_accept",
+    "_queues",
+}
 
 
 def _connect(factory) -> tuple[Any, StringTransport]:
@@ -417,17 +423,18 @@ class SlimTests(FakeLoopTestCase):
 
     def test_handshake_and_ping_timers_are_reactor_calls(self):
         """
-        On the fast paths a connection's timers are calls on txaio's loop:
-        the opening handshake's timeout is gone once open, pings go out at
-        their interval, and a client that never answers is dropped after
-        the ping timeout; cancelling twice is no error.
+        On the fast paths a connection's timers run on txaio's loop, one
+        reactor call per delay: the opening handshake's timeout is gone
+        once open, pings go out at their interval, and a client that never
+        answers is dropped after the ping timeout; cancelling twice is no
+        error.
         """
         factory = SignalingFactory(
             Hub(clock=self.loop),
             NativeSession,
             WebSocketSettings(ping_interval=30, ping_timeout=10),
         )
-        self.assertIsInstance(factory._batched_timer, fastpath.DirectTimer)
+        self.assertIsInstance(factory._batched_timer, fastpath.QueuedTimer)
         protocol, transport = _connect(factory)
         self.assertEqual(len(self.loop.getDelayedCalls()), 1)
         self.loop.advance(30)

@@ -34,6 +34,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
 from .addresses import AddressLimiter, Slot, forwarded_address, truncate_address
+from ..deadlines import Deadline, DeadlineQueue
 from ..logs import Logger
 
 _log = Logger()
@@ -285,13 +286,15 @@ class GuardedChannel(HTTPChannel):
     slot: Slot | None = None
     refused = False
     _linger: IDelayedCall | None = None
-    _deadline: IDelayedCall | None = None
+    _deadline: Deadline | None = None
     _request_started = False
     _closed = False
     #: Under TLS, a refusal waiting for the handshake to complete.
     _tls_refusal = b""
     #: No byte of a request has arrived yet.
     _fresh = True
+    #: The idle timeout is set but not armed yet (see L{setTimeout}).
+    _idle_pending = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -308,6 +311,25 @@ class GuardedChannel(HTTPChannel):
         host = _host_of(self.transport.getPeer())
         if host is None or self.admit(host):
             self._start_deadline()
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        Twisted's idle timeout, armed only once the first bytes arrive when
+        the request deadline, no later, covers a connection that has sent
+        nothing: most connections send an upgrade at once and are handed to
+        a WebSocket, and arming and cancelling a reactor call for nothing
+        cost each of them a few microseconds.
+        """
+        if (
+            self._fresh
+            and period is not None
+            and 0 < self.site.limits.request_timeout <= period
+        ):
+            previous, self.timeOut = self.timeOut, period
+            self._idle_pending = True
+            return previous
+        self._idle_pending = False
+        return super().setTimeout(period)
 
     def _socket_closed(self) -> None:
         if self._closed:
@@ -382,6 +404,9 @@ class GuardedChannel(HTTPChannel):
                 factory = upgrades.factory_for(data)
                 if factory is not None and self._hand_over(factory, data):
                     return
+        if self._idle_pending:
+            self._idle_pending = False
+            super().setTimeout(self.timeOut)
         if self._deadline is not None:
             self._request_started = True
         super().dataReceived(data)
@@ -422,8 +447,8 @@ class GuardedChannel(HTTPChannel):
         timeout = self.site.limits.request_timeout
         if timeout and self._deadline is None and not self.refused:
             self._request_started = False
-            self._deadline = self.site.reactor.callLater(
-                timeout, self._request_too_slow
+            self._deadline = self.site.request_deadlines.call_later(
+                self._request_too_slow
             )
 
     def _stop_deadline(self) -> None:
@@ -587,6 +612,10 @@ class GuardedSite(Site):
         super().__init__(resource, reactor=reactor)
         self.upgrades = upgrades
         self.limits = limits
+        # Every connection's request deadline on one reactor call.
+        self.request_deadlines = DeadlineQueue(
+            limits.request_timeout, lambda: self.reactor
+        )
         self.limiter = limiter
         self.open_files = open_files
         if file_limit is None:
