@@ -550,6 +550,9 @@ class FastPaths:
     #: Whether the class holds its factory's options and the idle state
     #: (L{with_options}).
     holds_options = False
+    #: Whether the opening handshake's timeout waits for the request head
+    #: (see L{open_with}).
+    timeout_after_head = False
 
     def _connectionMade(self) -> None:
         """
@@ -566,7 +569,7 @@ class FastPaths:
         if self.utf8validateIncoming:
             # Off in our factories: onMessage checks whole messages.
             self.utf8validator = Utf8Validator()
-        if self.openHandshakeTimeout > 0:
+        if self.openHandshakeTimeout > 0 and not self.timeout_after_head:
             self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
                 self.openHandshakeTimeout, self.onOpenHandshakeTimeout
             )
@@ -958,3 +961,31 @@ def _has_token(value: str, token: str) -> bool:
     Autobahn compares it (stripped, case-insensitive).
     """
     return any(part.strip().lower() == token for part in value.split(","))
+
+
+def open_with(protocol, transport, head: bytes) -> None:
+    """
+    Connect C{protocol}, a WebSocket server protocol, to C{transport} and
+    hand it C{head}, the upgrade request that arrived: on the fast paths,
+    its opening handshake's timeout is armed only if the handshake is still
+    open after the head (most upgrades are answered at once, and the
+    timeout was armed and cancelled for nothing).
+    """
+    if not isinstance(protocol, FastPaths) or _create_masker is None:
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head)
+        return
+    protocol.timeout_after_head = True
+    try:
+        protocol.makeConnection(transport)
+    finally:
+        del protocol.timeout_after_head
+    protocol.dataReceived(head)
+    if (
+        protocol.state == _CONNECTING
+        and protocol.openHandshakeTimeoutCall is None
+        and protocol.openHandshakeTimeout > 0
+    ):
+        protocol.openHandshakeTimeoutCall = protocol.factory._batched_timer.call_later(
+            protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout
+        )

@@ -25,6 +25,7 @@ from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -756,6 +757,37 @@ class ConnectionSetUpTests(FakeLoopTestCase):
         self.loop.advance(1)
         self.assertTrue(fast.wasOpenHandshakeTimeout)
         self.assertTrue(fast.transport.disconnecting)
+
+    def test_an_upgrade_answered_at_once_arms_no_timeout(self):
+        """
+        Handed its upgrade with the connection (as the HTTP channel hands
+        it over), a connection answered at once leaves no timer behind;
+        one whose handshake waits (a token being checked) still times out
+        after 10 s.
+        """
+        factory = SignalingFactory(
+            Hub(clock=self.loop), NativeSession, WebSocketSettings(ping_interval=0)
+        )
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        fastpath.open_with(protocol, transport, _COMMON_UPGRADES[0] + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(self.loop.getDelayedCalls(), [])
+
+        class Waiting(NativeSession):
+            def prepare(self):
+                return Deferred()
+
+        factory = SignalingFactory(Hub(clock=self.loop), Waiting)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        fastpath.open_with(protocol, transport, _COMMON_UPGRADES[0] + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.loop.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.loop.advance(1)
+        self.assertTrue(protocol.wasOpenHandshakeTimeout)
+        self.assertTrue(transport.disconnecting)
 
     def test_debugging_shows_autobahns_option_dump(self):
         """

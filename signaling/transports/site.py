@@ -34,6 +34,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
 from .addresses import AddressLimiter, Slot, forwarded_address, truncate_address
+from .. import fastpath
 from ..deadlines import Deadline, DeadlineQueue
 from ..logs import Logger
 
@@ -439,8 +440,7 @@ class GuardedChannel(HTTPChannel):
         else:
             watch.wrappedProtocol = protocol
         watch._lost = functools.partial(_released, self.site, self.slot)
-        protocol.makeConnection(transport)
-        protocol.dataReceived(head)
+        fastpath.open_with(protocol, transport, head)
         return True
 
     def _start_deadline(self) -> None:
