@@ -259,8 +259,16 @@ _format_with_call = _format.formatWithCall
 def _format_with_call_in_c(formatString: str, mapping) -> str:
     """
     L{twisted.logger.formatWithCall} by C{str.format_map}, which reads
-    C{{name()}} fields through the same mapping.
+    C{{name()}} fields through the same mapping; without them (or with an
+    error) through the event itself.
     """
+    try:
+        # The event itself first: Twisted's mapping differs from it only
+        # for "{name()}" fields (the event has no key "name()"), and wraps
+        # every value in Python, a third of formatting a line.
+        return str(formatString.format_map(mapping))
+    except Exception:
+        pass
     try:
         return str(formatString.format_map(_format.CallMapping(mapping)))
     except ValueError:

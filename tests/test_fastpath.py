@@ -271,6 +271,31 @@ def _connect(factory) -> tuple[Any, StringTransport]:
     return protocol, transport
 
 
+class LoggerTests(SynchronousTestCase):
+    def test_events_are_twisteds(self):
+        """
+        Our logger's events carry what Twisted's logger puts in them; an
+        invalid level is Twisted's error, as before.
+        """
+        events: list[dict] = []
+        ours = Logger(namespace="n", source=self, observer=events.append)
+        theirs = twisted_logger.Logger(
+            namespace="n", source=self, observer=events.append
+        )
+        for logger in (ours, theirs):
+            logger.info("{a} and {b}", a=1, b="two")
+        mine, twisteds = events
+        self.assertLessEqual(abs(mine.pop("log_time") - twisteds.pop("log_time")), 1)
+        self.assertIs(mine.pop("log_logger"), ours)
+        self.assertIs(twisteds.pop("log_logger"), theirs)
+        self.assertEqual(mine, twisteds)
+        events.clear()
+        ours.emit("not a level", "x")
+        [failure] = events
+        self.assertIn("invalid log level", failure["log_format"])
+        self.flushLoggedErrors()
+
+
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
 class LogTimeTests(SynchronousTestCase):
     def test_log_lines_are_as_twisteds(self):
@@ -315,6 +340,7 @@ class LogTimeTests(SynchronousTestCase):
                 "{a!r} {b:>5} {c.real} {d[k]} {{x}} {e:{w}}",
                 dict(a="x", b=3, c=2, d={"k": 1}, e=1, w=4),
             ),
+            ("{c.conjugate()} {d[k].real} {f()!r}", dict(c=2, d={"k": 1}, f=list)),
         ]:
             self.assertEqual(
                 formatted(text, fields), fastpath._format_with_call(text, fields)
