@@ -896,7 +896,7 @@ class FastPaths:
                 )
             ):
                 return None
-        params = _autobahn_protocol.parse.parse_qs(query) if query else {}
+        params = _parse_query(query)
         self.http_request_data = head
         self.http_status_line = status
         self.http_headers = headers
@@ -957,6 +957,26 @@ _UNUSUAL_HEAD = re.compile(rb"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
 _BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _parse_query(query: str) -> dict[str, list[str]]:
+    """
+    C{urllib.parse.parse_qs(query)}, as Autobahn reads a query, without its
+    work for a query that has nothing to unquote (no C{%} or C{+}).
+    """
+    if "%" in query or "+" in query:
+        return _autobahn_protocol.parse.parse_qs(query)
+    params: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        name, equals, value = field.partition("=")
+        # parse_qs drops fields without a value (keep_blank_values off).
+        if equals and value:
+            values = params.get(name)
+            if values is None:
+                params[name] = [value]
+            else:
+                values.append(value)
+    return params
 
 
 def _identity(value):

@@ -16,6 +16,7 @@ import sys
 import struct
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 from unittest import SkipTest, skipUnless
 
 import attrs
@@ -1125,6 +1126,20 @@ class FastHandshakeTests(FakeLoopTestCase):
         self.assertTrue(ok.startswith(b"HTTP/1.1 101 "), ok)
         self.assertTrue(evil.startswith(b"HTTP/1.1 403 "), evil)
         self.assertEqual(_CountingProtocol.autobahn_handshakes, 0)
+
+    def test_queries_are_read_as_autobahn_reads_them(self):
+        """
+        The query of a common upgrade is read as C{parse_qs} reads it for
+        Autobahn: repeated names, blank and nameless fields, escapes.
+        """
+        for query in [
+            "",
+            "key=peerjs&id=a1&token=t1",
+            "x=1&x=2&y=&z&=v&&w=a=b",
+            "name=caf%C3%A9&plus=a+b&%41=1",
+            "room=a;b",
+        ]:
+            self.assertEqual(fastpath._parse_query(query), parse_qs(query), query)
 
     def test_debugging_uses_autobahns_handshake(self):
         """
