@@ -574,6 +574,8 @@ class FastPaths:
             return
         self.trafficStats = TrafficStats()
         self.state = _CONNECTING
+        # As Autobahn's server counts its connections (for maxConnections).
+        self.factory.countConnections += 1
         if self.utf8validateIncoming:
             # Off in our factories: onMessage checks whole messages.
             self.utf8validator = Utf8Validator()

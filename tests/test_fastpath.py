@@ -27,6 +27,8 @@ from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -772,6 +774,18 @@ class ConnectionSetUpTests(FakeLoopTestCase):
             elif not callable(theirs):
                 self.assertIs(type(ours), type(theirs), name)
         self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
+
+    def test_connections_are_counted_as_autobahn_counts_them(self):
+        """
+        The factory counts open connections in both set-ups (Autobahn's
+        C{maxConnections} reads the count).
+        """
+        fast, plain = self.made(True), self.made(False)
+        self.assertEqual(self.factory.countConnections, 2)
+        for protocol in (fast, plain):
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.loop.advance(0)
+        self.assertEqual(self.factory.countConnections, 0)
 
     def test_a_handshake_that_never_comes_times_out(self):
         """
