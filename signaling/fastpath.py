@@ -813,7 +813,13 @@ class FastPaths:
         key of 16 bytes; no extensions offered; distinct subprotocols; an
         Origin, if any, that Autobahn's origin check allows.
         """
-        if _UNUSUAL_HEAD.search(head) is not None:
+        crlf = head.count(b"\r\n")
+        if (
+            _UNUSUAL_BYTE.search(head) is not None
+            or head.count(b"\r") != crlf
+            or head.count(b"\n") != crlf
+        ):
+            # A byte outside printable ASCII and tab, a CR or LF alone.
             return None
         lines = head[:-4].decode("ascii").split("\r\n")
         status = lines[0]
@@ -953,9 +959,8 @@ class FastPaths:
             self.consumeData()
 
 
-#: Anything in a request head that makes it unusual for the fast handshake:
-#: a byte outside printable ASCII and tab, a CR or LF not in a CRLF.
-_UNUSUAL_HEAD = re.compile(rb"[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n")
+#: A byte that makes a request head unusual for the fast handshake.
+_UNUSUAL_BYTE = re.compile(rb"[^\t\x20-\x7e\r\n]")
 _BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
