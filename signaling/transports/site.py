@@ -150,6 +150,8 @@ _MAX_UPGRADE_HEAD = 16384
 #: The most header lines taken the short way.
 _MAX_UPGRADE_HEADERS = 64
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_]+\}")
+#: A channel's C{_fresh} while its idle timeout waits for the first bytes.
+_IDLE_PENDING = "idle timeout pending"
 
 
 class UpgradeRoutes:
@@ -292,10 +294,10 @@ class GuardedChannel(HTTPChannel):
     _closed = False
     #: Under TLS, a refusal waiting for the handshake to complete.
     _tls_refusal = b""
-    #: No byte of a request has arrived yet.
-    _fresh = True
-    #: The idle timeout is set but not armed yet (see L{setTimeout}).
-    _idle_pending = False
+    #: No byte of a request has arrived yet (L{_IDLE_PENDING}: and the idle
+    #: timeout waits for the first; not an attribute more, which a channel
+    #: kept under a WebSocket would hold for good).
+    _fresh: Any = True
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -327,9 +329,10 @@ class GuardedChannel(HTTPChannel):
             and 0 < self.site.limits.request_timeout <= period
         ):
             previous, self.timeOut = self.timeOut, period
-            self._idle_pending = True
+            self._fresh = _IDLE_PENDING
             return previous
-        self._idle_pending = False
+        if self._fresh is _IDLE_PENDING:
+            self._fresh = True
         return super().setTimeout(period)
 
     def _socket_closed(self) -> None:
@@ -398,6 +401,7 @@ class GuardedChannel(HTTPChannel):
                 self.transport.write(response)
                 self.transport.loseConnection()
             return
+        idle_pending = self._fresh is _IDLE_PENDING
         if self._fresh:
             self._fresh = False
             upgrades = self.site.upgrades
@@ -405,8 +409,7 @@ class GuardedChannel(HTTPChannel):
                 factory = upgrades.factory_for(data)
                 if factory is not None and self._hand_over(factory, data):
                     return
-        if self._idle_pending:
-            self._idle_pending = False
+        if idle_pending:
             super().setTimeout(self.timeOut)
         if self._deadline is not None:
             self._request_started = True
