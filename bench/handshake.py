@@ -12,8 +12,10 @@ printed (best of the rounds), and the memory tracemalloc sees held per idle
 peer; what it leaves out is the reactor and the system calls, which
 ``bench/run.py --scenarios connections`` includes.
 
-Run: C{python bench/handshake.py [-n N] [--rounds R] [--dialect topic|native]
-[--no-fast-paths]}.
+Run: C{python bench/handshake.py [-n N] [--rounds R] [--dialect
+topic|native|peerjs]
+[--no-fast-paths]}; C{peerjs} is the PeerJS dialect, each client with its
+own id.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from signaling.dialects.peerjs import PeerJSRealm  # noqa: E402
 from signaling.directory import Directory  # noqa: E402
 from signaling.hub import Hub, HubLimits  # noqa: E402
 from signaling.ids import IdSource  # noqa: E402
@@ -54,7 +57,7 @@ def handshake(path: str) -> bytes:
     ).encode()
 
 
-def build(fast_paths: bool) -> GuardedSite:
+def build(fast_paths: bool, peerjs: bool = False) -> GuardedSite:
     clock = MemoryReactorClock()
     clock.advance(1_700_000_000)
     txaio.config.loop = clock
@@ -65,6 +68,7 @@ def build(fast_paths: bool) -> GuardedSite:
         settings,
         directory=Directory(hub),
         resume=ResumeSettings(grace=30),
+        **({"peerjs": PeerJSRealm(hub)} if peerjs else {}),
     )
     upgrades = getattr(app, "upgrades", None)
     if upgrades is None:
@@ -95,15 +99,23 @@ def connect(
     return transport
 
 
+def _path(dialect: str, i: int) -> str:
+    if dialect == "topic":
+        return f"/ws/room{i // 8}"
+    if dialect == "peerjs":
+        # Each PeerJS client brings its own id.
+        return f"/peerjs/peerjs?key=peerjs&id=bench{i}&token=t{i}"
+    return "/signal"
+
+
 def one_round(count: int, dialect: str, fast_paths: bool) -> tuple[float, float]:
     """
     :return: CPU µs per peer taken in, bytes held per idle peer.
     """
-    site = build(fast_paths)
-    paths = [
-        f"/ws/room{i // 8}" if dialect == "topic" else "/signal" for i in range(count)
-    ]
-    connect(site, paths[0], 1)
+    site = build(fast_paths, peerjs=dialect == "peerjs")
+    paths = [_path(dialect, i) for i in range(count)]
+    # One peer first (PeerJS ids must differ from the others').
+    connect(site, _path(dialect, -1) if dialect == "peerjs" else paths[0], 1)
     gc.collect()
     gc.disable()
     started = time.process_time()
@@ -115,6 +127,9 @@ def one_round(count: int, dialect: str, fast_paths: bool) -> tuple[float, float]
     # What the peers hold, measured apart from the CPU (tracemalloc slows
     # every allocation): a second batch of the same size.
     before = tracemalloc.get_traced_memory()[0]
+    # (The same rooms again, of 16 then; PeerJS ids must be new.)
+    if dialect == "peerjs":
+        paths = [_path(dialect, count + i) for i in range(count)]
     more = [connect(site, path, 40000 + i) for i, path in enumerate(paths)]
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
@@ -128,7 +143,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dialect", default="topic", choices=["topic", "native"])
+    parser.add_argument(
+        "--dialect", default="topic", choices=["topic", "native", "peerjs"]
+    )
     parser.add_argument("--no-fast-paths", action="store_true")
     options = parser.parse_args(argv)
     devnull = open(os.devnull, "w")

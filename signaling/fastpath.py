@@ -17,9 +17,11 @@ and L{failed}.
 
 from __future__ import annotations
 
+import base64
 import collections
 import errno
 import functools
+import hashlib
 import math
 import pprint
 import re
@@ -32,7 +34,9 @@ from typing import Any, Callable
 
 import attrs
 import txaio
+from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.tcp import Port as _TCPPort
 from twisted.internet.tcp import Server as _TCPServer
@@ -40,6 +44,7 @@ from twisted.python import log as _legacy_log
 from twisted.logger import _format, formatTime, timeFormatRFC3339
 
 from . import logs
+from .deadlines import DeadlineQueue
 from .logs import Logger
 
 #: Every private name the code below reads or writes. A bare name is an
@@ -93,6 +98,19 @@ PRIVATE_NAMES = (
     "_file.formatTime",
     "_format.formatWithCall",
     "_format.CallMapping",
+    # The server's opening handshake, on the fast paths (FastPaths
+    # .processHandshake and .succeedHandshake): Autobahn's origin helpers,
+    # the handshake's entry points and what they set.
+    "_url_to_origin",
+    "_is_same_origin",
+    "processHandshake",
+    "succeedHandshake",
+    "_onOpen",
+    "_sendAutoPing",
+    "websocket_version",
+    "websocket_extensions_in_use",
+    "allowedOriginsPatterns",
+    "trustXForwardedFor",
     # twisted.internet.tcp.Server (abstract.FileDescriptor)
     "transport._writeDisconnected",
     "transport._tempDataBuffer",
@@ -252,8 +270,16 @@ _format_with_call = _format.formatWithCall
 def _format_with_call_in_c(formatString: str, mapping) -> str:
     """
     L{twisted.logger.formatWithCall} by C{str.format_map}, which reads
-    C{{name()}} fields through the same mapping.
+    C{{name()}} fields through the same mapping; without them (or with an
+    error) through the event itself.
     """
+    try:
+        # The event itself first: Twisted's mapping differs from it only
+        # for "{name()}" fields (the event has no key "name()"), and wraps
+        # every value in Python, a third of formatting a line.
+        return str(formatString.format_map(mapping))
+    except Exception:
+        pass
     try:
         return str(formatString.format_map(_format.CallMapping(mapping)))
     except ValueError:
@@ -547,6 +573,39 @@ def slice_large_batches(reactor: Any) -> bool:
     return True
 
 
+def _txaio_loop():
+    # What txaio.call_later calls on (Autobahn's timers follow it).
+    loop = txaio.config.loop
+    if loop is None:
+        from twisted.internet import reactor as loop
+    return loop
+
+
+class QueuedTimer:
+    """
+    Autobahn's per-factory timer (the opening and closing handshake
+    timeouts, pings) as one L{DeadlineQueue} per delay, on txaio's loop:
+    every handshake arms its timeout and cancels it again, which with a
+    reactor call each cost two operations on the reactor's heap of timed
+    calls (thousands of ping timers), in Python.
+    """
+
+    #: Distinct delays given a queue each; calls of any other delay are
+    #: reactor calls (L{DirectTimer}).
+    MAX_QUEUES = 8
+
+    def __init__(self) -> None:
+        self._queues: dict[float, DeadlineQueue] = {}
+
+    def call_later(self, delay: float, func, *args, **kwargs):
+        queue = self._queues.get(delay)
+        if queue is None:
+            if kwargs or len(self._queues) >= self.MAX_QUEUES or delay <= 0:
+                return _TimerCall(txaio.call_later(delay, func, *args, **kwargs))
+            queue = self._queues[delay] = DeadlineQueue(delay, _txaio_loop)
+        return queue.call_later(func, *args)
+
+
 class _TimerCall:
     """
     A call of L{DirectTimer}: cancelling it again, or after it ran, is no
@@ -582,9 +641,9 @@ class DirectTimer:
 def direct_timers(factory) -> None:
     """
     Make C{factory}'s protocols schedule their timeouts and pings with a
-    L{DirectTimer}.
+    L{QueuedTimer}.
     """
-    factory._batched_timer = DirectTimer()
+    factory._batched_timer = QueuedTimer()
 
 
 #: What Autobahn keeps of a server's opening handshake and never reads once
@@ -715,6 +774,9 @@ class FastPaths:
     #: Whether the class holds its factory's options and the idle state
     #: (L{with_options}).
     holds_options = False
+    #: Whether the opening handshake's timeout waits for the request head
+    #: (see L{open_with}).
+    timeout_after_head = False
 
     def _connectionMade(self) -> None:
         """
@@ -728,10 +790,12 @@ class FastPaths:
             return
         self.trafficStats = TrafficStats()
         self.state = _CONNECTING
+        # As Autobahn's server counts its connections (for maxConnections).
+        self.factory.countConnections += 1
         if self.utf8validateIncoming:
             # Off in our factories: onMessage checks whole messages.
             self.utf8validator = Utf8Validator()
-        if self.openHandshakeTimeout > 0:
+        if self.openHandshakeTimeout > 0 and not self.timeout_after_head:
             self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
                 self.openHandshakeTimeout, self.onOpenHandshakeTimeout
             )
@@ -855,7 +919,16 @@ class FastPaths:
             return
         self.handshake_output = output = []
         try:
-            super().succeedHandshake(res)
+            if (
+                res is None
+                and not self.websocket_extensions
+                and not self.factory.headers
+                and not self.trackedTimings
+                and not logs.debugging()
+            ):
+                self._accept()
+            else:
+                super().succeedHandshake(res)
         finally:
             del self.handshake_output
             if output:
@@ -883,3 +956,287 @@ class FastPaths:
             return
         write_through(self.transport, data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
+
+    def processHandshake(self) -> None:
+        """
+        Autobahn's server handshake, for the common valid upgrade (see
+        L{_common_upgrade}) without its generic parsing and without the
+        Deferred round trip when C{onConnect} answers at once; anything else
+        (an unusual or invalid request, debug logging, a limit Autobahn
+        checks that we do not set) goes to Autobahn's own, which judges and
+        answers it as before.
+        """
+        data = self.data
+        end = data.find(b"\r\n\r\n")
+        if (
+            end < 0
+            or _create_masker is None
+            or self.trustXForwardedFor
+            or self.maxConnections > 0
+            or logs.debugging()
+        ):
+            super().processHandshake()
+            return
+        request = self._common_upgrade(data[: end + 4])
+        if request is None:
+            super().processHandshake()
+            return
+        self.data = data[end + 4 :]
+        try:
+            accepted = self.onConnect(request)
+        except Exception:
+            self._refused(txaio.create_failure())
+            return
+        if accepted is not None and type(accepted) not in (str, tuple):
+            # A Deferred (or a coroutine): as Autobahn waits for it.
+            txaio.add_callbacks(
+                txaio.as_future(_identity, accepted),
+                self.succeedHandshake,
+                self._refused,
+            )
+            return
+        self.succeedHandshake(accepted)
+
+    def _refused(self, failure) -> None:
+        """
+        What Autobahn's handshake does when C{onConnect} raises or its
+        Deferred fails: a L{ConnectionDeny} answers with its code, anything
+        else with 500 after two warnings.
+        """
+        if isinstance(failure.value, ConnectionDeny):
+            self.failHandshake(failure.value.reason, failure.value.code)
+            return
+        self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
+        self.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))
+        self.failHandshake(
+            f"Internal server error: {failure.value}",
+            ConnectionDeny.INTERNAL_SERVER_ERROR,
+        )
+
+    def _common_upgrade(self, head: bytes) -> ConnectionRequest | None:
+        """
+        The request of C{head}, a whole request head, when it is a common
+        valid upgrade that Autobahn would accept as it is, with what
+        Autobahn's handshake sets on the connection set alike; else None
+        (for Autobahn to judge).
+
+        Common: printable ASCII lines ending in CRLF; C{GET <uri> HTTP/1.1}
+        with single spaces, a path without a fragment or C{;} parameters;
+        each header once, with a colon and no white space around its name
+        (so none folded); a Host (a
+        numeric port, if any, matching an external port set); Upgrade and
+        Connection naming websocket and upgrade; version 13; one base64
+        key of 16 bytes; no extensions offered; distinct subprotocols; an
+        Origin, if any, that Autobahn's origin check allows.
+        """
+        crlf = head.count(b"\r\n")
+        if (
+            _UNUSUAL_BYTE.search(head) is not None
+            or head.count(b"\r") != crlf
+            or head.count(b"\n") != crlf
+        ):
+            # A byte outside printable ASCII and tab, a CR or LF alone.
+            return None
+        lines = head[:-4].decode("ascii").split("\r\n")
+        status = lines[0]
+        parts = status.split(" ")
+        if (
+            len(parts) != 3
+            or parts[0] != "GET"
+            or parts[2] != "HTTP/1.1"
+            or "\t" in status
+        ):
+            return None
+        uri = parts[1]
+        path, _, query = uri.partition("?")
+        if (
+            not path.startswith("/")
+            or path.startswith("//")
+            or "#" in uri
+            or ";" in path
+        ):
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            colon = line.find(":")
+            if colon <= 0:
+                return None
+            name = line[:colon]
+            if name[0] in " \t" or name[-1] in " \t":
+                # A folded line, or a name with white space around it.
+                return None
+            name = name.lower()
+            if name in headers:
+                return None
+            headers[name] = line[colon + 1 :].strip()
+        host = headers.get("host")
+        upgrade = headers.get("upgrade")
+        connection = headers.get("connection")
+        key = headers.get("sec-websocket-key")
+        if (
+            host is None
+            or upgrade is None
+            or connection is None
+            or key is None
+            or headers.get("sec-websocket-version") != "13"
+            or 13 not in self.versions
+            or "sec-websocket-extensions" in headers
+            or len(key) != 24
+            or not key.endswith("==")
+            or not _BASE64.issuperset(key[:-2])
+            or not _has_token(upgrade, "websocket")
+            or not _has_token(connection, "upgrade")
+        ):
+            return None
+        factory = self.factory
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            port = port.strip()
+            if not (port.isdigit() and port.isascii()):
+                return None
+            if factory.externalPort and int(port) != factory.externalPort:
+                return None
+        protocols = []
+        if "sec-websocket-protocol" in headers:
+            protocols = [
+                name.strip() for name in headers["sec-websocket-protocol"].split(",")
+            ]
+            if len(set(protocols)) != len(protocols):
+                return None
+        origin = headers.get("origin", "")
+        if "origin" in headers:
+            try:
+                allowed = _autobahn_protocol._url_to_origin(origin)
+            except ValueError:
+                return None
+            if not (
+                allowed == "null"
+                and factory.allowNullOrigin
+                or _autobahn_protocol._is_same_origin(
+                    allowed,
+                    "https" if factory.isSecure else "http",
+                    factory.externalPort or factory.port,
+                    self.allowedOriginsPatterns,
+                )
+            ):
+                return None
+        params = _parse_query(query)
+        self.http_request_data = head
+        self.http_status_line = status
+        self.http_headers = headers
+        self.http_request_uri = uri
+        self.http_request_path = path
+        self.http_request_params = params
+        self.http_request_host = host
+        self.websocket_version = 13
+        self.websocket_protocols = protocols
+        self.websocket_origin = origin
+        self.websocket_extensions = []
+        self._wskey = key
+        return ConnectionRequest(
+            self.peer, headers, host, path, params, 13, origin, protocols, []
+        )
+
+    def _accept(self) -> None:
+        """
+        Autobahn's C{succeedHandshake} for a handshake with no subprotocol
+        chosen, no extension offered and no extra headers: the same 101
+        response, built without its generic code, and the same steps to
+        open.
+        """
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        server = self.factory.server
+        accept = base64.b64encode(
+            hashlib.sha1(self._wskey.encode("utf8") + _WS_MAGIC).digest()
+        ).decode()
+        response = (
+            "HTTP/1.1 101 Switching Protocols\r\n"
+            + (f"Server: {server}\r\n" if server else "")
+            + "Upgrade: WebSocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        self.sendData(response.encode("utf8"))
+        self.http_response_data = response
+        self.state = _OPEN
+        timeout = self.openHandshakeTimeoutCall
+        if timeout is not None:
+            timeout.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+        if self.autoPingInterval:
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing
+            )
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+        if self.data:
+            self.consumeData()
+
+
+#: A byte that makes a request head unusual for the fast handshake.
+_UNUSUAL_BYTE = re.compile(rb"[^\t\x20-\x7e\r\n]")
+_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+#: RFC 6455's GUID for Sec-WebSocket-Accept.
+_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _parse_query(query: str) -> dict[str, list[str]]:
+    """
+    C{urllib.parse.parse_qs(query)}, as Autobahn reads a query, without its
+    work for a query that has nothing to unquote (no C{%} or C{+}).
+    """
+    if "%" in query or "+" in query:
+        return _autobahn_protocol.parse.parse_qs(query)
+    params: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        name, equals, value = field.partition("=")
+        # parse_qs drops fields without a value (keep_blank_values off).
+        if equals and value:
+            values = params.get(name)
+            if values is None:
+                params[name] = [value]
+            else:
+                values.append(value)
+    return params
+
+
+def _identity(value):
+    return value
+
+
+def _has_token(value: str, token: str) -> bool:
+    """
+    Whether the comma-separated header C{value} names C{token}, compared as
+    Autobahn compares it (stripped, case-insensitive).
+    """
+    return any(part.strip().lower() == token for part in value.split(","))
+
+
+def open_with(protocol, transport, head: bytes) -> None:
+    """
+    Connect C{protocol}, a WebSocket server protocol, to C{transport} and
+    hand it C{head}, the upgrade request that arrived: on the fast paths,
+    its opening handshake's timeout is armed only if the handshake is still
+    open after the head (most upgrades are answered at once, and the
+    timeout was armed and cancelled for nothing).
+    """
+    if not isinstance(protocol, FastPaths) or _create_masker is None:
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head)
+        return
+    protocol.timeout_after_head = True
+    try:
+        protocol.makeConnection(transport)
+    finally:
+        del protocol.timeout_after_head
+    protocol.dataReceived(head)
+    if (
+        protocol.state == _CONNECTING
+        and protocol.openHandshakeTimeoutCall is None
+        and protocol.openHandshakeTimeout > 0
+    ):
+        protocol.openHandshakeTimeoutCall = protocol.factory._batched_timer.call_later(
+            protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout
+        )

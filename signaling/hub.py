@@ -30,7 +30,7 @@ from .errors import (
 )
 from .counters import Counters
 from .ids import IdShape, IdSource
-from .logs import Logger
+from .logs import Logger, debugging
 from .metadata import MetadataLimits
 
 #: Room names are at most this many characters long, in every dialect.
@@ -482,7 +482,9 @@ class Hub:
         self._tell_room(
             room, PeerJoined(room=room_name, member=member), exclude=peer.id
         )
-        self._log.debug("{peer} joined {room}", peer=peer.id, room=room_name)
+        if debugging():
+            # (Reading self._log makes a logger: not on every join for nothing.)
+            self._log.debug("{peer} joined {room}", peer=peer.id, room=room_name)
         return room
 
     def leave(self, peer: Peer, room_name: str) -> None:
@@ -500,7 +502,8 @@ class Hub:
                 del self._rooms[room_name]
         else:
             self._tell_room(room, PeerLeft(room=room_name, member=member))
-        self._log.debug("{peer} left {room}", peer=peer.id, room=room_name)
+        if debugging():
+            self._log.debug("{peer} left {room}", peer=peer.id, room=room_name)
 
     def room(self, room_name: str) -> Room | None:
         return self._rooms.get(room_name)

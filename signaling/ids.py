@@ -17,6 +17,10 @@ from typing import Callable
 import attrs
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Every pair of Crockford characters, by the 10 bits they encode.
+_CROCKFORD_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+#: Where each pair of a ULID's 26 characters (130 bits) starts, first first.
+_PAIR_SHIFTS = tuple(range(120, -10, -10))
 
 
 class IdShape(enum.Enum):
@@ -40,11 +44,9 @@ def encode_ulid(milliseconds: int, randomness: bytes) -> str:
     :param randomness: 10 random bytes.
     """
     value = ((milliseconds & 0xFFFFFFFFFFFF) << 80) | int.from_bytes(randomness, "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 0x1F])
-        value >>= 5
-    return "".join(reversed(chars))
+    # Two characters (10 bits) at a time: half the steps in Python.
+    pairs = _CROCKFORD_PAIRS
+    return "".join([pairs[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
 
 
 @attrs.define

@@ -16,6 +16,7 @@ import sys
 import struct
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 from unittest import SkipTest, skipUnless
 
 import attrs
@@ -26,6 +27,9 @@ from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
 from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -201,16 +205,7 @@ class PrivateNamesTests(SynchronousTestCase):
             self.assertRegex(code, self.pattern(name))
         listed = {name.rsplit(".", 1)[-1] for name in fastpath.PRIVATE_NAMES}
         used = set(re.findall(r"(?:self|transport|protocol)\.(_[A-Za-z]\w*)", code))
-        ours = {
-            "_whole_text_frames",
-            # SlicedPoll's own steps
-            "_handle",
-            "_start_backlog",
-            "_next_slice",
-            "_end_backlog",
-            "_limit_accepts",
-        }
-        self.assertEqual(used - listed - ours, set())
+        self.assertEqual(used - listed - _OWN_NAMES, set())
 
     @only_where_verified
     def test_listed_names_exist_in_the_installed_versions(self):
@@ -243,7 +238,14 @@ class PrivateNamesTests(SynchronousTestCase):
                 self.assertTrue(hasattr(twisted_format, attribute), name)
             elif owner == "reactor":
                 self.assertTrue(hasattr(epoll_reactor, attribute), name)
-            elif attribute in ("create_xor_masker", "pformat", "hltype", "hlval"):
+            elif attribute in (
+                "create_xor_masker",
+                "pformat",
+                "hltype",
+                "hlval",
+                "_url_to_origin",
+                "_is_same_origin",
+            ):
                 self.assertTrue(hasattr(autobahn_protocol, attribute), name)
             elif attribute in fastpath._HANDSHAKE_LEFTOVERS:
                 # Gone once open (slim): the server's handshake sets them.
@@ -252,6 +254,22 @@ class PrivateNamesTests(SynchronousTestCase):
                 )
             else:
                 self.assertTrue(hasattr(protocol, attribute), name)
+
+
+#: Private names of fastpath's own classes (not Autobahn's or Twisted's).
+_OWN_NAMES = {
+    "_whole_text_frames",
+    # SlicedPoll's own steps
+    "_handle",
+    "_start_backlog",
+    "_next_slice",
+    "_end_backlog",
+    "_limit_accepts",
+    "_common_upgrade",
+    "_refused",
+    "_accept",
+    "_queues",
+}
 
 
 def _connect(factory) -> tuple[Any, StringTransport]:
@@ -265,6 +283,31 @@ def _connect(factory) -> tuple[Any, StringTransport]:
     )
     transport.clear()
     return protocol, transport
+
+
+class LoggerTests(SynchronousTestCase):
+    def test_events_are_twisteds(self):
+        """
+        Our logger's events carry what Twisted's logger puts in them; an
+        invalid level is Twisted's error, as before.
+        """
+        events: list[dict] = []
+        ours = Logger(namespace="n", source=self, observer=events.append)
+        theirs = twisted_logger.Logger(
+            namespace="n", source=self, observer=events.append
+        )
+        for logger in (ours, theirs):
+            logger.info("{a} and {b}", a=1, b="two")
+        mine, twisteds = events
+        self.assertLessEqual(abs(mine.pop("log_time") - twisteds.pop("log_time")), 1)
+        self.assertIs(mine.pop("log_logger"), ours)
+        self.assertIs(twisteds.pop("log_logger"), theirs)
+        self.assertEqual(mine, twisteds)
+        events.clear()
+        ours.emit("not a level", "x")
+        [failure] = events
+        self.assertIn("invalid log level", failure["log_format"])
+        self.flushLoggedErrors()
 
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
@@ -311,6 +354,7 @@ class LogTimeTests(SynchronousTestCase):
                 "{a!r} {b:>5} {c.real} {d[k]} {{x}} {e:{w}}",
                 dict(a="x", b=3, c=2, d={"k": 1}, e=1, w=4),
             ),
+            ("{c.conjugate()} {d[k].real} {f()!r}", dict(c=2, d={"k": 1}, f=list)),
         ]:
             self.assertEqual(
                 formatted(text, fields), fastpath._format_with_call(text, fields)
@@ -420,17 +464,18 @@ class SlimTests(FakeLoopTestCase):
 
     def test_handshake_and_ping_timers_are_reactor_calls(self):
         """
-        On the fast paths a connection's timers are calls on txaio's loop:
-        the opening handshake's timeout is gone once open, pings go out at
-        their interval, and a client that never answers is dropped after
-        the ping timeout; cancelling twice is no error.
+        On the fast paths a connection's timers run on txaio's loop, one
+        reactor call per delay: the opening handshake's timeout is gone
+        once open, pings go out at their interval, and a client that never
+        answers is dropped after the ping timeout; cancelling twice is no
+        error.
         """
         factory = SignalingFactory(
             Hub(clock=self.loop),
             NativeSession,
             WebSocketSettings(ping_interval=30, ping_timeout=10),
         )
-        self.assertIsInstance(factory._batched_timer, fastpath.DirectTimer)
+        self.assertIsInstance(factory._batched_timer, fastpath.QueuedTimer)
         protocol, transport = _connect(factory)
         self.assertEqual(len(self.loop.getDelayedCalls()), 1)
         self.loop.advance(30)
@@ -741,6 +786,18 @@ class ConnectionSetUpTests(FakeLoopTestCase):
                 self.assertIs(type(ours), type(theirs), name)
         self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
 
+    def test_connections_are_counted_as_autobahn_counts_them(self):
+        """
+        The factory counts open connections in both set-ups (Autobahn's
+        C{maxConnections} reads the count).
+        """
+        fast, plain = self.made(True), self.made(False)
+        self.assertEqual(self.factory.countConnections, 2)
+        for protocol in (fast, plain):
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.loop.advance(0)
+        self.assertEqual(self.factory.countConnections, 0)
+
     def test_a_handshake_that_never_comes_times_out(self):
         """
         The opening handshake's timeout runs from the fast set-up as from
@@ -752,6 +809,37 @@ class ConnectionSetUpTests(FakeLoopTestCase):
         self.loop.advance(1)
         self.assertTrue(fast.wasOpenHandshakeTimeout)
         self.assertTrue(fast.transport.disconnecting)
+
+    def test_an_upgrade_answered_at_once_arms_no_timeout(self):
+        """
+        Handed its upgrade with the connection (as the HTTP channel hands
+        it over), a connection answered at once leaves no timer behind;
+        one whose handshake waits (a token being checked) still times out
+        after 10 s.
+        """
+        factory = SignalingFactory(
+            Hub(clock=self.loop), NativeSession, WebSocketSettings(ping_interval=0)
+        )
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        fastpath.open_with(protocol, transport, _COMMON_UPGRADES[0] + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(self.loop.getDelayedCalls(), [])
+
+        class Waiting(NativeSession):
+            def prepare(self):
+                return Deferred()
+
+        factory = SignalingFactory(Hub(clock=self.loop), Waiting)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        fastpath.open_with(protocol, transport, _COMMON_UPGRADES[0] + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.loop.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.loop.advance(1)
+        self.assertTrue(protocol.wasOpenHandshakeTimeout)
+        self.assertTrue(transport.disconnecting)
 
     def test_debugging_shows_autobahns_option_dump(self):
         """
@@ -840,3 +928,248 @@ class SameOnTheWireTests(FakeLoopTestCase):
             self.assertEqual(fast, plain, f"cut at {cut}")
         closes = [body for opcode, body in _server_frames(fast) if opcode == 0x8]
         self.assertEqual(closes[0][:2], struct.pack("!H", 1009))
+
+
+class _CountingAutobahnHandshake:
+    """
+    Counts the handshakes the fast paths hand to Autobahn's own
+    C{processHandshake} (it comes after L{fastpath.FastPaths} in the MRO).
+    """
+
+    autobahn_handshakes = 0
+
+    def processHandshake(self) -> None:
+        _CountingProtocol.autobahn_handshakes += 1
+        super().processHandshake()
+
+
+class _CountingProtocol(
+    fastpath.FastPaths, _CountingAutobahnHandshake, SignalingProtocol
+):
+    pass
+
+
+_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+_UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+_V13 = b"Sec-WebSocket-Version: 13\r\n"
+
+#: Common valid upgrades, which the fast handshake takes.
+_COMMON_UPGRADES = [
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    # node's ws, as bench/loadgen.js sends it
+    b"GET /signal HTTP/1.1\r\n" + _V13 + _KEY + b"Connection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nHost: 127.0.0.1:9400\r\n",
+    # Firefox: more than one token, other cases, other headers
+    b"GET /signal?room=a&x=1&x=2&empty= HTTP/1.1\r\nHost: localhost:8080\r\n"
+    b"User-Agent: Mozilla/5.0\r\nAccept: */*\r\nUpgrade: WebSocket\r\n"
+    b"connection: keep-alive, Upgrade\r\nsec-websocket-key: "
+    b"x3JJHMbDL1EzLkh9GBhXDw==\r\nSec-WebSocket-Version:13\r\n"
+    b"Pragma: no-cache\r\nCache-Control: no-cache\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost:8080\r\nOrigin: http://localhost:8080"
+    b"\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: [::1]:8080\r\nOrigin: https://example.com\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: [::1]\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nSec-WebSocket-Protocol: chat, "
+    b"superchat\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost:  localhost \t\r\n" + _UPGRADE + _KEY + _V13,
+]
+
+#: Requests the fast handshake leaves to Autobahn: unusual but valid ones
+#: (accepted) and invalid ones (refused).
+_UNUSUAL_UPGRADES = [
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _KEY
+    + b"Sec-WebSocket-Version: 8\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _KEY
+    + b"Sec-WebSocket-Version: 7\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _KEY
+    + b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _KEY
+    + b"Sec-WebSocket-Version: +13\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _V13
+    + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _V13
+    + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZ!==\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: a\r\nHost: b\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost:http\r\n" + _UPGRADE + _KEY + _V13,
+    b"POST /signal HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.0\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET  /signal HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal#here HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal;x HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET //other/signal HTTP/1.1\r\nHost: localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: keep-alive\r\n" + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n" + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\n"
+    b"Connection: Upgrade\r\n" + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13
+    + b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13
+    + b"Sec-WebSocket-Extensions: permessage-deflate; bogus=1\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nOrigin: null\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nOrigin: nothing\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nOrigin: http://a:99999\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nSec-WebSocket-Protocol: a, a\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nnot a header\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\nUser-Agent: caf\xe9\x85\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\nX: y\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n X-Folded: y\r\n"
+    + _UPGRADE
+    + _KEY
+    + _V13,
+]
+
+
+class FastHandshakeTests(FakeLoopTestCase):
+    """
+    The fast server handshake (L{fastpath.FastPaths.processHandshake}) says
+    on the wire exactly what Autobahn's says, for the common upgrades it
+    takes and for everything it leaves to Autobahn.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.addCleanup(fastpath.install)
+        self.addCleanup(setattr, _CountingProtocol, "autobahn_handshakes", 0)
+
+    def answer(
+        self, fast_paths: bool, request: bytes, settings: WebSocketSettings
+    ) -> tuple[bytes, bool]:
+        """
+        What a native server writes for C{request} (a head, then a ping
+        frame right behind it) and whether it closes the connection.
+        """
+        hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+        settings = attrs.evolve(settings, ping_interval=0, fast_paths=fast_paths)
+        factory = SignalingFactory(hub, NativeSession, settings)
+        if fast_paths:
+            factory.protocol = fastpath.with_options(_CountingProtocol, factory)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            request + b"\r\n" + _client_frame(b'{"type":"ping","id":1}')
+        )
+        return transport.value(), transport.disconnecting
+
+    def assertSameAnswers(
+        self,
+        requests: list[bytes],
+        settings: WebSocketSettings = WebSocketSettings(),
+    ) -> list[bytes]:
+        answers = []
+        for request in requests:
+            plain = self.answer(False, request, settings)
+            fast = self.answer(True, request, settings)
+            self.assertEqual(fast, plain, request)
+            answers.append(fast[0])
+        return answers
+
+    def test_common_upgrades_are_answered_as_autobahn_answers_them(self):
+        """
+        Common valid upgrades are accepted by the fast handshake, with
+        Autobahn's own bytes (the 101 response, the welcome, the answer to
+        a message sent right behind the head).
+        """
+        answers = self.assertSameAnswers(_COMMON_UPGRADES)
+        self.assertEqual(_CountingProtocol.autobahn_handshakes, 0)
+        for answer in answers:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 101 "), answer)
+            frames = _server_frames(answer.partition(b"\r\n\r\n")[2])
+            self.assertEqual(
+                [orjson.loads(body)["type"] for _, body in frames], ["welcome", "pong"]
+            )
+
+    def test_anything_else_is_judged_by_autobahn(self):
+        """
+        Every request off the common path goes to Autobahn's handshake,
+        which accepts or refuses it as before, with the same bytes.
+        """
+        answers = self.assertSameAnswers(_UNUSUAL_UPGRADES)
+        self.assertEqual(_CountingProtocol.autobahn_handshakes, len(_UNUSUAL_UPGRADES))
+        statuses = {answer.split(b" ", 2)[1] for answer in answers}
+        self.assertEqual(statuses, {b"101", b"200", b"400", b"405", b"505"})
+
+    def test_refusals_of_onconnect_are_autobahns(self):
+        """
+        A handshake our origin check refuses is answered 403 by both, and an
+        origin Autobahn's own check refuses goes to Autobahn.
+        """
+        settings = WebSocketSettings(allowed_origins=("https://ok.example",))
+        requests = [
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\nOrigin: "
+            + origin
+            + b"\r\n"
+            + _UPGRADE
+            + _KEY
+            + _V13
+            for origin in (b"https://ok.example", b"https://evil.example")
+        ]
+        ok, evil = self.assertSameAnswers(requests, settings)
+        self.assertTrue(ok.startswith(b"HTTP/1.1 101 "), ok)
+        self.assertTrue(evil.startswith(b"HTTP/1.1 403 "), evil)
+        self.assertEqual(_CountingProtocol.autobahn_handshakes, 0)
+
+    def test_queries_are_read_as_autobahn_reads_them(self):
+        """
+        The query of a common upgrade is read as C{parse_qs} reads it for
+        Autobahn: repeated names, blank and nameless fields, escapes.
+        """
+        for query in [
+            "",
+            "key=peerjs&id=a1&token=t1",
+            "x=1&x=2&y=&z&=v&&w=a=b",
+            "name=caf%C3%A9&plus=a+b&%41=1",
+            "room=a;b",
+        ]:
+            self.assertEqual(fastpath._parse_query(query), parse_qs(query), query)
+
+    def test_debugging_uses_autobahns_handshake(self):
+        """
+        With debug logging on, Autobahn's handshake runs, with its lines.
+        """
+        self.patch(logs, "debugging", lambda: True)
+        self.answer(True, _COMMON_UPGRADES[0], WebSocketSettings())
+        self.assertEqual(_CountingProtocol.autobahn_handshakes, 1)

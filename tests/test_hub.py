@@ -54,6 +54,10 @@ class IdSourceTests(SynchronousTestCase):
         self.assertLess(early, late)
         self.assertEqual(encode_ulid(0, b"\x00" * 10), "0" * 26)
         self.assertEqual(encode_ulid(2**48 - 1, b"\xff" * 10), "7" + "Z" * 25)
+        # The ULID specification's time, every character place its own.
+        self.assertEqual(
+            encode_ulid(1469918176385, bytes(range(10))), "01ARYZ6S41000G40R40M30E209"
+        )
 
     def test_hex8(self):
         ids = IdSource(lambda count: b"\xab" * count)

@@ -129,6 +129,41 @@ class SiteTests(SynchronousTestCase):
         self.reactor.advance(1)
         self.assertEqual((transport.value(), transport.connected), (b"", False))
 
+    def test_a_silent_connection_is_closed_at_the_first_timeout(self):
+        """
+        A connection that sends nothing is closed quietly at its request
+        deadline, or at the idle timeout where that comes first; until
+        then the server holds one reactor call for the deadlines of all
+        such connections.
+        """
+        for timeout, idle in ((30, 60), (30, 10)):
+            site = self.site(request_timeout=timeout)
+            site.timeOut = idle
+            connections = [self.connect(site, f"192.0.2.{i}") for i in (1, 2)]
+            if idle > timeout:
+                self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+            self.reactor.advance(min(timeout, idle) - 1)
+            self.assertTrue(all(t.connected for _, t in connections))
+            self.reactor.advance(1)
+            for _, transport in connections:
+                self.assertEqual((transport.value(), transport.connected), (b"", False))
+            self.reactor.advance(60)
+
+    def test_first_bytes_start_the_idle_timeout(self):
+        """
+        Twisted's idle timeout is armed by a request's first bytes, for its
+        whole period from then (as its reset on those bytes did before).
+        """
+        site = self.site(request_timeout=30)
+        site.timeOut = 60
+        channel, transport = self.connect(site)
+        self.reactor.advance(10)
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(
+            sorted(call.getTime() for call in self.reactor.getDelayedCalls()),
+            [30, 70],
+        )
+
     def test_content_length_over_the_limit(self):
         channel, transport = self.connect(self.site())
         channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n")

@@ -32,6 +32,10 @@ _JOIN_ERRORS = {
 }
 
 
+#: The last room event rendered and its frame (see L{TopicSession.render}).
+_last_rendered: list[Any] = [None, b""]
+
+
 def _peer(member: Member) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": member.peer_id}
     if member.metadata:
@@ -137,15 +141,25 @@ class TopicSession(Session):
             if event.extra and "msgId" in event.extra:
                 frame["msgId"] = event.extra["msgId"]
             return orjson.dumps(frame)
-        if type(event) is PeerJoined:
-            frame = {"type": "peer-joined", "peerId": event.member.peer_id}
-            if event.member.metadata:
-                frame["metadata"] = event.member.metadata
-            if event.member.verified_user_id is not None:
-                frame["userId"] = event.member.verified_user_id
-            return orjson.dumps(frame)
-        if type(event) is PeerLeft:
-            return orjson.dumps({"type": "peer-left", "peerId": event.member.peer_id})
+        if type(event) is PeerJoined or type(event) is PeerLeft:
+            # The hub hands one event to every member of the room in turn:
+            # rendered for the first, the same frame for the rest.
+            last = _last_rendered
+            if last[0] is event:
+                return last[1]
+            if type(event) is PeerJoined:
+                frame = {"type": "peer-joined", "peerId": event.member.peer_id}
+                if event.member.metadata:
+                    frame["metadata"] = event.member.metadata
+                if event.member.verified_user_id is not None:
+                    frame["userId"] = event.member.verified_user_id
+                rendered = orjson.dumps(frame)
+            else:
+                rendered = orjson.dumps(
+                    {"type": "peer-left", "peerId": event.member.peer_id}
+                )
+            last[0], last[1] = event, rendered
+            return rendered
         return None
 
     def send_error(self, code: str, text: str, msg_id: Any = None) -> None:

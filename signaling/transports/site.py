@@ -35,6 +35,7 @@ from twisted.web.server import Request, Site
 
 from .addresses import AddressLimiter, Slot, forwarded_address, truncate_address
 from .. import fastpath
+from ..deadlines import Deadline, DeadlineQueue
 from ..logs import Logger
 
 _log = Logger()
@@ -149,6 +150,8 @@ _MAX_UPGRADE_HEAD = 16384
 #: The most header lines taken the short way.
 _MAX_UPGRADE_HEADERS = 64
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_]+\}")
+#: A channel's C{_fresh} while its idle timeout waits for the first bytes.
+_IDLE_PENDING = "idle timeout pending"
 
 
 class UpgradeRoutes:
@@ -286,13 +289,15 @@ class GuardedChannel(HTTPChannel):
     slot: Slot | None = None
     refused = False
     _linger: IDelayedCall | None = None
-    _deadline: IDelayedCall | None = None
+    _deadline: Deadline | None = None
     _request_started = False
     _closed = False
     #: Under TLS, a refusal waiting for the handshake to complete.
     _tls_refusal = b""
-    #: No byte of a request has arrived yet.
-    _fresh = True
+    #: No byte of a request has arrived yet (L{_IDLE_PENDING}: and the idle
+    #: timeout waits for the first; not an attribute more, which a channel
+    #: kept under a WebSocket would hold for good).
+    _fresh: Any = True
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -312,6 +317,26 @@ class GuardedChannel(HTTPChannel):
             if self.site.upgrades is not None:
                 # On the fast paths: the request is most often here already.
                 fastpath.read_at_once(self.transport)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        Twisted's idle timeout, armed only once the first bytes arrive when
+        the request deadline, no later, covers a connection that has sent
+        nothing: most connections send an upgrade at once and are handed to
+        a WebSocket, and arming and cancelling a reactor call for nothing
+        cost each of them a few microseconds.
+        """
+        if (
+            self._fresh
+            and period is not None
+            and 0 < self.site.limits.request_timeout <= period
+        ):
+            previous, self.timeOut = self.timeOut, period
+            self._fresh = _IDLE_PENDING
+            return previous
+        if self._fresh is _IDLE_PENDING:
+            self._fresh = True
+        return super().setTimeout(period)
 
     def _socket_closed(self) -> None:
         if self._closed:
@@ -379,6 +404,7 @@ class GuardedChannel(HTTPChannel):
                 self.transport.write(response)
                 self.transport.loseConnection()
             return
+        idle_pending = self._fresh is _IDLE_PENDING
         if self._fresh:
             self._fresh = False
             upgrades = self.site.upgrades
@@ -386,6 +412,8 @@ class GuardedChannel(HTTPChannel):
                 factory = upgrades.factory_for(data)
                 if factory is not None and self._hand_over(factory, data):
                     return
+        if idle_pending:
+            super().setTimeout(self.timeOut)
         if self._deadline is not None:
             self._request_started = True
         super().dataReceived(data)
@@ -418,16 +446,15 @@ class GuardedChannel(HTTPChannel):
         else:
             watch.wrappedProtocol = protocol
         watch._lost = functools.partial(_released, self.site, self.slot)
-        protocol.makeConnection(transport)
-        protocol.dataReceived(head)
+        fastpath.open_with(protocol, transport, head)
         return True
 
     def _start_deadline(self) -> None:
         timeout = self.site.limits.request_timeout
         if timeout and self._deadline is None and not self.refused:
             self._request_started = False
-            self._deadline = self.site.reactor.callLater(
-                timeout, self._request_too_slow
+            self._deadline = self.site.request_deadlines.call_later(
+                self._request_too_slow
             )
 
     def _stop_deadline(self) -> None:
@@ -591,6 +618,10 @@ class GuardedSite(Site):
         super().__init__(resource, reactor=reactor)
         self.upgrades = upgrades
         self.limits = limits
+        # Every connection's request deadline on one reactor call.
+        self.request_deadlines = DeadlineQueue(
+            limits.request_timeout, lambda: self.reactor
+        )
         self.limiter = limiter
         self.open_files = open_files
         if file_limit is None:

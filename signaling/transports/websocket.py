@@ -170,6 +170,22 @@ def close_queue(hub: Hub, per_turn: int) -> CloseQueue:
     return queue
 
 
+_class_logs: WeakKeyDictionary[type, Logger] = WeakKeyDictionary()
+
+
+def _class_log(protocol: type) -> Logger:
+    """
+    The logger of C{protocol}'s connection lines: its C{_log} as the class
+    has it, made once (read through a connection, a Twisted logger makes a
+    new one each time, with the connection as its source), in the same
+    namespace.
+    """
+    log = _class_logs.get(protocol)
+    if log is None:
+        log = _class_logs[protocol] = protocol._log
+    return log
+
+
 def _is_utf8(payload: bytes) -> bool:
     try:
         payload.decode("utf-8")
@@ -301,7 +317,7 @@ class SignalingProtocol(LimitedProtocol):
         peer = self.session.peer if self.session is not None else None
         if peer is not None:
             log_connection(
-                self._log,
+                _class_log(type(self)),
                 "opened",
                 peer.dialect,
                 peer.id,
@@ -383,7 +399,7 @@ class SignalingProtocol(LimitedProtocol):
             session.stop_timers()
             if session.peer is not None:
                 log_connection(
-                    self._log,
+                    _class_log(type(self)),
                     "closed",
                     session.peer.dialect,
                     session.peer.id,
