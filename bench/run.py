@@ -939,7 +939,11 @@ def main(argv: list[str]) -> int:
     settings: dict[str, Any] = dict(FULL if options.full else QUICK)
     for item in options.set:
         name, _, value = item.partition("=")
-        settings[name] = json.loads(value)
+        try:
+            settings[name] = json.loads(value)
+        except ValueError:
+            # A word: --set client=quick
+            settings[name] = value
     settings.setdefault("timeout", 180)
     cpus = _cpus()
     servers = [s for s in options.servers.split(",") if s]
