@@ -98,6 +98,7 @@ PRIVATE_NAMES = (
     "_file.formatTime",
     "_format.formatWithCall",
     "_format.CallMapping",
+    "_file.formatEventAsClassicLogText",
     # The server's opening handshake, on the fast paths (FastPaths
     # .processHandshake and .succeedHandshake): Autobahn's origin helpers,
     # the handshake's entry points and what they set.
@@ -230,6 +231,7 @@ def install(
     _originals.clear()
     _file.formatTime = _format_time
     _format.formatWithCall = _format_with_call
+    _file.formatEventAsClassicLogText = _classic_log_text
     _create_masker = None
     if reason:
         log.info("fast paths off, plain Autobahn in use: {reason}", reason=reason)
@@ -260,6 +262,9 @@ def install(
     # ... and the text through string.Formatter, in Python, where
     # str.format_map does the same in C.
     _format.formatWithCall = _format_with_call_in_c
+    # ... and the line around the text through generic helpers that check
+    # types with typing.cast(Optional[...]) on every line.
+    _file.formatEventAsClassicLogText = _plain_log_text
     return True
 
 
@@ -1240,3 +1245,34 @@ def open_with(protocol, transport, head: bytes) -> None:
         protocol.openHandshakeTimeoutCall = protocol.factory._batched_timer.call_later(
             protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout
         )
+
+
+_classic_log_text = _format.formatEventAsClassicLogText
+
+
+def _plain_log_text(event: dict, formatTime: Callable = formatTime) -> str | None:
+    """
+    L{twisted.logger.formatEventAsClassicLogText} (twistd's text log: time,
+    C{[namespace#level]}, text) for the common event, a text format with no
+    failure, flattened fields or system of its own; any other event, or
+    one whose text cannot be formatted, as Twisted formats it.
+    """
+    format = event.get("log_format")
+    level = event.get("log_level")
+    if (
+        type(format) is not str
+        or level not in logs.LEVELS
+        or "log_failure" in event
+        or "log_flattened" in event
+        or "log_system" in event
+    ):
+        return _classic_log_text(event, formatTime)
+    try:
+        text = _format.formatWithCall(format, event)
+    except BaseException:
+        return _classic_log_text(event, formatTime)
+    if not text:
+        return None
+    when = formatTime(event.get("log_time"))
+    line = f"{when} [{event.get('log_namespace', '-')}#{level.name}] {text}"
+    return line.replace("\n", "\n\t") + "\n"

@@ -368,6 +368,66 @@ class LogTimeTests(SynchronousTestCase):
         fastpath.install(enabled=False)
         self.assertIs(twisted_format.formatWithCall, fastpath._format_with_call)
 
+    def test_log_line_is_as_twisteds(self):
+        """
+        With the fast paths on, twistd's text log writes each event's line
+        as Twisted writes it: time, namespace and level, the text with its
+        new lines indented; an event with a failure, a system of its own,
+        flattened fields, a format of bytes or none, or text that cannot be
+        formatted, too. Off, Twisted's own function is back.
+        """
+        self.addCleanup(fastpath.install)
+        fastpath.install()
+        written = twisted_file.formatEventAsClassicLogText
+        self.assertIsNot(written, twisted_logger.formatEventAsClassicLogText)
+        failure = Failure(ZeroDivisionError("boom"))
+        common = dict(
+            log_format="{dialect} connection {what}: peer {peer}",
+            log_level=twisted_logger.LogLevel.info,
+            log_namespace="signaling.transports.websocket.SignalingProtocol",
+            log_time=1703894400.5,
+            dialect="topic",
+            what="opened",
+            peer="p",
+        )
+        events = [
+            common,
+            dict(common, log_format="two\nlines {peer}"),
+            dict(common, log_format=""),
+            dict(common, log_format=None),
+            dict(common, log_format=b"bytes {peer}"),
+            dict(common, log_format="{missing}"),
+            dict(common, log_format="{f()}", f=lambda: "called"),
+            dict(common, log_system="a system"),
+            dict(common, log_failure=failure),
+            dict(common, log_flattened={"peer!:": "flat"}),
+            dict(common, log_level=twisted_logger.LogLevel.critical),
+            {k: v for k, v in common.items() if k != "log_namespace"},
+            {k: v for k, v in common.items() if k != "log_time"},
+            {k: v for k, v in common.items() if k != "log_level"},
+        ]
+        for event in events:
+            for time_format in [twisted_logger.timeFormatRFC3339, None]:
+
+                def format_time(when, time_format=time_format):
+                    return twisted_logger.formatTime(when, time_format)
+
+                self.assertEqual(
+                    written(dict(event), format_time),
+                    twisted_logger.formatEventAsClassicLogText(
+                        dict(event), format_time
+                    ),
+                    event,
+                )
+        self.assertEqual(
+            written(dict(common)), twisted_logger.formatEventAsClassicLogText(common)
+        )
+        fastpath.install(enabled=False)
+        self.assertIs(
+            twisted_file.formatEventAsClassicLogText,
+            twisted_logger.formatEventAsClassicLogText,
+        )
+
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
 class DebugHelperTests(SynchronousTestCase):
