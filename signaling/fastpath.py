@@ -1036,7 +1036,7 @@ class FastPaths:
         """
         crlf = head.count(b"\r\n")
         if (
-            _UNUSUAL_BYTE.search(head) is not None
+            head.translate(None, _USUAL_BYTES)
             or head.count(b"\r") != crlf
             or head.count(b"\n") != crlf
         ):
@@ -1063,17 +1063,18 @@ class FastPaths:
             return None
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            colon = line.find(":")
-            if colon <= 0:
-                return None
-            name = line[:colon]
-            if name[0] in " \t" or name[-1] in " \t":
+            name, colon, value = line.partition(":")
+            lower = name.lower()
+            if (
+                not colon
+                or not name
                 # A folded line, or a name with white space around it.
+                or name[0] in " \t"
+                or name[-1] in " \t"
+                or lower in headers
+            ):
                 return None
-            name = name.lower()
-            if name in headers:
-                return None
-            headers[name] = line[colon + 1 :].strip()
+            headers[lower] = value.strip()
         host = headers.get("host")
         upgrade = headers.get("upgrade")
         connection = headers.get("connection")
@@ -1086,9 +1087,7 @@ class FastPaths:
             or headers.get("sec-websocket-version") != "13"
             or 13 not in self.versions
             or "sec-websocket-extensions" in headers
-            or len(key) != 24
-            or not key.endswith("==")
-            or not _BASE64.issuperset(key[:-2])
+            or _KEY.fullmatch(key) is None
             or not _has_token(upgrade, "websocket")
             or not _has_token(connection, "upgrade")
         ):
@@ -1180,9 +1179,11 @@ class FastPaths:
             self.consumeData()
 
 
-#: A byte that makes a request head unusual for the fast handshake.
-_UNUSUAL_BYTE = re.compile(rb"[^\t\x20-\x7e\r\n]")
-_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+#: The bytes of a request head usual for the fast handshake: printable
+#: ASCII, tab, CR and LF.
+_USUAL_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F))
+#: A key of 16 bytes in base64.
+_KEY = re.compile("[A-Za-z0-9+/]{22}==")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -1216,7 +1217,9 @@ def _has_token(value: str, token: str) -> bool:
     Whether the comma-separated header C{value} names C{token}, compared as
     Autobahn compares it (stripped, case-insensitive).
     """
-    return any(part.strip().lower() == token for part in value.split(","))
+    lower = value.lower()
+    # Mostly the token alone.
+    return lower == token or any(part.strip() == token for part in lower.split(","))
 
 
 def open_with(protocol, transport, head: bytes) -> None:

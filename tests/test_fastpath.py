@@ -1119,6 +1119,17 @@ _UNUSUAL_UPGRADES = [
     + _UPGRADE
     + _KEY
     + _V13,
+    b"GET /signal HTTP/1.1\r\nHost : localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n: y\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: local\x01host\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _V13
+    + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQE=\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _V13
+    + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ===\r\n",
 ]
 
 
