@@ -671,6 +671,19 @@ _HANDSHAKE_LEFTOVERS = frozenset(
 )
 
 
+#: What Autobahn's opening handshake (or the fast one) may set to the value
+#: the class holds for it (see L{_IDLE_STATE}).
+_SET_BY_HANDSHAKE = (
+    "_perMessageCompress",
+    "autoPingPendingCall",
+    "current_frame",
+    "data",
+    "inside_message",
+    "openHandshakeTimeoutCall",
+    "wasServingFlashSocketPolicyFile",
+    "websocket_protocol_in_use",
+)
+
 #: Autobahn's per-connection state that every connection starts with (in
 #: C{_connectionMade}) and most keep: held by the class too (see
 #: L{with_options}), so that an open connection keeps only what differs.
@@ -741,12 +754,25 @@ def slim(protocol) -> None:
     held = type(protocol).__dict__
     get = held.get
     queue = state.get("send_queue")
-    # One pass, into a new dict: a dict keeps its size when keys go.
-    protocol.__dict__ = {
-        name: value
-        for name, value in state.items()
-        if get(name, state) is not value and name not in _HANDSHAKE_LEFTOVERS
-    }
+    if "wasClean" in state:
+        # Autobahn's own set-up (when debugging) copied its idle state,
+        # and the options unless the class holds them: one pass over all,
+        # into a new dict (a dict keeps its size when keys go).
+        protocol.__dict__ = {
+            name: value
+            for name, value in state.items()
+            if get(name, state) is not value and name not in _HANDSHAKE_LEFTOVERS
+        }
+    else:
+        # FastPaths._connectionMade copied none: only what the handshake
+        # set can go, then the dict is copied to its new size.
+        pop = state.pop
+        for name in _HANDSHAKE_LEFTOVERS:
+            pop(name, None)
+        for name in _SET_BY_HANDSHAKE:
+            if get(name, state) is state.get(name, held):
+                del state[name]
+        protocol.__dict__ = dict(state)
     if queue is not None and not queue:
         # An empty deque is a block of 64 slots; FastPaths.send_queue (an
         # empty tuple) stands for it until something must be queued.

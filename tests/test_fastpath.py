@@ -501,6 +501,27 @@ class SlimTests(FakeLoopTestCase):
         protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
         self.assertIn(b"pong", transport.value())
 
+    def test_a_connection_set_up_by_autobahn_drops_the_same(self):
+        """
+        With debug logging on, Autobahn sets a connection up itself (its
+        options and idle state copied onto it); once open it keeps what a
+        connection set up on the fast paths keeps, and the same values.
+        """
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        fast = vars(_connect(factory)[0])
+        self.addCleanup(logs.set_level, "info")
+        logs.set_level("debug")
+        protocol, transport = _connect(factory)
+        logs.set_level("info")
+        state = vars(protocol)
+        # (Autobahn makes a UTF-8 validator for every connection.)
+        self.assertEqual(sorted(state), sorted([*fast, "utf8validator"]))
+        for name in ("maxFramePayloadSize", "wasClean", "http_headers", "data"):
+            self.assertNotIn(name, state)
+        self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
+        protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
+        self.assertIn(b"pong", transport.value())
+
     def test_a_client_offering_compression_is_answered(self):
         """
         The options the class holds work as the connection's own did: a
