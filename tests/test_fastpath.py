@@ -504,8 +504,8 @@ class SlimTests(FakeLoopTestCase):
     def test_a_connection_set_up_by_autobahn_drops_the_same(self):
         """
         With debug logging on, Autobahn sets a connection up itself (its
-        options and idle state copied onto it); once open it keeps what a
-        connection set up on the fast paths keeps, and the same values.
+        idle state copied onto it); once open it keeps what a connection set
+        up on the fast paths keeps, and answers as before.
         """
         factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
         fast = vars(_connect(factory)[0])
@@ -514,8 +514,11 @@ class SlimTests(FakeLoopTestCase):
         protocol, transport = _connect(factory)
         logs.set_level("info")
         state = vars(protocol)
-        # (Autobahn makes a UTF-8 validator for every connection.)
-        self.assertEqual(sorted(state), sorted([*fast, "utf8validator"]))
+        # (Autobahn makes a UTF-8 validator and transport details for every
+        # connection.)
+        self.assertEqual(
+            sorted(state), sorted([*fast, "utf8validator", "_transport_details"])
+        )
         for name in ("maxFramePayloadSize", "wasClean", "http_headers", "data"):
             self.assertNotIn(name, state)
         self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
@@ -866,6 +869,20 @@ class ConnectionSetUpTests(FakeLoopTestCase):
             elif not callable(theirs):
                 self.assertIs(type(ours), type(theirs), name)
         self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
+
+    def test_transport_details_are_made_when_asked_for(self):
+        """
+        A connection on the fast paths makes its transport details only when
+        asked for, and they say what Autobahn's say; its peer is named as
+        Autobahn names it.
+        """
+        fast, plain = self.made(True), self.made(False)
+        self.assertNotIn("_transport_details", vars(fast))
+        self.assertEqual(fast.peer, plain.peer)
+        ours = fast.transport_details
+        self.assertEqual(ours.marshal(), plain.transport_details.marshal())
+        self.assertEqual(ours.peer, "tcp4:192.168.1.1:54321")
+        self.assertIs(fast.transport_details, ours)
 
     def test_connections_are_counted_as_autobahn_counts_them(self):
         """
