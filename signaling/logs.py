@@ -137,7 +137,8 @@ def log_connection(
     if truncate_address is None:
         # Imported once, on the first line (the module imports this one).
         from .transports.addresses import truncate_address
-    log.info(
+    log.emit(
+        LogLevel.info,
         "{dialect} connection {what}: peer {peer} from {address}",
         what=what,
         dialect=dialect,
