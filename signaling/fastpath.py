@@ -34,10 +34,13 @@ from typing import Any, Callable
 
 import attrs
 import txaio
+from autobahn.twisted.util import create_transport_details, peer2str
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.tcp import Port as _TCPPort
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.python import log as _legacy_log
@@ -63,8 +66,10 @@ PRIVATE_NAMES = (
     "_fail_connection",
     "_perMessageCompress",
     "_cancelAutoPingTimeoutCall",
-    # ... and its per-connection set-up (FastPaths._connectionMade)
+    # ... and its per-connection set-up (FastPaths._connectionMade,
+    # connection_made)
     "_connectionMade",
+    "_transport_details",
     "utf8validator",
     "openHandshakeTimeoutCall",
     "onOpenHandshakeTimeout",
@@ -98,6 +103,7 @@ PRIVATE_NAMES = (
     "_file.formatTime",
     "_format.formatWithCall",
     "_format.CallMapping",
+    "_file.formatEventAsClassicLogText",
     # The server's opening handshake, on the fast paths (FastPaths
     # .processHandshake and .succeedHandshake): Autobahn's origin helpers,
     # the handshake's entry points and what they set.
@@ -230,6 +236,7 @@ def install(
     _originals.clear()
     _file.formatTime = _format_time
     _format.formatWithCall = _format_with_call
+    _file.formatEventAsClassicLogText = _classic_log_text
     _create_masker = None
     if reason:
         log.info("fast paths off, plain Autobahn in use: {reason}", reason=reason)
@@ -260,6 +267,9 @@ def install(
     # ... and the text through string.Formatter, in Python, where
     # str.format_map does the same in C.
     _format.formatWithCall = _format_with_call_in_c
+    # ... and the line around the text through generic helpers that check
+    # types with typing.cast(Optional[...]) on every line.
+    _file.formatEventAsClassicLogText = _plain_log_text
     return True
 
 
@@ -666,6 +676,19 @@ _HANDSHAKE_LEFTOVERS = frozenset(
 )
 
 
+#: What Autobahn's opening handshake (or the fast one) may set to the value
+#: the class holds for it (see L{_IDLE_STATE}).
+_SET_BY_HANDSHAKE = (
+    "_perMessageCompress",
+    "autoPingPendingCall",
+    "current_frame",
+    "data",
+    "inside_message",
+    "openHandshakeTimeoutCall",
+    "wasServingFlashSocketPolicyFile",
+    "websocket_protocol_in_use",
+)
+
 #: Autobahn's per-connection state that every connection starts with (in
 #: C{_connectionMade}) and most keep: held by the class too (see
 #: L{with_options}), so that an open connection keeps only what differs.
@@ -736,17 +759,33 @@ def slim(protocol) -> None:
     held = type(protocol).__dict__
     get = held.get
     queue = state.get("send_queue")
-    # One pass, into a new dict: a dict keeps its size when keys go.
-    protocol.__dict__ = {
-        name: value
-        for name, value in state.items()
-        if get(name, state) is not value and name not in _HANDSHAKE_LEFTOVERS
-    }
+    if "wasClean" in state:
+        # Autobahn's own set-up (when debugging) copied its idle state,
+        # and the options unless the class holds them: one pass over all,
+        # into a new dict (a dict keeps its size when keys go).
+        protocol.__dict__ = {
+            name: value
+            for name, value in state.items()
+            if get(name, state) is not value and name not in _HANDSHAKE_LEFTOVERS
+        }
+    else:
+        # FastPaths._connectionMade copied none: only what the handshake
+        # set can go, then the dict is copied to its new size.
+        pop = state.pop
+        for name in _HANDSHAKE_LEFTOVERS:
+            pop(name, None)
+        for name in _SET_BY_HANDSHAKE:
+            if get(name, state) is state.get(name, held):
+                del state[name]
+        protocol.__dict__ = dict(state)
     if queue is not None and not queue:
         # An empty deque is a block of 64 slots; FastPaths.send_queue (an
         # empty tuple) stands for it until something must be queued.
         del protocol.__dict__["send_queue"]
 
+
+#: The transport details of a connection that has none yet.
+_NO_DETAILS = TransportDetails()
 
 #: The first two bytes of an unmasked text frame of 0 to 125 bytes.
 _TEXT_HEADERS = [bytes((0x81, length)) for length in range(126)]
@@ -804,6 +843,21 @@ class FastPaths:
         super().onOpen()
         if _create_masker is not None:
             slim(self)
+
+    #: Until asked for, no transport details of its own (see
+    #: L{connection_made}): what Autobahn reads of them meanwhile (that the
+    #: connection is not secure) from an empty set.
+    _transport_details = _NO_DETAILS
+
+    @property
+    def transport_details(self) -> TransportDetails:
+        details = self._transport_details
+        if details is _NO_DETAILS and self.transport is not None:
+            details = self._transport_details = create_transport_details(
+                self.transport, self.is_server
+            )
+            details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        return details
 
     def dataReceived(self, data: bytes) -> None:
         if (
@@ -1031,7 +1085,7 @@ class FastPaths:
         """
         crlf = head.count(b"\r\n")
         if (
-            _UNUSUAL_BYTE.search(head) is not None
+            head.translate(None, _USUAL_BYTES)
             or head.count(b"\r") != crlf
             or head.count(b"\n") != crlf
         ):
@@ -1058,17 +1112,18 @@ class FastPaths:
             return None
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            colon = line.find(":")
-            if colon <= 0:
-                return None
-            name = line[:colon]
-            if name[0] in " \t" or name[-1] in " \t":
+            name, colon, value = line.partition(":")
+            lower = name.lower()
+            if (
+                not colon
+                or not name
                 # A folded line, or a name with white space around it.
+                or name[0] in " \t"
+                or name[-1] in " \t"
+                or lower in headers
+            ):
                 return None
-            name = name.lower()
-            if name in headers:
-                return None
-            headers[name] = line[colon + 1 :].strip()
+            headers[lower] = value.strip()
         host = headers.get("host")
         upgrade = headers.get("upgrade")
         connection = headers.get("connection")
@@ -1081,9 +1136,7 @@ class FastPaths:
             or headers.get("sec-websocket-version") != "13"
             or 13 not in self.versions
             or "sec-websocket-extensions" in headers
-            or len(key) != 24
-            or not key.endswith("==")
-            or not _BASE64.issuperset(key[:-2])
+            or _KEY.fullmatch(key) is None
             or not _has_token(upgrade, "websocket")
             or not _has_token(connection, "upgrade")
         ):
@@ -1175,9 +1228,11 @@ class FastPaths:
             self.consumeData()
 
 
-#: A byte that makes a request head unusual for the fast handshake.
-_UNUSUAL_BYTE = re.compile(rb"[^\t\x20-\x7e\r\n]")
-_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+#: The bytes of a request head usual for the fast handshake: printable
+#: ASCII, tab, CR and LF.
+_USUAL_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F))
+#: A key of 16 bytes in base64.
+_KEY = re.compile("[A-Za-z0-9+/]{22}==")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -1211,7 +1266,9 @@ def _has_token(value: str, token: str) -> bool:
     Whether the comma-separated header C{value} names C{token}, compared as
     Autobahn compares it (stripped, case-insensitive).
     """
-    return any(part.strip().lower() == token for part in value.split(","))
+    lower = value.lower()
+    # Mostly the token alone.
+    return lower == token or any(part.strip() == token for part in lower.split(","))
 
 
 def open_with(protocol, transport, head: bytes) -> None:
@@ -1240,3 +1297,63 @@ def open_with(protocol, transport, head: bytes) -> None:
         protocol.openHandshakeTimeoutCall = protocol.factory._batched_timer.call_later(
             protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout
         )
+
+
+_classic_log_text = _format.formatEventAsClassicLogText
+
+
+def _plain_log_text(event: dict, formatTime: Callable = formatTime) -> str | None:
+    """
+    L{twisted.logger.formatEventAsClassicLogText} (twistd's text log: time,
+    C{[namespace#level]}, text) for the common event, a text format with no
+    failure, flattened fields or system of its own; any other event, or
+    one whose text cannot be formatted, as Twisted formats it.
+    """
+    format = event.get("log_format")
+    level = event.get("log_level")
+    if (
+        type(format) is not str
+        or level not in logs.LEVELS
+        or "log_failure" in event
+        or "log_flattened" in event
+        or "log_system" in event
+    ):
+        return _classic_log_text(event, formatTime)
+    try:
+        text = _format.formatWithCall(format, event)
+    except BaseException:
+        return _classic_log_text(event, formatTime)
+    if not text:
+        return None
+    when = formatTime(event.get("log_time"))
+    line = f"{when} [{event.get('log_namespace', '-')}#{level.name}] {text}"
+    return line.replace("\n", "\n\t") + "\n"
+
+
+def connection_made(protocol, autobahns: Callable[[], None]) -> None:
+    """
+    Autobahn's C{connectionMade} for C{protocol} (C{autobahns}, called
+    instead off the fast paths, for a TLS connection, or when debugging),
+    without building its transport details (about 2 us and 230 bytes a
+    connection) until they are asked for (L{FastPaths.transport_details}):
+    the peer's name, the socket's C{TCP_NODELAY}, the set-up.
+    """
+    if (
+        not isinstance(protocol, FastPaths)
+        or not protocol.holds_options
+        or _create_masker is None
+        or logs.debugging()
+        or ISSLTransport.providedBy(protocol.transport)
+    ):
+        autobahns()
+        return
+    # The empty details Autobahn made with the connection.
+    protocol.__dict__.pop("_transport_details", None)
+    transport = protocol.transport
+    protocol.peer = peer2str(transport)
+    try:
+        transport.setTcpNoDelay(protocol.tcpNoDelay)
+    except Exception:
+        # As Autobahn: not every transport has the option.
+        pass
+    protocol._connectionMade()

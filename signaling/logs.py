@@ -29,7 +29,7 @@ LEVEL_NAMES = ("debug", "info", "warn", "error")
 FORMATS = ("text", "json")
 _suppressed: frozenset = frozenset({LogLevel.debug})
 #: Every level there is (Twisted's Logger.emit checks against them).
-_LEVELS = frozenset(LogLevel.iterconstants())
+LEVELS = frozenset(LogLevel.iterconstants())
 
 
 def set_level(name: str) -> None:
@@ -57,7 +57,7 @@ class Logger(twisted.logger.Logger):
     def emit(self, level, format=None, **kwargs):
         if level in _suppressed:
             return
-        if level not in _LEVELS or "log_trace" in kwargs:
+        if level not in LEVELS or "log_trace" in kwargs:
             super().emit(level, format, **kwargs)
             return
         # Twisted's emit, without its check of the level against a list of
@@ -118,6 +118,9 @@ def json_observer(output: IO[str] | None = None) -> ILogObserver:
     return observe
 
 
+truncate_address = None
+
+
 def log_connection(
     log: Logger,
     what: str,
@@ -130,9 +133,12 @@ def log_connection(
     Log a peer's connection C{what} (C{opened} or C{closed}) at info: its
     dialect, peer id and address, truncated (never the full address at info).
     """
-    from .transports.addresses import truncate_address
-
-    log.info(
+    global truncate_address
+    if truncate_address is None:
+        # Imported once, on the first line (the module imports this one).
+        from .transports.addresses import truncate_address
+    log.emit(
+        LogLevel.info,
         "{dialect} connection {what}: peer {peer} from {address}",
         what=what,
         dialect=dialect,

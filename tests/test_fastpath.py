@@ -368,6 +368,66 @@ class LogTimeTests(SynchronousTestCase):
         fastpath.install(enabled=False)
         self.assertIs(twisted_format.formatWithCall, fastpath._format_with_call)
 
+    def test_log_line_is_as_twisteds(self):
+        """
+        With the fast paths on, twistd's text log writes each event's line
+        as Twisted writes it: time, namespace and level, the text with its
+        new lines indented; an event with a failure, a system of its own,
+        flattened fields, a format of bytes or none, or text that cannot be
+        formatted, too. Off, Twisted's own function is back.
+        """
+        self.addCleanup(fastpath.install)
+        fastpath.install()
+        written = twisted_file.formatEventAsClassicLogText
+        self.assertIsNot(written, twisted_logger.formatEventAsClassicLogText)
+        failure = Failure(ZeroDivisionError("boom"))
+        common = dict(
+            log_format="{dialect} connection {what}: peer {peer}",
+            log_level=twisted_logger.LogLevel.info,
+            log_namespace="signaling.transports.websocket.SignalingProtocol",
+            log_time=1703894400.5,
+            dialect="topic",
+            what="opened",
+            peer="p",
+        )
+        events = [
+            common,
+            dict(common, log_format="two\nlines {peer}"),
+            dict(common, log_format=""),
+            dict(common, log_format=None),
+            dict(common, log_format=b"bytes {peer}"),
+            dict(common, log_format="{missing}"),
+            dict(common, log_format="{f()}", f=lambda: "called"),
+            dict(common, log_system="a system"),
+            dict(common, log_failure=failure),
+            dict(common, log_flattened={"peer!:": "flat"}),
+            dict(common, log_level=twisted_logger.LogLevel.critical),
+            {k: v for k, v in common.items() if k != "log_namespace"},
+            {k: v for k, v in common.items() if k != "log_time"},
+            {k: v for k, v in common.items() if k != "log_level"},
+        ]
+        for event in events:
+            for time_format in [twisted_logger.timeFormatRFC3339, None]:
+
+                def format_time(when, time_format=time_format):
+                    return twisted_logger.formatTime(when, time_format)
+
+                self.assertEqual(
+                    written(dict(event), format_time),
+                    twisted_logger.formatEventAsClassicLogText(
+                        dict(event), format_time
+                    ),
+                    event,
+                )
+        self.assertEqual(
+            written(dict(common)), twisted_logger.formatEventAsClassicLogText(common)
+        )
+        fastpath.install(enabled=False)
+        self.assertIs(
+            twisted_file.formatEventAsClassicLogText,
+            twisted_logger.formatEventAsClassicLogText,
+        )
+
 
 @skipUnless(VERIFIED, "the fast paths are off for the installed versions")
 class DebugHelperTests(SynchronousTestCase):
@@ -438,6 +498,30 @@ class SlimTests(FakeLoopTestCase):
         before = _connect(plain)[0]
         self.assertLess(sys.getsizeof(state), sys.getsizeof(vars(before)) / 2)
         fastpath.install()
+        protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
+        self.assertIn(b"pong", transport.value())
+
+    def test_a_connection_set_up_by_autobahn_drops_the_same(self):
+        """
+        With debug logging on, Autobahn sets a connection up itself (its
+        idle state copied onto it); once open it keeps what a connection set
+        up on the fast paths keeps, and answers as before.
+        """
+        factory = SignalingFactory(Hub(clock=self.loop), NativeSession)
+        fast = vars(_connect(factory)[0])
+        self.addCleanup(logs.set_level, "info")
+        logs.set_level("debug")
+        protocol, transport = _connect(factory)
+        logs.set_level("info")
+        state = vars(protocol)
+        # (Autobahn makes a UTF-8 validator and transport details for every
+        # connection.)
+        self.assertEqual(
+            sorted(state), sorted([*fast, "utf8validator", "_transport_details"])
+        )
+        for name in ("maxFramePayloadSize", "wasClean", "http_headers", "data"):
+            self.assertNotIn(name, state)
+        self.assertEqual(protocol.maxFramePayloadSize, 64 * 1024)
         protocol.dataReceived(_client_frame(b'{"type":"ping"}'))
         self.assertIn(b"pong", transport.value())
 
@@ -786,6 +870,20 @@ class ConnectionSetUpTests(FakeLoopTestCase):
                 self.assertIs(type(ours), type(theirs), name)
         self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
 
+    def test_transport_details_are_made_when_asked_for(self):
+        """
+        A connection on the fast paths makes its transport details only when
+        asked for, and they say what Autobahn's say; its peer is named as
+        Autobahn names it.
+        """
+        fast, plain = self.made(True), self.made(False)
+        self.assertNotIn("_transport_details", vars(fast))
+        self.assertEqual(fast.peer, plain.peer)
+        ours = fast.transport_details
+        self.assertEqual(ours.marshal(), plain.transport_details.marshal())
+        self.assertEqual(ours.peer, "tcp4:192.168.1.1:54321")
+        self.assertIs(fast.transport_details, ours)
+
     def test_connections_are_counted_as_autobahn_counts_them(self):
         """
         The factory counts open connections in both set-ups (Autobahn's
@@ -1059,6 +1157,17 @@ _UNUSUAL_UPGRADES = [
     + _UPGRADE
     + _KEY
     + _V13,
+    b"GET /signal HTTP/1.1\r\nHost : localhost\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n: y\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: local\x01host\r\n" + _UPGRADE + _KEY + _V13,
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _V13
+    + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQE=\r\n",
+    b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+    + _UPGRADE
+    + _V13
+    + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ===\r\n",
 ]
 
 

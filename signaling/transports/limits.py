@@ -112,7 +112,7 @@ class LimitedProtocol(WebSocketServerProtocol):
     rate_limit: RateLimit | None = None
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        fastpath.connection_made(self, super().connectionMade)
         settings = self.factory.settings
         self.send_buffer = watch_send_buffer(self.transport, settings.max_send_buffer)
         if settings.max_message_rate:
