@@ -3,7 +3,7 @@ A repeatable measure of what taking one peer in costs the server in Python:
 CPU per WebSocket handshake and join, and memory per idle peer, for
 comparing one step with the next on a machine shared with other work.
 
-N peers of the topic dialect (rooms of 8) connect to the guarded site the
+N peers of the topic dialect (rooms of 8, or --room-size) connect to the guarded site the
 server runs (``GuardedSite`` over the web app, as ``tap.py`` builds them)
 through in-memory transports, with the connection log lines going through
 twistd's text observer to /dev/null: the channel, the upgrade, Autobahn's
@@ -99,21 +99,23 @@ def connect(
     return transport
 
 
-def _path(dialect: str, i: int) -> str:
+def _path(dialect: str, i: int, room_size: int = 8) -> str:
     if dialect == "topic":
-        return f"/ws/room{i // 8}"
+        return f"/ws/room{i // room_size}"
     if dialect == "peerjs":
         # Each PeerJS client brings its own id.
         return f"/peerjs/peerjs?key=peerjs&id=bench{i}&token=t{i}"
     return "/signal"
 
 
-def one_round(count: int, dialect: str, fast_paths: bool) -> tuple[float, float]:
+def one_round(
+    count: int, dialect: str, fast_paths: bool, room_size: int = 8
+) -> tuple[float, float]:
     """
     :return: CPU µs per peer taken in, bytes held per idle peer.
     """
     site = build(fast_paths, peerjs=dialect == "peerjs")
-    paths = [_path(dialect, i) for i in range(count)]
+    paths = [_path(dialect, i, room_size) for i in range(count)]
     # One peer first (PeerJS ids must differ from the others').
     connect(site, _path(dialect, -1) if dialect == "peerjs" else paths[0], 1)
     gc.collect()
@@ -129,7 +131,7 @@ def one_round(count: int, dialect: str, fast_paths: bool) -> tuple[float, float]
     before = tracemalloc.get_traced_memory()[0]
     # (The same rooms again, of 16 then; PeerJS ids must be new.)
     if dialect == "peerjs":
-        paths = [_path(dialect, count + i) for i in range(count)]
+        paths = [_path(dialect, count + i, room_size) for i in range(count)]
     more = [connect(site, path, 40000 + i) for i, path in enumerate(paths)]
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
@@ -147,13 +149,18 @@ def main(argv: list[str]) -> int:
         "--dialect", default="topic", choices=["topic", "native", "peerjs"]
     )
     parser.add_argument("--no-fast-paths", action="store_true")
+    parser.add_argument(
+        "--room-size", type=int, default=8, help="peers per topic room (8)"
+    )
     options = parser.parse_args(argv)
     devnull = open(os.devnull, "w")
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(devnull)], redirectStandardIO=False
     )
     rounds = [
-        one_round(options.n, options.dialect, not options.no_fast_paths)
+        one_round(
+            options.n, options.dialect, not options.no_fast_paths, options.room_size
+        )
         for _ in range(options.rounds)
     ]
     print(
@@ -162,6 +169,7 @@ def main(argv: list[str]) -> int:
                 "dialect": options.dialect,
                 "fast_paths": not options.no_fast_paths,
                 "peers": options.n,
+                "room_size": options.room_size,
                 "cpu_us_per_peer": round(min(cpu for cpu, _ in rounds), 1),
                 "bytes_per_idle_peer": round(min(held for _, held in rounds)),
             }

@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -133,7 +133,8 @@ def proc_figures(pid: int) -> dict[str, float]:
     with open(f"/proc/{pid}/stat") as stat_file:
         fields = stat_file.read().rsplit(")", 1)[1].split()
     # Fields 14 and 15 of proc(5), counted after the ")" that ends comm.
-    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    user, system = int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    cpu = user + system
     rss = int(fields[21]) * PAGE
     try:
         with open(f"/proc/{pid}/schedstat") as schedstat_file:
@@ -141,7 +142,13 @@ def proc_figures(pid: int) -> dict[str, float]:
             waited = int(schedstat_file.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         waited = 0.0
-    return {"cpu": cpu, "rss": rss, "wall": time.monotonic(), "waited": waited}
+    return {
+        "cpu": cpu,
+        "system": system,
+        "rss": rss,
+        "wall": time.monotonic(),
+        "waited": waited,
+    }
 
 
 class Server:
@@ -273,7 +280,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def summed_figures(pids: list[int]) -> dict[str, float]:
-    total = {"cpu": 0.0, "rss": 0.0, "waited": 0.0}
+    total = {"cpu": 0.0, "system": 0.0, "rss": 0.0, "waited": 0.0}
     for pid in pids:
         try:
             figures = proc_figures(pid)
@@ -358,10 +365,17 @@ class ClusterServers:
 
 
 def run_loadgen(
-    server: Server, url: str, cpu: int | None, settings: dict[str, Any]
+    server: Server,
+    url: str,
+    cpu: int | None,
+    settings: dict[str, Any],
+    on_mark: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
     """
     Run one scenario against C{server}; read its /proc figures at each mark.
+
+    :param on_mark: Called with each mark's name once its figures are read,
+        before the generator goes on.
     """
     timeout = settings["timeout"]
     generator = subprocess.Popen(
@@ -412,6 +426,7 @@ def run_loadgen(
                 elif name in ("settled", "start", "connected"):
                     figures["stats"] = server.stats() if name == "settled" else None
                 marks[name] = {**message, **figures, "generator_cpu": generator_cpu}
+                on_mark(name)
                 generator.stdin.write("\n")
                 generator.stdin.flush()
             elif "result" in message:
@@ -470,18 +485,102 @@ def _cpu_ms_per_peer(
     return round((end["cpu"] - start["cpu"]) * 1000 / peers, 3) if peers else None
 
 
+def _system_share(start: dict[str, Any], end: dict[str, Any]) -> float | None:
+    """
+    The share of the server's CPU between two marks spent in the kernel
+    (socket calls, TCP): what no change to the server's Python can save.
+    """
+    if "system" not in start or "system" not in end:
+        return None
+    cpu = end["cpu"] - start["cpu"]
+    return round((end["system"] - start["system"]) / cpu, 3) if cpu else None
+
+
+#: The marks between which each scenario's figures are taken, and so its
+#: profile: the rest of the run (setting up, closing) is left out.
+MEASURED_SPANS = {
+    "connections": ("start", "connected"),
+    "storm": ("connected", "recovered"),
+    "relay": ("start", "end"),
+    "rate": ("start", "end"),
+    "mesh": ("start", "end"),
+    "churn": ("settled", "done"),
+}
+
+
+class Profiler:
+    """
+    py-spy sampling one server process into a raw (collapsed) profile,
+    over the measured span of a scenario.
+    """
+
+    def __init__(self, pid: int, output: Path, rate: int) -> None:
+        self.pid = pid
+        self.output = output
+        self.rate = rate
+        self.process: subprocess.Popen | None = None
+
+    def span(self, scenario: str) -> Callable[[str], None]:
+        """
+        The C{on_mark} callback that samples from the span's first mark to
+        its last (the whole run for a scenario without one).
+        """
+        first, last = MEASURED_SPANS.get(scenario, (None, None))
+        if first is None:
+            self.start()
+
+        def on_mark(name: str) -> None:
+            if name == first:
+                self.start()
+            elif name == last:
+                self.stop()
+
+        return on_mark
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--nonblocking",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--output",
+                str(self.output),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Sampling starts once py-spy has found the interpreter.
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            # py-spy writes its output when interrupted.
+            os.kill(process.pid, signal.SIGINT)
+            process.wait(30)
+
+
 def measure(
     name: str,
     dialect: str,
     scenario: str,
     settings: dict[str, Any],
     cpus,
-    profile: bool = False,
+    profile: int = 0,
 ) -> dict[str, Any]:
     """
     One scenario against a fresh server; the JSON line's content.
 
-    :param profile: Sample the server with py-spy into bench/results/.
+    :param profile: Sample the server with py-spy into bench/results/, so
+        many times a second (0: not at all).
     """
     label = f"{name}-{dialect}-{scenario}"
     server = (
@@ -503,31 +602,19 @@ def measure(
     try:
         idle = server.figures()
         if profile and name not in ("peerjs", *MULTI_PROCESS):
-            profiler = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    "record",
-                    "--nonblocking",
-                    "--pid",
-                    str(server.process.pid),
-                    "--rate",
-                    "400",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(RESULTS / f"{label}.profile.txt"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            profiler = Profiler(
+                server.process.pid, RESULTS / f"{label}.profile.txt", profile
             )
         run = run_loadgen(
-            server, url, cpus[1], {**settings, "dialect": dialect, "scenario": scenario}
+            server,
+            url,
+            cpus[1],
+            {**settings, "dialect": dialect, "scenario": scenario},
+            on_mark=profiler.span(scenario) if profiler else lambda name: None,
         )
     finally:
-        if profiler is not None and profiler.poll() is None:
-            # py-spy writes its output when interrupted.
-            os.kill(profiler.pid, signal.SIGINT)
-            profiler.wait(30)
+        if profiler is not None:
+            profiler.stop()
         server.stop()
     result = run["result"]
     marks = run["marks"]
@@ -566,6 +653,7 @@ def measure(
         )
         # Taking the peers in (and half a second idle after).
         line["server_cpu_ms_per_peer"] = _cpu_ms_per_peer(start, connected, joined)
+        line["server_system_share"] = _system_share(start, connected)
     elif scenario == "storm":
         connected, recovered = marks["connected"], marks["recovered"]
         back = recovered.get("peers") or 0
@@ -883,7 +971,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="sample the Python servers with py-spy (pip install py-spy) into bench/results/",
+        help="sample the Python servers with py-spy (pip install py-spy) into "
+        "bench/results/, over each scenario's measured span",
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=400,
+        help="samples a second with --profile (400)",
     )
     parser.add_argument(
         "--server-env",
@@ -1006,7 +1101,12 @@ def main(argv: list[str]) -> int:
                         _wait_for_time_wait()
                     try:
                         line = measure(
-                            name, dialect, scenario, settings, cpus, options.profile
+                            name,
+                            dialect,
+                            scenario,
+                            settings,
+                            cpus,
+                            options.profile_rate if options.profile else 0,
                         )
                     except Exception as error:
                         line = {
