@@ -244,14 +244,15 @@ class SiteTests(SynchronousTestCase):
         """
         self.limiter = None
         site = self.site(fd_log_interval=30, request_timeout=0)
+        site.file_limit = 20
         counts = []
 
         def open_files():
             counts.append(self.reactor.seconds())
-            return 3 + len(counts) * 3
+            return 8 + len(counts) * 5
 
         site.open_files = open_files
-        for _ in range(9):
+        for _ in range(11):
             self.connect(site)
         self.reactor.advance(0.5)
         self.connect(site)
@@ -263,7 +264,35 @@ class SiteTests(SynchronousTestCase):
             for e in self.events
             if "file descriptors are open" in e.get("log_format", "")
         ]
-        self.assertEqual([e["in_use"] for e in warnings], [9])
+        self.assertEqual([e["in_use"] for e in warnings], [18])
+
+    def test_connections_alone_past_the_warning_share(self):
+        """
+        When the site's own connections alone fill the warning share of the
+        file limit, they are the count: no listing of the descriptors.
+        """
+        self.limiter = None
+        site = self.site(fd_log_interval=30, request_timeout=0)
+        site.file_limit = 20
+        counts = []
+
+        def open_files():
+            counts.append(self.reactor.seconds())
+            return 0
+
+        site.open_files = open_files
+        for _ in range(18):
+            self.connect(site)
+        # Counted at the tenth connection; at the end of the second, the
+        # eighteen are enough.
+        self.reactor.advance(1)
+        warnings = [
+            e
+            for e in self.events
+            if "file descriptors are open" in e.get("log_format", "")
+        ]
+        self.assertEqual([(e["in_use"], e["file_limit"]) for e in warnings], [(18, 20)])
+        self.assertEqual(counts, [0])
 
     def test_upgrade_is_handed_straight_to_its_factory(self):
         """

@@ -662,7 +662,11 @@ class GuardedSite(Site):
                 )
             return
         self._fd_checked_at = now
-        in_use = self.open_files()
+        in_use = None
+        if self.open_connections < FD_WARNING_SHARE * self.file_limit:
+            # (Past the share, the connections alone are count enough:
+            # listing /proc/self/fd with thousands open takes milliseconds.)
+            in_use = self.open_files()
         if in_use is None:
             in_use = self.open_connections
         if in_use < FD_WARNING_SHARE * self.file_limit:
