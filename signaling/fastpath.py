@@ -529,13 +529,22 @@ class SlicedPoll:
                 self._end_backlog()
 
     def _handle(self, events: list[tuple[int, int]]) -> None:
+        # Twisted calls each through log.callWithLogger, which pushes the
+        # socket's log prefix as the legacy log's context: 1.2 µs an event,
+        # a twelfth of relaying a message, for a prefix only an error
+        # logged by Twisted's own handler would show (it still logs the
+        # error and closes the socket, as before).
         selectables = self.reactor._selectables
         handle = self.reactor._doReadOrWrite
-        call = _legacy_log.callWithLogger
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is not None:
-                call(selectable, handle, selectable, fd, event)
+                try:
+                    handle(selectable, fd, event)
+                except Exception:
+                    # Raised while closing it (connectionLost): logged as
+                    # callWithLogger would, and the other sockets go on.
+                    _legacy_log.err(system=_log_prefix(selectable))
 
     def _limit_accepts(self, events: list[tuple[int, int]]) -> None:
         """
@@ -564,6 +573,13 @@ class SlicedPoll:
             for selectable in self.reactor._selectables.values()
             if isinstance(selectable, _TCPPort) and selectable.fileno() != -1
         ]
+
+
+def _log_prefix(selectable: Any) -> str:
+    try:
+        return selectable.logPrefix()
+    except Exception:
+        return "(buggy logPrefix method)"
 
 
 def slice_large_batches(reactor: Any) -> bool:

@@ -194,6 +194,23 @@ class SlicedPollTests(SynchronousTestCase):
         self.assertEqual(self.closes_before_answers(), [DROPPED])
         self.assertEqual(self.answered(newcomer), b"hi")
 
+    def test_an_error_closing_one_socket_spares_the_others(self):
+        """
+        A protocol that raises as its connection is lost has the error
+        logged; the other sockets ready in the same turn are handled.
+        """
+        fastpath.SlicedPoll(self.reactor, per_turn=DROPPED + 10).install()
+
+        def fail_first(lost: int) -> None:
+            if lost == 1:
+                raise ZeroDivisionError("in connectionLost")
+
+        self.factory.on_lost = fail_first
+        self.drop_connected()
+        self.reactor.doIteration(0)
+        self.assertEqual(self.factory.events, ["lost"] * DROPPED)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
     def test_a_small_batch_is_one_turn(self):
         """
         Up to the limit per turn, and with no backlog, a turn handles
