@@ -1287,6 +1287,11 @@ def _has_token(value: str, token: str) -> bool:
     return lower == token or any(part.strip() == token for part in lower.split(","))
 
 
+#: Set while L{open_with} connects a protocol to a socket whose HTTP channel
+#: set C{TCP_NODELAY} already.
+_no_delay_set = False
+
+
 def open_with(protocol, transport, head: bytes) -> None:
     """
     Connect C{protocol}, a WebSocket server protocol, to C{transport} and
@@ -1299,10 +1304,14 @@ def open_with(protocol, transport, head: bytes) -> None:
         protocol.makeConnection(transport)
         protocol.dataReceived(head)
         return
+    global _no_delay_set
     protocol.timeout_after_head = True
+    # The HTTP channel that read the head set TCP_NODELAY on the socket.
+    _no_delay_set = True
     try:
         protocol.makeConnection(transport)
     finally:
+        _no_delay_set = False
         del protocol.timeout_after_head
     protocol.dataReceived(head)
     if (
@@ -1367,9 +1376,12 @@ def connection_made(protocol, autobahns: Callable[[], None]) -> None:
     protocol.__dict__.pop("_transport_details", None)
     transport = protocol.transport
     protocol.peer = peer2str(transport)
-    try:
-        transport.setTcpNoDelay(protocol.tcpNoDelay)
-    except Exception:
-        # As Autobahn: not every transport has the option.
-        pass
+    if not (_no_delay_set and protocol.tcpNoDelay):
+        # (Twisted's HTTP channel, before a hand-over, set it already: a
+        # system call less.)
+        try:
+            transport.setTcpNoDelay(protocol.tcpNoDelay)
+        except Exception:
+            # As Autobahn: not every transport has the option.
+            pass
     protocol._connectionMade()

@@ -939,6 +939,35 @@ class ConnectionSetUpTests(FakeLoopTestCase):
         self.assertTrue(protocol.wasOpenHandshakeTimeout)
         self.assertTrue(transport.disconnecting)
 
+    def test_no_delay_is_set_once(self):
+        """
+        A socket's C{TCP_NODELAY} is set once: by the set-up of a connection
+        made directly, and by the HTTP channel alone for one handed over.
+        """
+
+        class Transport(StringTransport):
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.no_delay.append(enabled)
+
+        direct = Transport()
+        direct.no_delay = []
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        protocol.makeConnection(direct)
+        self.assertEqual(direct.no_delay, [True])
+        handed = Transport()
+        # What Twisted's HTTP channel did with the connection.
+        handed.no_delay = [True]
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        fastpath.open_with(protocol, handed, _COMMON_UPGRADES[0] + b"\r\n")
+        self.assertTrue(handed.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(handed.no_delay, [True])
+        # And the next connection made directly sets it again.
+        again = Transport()
+        again.no_delay = []
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3))
+        protocol.makeConnection(again)
+        self.assertEqual(again.no_delay, [True])
+
     def test_debugging_shows_autobahns_option_dump(self):
         """
         With debug logging on, the set-up is Autobahn's, with its dump of
