@@ -8,12 +8,14 @@ several hundred milliseconds, repeated each time the heap grows by a
 quarter. Idle peers are long-lived and never garbage, so ten times a second
 this policy collects what is young (cheap: only objects made since the last
 tick) and then freezes everything that survived (C{gc.freeze()}), which takes
-it out of all later scans. CPython's own collections are turned off while
-the policy runs, as the ticks do their work: its young collections, every
-700 new objects, scan what a busy tick would anyway, a dozen times over (a
-new peer's objects survive the first and are scanned again in the second
-generation until the tick freezes them), about 6 % of taking a peer in;
-garbage waits for the next tick instead, a tenth of a second at most. Frozen objects that die
+it out of all later scans. While the policy runs, CPython collects only
+its youngest generation by itself (every 700 new objects, which frees
+young garbage at once): its collections of the second generation, every
+ten of those, scanned each new peer's objects again and again until the
+tick froze them (about 2 % of taking a peer in), and its full ones are the
+ticks' work. (With no collections of its own at all, CPU per peer fell by
+6 %, but garbage piled up for a whole tick, and the ticks of a reconnect
+storm grew into stretches of 60–200 ms with no join.) Frozen objects that die
 later are reclaimed by reference counting unless they sit in a cycle, as a
 closed connection's objects do; so when as many connections have closed as a quarter of the
 peers still connected (at least C{min_closes}), or C{full_interval} has
@@ -39,6 +41,8 @@ from twisted.internet.task import LoopingCall
 from .logs import Logger
 
 _closed = 0
+#: A threshold CPython never reaches.
+_NEVER = 2**30
 
 
 def connection_closed() -> None:
@@ -120,9 +124,7 @@ class CollectionPolicy(Service):
     def startService(self) -> None:
         Service.startService(self)
         self._thresholds = self.collector.get_threshold()
-        # A threshold of 0 turns CPython's own collections off (gc stays
-        # enabled, so gc.collect() and the policy's ticks still run).
-        self.collector.set_threshold(0, 0, 0)
+        self.collector.set_threshold(self._thresholds[0], _NEVER, _NEVER)
         # Start-up objects (modules, classes, the reactor) are never garbage.
         self._full()
         self._loop = LoopingCall(self.tick)
