@@ -41,6 +41,9 @@ from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet import tcp as _tcp
+from twisted.internet.address import IPv6Address
+from twisted.internet.tcp import Connection as _TCPConnection
 from twisted.internet.tcp import Port as _TCPPort
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.python import log as _legacy_log
@@ -123,6 +126,11 @@ PRIVATE_NAMES = (
     "transport.offset",
     "transport.dataBuffer",
     "transport.socket",
+    # ... its set-up, which LeanServer does without the log prefix and repr
+    # made up front, and the class a listening port makes them of
+    "self._getLogPrefix",
+    "self._addressType",
+    "Port.transport",
     # twisted.internet.epollreactor.EPollReactor (and _PollLikeMixin): its
     # poller, its sockets by descriptor, and how it handles one ready socket
     "reactor._poller",
@@ -237,6 +245,7 @@ def install(
     _file.formatTime = _format_time
     _format.formatWithCall = _format_with_call
     _file.formatEventAsClassicLogText = _classic_log_text
+    _tcp.Port.transport = _TCPServer
     _create_masker = None
     if reason:
         log.info("fast paths off, plain Autobahn in use: {reason}", reason=reason)
@@ -270,6 +279,8 @@ def install(
     # ... and the line around the text through generic helpers that check
     # types with typing.cast(Optional[...]) on every line.
     _file.formatEventAsClassicLogText = _plain_log_text
+    # Every listening TCP port's connections (this process has only ours).
+    _tcp.Port.transport = LeanServer
     return True
 
 
@@ -349,6 +360,46 @@ def failed(protocol) -> bool:
     return protocol.failedByMe
 
 
+class LeanServer(_TCPServer):
+    """
+    Twisted's server side of a TCP connection, whose log prefix and repr
+    are made when asked for (an error's log line, a debugger), not for
+    every connection: 1.2 µs and 160 bytes each. A listening port makes
+    its connections of this class while the fast paths are on.
+    """
+
+    def __init__(
+        self,
+        sock: Any,
+        protocol: Any,
+        client: tuple,
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+    ) -> None:
+        # tcp.Server.__init__, but for its logstr and repstr.
+        _TCPConnection.__init__(self, sock, protocol, reactor)
+        if len(client) != 2:
+            self._addressType = IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self.startReading()
+        self.connected = 1
+
+    def logPrefix(self) -> str:
+        return f"{self._getLogPrefix(self.protocol)},{self.sessionno},{self.hostname}"
+
+    def __repr__(self) -> str:
+        port = self.server._realPortNumber if self.server is not None else None
+        return f"<{type(self.protocol).__name__} #{self.sessionno} on {port}>"
+
+
+#: The classes of plain TCP connections (a port's, ours or Twisted's).
+_TCP_SERVERS = (_TCPServer, LeanServer)
+
+
 def write_through(transport, data: bytes) -> None:
     """
     Send C{data} at once when the TCP socket has nothing queued.
@@ -360,7 +411,7 @@ def write_through(transport, data: bytes) -> None:
     control (the transport pausing its producer) is unchanged.
     """
     if (
-        type(transport) is _TCPServer
+        type(transport) in _TCP_SERVERS
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
@@ -392,7 +443,7 @@ def read_at_once(transport) -> None:
     C{recv} that would block. While L{SlicedPoll} works through a backlog,
     the connection is watched for what comes next.
     """
-    if type(transport) is not _TCPServer or not transport.connected:
+    if type(transport) not in _TCP_SERVERS or not transport.connected:
         return
     reactor = transport.reactor
     try:

@@ -238,6 +238,11 @@ class PrivateNamesTests(SynchronousTestCase):
                 self.assertTrue(hasattr(twisted_format, attribute), name)
             elif owner == "reactor":
                 self.assertTrue(hasattr(epoll_reactor, attribute), name)
+            elif owner == "Port":
+                self.assertTrue(hasattr(tcp.Port, attribute), name)
+            elif attribute in ("_getLogPrefix", "_addressType"):
+                # LeanServer's own, from tcp.Server.
+                self.assertTrue(hasattr(tcp.Server, attribute), name)
             elif attribute in (
                 "create_xor_masker",
                 "pformat",
@@ -634,6 +639,57 @@ class WriteThroughTests(SynchronousTestCase):
 
         fastpath.write_through(Transport(), b"frame")
         self.assertEqual(written, [b"frame"])
+
+
+class LeanServerTests(SynchronousTestCase):
+    def made(self, kind: type, client=("127.0.0.1", 40000)) -> Any:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+
+        class Port:
+            _realPortNumber = 8443
+
+        return kind(ours, Protocol(), client, Port(), 7, MemoryReactor())
+
+    def test_reads_as_twisteds(self):
+        """
+        A connection made as a LeanServer has Twisted's attributes and
+        values, but for the log prefix and repr it has not made yet, which
+        say what Twisted's say when asked for.
+        """
+        for client in [("127.0.0.1", 40000), ("::1", 40000, 0, 0)]:
+            lean, theirs = (
+                self.made(fastpath.LeanServer, client),
+                self.made(tcp.Server, client),
+            )
+            mine = {
+                k: v for k, v in vars(lean).items() if k not in ("socket", "fileno")
+            }
+            others = {
+                k: v
+                for k, v in vars(theirs).items()
+                if k not in ("socket", "fileno", "logstr", "repstr", "reactor")
+            }
+            mine.pop("reactor")
+            self.assertEqual(mine.keys(), others.keys())
+            for name in ("client", "sessionno", "hostname", "connected"):
+                self.assertEqual(mine[name], others[name], name)
+            self.assertEqual(lean.getPeer(), theirs.getPeer())
+            self.assertEqual(lean.logPrefix(), theirs.logPrefix())
+            self.assertEqual(repr(lean), repr(theirs))
+            self.assertNotIn("logstr", vars(lean))
+
+    def test_ports_make_them_while_on(self):
+        """
+        Listening ports make their connections as LeanServers while the
+        fast paths are on, as Twisted's Servers while they are off.
+        """
+        self.addCleanup(fastpath.install)
+        if fastpath.install():
+            self.assertIs(tcp.Port.transport, fastpath.LeanServer)
+        fastpath.install(enabled=False)
+        self.assertIs(tcp.Port.transport, tcp.Server)
 
 
 class HandshakeOutputTests(FakeLoopTestCase):
