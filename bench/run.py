@@ -966,7 +966,8 @@ def main(argv: list[str]) -> int:
         "--repeat",
         type=int,
         default=1,
-        help="runs of each relay/rate scenario; the best is tabled",
+        help="runs of each relay, rate and connections scenario, round the "
+        "servers in turn; the best of each is tabled",
     )
     parser.add_argument(
         "--profile",
@@ -1058,7 +1059,7 @@ def main(argv: list[str]) -> int:
     record.write(json.dumps(about) + "\n")
     lines = []
     for scenario in options.scenarios.split(","):
-        repeats = options.repeat if scenario in ("relay", "rate") else 1
+        repeats = options.repeat if scenario in ("relay", "rate", "connections") else 1
         # Repeats go round the servers in turn, so a burst of other work on
         # the machine does not land on one server's runs only.
         for _ in range(repeats):
