@@ -1150,16 +1150,47 @@ class FastPaths:
         key of 16 bytes; no extensions offered; distinct subprotocols; an
         Origin, if any, that Autobahn's origin check allows.
         """
-        parsed = _take_parsed_head(head)
-        if parsed is None:
+        crlf = head.count(b"\r\n")
+        if (
+            head.translate(None, _USUAL_BYTES)
+            or head.count(b"\r") != crlf
+            or head.count(b"\n") != crlf
+        ):
+            # A byte outside printable ASCII and tab, a CR or LF alone.
             return None
-        status, uri, path, query, headers = (
-            parsed.status,
-            parsed.uri,
-            parsed.path,
-            parsed.query,
-            parsed.headers,
-        )
+        lines = head[:-4].decode("ascii").split("\r\n")
+        status = lines[0]
+        parts = status.split(" ")
+        if (
+            len(parts) != 3
+            or parts[0] != "GET"
+            or parts[2] != "HTTP/1.1"
+            or "\t" in status
+        ):
+            return None
+        uri = parts[1]
+        path, _, query = uri.partition("?")
+        if (
+            not path.startswith("/")
+            or path.startswith("//")
+            or "#" in uri
+            or ";" in path
+        ):
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            lower = name.lower()
+            if (
+                not colon
+                or not name
+                # A folded line, or a name with white space around it.
+                or name[0] in " \t"
+                or name[-1] in " \t"
+                or lower in headers
+            ):
+                return None
+            headers[lower] = value.strip()
         host = headers.get("host")
         upgrade = headers.get("upgrade")
         connection = headers.get("connection")
@@ -1271,98 +1302,6 @@ _USUAL_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F))
 _KEY = re.compile("[A-Za-z0-9+/]{22}==")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class RequestHead:
-    """
-    A common request head, parsed (L{parse_common_head}).
-
-    :ivar raw: The head as it arrived.
-    :ivar headers: Each header's value, stripped, by its lower-case name.
-    """
-
-    __slots__ = ("raw", "status", "uri", "path", "query", "headers")
-
-    def __init__(
-        self,
-        raw: bytes,
-        status: str,
-        uri: str,
-        path: str,
-        query: str,
-        headers: dict[str, str],
-    ) -> None:
-        self.raw = raw
-        self.status = status
-        self.uri = uri
-        self.path = path
-        self.query = query
-        self.headers = headers
-
-
-#: The head the site's routing parsed last (L{parse_common_head} with
-#: C{remember}), for the fast handshake to take as it is: one parse.
-_last_head: RequestHead | None = None
-
-
-def _take_parsed_head(head: bytes) -> RequestHead | None:
-    """
-    The parse of C{head}: the one remembered if it is of these bytes (it
-    is then forgotten, so that no two connections share it), else a new one.
-    """
-    global _last_head
-    parsed, _last_head = _last_head, None
-    if parsed is not None and parsed.raw == head:
-        return parsed
-    return parse_common_head(head)
-
-
-def parse_common_head(head: bytes, remember: bool = False) -> RequestHead | None:
-    """
-    C{head}, a whole request head (ending in an empty line), parsed when it
-    is common: printable ASCII lines ending in CRLF; C{GET <uri> HTTP/1.1}
-    with single spaces, a path without a fragment or C{;} parameters; each
-    header once, with a colon and no white space around its name (so none
-    folded). Else None (for Autobahn, or twisted.web, to judge).
-
-    :param remember: Keep the parse for the handshake that follows.
-    """
-    global _last_head
-    crlf = head.count(b"\r\n")
-    if (
-        head.translate(None, _USUAL_BYTES)
-        or head.count(b"\r") != crlf
-        or head.count(b"\n") != crlf
-    ):
-        # A byte outside printable ASCII and tab, a CR or LF alone.
-        return None
-    lines = head[:-4].decode("ascii").split("\r\n")
-    status = lines[0]
-    parts = status.split(" ")
-    if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1" or "\t" in status:
-        return None
-    uri = parts[1]
-    path, _, query = uri.partition("?")
-    if not path.startswith("/") or path.startswith("//") or "#" in uri or ";" in path:
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        lower = name.lower()
-        if (
-            not colon
-            or not name
-            # A folded line, or a name with white space around it.
-            or name[0] in " \t"
-            or name[-1] in " \t"
-            or lower in headers
-        ):
-            return None
-        headers[lower] = value.strip()
-    parsed = RequestHead(head, status, uri, path, query, headers)
-    if remember:
-        _last_head = parsed
-    return parsed
 
 
 def _parse_query(query: str) -> dict[str, list[str]]:

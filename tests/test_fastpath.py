@@ -1024,46 +1024,6 @@ class ConnectionSetUpTests(FakeLoopTestCase):
         protocol.makeConnection(again)
         self.assertEqual(again.no_delay, [True])
 
-    def test_the_routing_parse_serves_one_handshake(self):
-        """
-        The head the site's routing parsed is what the handshake of that
-        connection takes, not parsed again; a second connection with the
-        same bytes gets a parse of its own, sharing nothing.
-        """
-        head = _COMMON_UPGRADES[0] + b"\r\n"
-        parsed = fastpath.parse_common_head(head, remember=True)
-        parses = []
-        original = fastpath.parse_common_head
-        self.patch(
-            fastpath,
-            "parse_common_head",
-            lambda *args, **kwargs: parses.append(args) or original(*args, **kwargs),
-        )
-        requests = []
-
-        def connected(protocol):
-            connect = protocol.onConnect
-            protocol.onConnect = lambda request: (
-                requests.append(request) or connect(request)
-            )
-            return protocol
-
-        first = connected(
-            self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        )
-        fastpath.open_with(first, StringTransport(), head)
-        self.assertEqual(parses, [])
-        self.assertIs(requests[0].headers, parsed.headers)
-        second = connected(
-            self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
-        )
-        transport = StringTransport()
-        fastpath.open_with(second, transport, head)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
-        self.assertEqual(parses, [(head,)])
-        self.assertEqual(requests[1].headers, requests[0].headers)
-        self.assertIsNot(requests[1].headers, requests[0].headers)
-
     def test_debugging_shows_autobahns_option_dump(self):
         """
         With debug logging on, the set-up is Autobahn's, with its dump of

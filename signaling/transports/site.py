@@ -205,18 +205,6 @@ class UpgradeRoutes:
             or not head.endswith(b"\r\n\r\n")
         ):
             return None
-        parsed = fastpath.parse_common_head(head, remember=True)
-        if parsed is not None:
-            # The common head, parsed as the handshake will take it.
-            fields = parsed.headers
-            if (
-                len(fields) > _MAX_UPGRADE_HEADERS
-                or "content-length" in fields
-                or "transfer-encoding" in fields
-                or fields.get("upgrade", "").lower() != "websocket"
-            ):
-                return None
-            return self.match(parsed.path.encode("ascii"))
         request_line, _, headers = head[:-4].partition(b"\r\n")
         parts = request_line.split(b" ")
         if len(parts) != 3 or parts[2] != b"HTTP/1.1":
