@@ -136,7 +136,6 @@ PRIVATE_NAMES = (
     "reactor._poller",
     "reactor._selectables",
     "reactor._doReadOrWrite",
-    "reactor._POLL_IN",
 )
 
 #: Versions the fast paths were verified against: [lowest, above highest).
@@ -429,30 +428,22 @@ def write_through(transport, data: bytes) -> None:
     transport.write(data)
 
 
-def read_at_once(transport) -> None:
+def watch_while_slicing(transport) -> None:
     """
-    Read what a TCP connection accepted this moment has already received,
-    as the reactor would on its next turn.
+    Have a TCP connection accepted this moment heard early while
+    L{SlicedPoll} works through a backlog: its request is read, and
+    answered, between two slices of a mass close, not after all of them.
 
-    A client sends its request as soon as its connection is up, so by the
-    time a busy server accepts it the request is mostly there: reading it at
-    once answers it in the same turn, without waiting for the reactor to
-    poll all its sockets again (and, in a storm, behind every other ready
-    one). The reactor's own handler does the read, so an error or the end of
-    the stream is dealt with as on any turn; with nothing to read it is one
-    C{recv} that would block. While L{SlicedPoll} works through a backlog,
-    the connection is watched for what comes next.
+    (The connection's request used to be read at once, in the turn that
+    accepted it. It was mostly not there yet, a C{recv} that failed with
+    C{EAGAIN}, raised and caught in Python; and the accept loop, taking
+    each connection's handshake on with it, drained the kernel's queue of
+    waiting connections so slowly that in a storm it overflowed and the
+    clients it dropped came back after TCP's one-second retransmission:
+    docs/performance.rst, "Storms, fifth round".)
     """
-    if type(transport) not in _TCP_SERVERS or not transport.connected:
-        return
-    reactor = transport.reactor
-    try:
-        handle, poll_in = reactor._doReadOrWrite, reactor._POLL_IN
-    except AttributeError:  # not a poll-like reactor
-        return
-    if _slicing is not None:
+    if _slicing is not None and type(transport) in _TCP_SERVERS and transport.connected:
         _slicing.watch(transport.fileno())
-    handle(transport, transport.fileno(), poll_in)
 
 
 #: Ready sockets of a large batch one reactor turn handles (L{SlicedPoll}):
@@ -491,7 +482,7 @@ class SlicedPoll:
     without polling all sockets again (with 19,000 ready, a poll alone takes
     15 ms). While there is a backlog a second, small epoll (C{early})
     watches only the listening ports and the connections accepted since
-    (L{read_at_once} adds them); each turn first handles what it reports, up
+    (L{watch_while_slicing} adds them); each turn first handles what it reports, up
     to as many again, so a new connection is accepted, read and answered
     between two slices of a mass close. Other sockets are heard again once
     the backlog is done: no later than they would have been after Twisted's

@@ -27,14 +27,14 @@ PER_TURN = 100
 
 class Answering(Protocol):
     """
-    Answers the first bytes it gets with C{b"hi"}, reads at once when
-    accepted (as the HTTP channel does on the fast paths), and notes what
-    happens to it in the factory's C{events}.
+    Answers the first bytes it gets with C{b"hi"}, is watched early while
+    a backlog lasts (as the HTTP channel is on the fast paths), and notes
+    what happens to it in the factory's C{events}.
     """
 
     def connectionMade(self) -> None:
         self.factory.accepted.append(self)
-        fastpath.read_at_once(self.transport)
+        fastpath.watch_while_slicing(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         self.factory.events.append("answered")
@@ -128,8 +128,9 @@ class SlicedPollTests(SynchronousTestCase):
     def test_a_new_connection_is_answered_before_the_backlog(self):
         """
         A client that connects and sends its request while thousands of
-        closes wait is accepted and answered in the next turn, before the
-        rest of them; every close is handled a turn's worth at a time.
+        closes wait is accepted in the next turn and answered in the one
+        after, before the rest of them; every close is handled a turn's
+        worth at a time.
         """
         fastpath.SlicedPoll(self.reactor, per_turn=PER_TURN).install()
         self.drop_connected()
@@ -137,7 +138,9 @@ class SlicedPollTests(SynchronousTestCase):
         self.assertEqual(self.factory.events, ["lost"] * PER_TURN)
         newcomer = self.connect(b"hello")
         self.reactor.doIteration(0)
-        self.assertEqual(self.closes_before_answers(), [PER_TURN])
+        self.assertEqual(len(self.factory.accepted), DROPPED + 1)
+        self.reactor.doIteration(0)
+        self.assertEqual(self.closes_before_answers(), [2 * PER_TURN])
         self.assertEqual(self.answered(newcomer), b"hi")
         self.turn_until(lambda: self.factory.events.count("lost") == DROPPED)
 
@@ -219,6 +222,9 @@ class SlicedPollTests(SynchronousTestCase):
         fastpath.SlicedPoll(self.reactor, per_turn=DROPPED + 10).install()
         self.drop_connected()
         newcomer = self.connect(b"hello")
+        self.reactor.doIteration(0)
+        self.assertEqual(self.factory.events, ["lost"] * DROPPED)
+        # Accepted in that turn, read in the next.
         self.reactor.doIteration(0)
         self.assertEqual(self.closes_before_answers(), [DROPPED])
         self.assertEqual(self.answered(newcomer), b"hi")

@@ -315,8 +315,8 @@ class GuardedChannel(HTTPChannel):
         if host is None or self.admit(host):
             self._start_deadline()
             if self.site.upgrades is not None:
-                # On the fast paths: the request is most often here already.
-                fastpath.read_at_once(self.transport)
+                # On the fast paths: heard early during a mass close.
+                fastpath.watch_while_slicing(self.transport)
 
     def setTimeout(self, period: float | None) -> float | None:
         """
