@@ -235,6 +235,30 @@ class SiteTests(SynchronousTestCase):
             [(e["in_use"], e["file_limit"]) for e in warnings], [(9, 10), (9, 10)]
         )
 
+    def counting_site(self, open_files):
+        """
+        A site with a limit of 20 files whose count of open files is
+        C{open_files(number of counts so far)}, and the times it counted.
+        """
+        self.limiter = None
+        site = self.site(fd_log_interval=30, request_timeout=0)
+        site.file_limit = 20
+        counts = []
+
+        def count():
+            counts.append(self.reactor.seconds())
+            return open_files(len(counts))
+
+        site.open_files = count
+        return site, counts
+
+    def fd_warnings(self):
+        return [
+            e
+            for e in self.events
+            if "file descriptors are open" in e.get("log_format", "")
+        ]
+
     def test_open_files_counted_once_a_second(self):
         """
         Past half the file limit the open files are counted at most once a
@@ -242,16 +266,7 @@ class SiteTests(SynchronousTestCase):
         second after connections went uncounted; a warning comes at the
         next count.
         """
-        self.limiter = None
-        site = self.site(fd_log_interval=30, request_timeout=0)
-        site.file_limit = 20
-        counts = []
-
-        def open_files():
-            counts.append(self.reactor.seconds())
-            return 8 + len(counts) * 5
-
-        site.open_files = open_files
+        site, counts = self.counting_site(lambda count: 8 + count * 5)
         for _ in range(11):
             self.connect(site)
         self.reactor.advance(0.5)
@@ -259,39 +274,22 @@ class SiteTests(SynchronousTestCase):
         self.assertEqual(counts, [0])
         self.reactor.advance(0.5)
         self.assertEqual(counts, [0, 1])
-        warnings = [
-            e
-            for e in self.events
-            if "file descriptors are open" in e.get("log_format", "")
-        ]
-        self.assertEqual([e["in_use"] for e in warnings], [18])
+        self.assertEqual([e["in_use"] for e in self.fd_warnings()], [18])
 
     def test_connections_alone_past_the_warning_share(self):
         """
         When the site's own connections alone fill the warning share of the
         file limit, they are the count: no listing of the descriptors.
         """
-        self.limiter = None
-        site = self.site(fd_log_interval=30, request_timeout=0)
-        site.file_limit = 20
-        counts = []
-
-        def open_files():
-            counts.append(self.reactor.seconds())
-            return 0
-
-        site.open_files = open_files
+        site, counts = self.counting_site(lambda count: 0)
         for _ in range(18):
             self.connect(site)
         # Counted at the tenth connection; at the end of the second, the
         # eighteen are enough.
         self.reactor.advance(1)
-        warnings = [
-            e
-            for e in self.events
-            if "file descriptors are open" in e.get("log_format", "")
-        ]
-        self.assertEqual([(e["in_use"], e["file_limit"]) for e in warnings], [(18, 20)])
+        self.assertEqual(
+            [(e["in_use"], e["file_limit"]) for e in self.fd_warnings()], [(18, 20)]
+        )
         self.assertEqual(counts, [0])
 
     def test_upgrade_is_handed_straight_to_its_factory(self):
