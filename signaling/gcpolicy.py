@@ -14,8 +14,8 @@ young garbage at once): its collections of the second generation, every
 ten of those, scanned each new peer's objects again and again until the
 tick froze them (about 2 % of taking a peer in), and its full ones are the
 ticks' work. (With no collections of its own at all, CPU per peer fell by
-6 %, but garbage piled up for a whole tick, and the ticks of a reconnect
-storm grew into stretches of 60–200 ms with no join.) Frozen objects that die
+6 %, but garbage waits a whole tick; dropped for now, see "Storms, fifth
+round" in docs/performance.rst.) Frozen objects that die
 later are reclaimed by reference counting unless they sit in a cycle, as a
 closed connection's objects do; so when as many connections have closed as a quarter of the
 peers still connected (at least C{min_closes}), or C{full_interval} has
