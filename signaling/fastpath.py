@@ -482,9 +482,10 @@ class SlicedPoll:
     without polling all sockets again (with 19,000 ready, a poll alone takes
     15 ms). While there is a backlog a second, small epoll (C{early})
     watches only the listening ports and the connections accepted since
-    (L{watch_while_slicing} adds them); each turn first handles what it reports, up
-    to as many again, so a new connection is accepted, read and answered
-    between two slices of a mass close. Other sockets are heard again once
+    (L{watch_while_slicing} adds them); each turn first handles what it
+    reports, up to as many again, so a new connection is accepted in one
+    turn and its request read and answered in the next, between slices of a
+    mass close. Other sockets are heard again once
     the backlog is done: no later than they would have been after Twisted's
     one long turn, plus the new connections' share. A batch up to the limit
     with no backlog is handled as Twisted does, at no cost.
