@@ -52,6 +52,7 @@ from twisted.logger import _format, formatTime, timeFormatRFC3339
 from . import logs
 from .deadlines import DeadlineQueue
 from .logs import Logger
+from .transports.requesthead import RequestHead, parse_request_head
 
 #: Every private name the code below reads or writes. A bare name is an
 #: attribute of an Autobahn protocol or module; "transport.NAME" is an
@@ -829,10 +830,12 @@ def slim(protocol) -> None:
         }
     else:
         # FastPaths._connectionMade copied none: only what the handshake
-        # set can go, then the dict is copied to its new size.
-        pop = state.pop
-        for name in _HANDSHAKE_LEFTOVERS:
-            pop(name, None)
+        # set can go (the fast handshake set none of its leftovers), then
+        # the dict is copied to its new size.
+        if "http_headers" in state:
+            pop = state.pop
+            for name in _HANDSHAKE_LEFTOVERS:
+                pop(name, None)
         for name in _SET_BY_HANDSHAKE:
             if get(name, state) is state.get(name, held):
                 del state[name]
@@ -875,6 +878,9 @@ class FastPaths:
     #: Whether the opening handshake's timeout waits for the request head
     #: (see L{open_with}).
     timeout_after_head = False
+    #: The parse of the request head that L{open_with} hands over, for the
+    #: handshake to take as it is.
+    request_head: RequestHead | None = None
 
     def _connectionMade(self) -> None:
         """
@@ -1027,20 +1033,31 @@ class FastPaths:
         and written at once: one send, not a queued write that costs the
         reactor a turn and two epoll_ctl calls, then more.
         """
+        fast = self.__dict__.pop("fast_request", None)
         if _create_masker is None or self.logOctets:
+            if fast is not None:
+                self._as_autobahns(*fast)
             super().succeedHandshake(res)
             return
+        if fast is not None:
+            key = fast[2]
+        else:
+            # Read by Autobahn's handshake: offered extensions are its to
+            # negotiate.
+            key = None if self.websocket_extensions else self._wskey
         self.handshake_output = output = []
         try:
             if (
-                res is None
-                and not self.websocket_extensions
+                key is not None
+                and res is None
                 and not self.factory.headers
                 and not self.trackedTimings
                 and not logs.debugging()
             ):
-                self._accept()
+                self._accept(key)
             else:
+                if fast is not None:
+                    self._as_autobahns(*fast)
                 super().succeedHandshake(res)
         finally:
             del self.handshake_output
@@ -1090,7 +1107,12 @@ class FastPaths:
         ):
             super().processHandshake()
             return
-        request = self._common_upgrade(data[: end + 4])
+        parsed = self.request_head
+        if parsed is not None and not (
+            len(parsed.raw) == end + 4 and data.startswith(parsed.raw)
+        ):
+            parsed = None
+        request = self._common_upgrade(data[: end + 4], parsed)
         if request is None:
             super().processHandshake()
             return
@@ -1126,63 +1148,32 @@ class FastPaths:
             ConnectionDeny.INTERNAL_SERVER_ERROR,
         )
 
-    def _common_upgrade(self, head: bytes) -> ConnectionRequest | None:
+    def _common_upgrade(
+        self, head: bytes, parsed: RequestHead | None = None
+    ) -> ConnectionRequest | None:
         """
         The request of C{head}, a whole request head, when it is a common
         valid upgrade that Autobahn would accept as it is, with what
         Autobahn's handshake sets on the connection set alike; else None
         (for Autobahn to judge).
 
-        Common: printable ASCII lines ending in CRLF; C{GET <uri> HTTP/1.1}
-        with single spaces, a path without a fragment or C{;} parameters;
-        each header once, with a colon and no white space around its name
-        (so none folded); a Host (a
-        numeric port, if any, matching an external port set); Upgrade and
-        Connection naming websocket and upgrade; version 13; one base64
-        key of 16 bytes; no extensions offered; distinct subprotocols; an
-        Origin, if any, that Autobahn's origin check allows.
+        Common: a common head (L{parse_request_head}; C{parsed}, if the
+        site's routing parsed it already) whose path has no fragment, no
+        C{;} parameters and no C{//} at its start; a Host (a numeric port,
+        if any, matching an external port set); Upgrade and Connection
+        naming websocket and upgrade; version 13; one base64 key of 16
+        bytes; no extensions offered; distinct subprotocols; an Origin, if
+        any, that Autobahn's origin check allows.
         """
-        crlf = head.count(b"\r\n")
-        if (
-            head.translate(None, _USUAL_BYTES)
-            or head.count(b"\r") != crlf
-            or head.count(b"\n") != crlf
-        ):
-            # A byte outside printable ASCII and tab, a CR or LF alone.
-            return None
-        lines = head[:-4].decode("ascii").split("\r\n")
-        status = lines[0]
-        parts = status.split(" ")
-        if (
-            len(parts) != 3
-            or parts[0] != "GET"
-            or parts[2] != "HTTP/1.1"
-            or "\t" in status
-        ):
-            return None
-        uri = parts[1]
-        path, _, query = uri.partition("?")
-        if (
-            not path.startswith("/")
-            or path.startswith("//")
-            or "#" in uri
-            or ";" in path
-        ):
-            return None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            lower = name.lower()
-            if (
-                not colon
-                or not name
-                # A folded line, or a name with white space around it.
-                or name[0] in " \t"
-                or name[-1] in " \t"
-                or lower in headers
-            ):
+        if parsed is None:
+            parsed = parse_request_head(head)
+            if parsed is None:
                 return None
-            headers[lower] = value.strip()
+        uri = parsed.uri
+        path = parsed.path
+        if path.startswith("//") or "#" in uri or ";" in path:
+            return None
+        headers = parsed.headers
         host = headers.get("host")
         upgrade = headers.get("upgrade")
         connection = headers.get("connection")
@@ -1232,35 +1223,50 @@ class FastPaths:
                 )
             ):
                 return None
-        params = _parse_query(query)
-        self.http_request_data = head
-        self.http_status_line = status
-        self.http_headers = headers
-        self.http_request_uri = uri
-        self.http_request_path = path
-        self.http_request_params = params
-        self.http_request_host = host
-        self.websocket_version = 13
-        self.websocket_protocols = protocols
-        self.websocket_origin = origin
-        self.websocket_extensions = []
-        self._wskey = key
-        return ConnectionRequest(
+        params = _parse_query(parsed.query)
+        request = ConnectionRequest(
             self.peer, headers, host, path, params, 13, origin, protocols, []
         )
+        # What Autobahn's handshake would set on the connection, set only if
+        # Autobahn's code is to read it (L{_as_autobahns}): the fast accept
+        # needs the key alone, and L{slim} dropped the rest again.
+        self.fast_request = (parsed, request, key)
+        return request
 
-    def _accept(self) -> None:
+    def _as_autobahns(
+        self, parsed: RequestHead, request: ConnectionRequest, key: str
+    ) -> None:
         """
-        Autobahn's C{succeedHandshake} for a handshake with no subprotocol
-        chosen, no extension offered and no extra headers: the same 101
-        response, built without its generic code, and the same steps to
-        open.
+        Set what Autobahn's server handshake sets on the connection, from
+        what the fast one read, for Autobahn's own acceptance.
         """
+        self.http_request_data = parsed.raw
+        self.http_status_line = parsed.status_line
+        self.http_headers = request.headers
+        self.http_request_uri = parsed.uri
+        self.http_request_path = request.path
+        self.http_request_params = request.params
+        self.http_request_host = request.host
+        self.websocket_version = 13
+        self.websocket_protocols = request.protocols
+        self.websocket_origin = request.origin
+        self.websocket_extensions = []
+        self._wskey = key
+
+    def _accept(self, key: str) -> None:
+        """
+        Autobahn's C{succeedHandshake} for a handshake the fast one read
+        (with C{key}, its Sec-WebSocket-Key), with no subprotocol chosen, no
+        extension offered and no extra headers: the same 101 response,
+        built without its generic code, and the same steps to open.
+        """
+        # (Read by Autobahn's frame code once open.)
+        self.websocket_version = 13
         self.websocket_protocol_in_use = None
         self.websocket_extensions_in_use = []
         server = self.factory.server
         accept = base64.b64encode(
-            hashlib.sha1(self._wskey.encode("utf8") + _WS_MAGIC).digest()
+            hashlib.sha1(key.encode("utf8") + _WS_MAGIC).digest()
         ).decode()
         response = (
             "HTTP/1.1 101 Switching Protocols\r\n"
@@ -1269,7 +1275,6 @@ class FastPaths:
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
         )
         self.sendData(response.encode("utf8"))
-        self.http_response_data = response
         self.state = _OPEN
         timeout = self.openHandshakeTimeoutCall
         if timeout is not None:
@@ -1287,9 +1292,6 @@ class FastPaths:
             self.consumeData()
 
 
-#: The bytes of a request head usual for the fast handshake: printable
-#: ASCII, tab, CR and LF.
-_USUAL_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F))
 #: A key of 16 bytes in base64.
 _KEY = re.compile("[A-Za-z0-9+/]{22}==")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
@@ -1335,13 +1337,16 @@ def _has_token(value: str, token: str) -> bool:
 _no_delay_set = False
 
 
-def open_with(protocol, transport, head: bytes) -> None:
+def open_with(
+    protocol, transport, head: bytes, parsed: RequestHead | None = None
+) -> None:
     """
     Connect C{protocol}, a WebSocket server protocol, to C{transport} and
     hand it C{head}, the upgrade request that arrived: on the fast paths,
     its opening handshake's timeout is armed only if the handshake is still
     open after the head (most upgrades are answered at once, and the
-    timeout was armed and cancelled for nothing).
+    timeout was armed and cancelled for nothing), and C{parsed}, the parse
+    of C{head} if it is common, is taken as it is.
     """
     if not isinstance(protocol, FastPaths) or _create_masker is None:
         protocol.makeConnection(transport)
@@ -1356,7 +1361,14 @@ def open_with(protocol, transport, head: bytes) -> None:
     finally:
         _no_delay_set = False
         del protocol.timeout_after_head
-    protocol.dataReceived(head)
+    if parsed is None:
+        protocol.dataReceived(head)
+    else:
+        protocol.request_head = parsed
+        try:
+            protocol.dataReceived(head)
+        finally:
+            del protocol.request_head
     if (
         protocol.state == _CONNECTING
         and protocol.openHandshakeTimeoutCall is None

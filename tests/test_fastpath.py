@@ -271,6 +271,7 @@ _OWN_NAMES = {
     "_end_backlog",
     "_limit_accepts",
     "_common_upgrade",
+    "_as_autobahns",
     "_refused",
     "_accept",
     "_queues",
@@ -1024,6 +1025,45 @@ class ConnectionSetUpTests(FakeLoopTestCase):
         protocol.makeConnection(again)
         self.assertEqual(again.no_delay, [True])
 
+    def test_the_routing_parse_serves_the_handshake(self):
+        """
+        The parse of the head that the site's routing hands over with it is
+        what the handshake takes, not a parse of its own; a parse of other
+        bytes is not taken.
+        """
+        head = _COMMON_UPGRADES[2] + b"\r\n"
+        parses = []
+        original = fastpath.parse_request_head
+        self.patch(
+            fastpath,
+            "parse_request_head",
+            lambda head: parses.append(head) or original(head),
+        )
+        requests = []
+
+        def connected(port: int):
+            protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+            connect = protocol.onConnect
+            protocol.onConnect = lambda request: (
+                requests.append(request) or connect(request)
+            )
+            return protocol
+
+        parsed = original(head)
+        transport = StringTransport()
+        fastpath.open_with(connected(1), transport, head, parsed)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(parses, [])
+        self.assertIs(requests[0].headers, parsed.headers)
+        self.assertEqual(requests[0].params, {"room": ["a"], "x": ["1", "2"]})
+        other = original(_COMMON_UPGRADES[0] + b"\r\n")
+        transport = StringTransport()
+        fastpath.open_with(connected(2), transport, head, other)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(parses, [head])
+        self.assertEqual(requests[1].headers, parsed.headers)
+        self.assertEqual(requests[1].path, "/signal")
+
     def test_debugging_shows_autobahns_option_dump(self):
         """
         With debug logging on, the set-up is Autobahn's, with its dump of
@@ -1269,7 +1309,11 @@ class FastHandshakeTests(FakeLoopTestCase):
         self.addCleanup(setattr, _CountingProtocol, "autobahn_handshakes", 0)
 
     def answer(
-        self, fast_paths: bool, request: bytes, settings: WebSocketSettings
+        self,
+        fast_paths: bool,
+        request: bytes,
+        settings: WebSocketSettings,
+        session: type = NativeSession,
     ) -> tuple[bytes, bool]:
         """
         What a native server writes for C{request} (a head, then a ping
@@ -1277,7 +1321,7 @@ class FastHandshakeTests(FakeLoopTestCase):
         """
         hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
         settings = attrs.evolve(settings, ping_interval=0, fast_paths=fast_paths)
-        factory = SignalingFactory(hub, NativeSession, settings)
+        factory = SignalingFactory(hub, session, settings)
         if fast_paths:
             factory.protocol = fastpath.with_options(_CountingProtocol, factory)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -1292,11 +1336,12 @@ class FastHandshakeTests(FakeLoopTestCase):
         self,
         requests: list[bytes],
         settings: WebSocketSettings = WebSocketSettings(),
+        session: type = NativeSession,
     ) -> list[bytes]:
         answers = []
         for request in requests:
-            plain = self.answer(False, request, settings)
-            fast = self.answer(True, request, settings)
+            plain = self.answer(False, request, settings, session)
+            fast = self.answer(True, request, settings, session)
             self.assertEqual(fast, plain, request)
             answers.append(fast[0])
         return answers
@@ -1325,6 +1370,27 @@ class FastHandshakeTests(FakeLoopTestCase):
         self.assertEqual(_CountingProtocol.autobahn_handshakes, len(_UNUSUAL_UPGRADES))
         statuses = {answer.split(b" ", 2)[1] for answer in answers}
         self.assertEqual(statuses, {b"101", b"200", b"400", b"405", b"505"})
+
+    def test_a_chosen_subprotocol_is_accepted_by_autobahn(self):
+        """
+        A common upgrade whose subprotocol the session chooses, read by the
+        fast handshake, is accepted by Autobahn's own code with what the
+        fast one read: the same bytes as Autobahn's handshake alone, the
+        subprotocol named.
+        """
+
+        class Choosing(NativeSession):
+            def prepare(self):
+                return "signal.v2"
+
+        requests = [
+            b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+            b"Sec-WebSocket-Protocol: signal.v1, signal.v2\r\n" + _UPGRADE + _KEY + _V13
+        ]
+        [answer] = self.assertSameAnswers(requests, session=Choosing)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101 "), answer)
+        self.assertIn(b"\r\nSec-WebSocket-Protocol: signal.v2\r\n", answer)
+        self.assertEqual(_CountingProtocol.autobahn_handshakes, 0)
 
     def test_refusals_of_onconnect_are_autobahns(self):
         """

@@ -34,6 +34,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 
 from .addresses import AddressLimiter, Slot, forwarded_address, truncate_address
+from .requesthead import RequestHead, parse_request_head
 from .. import fastpath
 from ..deadlines import Deadline, DeadlineQueue
 from ..logs import Logger
@@ -193,11 +194,13 @@ class UpgradeRoutes:
                 return factory
         return None
 
-    def factory_for(self, head: bytes) -> Any:
+    def route(self, head: bytes) -> tuple[Any, RequestHead | None] | None:
         """
-        The factory to hand C{head}, a connection's first bytes, to: when
-        they are one whole C{GET} request head asking to upgrade to a
-        WebSocket at one of the paths, with no body; else None.
+        Where to hand C{head}, a connection's first bytes: when they are one
+        whole C{GET} request head asking to upgrade to a WebSocket at one of
+        the paths, with no body, the path's factory and the parse of a
+        common head (L{parse_request_head}; None for any other), for the
+        handshake to take as it is; else None.
         """
         if (
             not head.startswith(b"GET /")
@@ -205,6 +208,21 @@ class UpgradeRoutes:
             or not head.endswith(b"\r\n\r\n")
         ):
             return None
+        parsed = parse_request_head(head)
+        if parsed is not None:
+            fields = parsed.headers
+            if (
+                len(fields) > _MAX_UPGRADE_HEADERS
+                or "content-length" in fields
+                or "transfer-encoding" in fields
+                or fields.get("upgrade", "").lower() != "websocket"
+            ):
+                return None
+            factory = self.match(parsed.path.encode("ascii"))
+            return None if factory is None else (factory, parsed)
+        # An uncommon head (a byte outside printable ASCII, a header twice):
+        # handed over all the same if it asks for an upgrade, for Autobahn
+        # to judge as it judges any handshake.
         request_line, _, headers = head[:-4].partition(b"\r\n")
         parts = request_line.split(b" ")
         if len(parts) != 3 or parts[2] != b"HTTP/1.1":
@@ -226,7 +244,7 @@ class UpgradeRoutes:
                 upgrade = value.strip().lower() == b"websocket"
             elif name in (b"content-length", b"transfer-encoding"):
                 return None
-        return factory if upgrade else None
+        return (factory, None) if upgrade else None
 
 
 def _host_of(address: Any) -> str | None:
@@ -409,8 +427,8 @@ class GuardedChannel(HTTPChannel):
             self._fresh = False
             upgrades = self.site.upgrades
             if upgrades is not None and not self.site.limits.trusted_hops:
-                factory = upgrades.factory_for(data)
-                if factory is not None and self._hand_over(factory, data):
+                route = upgrades.route(data)
+                if route is not None and self._hand_over(data, *route):
                     return
         if idle_pending:
             super().setTimeout(self.timeOut)
@@ -418,12 +436,15 @@ class GuardedChannel(HTTPChannel):
             self._request_started = True
         super().dataReceived(data)
 
-    def _hand_over(self, factory: Any, head: bytes) -> bool:
+    def _hand_over(
+        self, head: bytes, factory: Any, parsed: RequestHead | None = None
+    ) -> bool:
         """
         Give the connection to a protocol of C{factory}, an Autobahn
         WebSocket server factory, with C{head}, the upgrade request, as its
-        first bytes; this channel is done with it (and, once the protocol
-        has taken the transport's producer over, unreferenced).
+        first bytes (and C{parsed}, their parse, if common); this channel is
+        done with it (and, once the protocol has taken the transport's
+        producer over, unreferenced).
 
         :return: False if the factory made no protocol, or the socket is
             not watched (the request then goes through the web resource).
@@ -446,7 +467,7 @@ class GuardedChannel(HTTPChannel):
         else:
             watch.wrappedProtocol = protocol
         watch._lost = functools.partial(_released, self.site, self.slot)
-        fastpath.open_with(protocol, transport, head)
+        fastpath.open_with(protocol, transport, head, parsed)
         return True
 
     def _start_deadline(self) -> None:
