@@ -8,14 +8,13 @@ several hundred milliseconds, repeated each time the heap grows by a
 quarter. Idle peers are long-lived and never garbage, so ten times a second
 this policy collects what is young (cheap: only objects made since the last
 tick) and then freezes everything that survived (C{gc.freeze()}), which takes
-it out of all later scans. While the policy runs, CPython collects only
-its youngest generation by itself (every 700 new objects, which frees
-young garbage at once): its collections of the second generation, every
-ten of those, scanned each new peer's objects again and again until the
-tick froze them (about 2 % of taking a peer in), and its full ones are the
-ticks' work. (With no collections of its own at all, CPU per peer fell by
-6 %, but garbage waits a whole tick; dropped for now, see "Storms, fifth
-round" in docs/performance.rst.) Frozen objects that die
+it out of all later scans. While the policy runs, CPython collects nothing
+by itself: each object is scanned once, by the tick after it was made.
+(CPython's young collections, every 700 new objects, scanned each new
+peer's objects once more before the tick, and its collections of the
+second generation again and again: 2–3 % of taking a peer in, see
+docs/performance.rst. Garbage in a cycle waits for the next tick, a tenth
+of a second of the server's work at most.) Frozen objects that die
 later are reclaimed by reference counting unless they sit in a cycle, as a
 closed connection's objects do; so when as many connections have closed as a quarter of the
 peers still connected (at least C{min_closes}), or C{full_interval} has
@@ -41,8 +40,6 @@ from twisted.internet.task import LoopingCall
 from .logs import Logger
 
 _closed = 0
-#: A threshold CPython never reaches.
-_NEVER = 2**30
 
 
 def connection_closed() -> None:
@@ -124,7 +121,8 @@ class CollectionPolicy(Service):
     def startService(self) -> None:
         Service.startService(self)
         self._thresholds = self.collector.get_threshold()
-        self.collector.set_threshold(self._thresholds[0], _NEVER, _NEVER)
+        # (A threshold of 0 turns CPython's own collections off.)
+        self.collector.set_threshold(0)
         # Start-up objects (modules, classes, the reactor) are never garbage.
         self._full()
         self._loop = LoopingCall(self.tick)
