@@ -42,7 +42,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet import tcp as _tcp
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.tcp import Connection as _TCPConnection
 from twisted.internet.tcp import Port as _TCPPort
 from twisted.internet.tcp import Server as _TCPServer
@@ -388,6 +388,20 @@ class LeanServer(_TCPServer):
         self.startReading()
         self.connected = 1
 
+    def getPeer(self) -> Any:
+        """
+        Twisted's address of the client, made once for the four that ask in
+        a connection's first turns (the site's slot, the hand-over,
+        Autobahn's peer name, the handshake) and kept only until the next
+        connection asks for its own.
+        """
+        last = _last_peer
+        if last[0] is self.client:
+            return last[1]
+        address = super().getPeer()
+        last[0], last[1] = self.client, address
+        return address
+
     def logPrefix(self) -> str:
         return f"{self._getLogPrefix(self.protocol)},{self.sessionno},{self.hostname}"
 
@@ -395,6 +409,10 @@ class LeanServer(_TCPServer):
         port = self.server._realPortNumber if self.server is not None else None
         return f"<{type(self.protocol).__name__} #{self.sessionno} on {port}>"
 
+
+#: The client of the connection that last asked for its address (see
+#: L{LeanServer.getPeer}): its address tuple, and its Twisted address.
+_last_peer: list[Any] = [None, None]
 
 #: The classes of plain TCP connections (a port's, ours or Twisted's).
 _TCP_SERVERS = (_TCPServer, LeanServer)
@@ -1430,7 +1448,13 @@ def connection_made(protocol, autobahns: Callable[[], None]) -> None:
     # The empty details Autobahn made with the connection.
     protocol.__dict__.pop("_transport_details", None)
     transport = protocol.transport
-    protocol.peer = peer2str(transport)
+    if type(transport) is LeanServer:
+        # peer2str's name of a TCP connection, without its interface checks.
+        address = transport.getPeer()
+        kind = "tcp4" if type(address) is IPv4Address else "tcp6"
+        protocol.peer = f"{kind}:{address.host}:{address.port}"
+    else:
+        protocol.peer = peer2str(transport)
     if not (_no_delay_set and protocol.tcpNoDelay):
         # (Twisted's HTTP channel, before a hand-over, set it already: a
         # system call less.)

@@ -26,7 +26,8 @@ from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
 from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from autobahn.twisted.util import peer2str
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -680,6 +681,43 @@ class LeanServerTests(SynchronousTestCase):
             self.assertEqual(lean.logPrefix(), theirs.logPrefix())
             self.assertEqual(repr(lean), repr(theirs))
             self.assertNotIn("logstr", vars(lean))
+
+    def test_the_client_address_is_made_once(self):
+        """
+        The client's address is made once for all who ask in a row, and a
+        connection asking after another gets its own, equal to Twisted's.
+        """
+        first = self.made(fastpath.LeanServer)
+        second = self.made(fastpath.LeanServer, ("::1", 40001, 0, 0))
+        address = first.getPeer()
+        self.assertIs(first.getPeer(), address)
+        self.assertEqual(second.getPeer(), IPv6Address("TCP", "::1", 40001))
+        again = first.getPeer()
+        self.assertEqual(again, IPv4Address("TCP", "127.0.0.1", 40000))
+        self.assertIs(first.getPeer(), again)
+
+    def test_peers_are_named_as_autobahn_names_them(self):
+        """
+        A WebSocket over a LeanServer has the peer name Autobahn gives it.
+        """
+        factory = SignalingFactory(Hub(clock=MemoryReactorClock()), NativeSession)
+        listening = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listening.close)
+        client_socket = socket.create_connection(listening.getsockname())
+        self.addCleanup(client_socket.close)
+        ours = listening.accept()[0]
+        self.addCleanup(ours.close)
+        for client in [("127.0.0.1", 40000), ("::1", 40000, 0, 0)]:
+            transport = fastpath.LeanServer(
+                ours, Protocol(), client, None, 7, MemoryReactor()
+            )
+            protocol = factory.buildProtocol(transport.getPeer())
+            protocol.makeConnection(transport)
+            self.assertTrue(protocol.holds_options)
+            self.assertEqual(protocol.peer, peer2str(transport))
+            self.assertEqual(
+                protocol.peer.split(":")[0], "tcp4" if len(client) == 2 else "tcp6"
+            )
 
     def test_ports_make_them_while_on(self):
         """

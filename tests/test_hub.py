@@ -58,6 +58,19 @@ class IdSourceTests(SynchronousTestCase):
         self.assertEqual(
             encode_ulid(1469918176385, bytes(range(10))), "01ARYZ6S41000G40R40M30E209"
         )
+        # Each bit in its place: one bit set at a time, in the time and in
+        # the randomness, against the 130-bit number written out in base 32.
+        crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+        for bit in range(128):
+            value = 1 << bit
+            expected = "".join(
+                crockford[(value >> shift) & 31] for shift in range(125, -5, -5)
+            )
+            self.assertEqual(
+                encode_ulid(value >> 80, (value & (2**80 - 1)).to_bytes(10, "big")),
+                expected,
+                bit,
+            )
 
     def test_hex8(self):
         ids = IdSource(lambda count: b"\xab" * count)
