@@ -1350,11 +1350,6 @@ def _has_token(value: str, token: str) -> bool:
     return lower == token or any(part.strip() == token for part in lower.split(","))
 
 
-#: Set while L{open_with} connects a protocol to a socket whose HTTP channel
-#: set C{TCP_NODELAY} already.
-_no_delay_set = False
-
-
 def open_with(
     protocol, transport, head: bytes, parsed: RequestHead | None = None
 ) -> None:
@@ -1370,14 +1365,10 @@ def open_with(
         protocol.makeConnection(transport)
         protocol.dataReceived(head)
         return
-    global _no_delay_set
     protocol.timeout_after_head = True
-    # The HTTP channel that read the head set TCP_NODELAY on the socket.
-    _no_delay_set = True
     try:
         protocol.makeConnection(transport)
     finally:
-        _no_delay_set = False
         del protocol.timeout_after_head
     if parsed is None:
         protocol.dataReceived(head)
@@ -1455,12 +1446,9 @@ def connection_made(protocol, autobahns: Callable[[], None]) -> None:
         protocol.peer = f"{kind}:{address.host}:{address.port}"
     else:
         protocol.peer = peer2str(transport)
-    if not (_no_delay_set and protocol.tcpNoDelay):
-        # (Twisted's HTTP channel, before a hand-over, set it already: a
-        # system call less.)
-        try:
-            transport.setTcpNoDelay(protocol.tcpNoDelay)
-        except Exception:
-            # As Autobahn: not every transport has the option.
-            pass
+    try:
+        transport.setTcpNoDelay(protocol.tcpNoDelay)
+    except Exception:
+        # As Autobahn: not every transport has the option.
+        pass
     protocol._connectionMade()

@@ -32,7 +32,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.testing import (
+    MemoryReactor,
+    MemoryReactorClock,
+    StringTransport,
+    StringTransportWithDisconnection,
+)
+from twisted.web.resource import Resource
+from zope.interface import implementer
 from twisted.trial.unittest import SynchronousTestCase
 from twisted import logger as twisted_logger
 from twisted.logger import _file as twisted_file
@@ -43,6 +51,13 @@ from signaling.dialects.native import NativeSession
 from signaling.hub import Hub
 from signaling.ids import IdSource
 from signaling.logs import Logger
+from signaling.transports.limits import SendBuffer
+from signaling.transports.site import (
+    GuardedChannel,
+    GuardedSite,
+    HTTPLimits,
+    UpgradeRoutes,
+)
 from signaling.transports.websocket import (
     FastSignalingProtocol,
     SignalingFactory,
@@ -1034,34 +1049,50 @@ class ConnectionSetUpTests(FakeLoopTestCase):
         self.assertTrue(protocol.wasOpenHandshakeTimeout)
         self.assertTrue(transport.disconnecting)
 
-    def test_no_delay_is_set_once(self):
+    def test_the_socket_is_set_up_once(self):
         """
-        A socket's C{TCP_NODELAY} is set once: by the set-up of a connection
-        made directly, and by the HTTP channel alone for one handed over.
+        Through the site, a socket's C{TCP_NODELAY} is set once and its
+        producer registered once: by the WebSocket for an upgrade handed
+        over, by the HTTP channel for any other request; a connection made
+        directly sets it up itself.
         """
 
-        class Transport(StringTransport):
+        @implementer(ITCPTransport)
+        class Transport(StringTransportWithDisconnection):
             def setTcpNoDelay(self, enabled: bool) -> None:
                 self.no_delay.append(enabled)
 
+        class Page(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                return b"page"
+
+        routes = UpgradeRoutes()
+        routes.add("/signal", self.factory)
+        site = GuardedSite(Page(), HTTPLimits(), None, self.loop, upgrades=routes)
+        answers = []
+        for head in [_COMMON_UPGRADES[0] + b"\r\n", b"GET /page HTTP/1.1\r\n\r\n"]:
+            transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+            transport.no_delay = []
+            channel = site.buildProtocol(None)
+            transport.protocol = channel
+            channel.makeConnection(transport)
+            channel.dataReceived(head)
+            answers.append(transport.value().split(b"\r\n", 1)[0])
+            self.assertEqual(transport.no_delay, [True])
+            self.assertIs(
+                type(transport.producer),
+                SendBuffer if head.startswith(b"GET /signal") else GuardedChannel,
+            )
+        self.assertEqual(
+            answers, [b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 200 OK"]
+        )
         direct = Transport()
         direct.no_delay = []
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3))
         protocol.makeConnection(direct)
         self.assertEqual(direct.no_delay, [True])
-        handed = Transport()
-        # What Twisted's HTTP channel did with the connection.
-        handed.no_delay = [True]
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
-        fastpath.open_with(protocol, handed, _COMMON_UPGRADES[0] + b"\r\n")
-        self.assertTrue(handed.value().startswith(b"HTTP/1.1 101 "))
-        self.assertEqual(handed.no_delay, [True])
-        # And the next connection made directly sets it again.
-        again = Transport()
-        again.no_delay = []
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3))
-        protocol.makeConnection(again)
-        self.assertEqual(again.no_delay, [True])
 
     def test_the_routing_parse_serves_the_handshake(self):
         """

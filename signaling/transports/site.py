@@ -316,9 +316,24 @@ class GuardedChannel(HTTPChannel):
     #: timeout waits for the first; not an attribute more, which a channel
     #: kept under a WebSocket would hold for good).
     _fresh: Any = True
+    #: Whether Twisted's set-up of the channel has run (see
+    #: L{connectionMade}).
+    _set_up = True
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        if (
+            self.site.upgrades is None
+            or self.site.limits.trusted_hops
+            # TLS: its handshake's writes go out with TCP_NODELAY, as ever.
+            or isinstance(self.transport, ProtocolWrapper)
+        ):
+            super().connectionMade()
+        else:
+            # Twisted's set-up (TCP_NODELAY, the idle timeout, the channel
+            # as the transport's producer) waits for the first bytes that
+            # are not an upgrade handed over: most connections are
+            # WebSockets, which set up the socket their own way.
+            self._set_up = False
         self.site.connection_opened()
         socket = _socket_of(self.transport)
         if getattr(socket, "protocol", None) is not None:
@@ -430,6 +445,10 @@ class GuardedChannel(HTTPChannel):
                 route = upgrades.route(data)
                 if route is not None and self._hand_over(data, *route):
                     return
+            if not self._set_up:
+                self._set_up = True
+                # (Arms the idle timeout: the channel is no longer fresh.)
+                HTTPChannel.connectionMade(self)
         if idle_pending:
             super().setTimeout(self.timeOut)
         if self._deadline is not None:
