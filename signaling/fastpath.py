@@ -47,7 +47,7 @@ from twisted.internet.tcp import Connection as _TCPConnection
 from twisted.internet.tcp import Port as _TCPPort
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.python import log as _legacy_log
-from twisted.logger import _format, formatTime, timeFormatRFC3339
+from twisted.logger import FileLogObserver, _format, formatTime, timeFormatRFC3339
 
 from . import logs
 from .deadlines import DeadlineQueue
@@ -108,6 +108,11 @@ PRIVATE_NAMES = (
     "_format.formatWithCall",
     "_format.CallMapping",
     "_file.formatEventAsClassicLogText",
+    # ... and its observer: the method that writes a line, and the file and
+    # encoding it writes with
+    "FileLogObserver.__call__",
+    "observer._outFile",
+    "observer._encoding",
     # The server's opening handshake, on the fast paths (FastPaths
     # .processHandshake and .succeedHandshake): Autobahn's origin helpers,
     # the handshake's entry points and what they set.
@@ -245,6 +250,7 @@ def install(
     _file.formatTime = _format_time
     _format.formatWithCall = _format_with_call
     _file.formatEventAsClassicLogText = _classic_log_text
+    _file.FileLogObserver.__call__ = _file_observer_call
     _tcp.Port.transport = _TCPServer
     _create_masker = None
     if reason:
@@ -279,6 +285,8 @@ def install(
     # ... and the line around the text through generic helpers that check
     # types with typing.cast(Optional[...]) on every line.
     _file.formatEventAsClassicLogText = _plain_log_text
+    # ... and flushes its file after every line.
+    _file.FileLogObserver.__call__ = _write_log_line
     # Every listening TCP port's connections (this process has only ours).
     _tcp.Port.transport = LeanServer
     return True
@@ -286,6 +294,7 @@ def install(
 
 _format_time = formatTime
 _format_with_call = _format.formatWithCall
+_file_observer_call = FileLogObserver.__call__
 
 
 def _format_with_call_in_c(formatString: str, mapping) -> str:
@@ -596,17 +605,25 @@ class SlicedPoll:
         # a twelfth of relaying a message, for a prefix only an error
         # logged by Twisted's own handler would show (it still logs the
         # error and closes the socket, as before).
+        global _gathering_log
         selectables = self.reactor._selectables
         handle = self.reactor._doReadOrWrite
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is not None:
-                try:
-                    handle(selectable, fd, event)
-                except Exception:
-                    # Raised while closing it (connectionLost): logged as
-                    # callWithLogger would, and the other sockets go on.
-                    _legacy_log.err(system=_log_prefix(selectable))
+        _gathering_log = True
+        try:
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is not None:
+                    try:
+                        handle(selectable, fd, event)
+                    except Exception:
+                        # Raised while closing it (connectionLost): logged
+                        # as callWithLogger would, and the other sockets
+                        # go on.
+                        _legacy_log.err(system=_log_prefix(selectable))
+        finally:
+            _gathering_log = False
+            if _unwritten:
+                write_logs()
 
     def _limit_accepts(self, events: list[tuple[int, int]]) -> None:
         """
@@ -635,6 +652,56 @@ class SlicedPoll:
             for selectable in self.reactor._selectables.values()
             if isinstance(selectable, _TCPPort) and selectable.fileno() != -1
         ]
+
+
+#: Whether L{SlicedPoll} is handling a batch of ready sockets: the lines
+#: logged meanwhile are written once, at its end (L{_write_log_line}).
+_gathering_log = False
+#: The log lines of the batch so far, by the observer that writes them.
+_unwritten: dict[Any, list[str]] = {}
+
+
+def _write_log_line(observer: Any, event: dict) -> None:
+    """
+    L{twisted.logger.FileLogObserver}'s C{__call__} (twistd's log), which
+    writes and flushes every line at once (one system call a line, or two):
+    while L{SlicedPoll} handles a batch of sockets, the batch's lines are
+    written together at its end, not one at a time (in a storm, one a
+    connection).
+    """
+    text = observer.formatEvent(event)
+    if not text:
+        return
+    if _gathering_log:
+        lines = _unwritten.get(observer)
+        if lines is None:
+            lines = _unwritten[observer] = []
+        lines.append(text)
+        return
+    output = observer._outFile
+    encoding = observer._encoding
+    output.write(text if encoding is None else text.encode(encoding))
+    output.flush()
+
+
+def write_logs() -> None:
+    """
+    Write what L{_write_log_line} gathered, each observer's lines in one
+    write.
+    """
+    while _unwritten:
+        observer, lines = _unwritten.popitem()
+        text = "".join(lines)
+        output = observer._outFile
+        encoding = observer._encoding
+        try:
+            output.write(text if encoding is None else text.encode(encoding))
+            output.flush()
+        except Exception:
+            # As when Twisted's own write fails: logged, through the same
+            # observer, whose failure Twisted's publisher then reports to
+            # the others and answers by removing it.
+            _log.failure("writing the log failed")
 
 
 def _log_prefix(selectable: Any) -> str:

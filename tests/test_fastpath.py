@@ -8,6 +8,7 @@ framing tests run on the fast paths and on plain Autobahn.
 from __future__ import annotations
 
 import inspect
+import io
 
 import pprint
 import re
@@ -256,6 +257,11 @@ class PrivateNamesTests(SynchronousTestCase):
                 self.assertTrue(hasattr(epoll_reactor, attribute), name)
             elif owner == "Port":
                 self.assertTrue(hasattr(tcp.Port, attribute), name)
+            elif owner == "FileLogObserver":
+                self.assertIn(attribute, vars(twisted_file.FileLogObserver), name)
+            elif owner == "observer":
+                observer = twisted_file.FileLogObserver(io.StringIO(), str)
+                self.assertTrue(hasattr(observer, attribute), name)
             elif attribute in ("_getLogPrefix", "_addressType"):
                 # LeanServer's own, from tcp.Server.
                 self.assertTrue(hasattr(tcp.Server, attribute), name)

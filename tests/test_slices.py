@@ -6,12 +6,14 @@ real epoll reactor driven by hand, one turn at a time.
 
 from __future__ import annotations
 
+import io
 import socket
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import FileLogObserver, globalLogPublisher
 from twisted.internet.testing import MemoryReactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from signaling import fastpath
 
@@ -38,6 +40,8 @@ class Answering(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.factory.events.append("answered")
+        if self.factory.log is not None:
+            self.factory.log({"text": "answered"})
         self.transport.write(b"hi")
 
     def connectionLost(self, reason: Any) -> None:
@@ -56,6 +60,7 @@ class SlicedPollTests(SynchronousTestCase):
         self.factory.accepted = []
         self.factory.events = []
         self.factory.on_lost = None
+        self.factory.log = None
         self.port = reactor.listenTCP(
             0, self.factory, backlog=2 * DROPPED, interface="127.0.0.1"
         )
@@ -228,6 +233,70 @@ class SlicedPollTests(SynchronousTestCase):
         self.reactor.doIteration(0)
         self.assertEqual(self.closes_before_answers(), [DROPPED])
         self.assertEqual(self.answered(newcomer), b"hi")
+
+    def test_a_batchs_log_lines_are_written_at_once(self):
+        """
+        With the fast paths on, the lines a batch of sockets logs through
+        twistd's file observer are written in order, in one write, at the
+        end of the batch; a line logged outside one is written at once.
+        """
+        self.addCleanup(fastpath.install)
+        if not fastpath.install():
+            raise SkipTest("the fast paths are off for the installed versions")
+        fastpath.SlicedPoll(self.reactor, per_turn=PER_TURN).install()
+        output = _CountingFile()
+        self.factory.log = FileLogObserver(output, lambda event: event["text"] + "\n")
+        clients = [self.connect() for _ in range(5)]
+        self.turn_until(lambda: len(self.factory.accepted) == 5)
+        for client in clients:
+            client.sendall(b"hello")
+        self.turn_until(lambda: output.getvalue().count("answered") == 5)
+        self.assertEqual((output.writes, output.flushes), (1, 1))
+        self.factory.log({"text": "alone"})
+        self.assertEqual((output.writes, output.flushes), (2, 2))
+        self.assertEqual(output.getvalue(), "answered\n" * 5 + "alone\n")
+        fastpath.install(enabled=False)
+        self.factory.log({"text": "plain"})
+        self.assertEqual((output.writes, output.flushes), (3, 3))
+
+    def test_a_log_that_cannot_be_written_is_reported(self):
+        """
+        A batch's lines that cannot be written are reported through the
+        log, as Twisted reports its own failed write, and the reactor goes
+        on.
+        """
+        self.addCleanup(fastpath.install)
+        if not fastpath.install():
+            raise SkipTest("the fast paths are off for the installed versions")
+        fastpath.SlicedPoll(self.reactor, per_turn=PER_TURN).install()
+        output = _CountingFile()
+        output.close()
+        self.factory.log = FileLogObserver(output, lambda event: event["text"] + "\n")
+        failures = []
+
+        def observe(event):
+            if event.get("log_format") == "writing the log failed":
+                failures.append(event["log_failure"].value)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        client = self.connect(b"hello")
+        self.assertEqual(self.answered(client), b"hi")
+        self.assertEqual([type(failure) for failure in failures], [ValueError])
+        self.flushLoggedErrors(ValueError)
+
+
+class _CountingFile(io.StringIO):
+    writes = 0
+    flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
 
 
 class InstallTests(SynchronousTestCase):
