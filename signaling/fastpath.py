@@ -85,6 +85,10 @@ PRIVATE_NAMES = (
     "autoPingTimeoutCall",
     "autoPingRestartOnAnyTraffic",
     "failedByMe",
+    # ... and ObservableMixin's list of events and their results, which
+    # WebSocketProtocol.__init__ makes for every connection
+    "_valid_events",
+    "_results",
     # WebSocketProtocol: the per-connection copies of the factory's options,
     # and what the opening handshake leaves behind (dropped by slim())
     "CONFIG_ATTRS",
@@ -966,6 +970,26 @@ class FastPaths:
     #: The parse of the request head that L{open_with} hands over, for the
     #: handshake to take as it is.
     request_head: RequestHead | None = None
+
+    #: ObservableMixin's events and their results, the same for every
+    #: connection until something listens (L{on} then gives it its own):
+    #: Autobahn's C{__init__} made a list and a dict for each.
+    _valid_events = ["message"]
+    _results = {"message": None}
+
+    def __init__(self) -> None:
+        if _create_masker is None:
+            super().__init__()
+            return
+        # WebSocketProtocol.__init__, but for the events (above) and the
+        # empty transport details (the class's, _transport_details).
+        self.is_closed = txaio.create_future()
+        self.is_open = txaio.create_future()
+
+    def on(self, event, handler) -> None:
+        if "_results" not in self.__dict__:
+            self.set_valid_events(self._valid_events)
+        super().on(event, handler)
 
     def _connectionMade(self) -> None:
         """

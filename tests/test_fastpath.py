@@ -986,6 +986,23 @@ class ConnectionSetUpTests(FakeLoopTestCase):
                 self.assertIs(type(ours), type(theirs), name)
         self.assertLess(len(vars(fast)), len(vars(plain)) / 2)
 
+    def test_events_are_observed_as_autobahns(self):
+        """
+        A connection on the fast paths holds no list of events or table of
+        results of its own until something listens; then it has its own,
+        and the others are untouched.
+        """
+        listening, other = self.made(True), self.made(True)
+        self.assertNotIn("_results", vars(listening))
+        heard = []
+        listening.on("message", heard.append)
+        listening.fire("message", "hello")
+        self.assertEqual(heard, ["hello"])
+        self.assertIsNotNone(listening._results["message"])
+        self.assertIsNone(other._results["message"])
+        with self.assertRaises(RuntimeError):
+            listening.on("no such event", heard.append)
+
     def test_transport_details_are_made_when_asked_for(self):
         """
         A connection on the fast paths makes its transport details only when
