@@ -682,6 +682,11 @@ def _write_log_line(observer: Any, event: dict) -> None:
             lines = _unwritten[observer] = []
         lines.append(text)
         return
+    _write_and_flush(observer, text)
+
+
+def _write_and_flush(observer: Any, text: str) -> None:
+    # As FileLogObserver writes: text, or UTF-8 to a file that takes bytes.
     output = observer._outFile
     encoding = observer._encoding
     output.write(text if encoding is None else text.encode(encoding))
@@ -695,12 +700,8 @@ def write_logs() -> None:
     """
     while _unwritten:
         observer, lines = _unwritten.popitem()
-        text = "".join(lines)
-        output = observer._outFile
-        encoding = observer._encoding
         try:
-            output.write(text if encoding is None else text.encode(encoding))
-            output.flush()
+            _write_and_flush(observer, "".join(lines))
         except Exception:
             # As when Twisted's own write fails: logged, through the same
             # observer, whose failure Twisted's publisher then reports to
