@@ -1151,6 +1151,8 @@ class FastPaths:
             return
         if fast is not None:
             key = fast[2]
+            # (Read by Autobahn's frame code once open.)
+            self.websocket_version = 13
         else:
             # Read by Autobahn's handshake: offered extensions are its to
             # negotiate.
@@ -1365,13 +1367,11 @@ class FastPaths:
 
     def _accept(self, key: str) -> None:
         """
-        Autobahn's C{succeedHandshake} for a handshake the fast one read
-        (with C{key}, its Sec-WebSocket-Key), with no subprotocol chosen, no
-        extension offered and no extra headers: the same 101 response,
-        built without its generic code, and the same steps to open.
+        Autobahn's C{succeedHandshake} for a handshake with C{key} as its
+        Sec-WebSocket-Key, no subprotocol chosen, no extension offered and
+        no extra headers: the same 101 response, built without its generic
+        code, and the same steps to open.
         """
-        # (Read by Autobahn's frame code once open.)
-        self.websocket_version = 13
         self.websocket_protocol_in_use = None
         self.websocket_extensions_in_use = []
         server = self.factory.server

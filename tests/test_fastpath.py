@@ -1484,6 +1484,33 @@ class FastHandshakeTests(FakeLoopTestCase):
         self.assertIn(b"\r\nSec-WebSocket-Protocol: signal.v2\r\n", answer)
         self.assertEqual(_CountingProtocol.autobahn_handshakes, 0)
 
+    def test_the_version_is_the_clients(self):
+        """
+        A connection open after the fast handshake speaks version 13; one
+        Autobahn's handshake read (version 8) keeps the client's version
+        when the fast acceptance answers it.
+        """
+        hub = Hub(clock=self.loop, ids=IdSource(counting_random_bytes()))
+        factory = SignalingFactory(
+            hub, NativeSession, WebSocketSettings(ping_interval=0)
+        )
+        versions = []
+        for version in (b"13", b"8"):
+            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(
+                b"GET /signal HTTP/1.1\r\nHost: localhost\r\n"
+                + _UPGRADE
+                + _KEY
+                + b"Sec-WebSocket-Version: "
+                + version
+                + b"\r\n\r\n"
+            )
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+            versions.append(protocol.websocket_version)
+        self.assertEqual(versions, [13, 8])
+
     def test_refusals_of_onconnect_are_autobahns(self):
         """
         A handshake our origin check refuses is answered 403 by both, and an
